@@ -1,0 +1,185 @@
+//! The one core: back up one tenant. dump → compress → checksum → spool → store → manifest → row.
+//! The row is written only after the object and its manifest are stored and their size checked, so a
+//! backup that is listed really is there.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::clock::Clock;
+use crate::compress::Compression;
+use crate::db::DbTarget;
+use crate::key::ObjectKey;
+use crate::manifest::{Manifest, MANIFEST_VERSION};
+use crate::pgdump::{dump_command, DumpFormat, PgDump};
+use crate::records::{BackupKind, Catalog, NewRecord, Tenant};
+use crate::spool::{dump_to_spool, SpoolOptions, Spooled};
+use crate::storage::{Storage, StorageError};
+
+/// What every backup of one run shares.
+pub struct BackupEnv {
+    pub storage: Arc<dyn Storage>,
+    pub catalog: Catalog,
+    /// Session-mode connection target for pg_dump.
+    pub dump_target: DbTarget,
+    pub pg_dump: PgDump,
+    pub server_version: String,
+    pub clock: Arc<dyn Clock>,
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupRequest {
+    pub tenant: Tenant,
+    pub kind: BackupKind,
+    pub created_by_id: Option<i64>,
+    pub format: DumpFormat,
+    pub inserts: bool,
+    pub compression: Compression,
+    pub max_size: Option<u64>,
+    /// Raw bytes dumped so far, for whoever shows progress.
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupOutcome {
+    pub tenant: String,
+    pub id: i64,
+    pub key: String,
+    pub size: u64,
+    pub uncompressed_size: u64,
+    pub sha256: String,
+    pub backup_type: BackupKind,
+    pub created_at: DateTime<Utc>,
+    #[serde(rename = "duration_seconds", serialize_with = "as_secs")]
+    pub duration: Duration,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// Backs up one tenant. `client` is a connection of the caller's own (a transaction is run on it).
+pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let started_at = env.clock.now();
+    let schema = req.tenant.schema_name.clone();
+
+    let spooled = spool(env, req).await?;
+    let ext = format!("{}{}", req.format.key_name(), req.compression.ext_suffix());
+    let base = ObjectKey::new(&schema, req.kind, req.format.key_name(), &ext, started_at);
+    let key = store_without_overwrite(env.storage.as_ref(), &base, &spooled).await?;
+
+    let manifest_key = ObjectKey::manifest_key(&key);
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        tool: "tenant-backup".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        tenant: schema.clone(),
+        kind: req.kind.as_db().into(),
+        format: req.format.key_name().into(),
+        compression: req.compression.name().into(),
+        key: key.clone(),
+        size: spooled.size,
+        sha256: spooled.sha256.clone(),
+        uncompressed_size: spooled.uncompressed_size,
+        pg_dump_version: Some(env.pg_dump.version.clone()),
+        server_version: env.server_version.clone(),
+        started_at,
+        finished_at: env.clock.now(),
+        row_counts: spooled.row_counts.clone(),
+    };
+    if let Err(e) = env.storage.put_bytes(&manifest_key, manifest.to_bytes()).await {
+        remove_quietly(env.storage.as_ref(), &[&key]).await;
+        return Err(anyhow::Error::new(e).context(format!("storing the manifest {manifest_key}")));
+    }
+
+    let file_name = key.rsplit('/').next().unwrap_or(&key).to_string();
+    let record = NewRecord {
+        file_name: &file_name,
+        file_path: &key,
+        file_size: spooled.size as i64,
+        kind: req.kind,
+        created_at: started_at,
+        created_by_id: req.created_by_id,
+    };
+    let id = match env.catalog.insert_record(client, &schema, &record).await {
+        Ok(id) => id,
+        Err(e) => {
+            remove_quietly(env.storage.as_ref(), &[&key, &manifest_key]).await;
+            return Err(e.context("the object and manifest were removed again"));
+        }
+    };
+    if req.kind == BackupKind::Automatic {
+        if let Err(e) = env.catalog.mark_backed_up(client, req.tenant.id, env.clock.now()).await {
+            tracing::warn!("{schema}: backup {id} is stored and recorded, but {e:#}; the next tick may back it up again");
+        }
+    }
+    Ok(BackupOutcome {
+        tenant: schema,
+        id,
+        key,
+        size: spooled.size,
+        uncompressed_size: spooled.uncompressed_size,
+        sha256: spooled.sha256,
+        backup_type: req.kind,
+        created_at: started_at,
+        duration: started.elapsed(),
+    })
+}
+
+async fn spool(env: &BackupEnv, req: &BackupRequest) -> Result<Spooled> {
+    let cmd = dump_command(&env.pg_dump, &env.dump_target, &req.tenant.schema_name, req.format, req.inserts);
+    let target = env.dump_target.clone();
+    let spool_dir = env.spool_dir.clone();
+    let (format, compression, max_size, progress) = (req.format, req.compression, req.max_size, req.progress.clone());
+    tokio::task::spawn_blocking(move || {
+        let scrub = move |s: &str| target.scrub(s);
+        dump_to_spool(cmd, &SpoolOptions { format, compression, max_size, spool_dir: &spool_dir, progress, scrub: &scrub })
+    })
+    .await
+    .context("the dump task panicked")?
+    .map_err(anyhow::Error::new)
+}
+
+/// Stores the spool under the first free name (`…-2`, `…-3` when taken) and checks the stored size.
+async fn store_without_overwrite(storage: &dyn Storage, base: &ObjectKey, spooled: &Spooled) -> Result<String> {
+    for n in 1..=100u32 {
+        let key = if n == 1 { base.as_key() } else { base.with_suffix(n).as_key() };
+        match storage.put_file(&key, spooled.file.path()).await {
+            Ok(()) => {
+                let stored = storage.size(&key).await.with_context(|| format!("checking the size of {key}"))?;
+                if stored != Some(spooled.size) {
+                    remove_quietly(storage, &[&key]).await;
+                    anyhow::bail!(
+                        "{} holds {stored:?} bytes for {key} but {} were written; the object was removed",
+                        storage.describe(),
+                        spooled.size
+                    );
+                }
+                return Ok(key);
+            }
+            Err(StorageError::AlreadyExists(_)) => continue,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("storing {key} in {}", storage.describe())));
+            }
+        }
+    }
+    anyhow::bail!("100 objects named like {} already exist; is the clock stuck?", base.as_key())
+}
+
+async fn remove_quietly(storage: &dyn Storage, keys: &[&str]) {
+    for key in keys {
+        if let Err(e) = storage.delete(key).await {
+            if !matches!(e, StorageError::NotFound(_)) {
+                tracing::error!("could not remove {key} after a failed backup: {e}; delete it by hand");
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! `backup --tenant S … | --all`
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backup::{back_up_tenant, BackupEnv, BackupOutcome, BackupRequest};
+use crate::cli::{BackupArgs, BackupType, CompressArg, DumpArgs, FormatArg};
+use crate::cmd::Outcome;
+use crate::compress::Compression;
+use crate::context::Context;
+use crate::output::{human_size, table};
+use crate::pgdump::{DumpFormat, PgDump};
+use crate::progress::Progress;
+use crate::records::{BackupKind, Tenant};
+use crate::usage;
+
+pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
+    let (format, compression) = dump_choice(&args.dump)?;
+    let client = ctx.connect().await?;
+
+    // Everything a user can get wrong is checked before the first dump starts.
+    let tenants = if args.all {
+        ctx.catalog.tenants(&client).await?
+    } else {
+        named_tenants(ctx, &client, &args.tenants).await?
+    };
+    let kind = match args.backup_type {
+        BackupType::Manual => BackupKind::Manual,
+        BackupType::Automatic => BackupKind::Automatic,
+    };
+    let mut jobs = Vec::new();
+    for tenant in tenants {
+        let created_by_id = match &args.created_by {
+            Some(who) => Some(ctx.catalog.resolve_user(&client, &tenant.schema_name, who).await?),
+            None => None,
+        };
+        jobs.push(BackupRequest {
+            tenant,
+            kind,
+            created_by_id,
+            format,
+            inserts: args.dump.inserts,
+            compression,
+            max_size: args.dump.max_size,
+            progress: None,
+        });
+    }
+    if jobs.is_empty() {
+        tracing::warn!("no tenants in {}: nothing to back up", ctx.catalog.tenants_table);
+        return Ok(Outcome::Done);
+    }
+    let env = Arc::new(backup_env(ctx, &client).await?);
+    drop(client);
+
+    let results = run_backups(ctx, &env, jobs, args.concurrency as usize).await;
+    report(ctx, &results)?;
+    Ok(Outcome::from_failures(results.iter().filter(|r| r.outcome.is_err()).count()))
+}
+
+/// The format and compression the dump flags ask for.
+pub fn dump_choice(args: &DumpArgs) -> Result<(DumpFormat, Compression)> {
+    let format = match args.format {
+        FormatArg::Sql => DumpFormat::Plain,
+        FormatArg::Custom => DumpFormat::Custom,
+    };
+    let name = match (args.compress, format) {
+        (CompressArg::Auto, DumpFormat::Plain) => "zstd",
+        (CompressArg::Auto, DumpFormat::Custom) => "none",
+        (CompressArg::Zstd, _) => "zstd",
+        (CompressArg::Gzip, _) => "gzip",
+        (CompressArg::None, _) => "none",
+    };
+    if args.level.is_some() && name == "none" {
+        return Err(usage!("--level needs --compress zstd or gzip"));
+    }
+    if args.inserts && format == DumpFormat::Custom {
+        return Err(usage!("--inserts applies to --format sql only"));
+    }
+    Ok((format, Compression::from_name(name, args.level)?))
+}
+
+/// Finds the server's version and a pg_dump that can dump it.
+pub async fn backup_env(ctx: &Context, client: &Client) -> Result<BackupEnv> {
+    let (version, major) = server_version(client).await?;
+    let pg_dump = PgDump::find(ctx.pg_dump.as_deref(), major).map_err(|e| usage!("{e}"))?;
+    tracing::debug!("using {} ({}) for PostgreSQL {version}", pg_dump.path.display(), pg_dump.version);
+    Ok(BackupEnv {
+        storage: ctx.storage.clone(),
+        catalog: ctx.catalog.clone(),
+        dump_target: ctx.dump.clone(),
+        pg_dump,
+        server_version: version,
+        clock: ctx.clock.clone(),
+        spool_dir: std::env::temp_dir(),
+    })
+}
+
+async fn server_version(client: &Client) -> Result<(String, u32)> {
+    let rows = client
+        .simple_query("SELECT current_setting('server_version'), current_setting('server_version_num')")
+        .await
+        .context("reading the server version")?;
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .context("the server did not report its version")?;
+    let version = row.get(0).unwrap_or("").split_whitespace().next().unwrap_or("").to_string();
+    let num: u32 = row.get(1).unwrap_or("0").parse().unwrap_or(0);
+    Ok((version, num / 10000))
+}
+
+pub struct TenantResult {
+    pub tenant: String,
+    pub outcome: Result<BackupOutcome>,
+}
+
+/// Backs up each job with at most `concurrency` at once, each on its own session connection.
+/// One tenant's failure never stops the others.
+pub async fn run_backups(ctx: &Context, env: &Arc<BackupEnv>, jobs: Vec<BackupRequest>, concurrency: usize) -> Vec<TenantResult> {
+    let progress = Progress::new(ctx.output.progress);
+    let progress = &progress;
+    stream::iter(jobs)
+        .map(|mut job| async move {
+            let tenant = job.tenant.schema_name.clone();
+            tracing::info!("{tenant}: backup started");
+            let watch = progress.watch(&tenant);
+            job.progress = Some(watch.counter());
+            let outcome = async {
+                let client = ctx.connect_session().await?;
+                back_up_tenant(env, &client, &job).await
+            }
+            .await
+            .with_context(|| format!("backing up tenant {tenant}"));
+            drop(watch);
+            match &outcome {
+                Ok(o) => tracing::info!("{tenant}: backup {} stored as {} ({})", o.id, o.key, human_size(o.size)),
+                Err(e) => tracing::error!("{e:#}"),
+            }
+            TenantResult { tenant, outcome }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+#[derive(Serialize)]
+struct JsonResult<'a> {
+    tenant: &'a str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup: Option<&'a BackupOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
+    if ctx.output.json {
+        let items: Vec<JsonResult> = results
+            .iter()
+            .map(|r| JsonResult {
+                tenant: &r.tenant,
+                ok: r.outcome.is_ok(),
+                backup: r.outcome.as_ref().ok(),
+                error: r.outcome.as_ref().err().map(|e| format!("{e:#}")),
+            })
+            .collect();
+        ctx.output.json(&items)?;
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for r in results {
+        match &r.outcome {
+            Ok(o) => rows.push(vec![
+                r.tenant.clone(),
+                o.id.to_string(),
+                o.key.clone(),
+                human_size(o.size),
+                o.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                format!("{:.2} s", o.duration.as_secs_f64()),
+            ]),
+            Err(_) => rows.push(vec![r.tenant.clone(), "-".into(), "FAILED (see above)".into(), "-".into(), "-".into(), "-".into()]),
+        }
+    }
+    print!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows));
+    let failed = results.iter().filter(|r| r.outcome.is_err()).count();
+    if results.len() > 1 || failed > 0 {
+        eprintln!("{} backed up, {failed} failed", results.len() - failed);
+    }
+    Ok(())
+}
+
+/// The tenants named on the command line, checked against the tenant table.
+pub async fn named_tenants(ctx: &Context, client: &Client, names: &[String]) -> Result<Vec<Tenant>> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(ctx.catalog.tenant(client, name).await?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,56 @@
+//! `list [--tenant S]`
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::ListArgs;
+use crate::cmd::Outcome;
+use crate::context::Context;
+use crate::output::{human_size, table};
+use crate::records::BackupRecord;
+
+#[derive(Serialize)]
+struct TenantHistory {
+    tenant: String,
+    backups: Vec<BackupRecord>,
+}
+
+pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
+    let client = ctx.connect().await?;
+    let tenants = match &args.tenant {
+        Some(name) => vec![ctx.catalog.tenant(&client, name).await?],
+        None => ctx.catalog.tenants(&client).await?,
+    };
+    let mut histories = Vec::new();
+    for tenant in tenants {
+        let backups = ctx.catalog.records(&client, &tenant.schema_name).await?;
+        histories.push(TenantHistory { tenant: tenant.schema_name, backups });
+    }
+    if ctx.output.json {
+        ctx.output.json(&histories)?;
+        return Ok(Outcome::Done);
+    }
+    let mut rows = Vec::new();
+    for h in &histories {
+        for b in &h.backups {
+            rows.push(vec![
+                h.tenant.clone(),
+                b.id.to_string(),
+                b.file_path.clone(),
+                human_size(b.file_size.max(0) as u64),
+                b.backup_type.clone(),
+                b.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                b.created_by_email
+                    .clone()
+                    .or_else(|| b.created_by_id.map(|id| id.to_string()))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        eprintln!("no backups recorded");
+        return Ok(Outcome::Done);
+    }
+    print!("{}", table(&["tenant", "id", "file", "size", "type", "created_at", "created_by"], &rows));
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,150 @@
+//! Compression of the dump stream.
+
+use std::io::{self, Write};
+
+use crate::error::UsageError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip { level: u32 },
+    Zstd { level: i32 },
+}
+
+impl Compression {
+    /// `zstd` (level 1–19, default 3), `gzip` (1–9, default 6) or `none`.
+    pub fn from_name(name: &str, level: Option<i32>) -> Result<Self, UsageError> {
+        match name {
+            "none" => Ok(Compression::None),
+            "gzip" => {
+                let level = level.unwrap_or(6);
+                if !(1..=9).contains(&level) {
+                    return Err(UsageError::new(format!("--level {level} is out of range for gzip: use 1 to 9")));
+                }
+                Ok(Compression::Gzip { level: level as u32 })
+            }
+            "zstd" => {
+                let level = level.unwrap_or(3);
+                if !(1..=19).contains(&level) {
+                    return Err(UsageError::new(format!("--level {level} is out of range for zstd: use 1 to 19")));
+                }
+                Ok(Compression::Zstd { level })
+            }
+            other => Err(UsageError::new(format!("unknown compression {other:?}: use zstd, gzip or none"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip { .. } => "gzip",
+            Compression::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// The extension added after the format's own (`sql` → `sql.zst`).
+    pub fn ext_suffix(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip { .. } => ".gz",
+            Compression::Zstd { .. } => ".zst",
+        }
+    }
+
+    pub fn from_ext(key: &str) -> Compression {
+        if key.ends_with(".zst") {
+            Compression::Zstd { level: 3 }
+        } else if key.ends_with(".gz") {
+            Compression::Gzip { level: 6 }
+        } else {
+            Compression::None
+        }
+    }
+
+    pub fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
+        Ok(match self {
+            Compression::None => Encoder::None(out),
+            Compression::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::new(level))),
+            Compression::Zstd { level } => Encoder::Zstd(zstd::stream::write::Encoder::new(out, level)?),
+        })
+    }
+
+    /// A reader that undoes this compression.
+    pub fn decoder<'a, R: io::BufRead + 'a>(self, input: R) -> io::Result<Box<dyn io::Read + 'a>> {
+        Ok(match self {
+            Compression::None => Box::new(input),
+            Compression::Gzip { .. } => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+            Compression::Zstd { .. } => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+        })
+    }
+}
+
+pub enum Encoder<W: Write> {
+    None(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    /// Writes the trailer and hands back the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::None(w) => Ok(w),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::None(w) => w.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.write_all(buf),
+            Encoder::Gzip(e) => e.write_all(buf),
+            Encoder::Zstd(e) => e.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::None(w) => w.flush(),
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn every_compression_round_trips() {
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for c in [Compression::None, Compression::Gzip { level: 6 }, Compression::Zstd { level: 3 }] {
+            let mut enc = c.encoder(Vec::new()).unwrap();
+            enc.write_all(&data).unwrap();
+            let packed = enc.finish().unwrap();
+            let mut out = Vec::new();
+            c.decoder(packed.as_slice()).unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(out, data, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn levels_are_checked() {
+        assert!(Compression::from_name("zstd", Some(20)).is_err());
+        assert!(Compression::from_name("gzip", Some(0)).is_err());
+        assert!(Compression::from_name("lz4", None).is_err());
+        assert_eq!(Compression::from_name("zstd", None).unwrap(), Compression::Zstd { level: 3 });
+    }
+}

@@ -1,0 +1,74 @@
+//! Everything a command needs, resolved once from flags, environment and `.env`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio_postgres::Client;
+
+use crate::cli::Cli;
+use crate::clock::{Clock, SystemClock};
+use crate::db::DbTarget;
+use crate::output::Output;
+use crate::records::Catalog;
+use crate::storage::{self, Storage};
+use crate::usage;
+
+pub const DEFAULT_STORAGE: &str = "./backups";
+
+pub struct Context {
+    pub db: DbTarget,
+    /// Session-mode target for pg_dump, psql and advisory locks.
+    pub dump: DbTarget,
+    pub catalog: Catalog,
+    pub storage: Arc<dyn Storage>,
+    pub output: Output,
+    pub clock: Arc<dyn Clock>,
+    pub pg_dump: Option<PathBuf>,
+}
+
+impl Context {
+    pub fn from_cli(cli: &Cli) -> Result<Self> {
+        let raw = cli
+            .db
+            .database_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)"))?;
+        let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
+        let dump = match cli.db.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
+            Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
+            None if db.is_transaction_pooler() => {
+                let session = db.session_mode()?;
+                tracing::info!(
+                    "DATABASE_URL is a transaction pooler (port 6543); pg_dump, psql and locks use session mode instead ({}). Set BACKUP_DUMP_URL to choose another URL.",
+                    session.redacted()
+                );
+                session
+            }
+            None => db.clone(),
+        };
+        let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table)?;
+        let storage_url = cli.storage.storage.clone().unwrap_or_else(|| DEFAULT_STORAGE.to_string());
+        let storage = storage::open(&storage_url)?;
+        Ok(Context {
+            db,
+            dump,
+            catalog,
+            storage,
+            output: Output::from_args(&cli.output),
+            clock: Arc::new(SystemClock),
+            pg_dump: cli.db.pg_dump.clone(),
+        })
+    }
+
+    /// The application connection (may be a pooler: only unnamed statements go through it).
+    pub async fn connect(&self) -> Result<Client> {
+        self.db.connect().await
+    }
+
+    /// A session connection (never a transaction pooler) for locks and for writing records.
+    pub async fn connect_session(&self) -> Result<Client> {
+        self.dump.connect().await
+    }
+}

@@ -1,0 +1,33 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tenant_backup::cli::Cli;
+use tenant_backup::cmd::{self, Outcome};
+use tenant_backup::error::is_usage;
+
+fn main() -> ExitCode {
+    // `.env` in the working directory, for local development; real environment variables win.
+    if let Err(err) = dotenvy::from_path(".env") {
+        if !err.not_found() {
+            eprintln!("error: reading .env: {err}");
+            return ExitCode::from(2);
+        }
+    }
+    let cli = Cli::parse();
+    tenant_backup::logging::init(&cli.output);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cmd::run(cli)) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(if is_usage(&err) { 2 } else { 1 })
+        }
+    }
+}

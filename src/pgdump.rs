@@ -1,0 +1,179 @@
+//! Finding and running PostgreSQL's client programs (pg_dump, and psql / pg_restore beside it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::db::DbTarget;
+use crate::ident::quote_ident;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgDump {
+    pub path: PathBuf,
+    pub major: u32,
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error(
+        "no pg_dump found{}: install the PostgreSQL client (Debian/Ubuntu: apt-get install postgresql-client-{server_major}; macOS: brew install postgresql@{server_major}) or point --pg-dump / PG_DUMP at one",
+        if .tried.is_empty() { String::new() } else { format!(" (tried {})", .tried.join(", ")) }
+    )]
+    NotFound { server_major: u32, tried: Vec<String> },
+    #[error(
+        "the server runs PostgreSQL {server_major} but the newest pg_dump found is older ({}); pg_dump refuses to dump a newer server. Install postgresql-client-{server_major} or set --pg-dump / PG_DUMP",
+        .found.iter().map(|d| format!("{} = {}", d.path.display(), d.version)).collect::<Vec<_>>().join(", ")
+    )]
+    TooOld { server_major: u32, found: Vec<PgDump> },
+}
+
+impl PgDump {
+    /// Runs `pg_dump --version` and reads `pg_dump (PostgreSQL) 15.18 (Debian …)`.
+    pub fn probe(path: &Path) -> Option<PgDump> {
+        let out = Command::new(path).arg("--version").stdin(Stdio::null()).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+        let major = version.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+        Some(PgDump { path: path.to_path_buf(), major, version: version.to_string() })
+    }
+
+    /// The lowest major version that is at least the server's, among the explicit one (if given,
+    /// the only candidate) or the usual install places, then PATH.
+    pub fn find(explicit: Option<&Path>, server_major: u32) -> Result<PgDump, FindError> {
+        let candidates = match explicit {
+            Some(p) => vec![p.to_path_buf()],
+            None => candidate_paths(),
+        };
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        let mut found: Vec<PgDump> = candidates.iter().filter_map(|p| PgDump::probe(p)).collect();
+        found.sort_by_key(|d| d.major);
+        found.dedup_by(|a, b| a.path == b.path);
+        if found.is_empty() {
+            return Err(FindError::NotFound { server_major, tried });
+        }
+        match found.iter().find(|d| d.major >= server_major) {
+            Some(d) => Ok(d.clone()),
+            None => Err(FindError::TooOld { server_major, found }),
+        }
+    }
+
+    /// A sibling program (`psql`, `pg_restore`) from the same installation, falling back to PATH.
+    pub fn sibling(&self, name: &str) -> PathBuf {
+        let beside = self.path.with_file_name(name);
+        if beside.is_file() {
+            beside
+        } else {
+            PathBuf::from(name)
+        }
+    }
+}
+
+fn candidate_paths() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for pattern_dir in ["/usr/lib/postgresql", "/usr", "/opt/homebrew/opt", "/usr/local/opt"] {
+        let Ok(entries) = std::fs::read_dir(pattern_dir) else { continue };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                match pattern_dir {
+                    "/usr/lib/postgresql" => true,
+                    "/usr" => name.starts_with("pgsql-"),
+                    _ => name.starts_with("postgresql@"),
+                }
+            })
+            .collect();
+        dirs.sort();
+        out.extend(dirs.into_iter().map(|d| d.join("bin/pg_dump")).filter(|p| p.is_file()));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("pg_dump");
+            if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpFormat {
+    Plain,
+    Custom,
+}
+
+impl DumpFormat {
+    /// The format's name in object keys and manifests.
+    pub fn key_name(self) -> &'static str {
+        match self {
+            DumpFormat::Plain => "sql",
+            DumpFormat::Custom => "dump",
+        }
+    }
+}
+
+/// The pg_dump command for one schema. The connection travels in the environment, so no password
+/// is ever on a command line.
+pub fn dump_command(pg_dump: &PgDump, target: &DbTarget, schema: &str, format: DumpFormat, inserts: bool) -> Command {
+    let mut cmd = Command::new(&pg_dump.path);
+    // A pg_dump pattern: the double quotes make the name literal (no wildcards, case kept).
+    cmd.arg(format!("--schema={}", quote_ident(schema)))
+        .args(["--strict-names", "--no-owner", "--no-privileges"]);
+    match format {
+        DumpFormat::Plain => cmd.arg("--format=plain"),
+        DumpFormat::Custom => cmd.arg("--format=custom"),
+    };
+    if inserts {
+        cmd.arg("--inserts");
+    }
+    apply_env(&mut cmd, target);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Clears inherited libpq settings that could redirect the program, then sets ours.
+pub fn apply_env(cmd: &mut Command, target: &DbTarget) {
+    for var in ["PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR", "PGPASSFILE", "PGSSLROOTCERT"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(target.libpq_env());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn fake(dir: &Path, name: &str, version: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\necho 'pg_dump (PostgreSQL) {version} (Fake)'\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn explicit_pg_dump_is_the_only_candidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = fake(dir.path(), "pg_dump14", "14.9");
+        let new = fake(dir.path(), "pg_dump17", "17.2");
+        assert_eq!(PgDump::find(Some(&new), 15).unwrap().major, 17);
+        assert!(matches!(PgDump::find(Some(&old), 15), Err(FindError::TooOld { .. })));
+        let err = PgDump::find(Some(&dir.path().join("missing")), 15).unwrap_err();
+        assert!(err.to_string().contains("postgresql-client-15"), "{err}");
+    }
+
+    #[test]
+    fn dump_command_has_no_password() {
+        let target = DbTarget::parse("postgres://u:s3cret@h:5432/d", "x").unwrap();
+        let pg = PgDump { path: "pg_dump".into(), major: 15, version: "15.1".into() };
+        let cmd = dump_command(&pg, &target, "bien\"estar", DumpFormat::Plain, false);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.contains(&"--schema=\"bien\"\"estar\"".to_string()), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("s3cret")));
+    }
+}

@@ -1,0 +1,229 @@
+//! The tenant table and each tenant's `BackupRecord` history, exactly as Django's migrations made them.
+//! Every statement is unnamed (`query_typed`), so it works through a transaction pooler.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row};
+
+use crate::error::UsageError;
+use crate::ident::{quote_ident, QualifiedName};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Manual,
+    Automatic,
+}
+
+impl BackupKind {
+    /// The value Django's `backup_type` field accepts.
+    pub fn as_db(self) -> &'static str {
+        match self {
+            BackupKind::Manual => "manual",
+            BackupKind::Automatic => "automatic",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub id: i64,
+    pub schema_name: String,
+    pub name: String,
+    pub backup_schedule: String,
+    pub last_backup_at: Option<DateTime<Utc>>,
+    pub next_scheduled_backup: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupRecord {
+    pub id: i64,
+    pub file_name: String,
+    pub file_path: String,
+    pub file_size: i64,
+    pub backup_type: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by_id: Option<i64>,
+    pub created_by_email: Option<String>,
+}
+
+pub struct NewRecord<'a> {
+    pub file_name: &'a str,
+    pub file_path: &'a str,
+    pub file_size: i64,
+    pub kind: BackupKind,
+    pub created_at: DateTime<Utc>,
+    pub created_by_id: Option<i64>,
+}
+
+/// Where the tenant table and the per-schema history table are.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pub tenants_table: QualifiedName,
+    pub records_table: String,
+}
+
+const TENANT_COLUMNS: &str = "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
+
+impl Catalog {
+    pub fn new(tenants_table: &str, records_table: &str) -> Result<Self, UsageError> {
+        let tenants_table = QualifiedName::parse(tenants_table)?;
+        if records_table.is_empty() || records_table.contains('.') || records_table.len() > 63 {
+            return Err(UsageError::new(format!(
+                "invalid --records-table / BACKUP_RECORDS_TABLE {records_table:?}: give the table name inside each tenant schema, e.g. backups_backuprecord"
+            )));
+        }
+        Ok(Catalog { tenants_table, records_table: records_table.to_string() })
+    }
+
+    /// `"schema"."backups_backuprecord"`.
+    pub fn records_in(&self, schema: &str) -> String {
+        format!("{}.{}", quote_ident(schema), quote_ident(&self.records_table))
+    }
+
+    /// Every tenant but `public`, in one query, ordered by schema name.
+    pub async fn tenants(&self, client: &Client) -> anyhow::Result<Vec<Tenant>> {
+        let sql = format!(
+            "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name <> 'public' ORDER BY schema_name",
+            self.tenants_table.quoted()
+        );
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
+        Ok(rows.iter().map(tenant_from_row).collect())
+    }
+
+    /// One tenant; an unknown name (or `public`) is a usage error and nothing is touched.
+    pub async fn tenant(&self, client: &Client, schema: &str) -> anyhow::Result<Tenant> {
+        let sql = format!(
+            "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name = $1 AND schema_name <> 'public'",
+            self.tenants_table.quoted()
+        );
+        let rows = client
+            .query_typed(&sql, &[(&schema, Type::TEXT)])
+            .await
+            .map_err(|e| self.table_error(e))?;
+        match rows.first() {
+            Some(row) => Ok(tenant_from_row(row)),
+            None => Err(UsageError::new(format!(
+                "tenant {schema:?} not found in {}: run `tenant-backup list` or check --tenants-table",
+                self.tenants_table
+            ))
+            .into()),
+        }
+    }
+
+    /// Resolves `--created-by` (a user id or an email) to an id in the tenant's own users table.
+    pub async fn resolve_user(&self, client: &Client, schema: &str, who: &str) -> anyhow::Result<i64> {
+        let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
+        let rows = if let Ok(id) = who.parse::<i64>() {
+            let sql = format!("SELECT id FROM {users} WHERE id = $1");
+            client.query_typed(&sql, &[(&id as &(dyn ToSql + Sync), Type::INT8)]).await
+        } else {
+            let sql = format!("SELECT id FROM {users} WHERE lower(email) = lower($1) ORDER BY id LIMIT 1");
+            client.query_typed(&sql, &[(&who as &(dyn ToSql + Sync), Type::TEXT)]).await
+        }
+        .map_err(|e| anyhow::anyhow!("looking up user {who:?} in {schema}.users_user: {}", crate::db::describe_pg_error(&e)))?;
+        match rows.first() {
+            Some(row) => Ok(row.get(0)),
+            None => Err(UsageError::new(format!(
+                "--created-by {who:?}: no such user (id or email) in {schema}.users_user"
+            ))
+            .into()),
+        }
+    }
+
+    pub async fn insert_record(&self, client: &Client, schema: &str, rec: &NewRecord<'_>) -> anyhow::Result<i64> {
+        let sql = format!(
+            "INSERT INTO {} (file_name, file_path, file_size, backup_type, created_at, created_by_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            self.records_in(schema)
+        );
+        let kind = rec.kind.as_db();
+        // A transaction so the deferred foreign key on created_by_id is checked at COMMIT, here.
+        client.batch_execute("BEGIN").await?;
+        let result = client
+            .query_typed(
+                &sql,
+                &[
+                    (&rec.file_name, Type::VARCHAR),
+                    (&rec.file_path, Type::TEXT),
+                    (&rec.file_size, Type::INT8),
+                    (&kind, Type::VARCHAR),
+                    (&rec.created_at, Type::TIMESTAMPTZ),
+                    (&rec.created_by_id, Type::INT8),
+                ],
+            )
+            .await;
+        let id = match result {
+            Ok(rows) => rows[0].get::<_, i64>(0),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                anyhow::bail!("writing the BackupRecord row into {}: {}", self.records_in(schema), crate::db::describe_pg_error(&e));
+            }
+        };
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| anyhow::anyhow!("committing the BackupRecord row: {}", crate::db::describe_pg_error(&e)))?;
+        Ok(id)
+    }
+
+    /// The tenant's history, newest first.
+    pub async fn records(&self, client: &Client, schema: &str) -> anyhow::Result<Vec<BackupRecord>> {
+        let sql = format!(
+            "SELECT r.id, r.file_name::text, r.file_path, r.file_size, r.backup_type::text, r.created_at, r.created_by_id, u.email::text \
+             FROM {} r LEFT JOIN {}.{} u ON u.id = r.created_by_id ORDER BY r.created_at DESC, r.id DESC",
+            self.records_in(schema),
+            quote_ident(schema),
+            quote_ident("users_user")
+        );
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| {
+            anyhow::anyhow!("reading {}: {}", self.records_in(schema), crate::db::describe_pg_error(&e))
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| BackupRecord {
+                id: r.get(0),
+                file_name: r.get(1),
+                file_path: r.get(2),
+                file_size: r.get(3),
+                backup_type: r.get(4),
+                created_at: r.get(5),
+                created_by_id: r.get(6),
+                created_by_email: r.get(7),
+            })
+            .collect())
+    }
+
+    /// `last_backup_at = now` after a successful automatic backup.
+    pub async fn mark_backed_up(&self, client: &Client, tenant_id: i64, at: DateTime<Utc>) -> anyhow::Result<()> {
+        let sql = format!("UPDATE {} SET last_backup_at = $1 WHERE id = $2", self.tenants_table.quoted());
+        client
+            .query_typed(&sql, &[(&at, Type::TIMESTAMPTZ), (&tenant_id, Type::INT8)])
+            .await
+            .map_err(|e| anyhow::anyhow!("updating last_backup_at: {}", crate::db::describe_pg_error(&e)))?;
+        Ok(())
+    }
+
+    fn table_error(&self, e: tokio_postgres::Error) -> anyhow::Error {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            return UsageError::new(format!(
+                "table {} does not exist: set --tenants-table / BACKUP_TENANTS_TABLE to your tenant model's table",
+                self.tenants_table
+            ))
+            .into();
+        }
+        anyhow::anyhow!("reading {}: {}", self.tenants_table, crate::db::describe_pg_error(&e))
+    }
+}
+
+fn tenant_from_row(row: &Row) -> Tenant {
+    Tenant {
+        id: row.get(0),
+        schema_name: row.get(1),
+        name: row.get(2),
+        backup_schedule: row.get(3),
+        last_backup_at: row.get(4),
+        next_scheduled_backup: row.get(5),
+    }
+}

@@ -1,0 +1,285 @@
+//! Dump → compress → checksum → temporary file, streaming in fixed-size chunks. pg_dump's output
+//! never sits in memory whole, and the spool lets a failed upload be retried without dumping again.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+use crate::compress::Compression;
+use crate::dumpscan::PlainDumpScanner;
+use crate::pgdump::DumpFormat;
+
+const CHUNK: usize = 256 * 1024;
+const STDERR_KEEP: usize = 16 * 1024;
+
+pub struct Spooled {
+    pub file: NamedTempFile,
+    /// Bytes of the compressed (stored) form.
+    pub size: u64,
+    pub sha256: String,
+    pub uncompressed_size: u64,
+    pub row_counts: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("could not start {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("pg_dump failed ({status}){}", stderr_suffix(.stderr))]
+    DumpFailed { status: String, stderr: String },
+    #[error("pg_dump produced no output{}", stderr_suffix(.stderr))]
+    Empty { stderr: String },
+    #[error("the dump is truncated: pg_dump exited without its closing line{}", stderr_suffix(.stderr))]
+    Truncated { stderr: String },
+    #[error("the dump is not a pg_dump custom-format archive")]
+    NotAnArchive,
+    #[error("the backup is larger than --max-size ({limit} bytes); nothing was stored")]
+    TooLarge { limit: u64 },
+    #[error("writing the spool file in {dir}: {source}")]
+    Write { dir: String, source: io::Error },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let s = stderr.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
+/// Counts and hashes everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+    limit: Option<u64>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        if self.limit.is_some_and(|l| self.written > l) {
+            return Err(io::Error::other(TooLargeMarker));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Debug)]
+struct TooLargeMarker;
+impl std::fmt::Display for TooLargeMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too large")
+    }
+}
+impl std::error::Error for TooLargeMarker {}
+
+pub struct SpoolOptions<'a> {
+    pub format: DumpFormat,
+    pub compression: Compression,
+    pub max_size: Option<u64>,
+    pub spool_dir: &'a Path,
+    /// Raw bytes read from pg_dump so far, for progress display.
+    pub progress: Option<Arc<AtomicU64>>,
+    /// Removes secrets from pg_dump's stderr before it is shown.
+    pub scrub: &'a (dyn Fn(&str) -> String + Sync),
+}
+
+/// Runs the dump command to completion and returns the finished spool file. Blocking: call it from
+/// `spawn_blocking`.
+pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|source| SpoolError::Spawn { program, source })?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
+
+    let write_err = |source: io::Error| SpoolError::Write { dir: opts.spool_dir.display().to_string(), source };
+    let file = tempfile::Builder::new()
+        .prefix("tenant-backup-")
+        .suffix(".spool")
+        .tempfile_in(opts.spool_dir)
+        .map_err(write_err)?;
+    let hashing = HashingWriter {
+        inner: BufWriter::with_capacity(CHUNK, file.as_file().try_clone().map_err(write_err)?),
+        hasher: Sha256::new(),
+        written: 0,
+        limit: opts.max_size,
+    };
+    let mut encoder = opts.compression.encoder(hashing).map_err(write_err)?;
+    let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
+    let mut head: Vec<u8> = Vec::with_capacity(5);
+    let mut raw: u64 = 0;
+    let mut buf = vec![0u8; CHUNK];
+
+    let pumped: io::Result<()> = (|| loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        if head.len() < 5 {
+            head.extend(chunk.iter().take(5 - head.len()));
+        }
+        if let Some(s) = scanner.as_mut() {
+            s.feed(chunk);
+        }
+        encoder.write_all(chunk)?;
+        raw += n as u64;
+        if let Some(p) = &opts.progress {
+            p.store(raw, Ordering::Relaxed);
+        }
+    })();
+    let finished = pumped.and_then(|()| encoder.finish()).and_then(|mut w| {
+        w.flush()?;
+        Ok(w)
+    });
+    let hashing = match finished {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = stderr_reader.join();
+            if e.get_ref().is_some_and(|inner| inner.is::<TooLargeMarker>()) {
+                return Err(SpoolError::TooLarge { limit: opts.max_size.unwrap_or(0) });
+            }
+            return Err(write_err(e));
+        }
+    };
+    let status = child.wait().map_err(write_err)?;
+    let stderr = (opts.scrub)(&stderr_reader.join().unwrap_or_default());
+    if !status.success() {
+        let status = match status.code() {
+            Some(code) => format!("exit code {code}"),
+            None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
+        };
+        return Err(SpoolError::DumpFailed { status, stderr });
+    }
+    if raw == 0 {
+        return Err(SpoolError::Empty { stderr });
+    }
+    match &scanner {
+        Some(s) if !s.is_complete() => return Err(SpoolError::Truncated { stderr }),
+        None if head != b"PGDMP" => return Err(SpoolError::NotAnArchive),
+        _ => {}
+    }
+    let HashingWriter { inner, hasher, written, .. } = hashing;
+    inner.into_inner().map_err(|e| write_err(e.into_error()))?.sync_all().map_err(write_err)?;
+    Ok(Spooled {
+        file,
+        size: written,
+        sha256: hex::encode(hasher.finalize()),
+        uncompressed_size: raw,
+        row_counts: scanner.map(PlainDumpScanner::into_counts),
+    })
+}
+
+/// Reads a stream to its end, keeping only its last `keep` bytes (pg_dump's last words matter).
+fn keep_tail(mut r: impl Read, keep: usize) -> String {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > keep * 2 {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
+        }
+    }
+    if tail.len() > keep {
+        tail.drain(..tail.len() - keep);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        c
+    }
+
+    fn opts(dir: &Path) -> SpoolOptions<'_> {
+        SpoolOptions {
+            format: DumpFormat::Plain,
+            compression: Compression::Zstd { level: 3 },
+            max_size: None,
+            spool_dir: dir,
+            progress: None,
+            scrub: &|s: &str| s.replace("hunter2", "***"),
+        }
+    }
+
+    #[test]
+    fn spools_a_complete_dump_with_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dump_to_spool(
+            sh("printf 'COPY s.t (a) FROM stdin;\\n1\\n2\\n\\\\.\\n-- PostgreSQL database dump complete\\n'"),
+            &opts(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(s.sha256, sha256_file(s.file.path()).unwrap());
+        assert_eq!(s.size, std::fs::metadata(s.file.path()).unwrap().len());
+        assert_eq!(s.row_counts.unwrap()["t"], 2);
+    }
+
+    #[test]
+    fn failures_are_errors_with_scrubbed_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = dump_to_spool(sh("echo partial; echo 'password hunter2 rejected' >&2; exit 1"), &opts(dir.path())).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("exit code 1") && msg.contains("***") && !msg.contains("hunter2"), "{msg}");
+        assert!(matches!(dump_to_spool(sh("true"), &opts(dir.path())), Err(SpoolError::Empty { .. })));
+        assert!(matches!(dump_to_spool(sh("echo 'SET x;'"), &opts(dir.path())), Err(SpoolError::Truncated { .. })));
+        assert!(matches!(dump_to_spool(sh("kill -9 $$"), &opts(dir.path())), Err(SpoolError::DumpFailed { .. })));
+        // Nothing left behind in the spool directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn max_size_stops_the_dump() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.compression = Compression::None;
+        o.max_size = Some(1000);
+        let err = dump_to_spool(sh("head -c 100000 /dev/zero"), &o).unwrap_err();
+        assert!(matches!(err, SpoolError::TooLarge { limit: 1000 }), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! A local directory. Objects appear under their final name only complete: they are written to a
+//! hidden temporary file beside it, synced, then hard-linked into place, which also fails (rather
+//! than overwrites) when the name is taken.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{check_key, ObjectInfo, Storage, StorageError};
+
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalDir { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+/// Links `staged` to `dest` without overwriting, then removes `staged`.
+fn publish(staged: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
+    let result = std::fs::hard_link(staged, dest);
+    let _ = std::fs::remove_file(staged);
+    match result {
+        Ok(()) => {
+            if let Some(dir) = dest.parent() {
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StorageError::AlreadyExists(key.to_string())),
+        Err(e) => Err(StorageError::io(format!("storing {}", dest.display()), e)),
+    }
+}
+
+fn stage(dest: &Path, key: &str, write: impl FnOnce(&mut std::fs::File) -> io::Result<()>) -> Result<PathBuf, StorageError> {
+    let dir = dest.parent().expect("object paths have a parent");
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("creating directory {}", dir.display()), e))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let staged = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|e| StorageError::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    let (mut file, path) = staged.keep().map_err(|e| StorageError::io("keeping temporary file", e.error))?;
+    let written = write(&mut file).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(StorageError::io(format!("writing {key}"), e));
+    }
+    Ok(path)
+}
+
+#[async_trait]
+impl Storage for LocalDir {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let src = path.to_path_buf();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            let staged = stage(&dest, &key, |out| {
+                let mut input = std::fs::File::open(&src)?;
+                io::copy(&mut input, out).map(|_| ())
+            })?;
+            publish(&staged, &dest, &key)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?
+    }
+
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let dest = self.path(key)?;
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            let staged = stage(&dest, &key, |out| io::Write::write_all(out, &bytes))?;
+            publish(&staged, &dest, &key)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?
+    }
+
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
+        let src = self.path(key)?;
+        tokio::fs::copy(&src, path).await.map_err(|e| not_found_or(e, key, "reading"))
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        let src = self.path(key)?;
+        tokio::fs::read(&src).await.map_err(|e| not_found_or(e, key, "reading"))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, &prefix, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        tokio::fs::remove_file(&path).await.map_err(|e| not_found_or(e, key, "deleting"))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io(format!("checking {key}"), e)),
+        }
+    }
+}
+
+fn not_found_or(e: io::Error, key: &str, doing: &str) -> StorageError {
+    if e.kind() == io::ErrorKind::NotFound {
+        StorageError::NotFound(key.to_string())
+    } else {
+        StorageError::io(format!("{doing} {key}"), e)
+    }
+}
+
+/// Collects regular files under `dir` whose key starts with `prefix`, skipping our own hidden
+/// temporary files.
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<(), StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::io(format!("listing {}", dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(format!("listing {}", dir.display()), e))?;
+        let path = entry.path();
+        let Ok(rel) = path.strip_prefix(root) else { continue };
+        let key = rel.to_string_lossy().replace('\\', "/");
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let meta = entry.metadata().map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
+        if meta.is_dir() {
+            let dir_key = format!("{key}/");
+            if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                walk(root, &path, prefix, out)?;
+            }
+        } else if meta.is_file() && key.starts_with(prefix) {
+            out.push(ObjectInfo { key, size: meta.len() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_never_overwrites_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path());
+        store.put_bytes("t/a.sql", b"one".to_vec()).await.unwrap();
+        let err = store.put_bytes("t/a.sql", b"two".to_vec()).await.unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists(_)));
+        assert_eq!(store.get_bytes("t/a.sql").await.unwrap(), b"one");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("t")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn list_size_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path());
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"hello").unwrap();
+        store.put_file("t/b", &src).await.unwrap();
+        store.put_bytes("t/a", b"x".to_vec()).await.unwrap();
+        store.put_bytes("u/c", b"x".to_vec()).await.unwrap();
+        let keys: Vec<_> = store.list("t/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["t/a", "t/b"]);
+        assert_eq!(store.size("t/b").await.unwrap(), Some(5));
+        store.delete("t/b").await.unwrap();
+        assert_eq!(store.size("t/b").await.unwrap(), None);
+        assert!(matches!(store.delete("t/b").await, Err(StorageError::NotFound(_))));
+    }
+}

@@ -1,0 +1,134 @@
+//! Where backups live. One trait, one backend per file, chosen once from the storage URL.
+
+mod fs;
+mod memory;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::UsageError;
+
+pub use fs::LocalDir;
+pub use memory::Memory;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {0} already exists")]
+    AlreadyExists(String),
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StorageError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StorageError::Io { context: context.into(), source }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Keys are relative (`bienestar/backup-sql-….sql.zst`); a backend adds its own prefix.
+/// Writes never overwrite: `put_*` fails with [`StorageError::AlreadyExists`].
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// The storage URL, redacted, for messages.
+    fn describe(&self) -> String;
+
+    /// Stores the file's bytes under `key`, atomically: a crash never leaves a partial object
+    /// under the final key.
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError>;
+
+    /// Stores a small object (a manifest).
+    async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError>;
+
+    /// Downloads `key` into `path`, returning its size.
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError>;
+
+    /// Reads a small object (a manifest) whole.
+    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Deletes `key`; [`StorageError::NotFound`] when it was not there.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// The object's size, or `None` when it does not exist.
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
+}
+
+/// Opens the backend named by a storage URL: a plain path or `file:///abs/path` (local directory),
+/// `memory://` (tests).
+pub fn open(url: &str) -> Result<Arc<dyn Storage>, UsageError> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(UsageError::new(
+            "--storage / BACKUP_STORAGE is empty: give a directory, file:///path, s3://bucket/prefix or supabase://bucket/prefix",
+        ));
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(UsageError::new(format!(
+                "{url} is not an absolute file URL: use file:///absolute/path or a plain path such as ./backups"
+            )));
+        }
+        return Ok(Arc::new(LocalDir::new(rest)));
+    }
+    if url == "memory://" {
+        return Ok(Arc::new(Memory::default()));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(UsageError::new(format!(
+            "storage scheme {scheme}:// is not supported: use a directory path, file:///path, s3://bucket/prefix or supabase://bucket/prefix"
+        )));
+    }
+    Ok(Arc::new(LocalDir::new(url)))
+}
+
+/// Rejects keys that could escape a backend's prefix or directory.
+pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+        || key.contains('\0');
+    if bad {
+        return Err(StorageError::Other(format!("invalid object key {key:?}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_backends_from_urls() {
+        assert!(open("./backups").unwrap().describe().ends_with("backups"));
+        assert_eq!(open("file:///var/backups").unwrap().describe(), "/var/backups");
+        assert!(open("file://relative").is_err());
+        assert!(open("ftp://x").is_err());
+        assert!(open("").is_err());
+    }
+
+    #[test]
+    fn rejects_escaping_keys() {
+        assert!(check_key("a/b.sql").is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}
