@@ -18,6 +18,7 @@ use crate::pgdump::DumpFormat;
 const CHUNK: usize = 256 * 1024;
 const STDERR_KEEP: usize = 16 * 1024;
 
+#[derive(Debug)]
 pub struct Spooled {
     pub file: NamedTempFile,
     /// Bytes of the compressed (stored) form.
@@ -152,6 +153,8 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
     let hashing = match finished {
         Ok(w) => w,
         Err(e) => {
+            // Closing our end of the pipe too, so anything the dumper started dies of SIGPIPE.
+            drop(stdout);
             let _ = child.kill();
             let _ = child.wait();
             let _ = stderr_reader.join();

@@ -1,0 +1,8 @@
+//! Every test that touches PostgreSQL, storage or the binary: one test binary, one cluster.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backup;
+mod failures;
+mod list;
