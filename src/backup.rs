@@ -118,7 +118,9 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     };
     if req.kind == BackupKind::Automatic {
         if let Err(e) = env.catalog.mark_backed_up(client, req.tenant.id, env.clock.now()).await {
-            tracing::warn!("{schema}: backup {id} is stored and recorded, but {e:#}; the next tick may back it up again");
+            tracing::warn!(
+                "{schema}: backup {id} is stored and recorded, but {e:#}; the next tick may back it up again"
+            );
         }
     }
     Ok(BackupOutcome {
@@ -135,13 +137,29 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
 }
 
 async fn spool(env: &BackupEnv, req: &BackupRequest) -> Result<Spooled> {
-    let cmd = dump_command(&env.pg_dump, &env.dump_target, &req.tenant.schema_name, req.format, req.inserts);
+    let cmd = dump_command(
+        &env.pg_dump,
+        &env.dump_target,
+        &req.tenant.schema_name,
+        req.format,
+        req.inserts,
+    );
     let target = env.dump_target.clone();
     let spool_dir = env.spool_dir.clone();
     let (format, compression, max_size, progress) = (req.format, req.compression, req.max_size, req.progress.clone());
     tokio::task::spawn_blocking(move || {
         let scrub = move |s: &str| target.scrub(s);
-        dump_to_spool(cmd, &SpoolOptions { format, compression, max_size, spool_dir: &spool_dir, progress, scrub: &scrub })
+        dump_to_spool(
+            cmd,
+            &SpoolOptions {
+                format,
+                compression,
+                max_size,
+                spool_dir: &spool_dir,
+                progress,
+                scrub: &scrub,
+            },
+        )
     })
     .await
     .context("the dump task panicked")?
@@ -151,10 +169,17 @@ async fn spool(env: &BackupEnv, req: &BackupRequest) -> Result<Spooled> {
 /// Stores the spool under the first free name (`…-2`, `…-3` when taken) and checks the stored size.
 async fn store_without_overwrite(storage: &dyn Storage, base: &ObjectKey, spooled: &Spooled) -> Result<String> {
     for n in 1..=100u32 {
-        let key = if n == 1 { base.as_key() } else { base.with_suffix(n).as_key() };
+        let key = if n == 1 {
+            base.as_key()
+        } else {
+            base.with_suffix(n).as_key()
+        };
         match storage.put_file(&key, spooled.file.path()).await {
             Ok(()) => {
-                let stored = storage.size(&key).await.with_context(|| format!("checking the size of {key}"))?;
+                let stored = storage
+                    .size(&key)
+                    .await
+                    .with_context(|| format!("checking the size of {key}"))?;
                 if stored != Some(spooled.size) {
                     remove_quietly(storage, &[&key]).await;
                     anyhow::bail!(
@@ -171,7 +196,10 @@ async fn store_without_overwrite(storage: &dyn Storage, base: &ObjectKey, spoole
             }
         }
     }
-    anyhow::bail!("100 objects named like {} already exist; is the clock stuck?", base.as_key())
+    anyhow::bail!(
+        "100 objects named like {} already exist; is the clock stuck?",
+        base.as_key()
+    )
 }
 
 async fn remove_quietly(storage: &dyn Storage, keys: &[&str]) {

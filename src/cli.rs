@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "Back up a django-tenants PostgreSQL database one tenant schema at a time, into a local \
                   directory, S3 or Supabase Storage, keeping each backup's history as a BackupRecord row \
                   in the tenant's own schema.\n\nExit codes: 0 all done, 1 some work failed, 2 bad usage or \
-                  configuration (nothing was touched).",
+                  configuration (nothing was touched)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -37,11 +37,21 @@ pub struct DbArgs {
     pub dump_url: Option<String>,
 
     /// Table holding the tenants
-    #[arg(long, env = "BACKUP_TENANTS_TABLE", default_value = "public.tenants_clinic", global = true)]
+    #[arg(
+        long,
+        env = "BACKUP_TENANTS_TABLE",
+        default_value = "public.tenants_clinic",
+        global = true
+    )]
     pub tenants_table: String,
 
     /// History table inside each tenant schema
-    #[arg(long, env = "BACKUP_RECORDS_TABLE", default_value = "backups_backuprecord", global = true)]
+    #[arg(
+        long,
+        env = "BACKUP_RECORDS_TABLE",
+        default_value = "backups_backuprecord",
+        global = true
+    )]
     pub records_table: String,
 
     /// pg_dump to use (default: the lowest version at least the server's, found in the usual places)
@@ -147,7 +157,12 @@ pub struct DumpArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Tenant schema to back up (repeatable)
-    #[arg(long = "tenant", value_name = "SCHEMA", required_unless_present = "all", conflicts_with = "all")]
+    #[arg(
+        long = "tenant",
+        value_name = "SCHEMA",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     pub tenants: Vec<String>,
 
     /// Back up every tenant
@@ -304,7 +319,10 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
         }
         _ => (raw, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{raw:?} is not a size: use e.g. 500M or 2G"))?;
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size: use e.g. 500M or 2G"))?;
     if n == 0 {
         return Err("the size must be positive".into());
     }

@@ -19,18 +19,24 @@ impl Compression {
             "gzip" => {
                 let level = level.unwrap_or(6);
                 if !(1..=9).contains(&level) {
-                    return Err(UsageError::new(format!("--level {level} is out of range for gzip: use 1 to 9")));
+                    return Err(UsageError::new(format!(
+                        "--level {level} is out of range for gzip: use 1 to 9"
+                    )));
                 }
                 Ok(Compression::Gzip { level: level as u32 })
             }
             "zstd" => {
                 let level = level.unwrap_or(3);
                 if !(1..=19).contains(&level) {
-                    return Err(UsageError::new(format!("--level {level} is out of range for zstd: use 1 to 19")));
+                    return Err(UsageError::new(format!(
+                        "--level {level} is out of range for zstd: use 1 to 19"
+                    )));
                 }
                 Ok(Compression::Zstd { level })
             }
-            other => Err(UsageError::new(format!("unknown compression {other:?}: use zstd, gzip or none"))),
+            other => Err(UsageError::new(format!(
+                "unknown compression {other:?}: use zstd, gzip or none"
+            ))),
         }
     }
 
@@ -64,7 +70,9 @@ impl Compression {
     pub fn encoder<W: Write>(self, out: W) -> io::Result<Encoder<W>> {
         Ok(match self {
             Compression::None => Encoder::None(out),
-            Compression::Gzip { level } => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::new(level))),
+            Compression::Gzip { level } => {
+                Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::new(level)))
+            }
             Compression::Zstd { level } => Encoder::Zstd(zstd::stream::write::Encoder::new(out, level)?),
         })
     }
@@ -130,7 +138,11 @@ mod tests {
     #[test]
     fn every_compression_round_trips() {
         let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        for c in [Compression::None, Compression::Gzip { level: 6 }, Compression::Zstd { level: 3 }] {
+        for c in [
+            Compression::None,
+            Compression::Gzip { level: 6 },
+            Compression::Zstd { level: 3 },
+        ] {
             let mut enc = c.encoder(Vec::new()).unwrap();
             enc.write_all(&data).unwrap();
             let packed = enc.finish().unwrap();
@@ -145,6 +157,9 @@ mod tests {
         assert!(Compression::from_name("zstd", Some(20)).is_err());
         assert!(Compression::from_name("gzip", Some(0)).is_err());
         assert!(Compression::from_name("lz4", None).is_err());
-        assert_eq!(Compression::from_name("zstd", None).unwrap(), Compression::Zstd { level: 3 });
+        assert_eq!(
+            Compression::from_name("zstd", None).unwrap(),
+            Compression::Zstd { level: 3 }
+        );
     }
 }

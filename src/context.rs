@@ -34,7 +34,9 @@ impl Context {
             .database_url
             .as_deref()
             .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)"))?;
+            .ok_or_else(|| {
+                usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)")
+            })?;
         let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
         let dump = match cli.db.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
             Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
@@ -49,7 +51,11 @@ impl Context {
             None => db.clone(),
         };
         let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table)?;
-        let storage_url = cli.storage.storage.clone().unwrap_or_else(|| DEFAULT_STORAGE.to_string());
+        let storage_url = cli
+            .storage
+            .storage
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STORAGE.to_string());
         let storage = storage::open(&storage_url)?;
         Ok(Context {
             db,

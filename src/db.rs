@@ -31,8 +31,8 @@ impl TlsMode {
             "verify-full" => TlsMode::VerifyFull,
             other => {
                 return Err(UsageError::new(format!(
-                "unknown sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
-            )))
+                    "unknown sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
+                )))
             }
         })
     }
@@ -87,7 +87,12 @@ impl DbTarget {
         });
         config.application_name("tenant-backup");
         config.connect_timeout(Duration::from_secs(15));
-        Ok(DbTarget { raw: Secret::new(raw.to_string()), config, tls, root_cert })
+        Ok(DbTarget {
+            raw: Secret::new(raw.to_string()),
+            config,
+            tls,
+            root_cert,
+        })
     }
 
     pub fn redacted(&self) -> String {
@@ -95,7 +100,9 @@ impl DbTarget {
     }
 
     pub fn password(&self) -> Option<String> {
-        self.config.get_password().map(|p| String::from_utf8_lossy(p).into_owned())
+        self.config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
     }
 
     fn first_port(&self) -> u16 {
@@ -111,8 +118,7 @@ impl DbTarget {
             _ => None,
         });
         let port = self.first_port();
-        port == 6543
-            || tcp_hosts.clone().any(|h| h.ends_with("pooler.supabase.com")) && port != 5432
+        port == 6543 || tcp_hosts.clone().any(|h| h.ends_with("pooler.supabase.com")) && port != 5432
     }
 
     /// The same target in session mode (port 5432), for pg_dump, psql and advisory locks.
@@ -125,7 +131,13 @@ impl DbTarget {
             }
             _ => raw
                 .split_whitespace()
-                .map(|kv| if kv.starts_with("port=") { "port=5432".to_string() } else { kv.to_string() })
+                .map(|kv| {
+                    if kv.starts_with("port=") {
+                        "port=5432".to_string()
+                    } else {
+                        kv.to_string()
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
         };
@@ -250,7 +262,10 @@ pub fn backoff(attempt: u32) -> Duration {
 pub fn is_transient(err: &tokio_postgres::Error) -> bool {
     if let Some(db) = err.as_db_error() {
         let code = db.code().code();
-        return matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" | "08001" | "08004");
+        return matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" | "08001" | "08004"
+        );
     }
     if err.is_closed() {
         return true;
@@ -261,7 +276,13 @@ pub fn is_transient(err: &tokio_postgres::Error) -> bool {
             use std::io::ErrorKind::*;
             return matches!(
                 io.kind(),
-                ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut | UnexpectedEof | NotConnected
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+                    | TimedOut
+                    | UnexpectedEof
+                    | NotConnected
             );
         }
         source = e.source();

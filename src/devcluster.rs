@@ -25,7 +25,10 @@ pub enum DevClusterError {
 }
 
 fn failed(what: impl Into<String>, detail: impl ToString) -> DevClusterError {
-    DevClusterError::Failed { what: what.into(), detail: detail.to_string() }
+    DevClusterError::Failed {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
 }
 
 pub struct DevCluster {
@@ -93,7 +96,8 @@ fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
 
 fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<(), DevClusterError> {
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| failed(format!("chown {}", path.display()), e))?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| failed(format!("chown {}", path.display()), e))?;
     }
     Ok(())
 }
@@ -121,7 +125,16 @@ impl DevCluster {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "-N"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-N",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .current_dir(&base)
             .stdin(Stdio::null());
@@ -147,12 +160,24 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
             parent = std::process::id(),
         );
         let mut watcher = Command::new("sh");
-        watcher.arg("-c").arg(script).current_dir(&base).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        watcher
+            .arg("-c")
+            .arg(script)
+            .current_dir(&base)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         as_user(&mut watcher, user);
         // Its own process group, so Ctrl-C in a terminal reaches us, and we stop it in order.
         watcher.process_group(0);
         let watcher = watcher.spawn().map_err(|e| failed("starting postgres", e))?;
-        let mut cluster = DevCluster { port, password, bin_dir, base, watcher: Some(watcher) };
+        let mut cluster = DevCluster {
+            port,
+            password,
+            bin_dir,
+            base,
+            watcher: Some(watcher),
+        };
         cluster.wait_ready(&log)?;
         Ok(cluster)
     }
@@ -168,7 +193,11 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
             if ok {
                 return Ok(());
             }
-            let exited = self.watcher.as_mut().and_then(|w| w.try_wait().ok().flatten()).is_some();
+            let exited = self
+                .watcher
+                .as_mut()
+                .and_then(|w| w.try_wait().ok().flatten())
+                .is_some();
             if exited || Instant::now() > deadline {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 return Err(failed("postgres did not start", text));
@@ -189,9 +218,22 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
     /// A psql command connected to `db`, password in the environment.
     pub fn psql_command(&self, db: &str) -> Command {
         let mut cmd = Command::new(self.bin("psql"));
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
-            .env("PGPASSWORD", &self.password)
-            .env("PGCONNECT_TIMEOUT", "10");
+        cmd.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ])
+        .env("PGPASSWORD", &self.password)
+        .env("PGCONNECT_TIMEOUT", "10");
         cmd
     }
 
@@ -219,7 +261,10 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
             .output()
             .map_err(|e| failed("running psql", e))?;
         if !out.status.success() {
-            return Err(failed(format!("loading {}", file.display()), String::from_utf8_lossy(&out.stderr)));
+            return Err(failed(
+                format!("loading {}", file.display()),
+                String::from_utf8_lossy(&out.stderr),
+            ));
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ enum State {
     #[default]
     Sql,
     /// Inside `COPY t (...) FROM stdin;` data, until a `\.` line.
-    Copy { table: String },
+    Copy { table: String, rows: u64 },
     /// Inside an `INSERT INTO` statement (made by `--inserts`), which may span lines.
     Insert { in_quote: bool },
 }
@@ -58,7 +58,7 @@ impl PlainDumpScanner {
                     None => return,
                 }
             }
-            match memchr(b'\n', chunk) {
+            match memchr::memchr(b'\n', chunk) {
                 Some(i) => {
                     self.push(&chunk[..i]);
                     self.end_line();
@@ -73,6 +73,12 @@ impl PlainDumpScanner {
     }
 
     fn push(&mut self, bytes: &[u8]) {
+        if matches!(self.state, State::Copy { .. }) {
+            // A data row: only "is it exactly `\.`" matters, so three bytes are enough.
+            let room = 3usize.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            return;
+        }
         if matches!(self.state, State::Sql) {
             for &b in bytes {
                 match b {
@@ -91,24 +97,24 @@ impl PlainDumpScanner {
 
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
-        let skip = std::mem::replace(&mut self.line_truncated, false) && matches!(self.state, State::Sql) && line.is_empty();
+        let skip =
+            std::mem::replace(&mut self.line_truncated, false) && matches!(self.state, State::Sql) && line.is_empty();
         let in_quote = std::mem::replace(&mut self.line_in_quote, false);
         let ended = std::mem::replace(&mut self.line_has_end, false);
         match &mut self.state {
-            State::Copy { table } => {
+            State::Copy { table, rows } => {
                 if line == b"\\." {
-                    let table = std::mem::take(table);
-                    self.counts.entry(table).or_insert(0);
+                    *self.counts.entry(std::mem::take(table)).or_insert(0) += *rows;
                     self.state = State::Sql;
                 } else {
-                    *self.counts.entry(table.clone()).or_insert(0) += 1;
+                    *rows += 1;
                 }
             }
             State::Sql if !skip => {
                 if let Some(rest) = line.strip_prefix(b"COPY ") {
                     if line.ends_with(b" FROM stdin;") {
                         if let Some(table) = table_name(rest) {
-                            self.state = State::Copy { table };
+                            self.state = State::Copy { table, rows: 0 };
                         }
                     }
                 } else if let Some(rest) = line.strip_prefix(b"INSERT INTO ") {
@@ -136,10 +142,6 @@ impl PlainDumpScanner {
     pub fn into_counts(self) -> BTreeMap<String, u64> {
         self.counts
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 /// `schema.table (…` or `"we""ird".table …` → the unqualified table name.

@@ -30,7 +30,10 @@ impl QualifiedName {
                 "invalid table name {raw:?}: expected `schema.table` or `table` (at most 63 bytes each)"
             )));
         }
-        Ok(QualifiedName { schema: schema.to_string(), name: name.to_string() })
+        Ok(QualifiedName {
+            schema: schema.to_string(),
+            name: name.to_string(),
+        })
     }
 
     /// `"schema"."table"`, ready to put into SQL.
@@ -51,7 +54,10 @@ mod tests {
 
     #[test]
     fn quotes_hostile_names() {
-        assert_eq!(quote_ident(r#"x"; DROP SCHEMA public; --"#), r#""x""; DROP SCHEMA public; --""#);
+        assert_eq!(
+            quote_ident(r#"x"; DROP SCHEMA public; --"#),
+            r#""x""; DROP SCHEMA public; --""#
+        );
         assert_eq!(quote_ident("bienestar"), "\"bienestar\"");
     }
 

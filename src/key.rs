@@ -29,7 +29,10 @@ impl ObjectKey {
     }
 
     pub fn with_suffix(&self, n: u32) -> Self {
-        ObjectKey { suffix: Some(n), ..self.clone() }
+        ObjectKey {
+            suffix: Some(n),
+            ..self.clone()
+        }
     }
 
     pub fn file_name(&self) -> String {

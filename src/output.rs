@@ -30,7 +30,10 @@ impl Output {
         } else {
             ProgressMode::Lines
         };
-        Output { json: args.json, progress }
+        Output {
+            json: args.json,
+            progress,
+        }
     }
 
     /// Prints a serializable result as pretty JSON on stdout.
@@ -92,7 +95,10 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&["id", "file"], &[vec!["1".into(), "a".into()], vec!["10".into(), "bb".into()]]);
+        let t = table(
+            &["id", "file"],
+            &[vec!["1".into(), "a".into()], vec!["10".into(), "bb".into()]],
+        );
         assert_eq!(t, "id  file\n1   a\n10  bb\n");
     }
 }

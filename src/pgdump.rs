@@ -35,9 +35,15 @@ impl PgDump {
             return None;
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        let version = text.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+        let version = text
+            .split_whitespace()
+            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
         let major = version.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
-        Some(PgDump { path: path.to_path_buf(), major, version: version.to_string() })
+        Some(PgDump {
+            path: path.to_path_buf(),
+            major,
+            version: version.to_string(),
+        })
     }
 
     /// The lowest major version that is at least the server's, among the explicit one (if given,
@@ -74,7 +80,9 @@ impl PgDump {
 fn candidate_paths() -> Vec<PathBuf> {
     let mut out = Vec::new();
     for pattern_dir in ["/usr/lib/postgresql", "/usr", "/opt/homebrew/opt", "/usr/local/opt"] {
-        let Ok(entries) = std::fs::read_dir(pattern_dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(pattern_dir) else {
+            continue;
+        };
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -138,7 +146,14 @@ pub fn dump_command(pg_dump: &PgDump, target: &DbTarget, schema: &str, format: D
 
 /// Clears inherited libpq settings that could redirect the program, then sets ours.
 pub fn apply_env(cmd: &mut Command, target: &DbTarget) {
-    for var in ["PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR", "PGPASSFILE", "PGSSLROOTCERT"] {
+    for var in [
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGHOSTADDR",
+        "PGPASSFILE",
+        "PGSSLROOTCERT",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(target.libpq_env());
@@ -170,7 +185,11 @@ mod tests {
     #[test]
     fn dump_command_has_no_password() {
         let target = DbTarget::parse("postgres://u:s3cret@h:5432/d", "x").unwrap();
-        let pg = PgDump { path: "pg_dump".into(), major: 15, version: "15.1".into() };
+        let pg = PgDump {
+            path: "pg_dump".into(),
+            major: 15,
+            version: "15.1".into(),
+        };
         let cmd = dump_command(&pg, &target, "bien\"estar", DumpFormat::Plain, false);
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(args.contains(&"--schema=\"bien\"\"estar\"".to_string()), "{args:?}");

@@ -24,14 +24,21 @@ pub struct Watch {
 
 impl Progress {
     pub fn new(mode: ProgressMode) -> Self {
-        Progress { mode, multi: MultiProgress::new() }
+        Progress {
+            mode,
+            multi: MultiProgress::new(),
+        }
     }
 
     /// Starts watching one tenant's dump; the returned counter goes to the core.
     pub fn watch(&self, label: &str) -> Watch {
         let counter = Arc::new(AtomicU64::new(0));
         match self.mode {
-            ProgressMode::Off => Watch { counter, bar: None, ticker: None },
+            ProgressMode::Off => Watch {
+                counter,
+                bar: None,
+                ticker: None,
+            },
             ProgressMode::Bar => {
                 let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
@@ -47,7 +54,11 @@ impl Progress {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 });
-                Watch { counter, bar: Some(bar), ticker: Some(ticker) }
+                Watch {
+                    counter,
+                    bar: Some(bar),
+                    ticker: Some(ticker),
+                }
             }
             ProgressMode::Lines => {
                 let (c, label) = (counter.clone(), label.to_string());
@@ -60,7 +71,11 @@ impl Progress {
                         tracing::info!("{label}: {} dumped ({}/s)", human_size(bytes), human_size(rate as u64));
                     }
                 });
-                Watch { counter, bar: None, ticker: Some(ticker) }
+                Watch {
+                    counter,
+                    bar: None,
+                    ticker: Some(ticker),
+                }
             }
         }
     }

@@ -64,7 +64,8 @@ pub struct Catalog {
     pub records_table: String,
 }
 
-const TENANT_COLUMNS: &str = "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
+const TENANT_COLUMNS: &str =
+    "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
 
 impl Catalog {
     pub fn new(tenants_table: &str, records_table: &str) -> Result<Self, UsageError> {
@@ -74,7 +75,10 @@ impl Catalog {
                 "invalid --records-table / BACKUP_RECORDS_TABLE {records_table:?}: give the table name inside each tenant schema, e.g. backups_backuprecord"
             )));
         }
-        Ok(Catalog { tenants_table, records_table: records_table.to_string() })
+        Ok(Catalog {
+            tenants_table,
+            records_table: records_table.to_string(),
+        })
     }
 
     /// `"schema"."backups_backuprecord"`.
@@ -117,12 +121,21 @@ impl Catalog {
         let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
         let rows = if let Ok(id) = who.parse::<i64>() {
             let sql = format!("SELECT id FROM {users} WHERE id = $1");
-            client.query_typed(&sql, &[(&id as &(dyn ToSql + Sync), Type::INT8)]).await
+            client
+                .query_typed(&sql, &[(&id as &(dyn ToSql + Sync), Type::INT8)])
+                .await
         } else {
             let sql = format!("SELECT id FROM {users} WHERE lower(email) = lower($1) ORDER BY id LIMIT 1");
-            client.query_typed(&sql, &[(&who as &(dyn ToSql + Sync), Type::TEXT)]).await
+            client
+                .query_typed(&sql, &[(&who as &(dyn ToSql + Sync), Type::TEXT)])
+                .await
         }
-        .map_err(|e| anyhow::anyhow!("looking up user {who:?} in {schema}.users_user: {}", crate::db::describe_pg_error(&e)))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "looking up user {who:?} in {schema}.users_user: {}",
+                crate::db::describe_pg_error(&e)
+            )
+        })?;
         match rows.first() {
             Some(row) => Ok(row.get(0)),
             None => Err(UsageError::new(format!(
@@ -158,7 +171,11 @@ impl Catalog {
             Ok(rows) => rows[0].get::<_, i64>(0),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                anyhow::bail!("writing the BackupRecord row into {}: {}", self.records_in(schema), crate::db::describe_pg_error(&e));
+                anyhow::bail!(
+                    "writing the BackupRecord row into {}: {}",
+                    self.records_in(schema),
+                    crate::db::describe_pg_error(&e)
+                );
             }
         };
         client
@@ -178,7 +195,11 @@ impl Catalog {
             quote_ident("users_user")
         );
         let rows = client.query_typed(&sql, &[]).await.map_err(|e| {
-            anyhow::anyhow!("reading {}: {}", self.records_in(schema), crate::db::describe_pg_error(&e))
+            anyhow::anyhow!(
+                "reading {}: {}",
+                self.records_in(schema),
+                crate::db::describe_pg_error(&e)
+            )
         })?;
         Ok(rows
             .iter()
@@ -197,7 +218,10 @@ impl Catalog {
 
     /// `last_backup_at = now` after a successful automatic backup.
     pub async fn mark_backed_up(&self, client: &Client, tenant_id: i64, at: DateTime<Utc>) -> anyhow::Result<()> {
-        let sql = format!("UPDATE {} SET last_backup_at = $1 WHERE id = $2", self.tenants_table.quoted());
+        let sql = format!(
+            "UPDATE {} SET last_backup_at = $1 WHERE id = $2",
+            self.tenants_table.quoted()
+        );
         client
             .query_typed(&sql, &[(&at, Type::TIMESTAMPTZ), (&tenant_id, Type::INT8)])
             .await

@@ -49,7 +49,11 @@ pub fn redact(raw: &str) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let v = if sensitive(&k) { "***".to_string() } else { v.into_owned() };
+                let v = if sensitive(&k) {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), v)
             })
             .collect();

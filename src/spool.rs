@@ -108,7 +108,10 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
 
-    let write_err = |source: io::Error| SpoolError::Write { dir: opts.spool_dir.display().to_string(), source };
+    let write_err = |source: io::Error| SpoolError::Write {
+        dir: opts.spool_dir.display().to_string(),
+        source,
+    };
     let file = tempfile::Builder::new()
         .prefix("tenant-backup-")
         .suffix(".spool")
@@ -159,7 +162,9 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
             let _ = child.wait();
             let _ = stderr_reader.join();
             if e.get_ref().is_some_and(|inner| inner.is::<TooLargeMarker>()) {
-                return Err(SpoolError::TooLarge { limit: opts.max_size.unwrap_or(0) });
+                return Err(SpoolError::TooLarge {
+                    limit: opts.max_size.unwrap_or(0),
+                });
             }
             return Err(write_err(e));
         }
@@ -169,7 +174,10 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
     if !status.success() {
         let status = match status.code() {
             Some(code) => format!("exit code {code}"),
-            None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
+            None => format!(
+                "killed by signal {}",
+                std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+            ),
         };
         return Err(SpoolError::DumpFailed { status, stderr });
     }
@@ -181,8 +189,14 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
         None if head != b"PGDMP" => return Err(SpoolError::NotAnArchive),
         _ => {}
     }
-    let HashingWriter { inner, hasher, written, .. } = hashing;
-    inner.into_inner().map_err(|e| write_err(e.into_error()))?.sync_all().map_err(write_err)?;
+    let HashingWriter {
+        inner, hasher, written, ..
+    } = hashing;
+    inner
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?
+        .sync_all()
+        .map_err(write_err)?;
     Ok(Spooled {
         file,
         size: written,
@@ -235,7 +249,11 @@ mod tests {
 
     fn sh(script: &str) -> Command {
         let mut c = Command::new("sh");
-        c.arg("-c").arg(script).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        c.arg("-c")
+            .arg(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         c
     }
 
@@ -266,12 +284,28 @@ mod tests {
     #[test]
     fn failures_are_errors_with_scrubbed_stderr() {
         let dir = tempfile::tempdir().unwrap();
-        let err = dump_to_spool(sh("echo partial; echo 'password hunter2 rejected' >&2; exit 1"), &opts(dir.path())).unwrap_err();
+        let err = dump_to_spool(
+            sh("echo partial; echo 'password hunter2 rejected' >&2; exit 1"),
+            &opts(dir.path()),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("exit code 1") && msg.contains("***") && !msg.contains("hunter2"), "{msg}");
-        assert!(matches!(dump_to_spool(sh("true"), &opts(dir.path())), Err(SpoolError::Empty { .. })));
-        assert!(matches!(dump_to_spool(sh("echo 'SET x;'"), &opts(dir.path())), Err(SpoolError::Truncated { .. })));
-        assert!(matches!(dump_to_spool(sh("kill -9 $$"), &opts(dir.path())), Err(SpoolError::DumpFailed { .. })));
+        assert!(
+            msg.contains("exit code 1") && msg.contains("***") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        assert!(matches!(
+            dump_to_spool(sh("true"), &opts(dir.path())),
+            Err(SpoolError::Empty { .. })
+        ));
+        assert!(matches!(
+            dump_to_spool(sh("echo 'SET x;'"), &opts(dir.path())),
+            Err(SpoolError::Truncated { .. })
+        ));
+        assert!(matches!(
+            dump_to_spool(sh("kill -9 $$"), &opts(dir.path())),
+            Err(SpoolError::DumpFailed { .. })
+        ));
         // Nothing left behind in the spool directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -49,7 +49,9 @@ fn root_store(root_cert: Option<&str>) -> Result<RootCertStore> {
             let pem = std::fs::read(path).with_context(|| format!("reading sslrootcert {path}"))?;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 let cert = cert.with_context(|| format!("parsing sslrootcert {path}"))?;
-                store.add(cert).with_context(|| format!("adding a certificate from {path}"))?;
+                store
+                    .add(cert)
+                    .with_context(|| format!("adding a certificate from {path}"))?;
             }
         }
         None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -112,7 +114,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
                 Ok(ServerCertVerified::assertion())

@@ -58,7 +58,9 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
 
     let results = run_backups(ctx, &env, jobs, args.concurrency as usize).await;
     report(ctx, &results)?;
-    Ok(Outcome::from_failures(results.iter().filter(|r| r.outcome.is_err()).count()))
+    Ok(Outcome::from_failures(
+        results.iter().filter(|r| r.outcome.is_err()).count(),
+    ))
 }
 
 /// The format and compression the dump flags ask for.
@@ -87,7 +89,11 @@ pub fn dump_choice(args: &DumpArgs) -> Result<(DumpFormat, Compression)> {
 pub async fn backup_env(ctx: &Context, client: &Client) -> Result<BackupEnv> {
     let (version, major) = server_version(client).await?;
     let pg_dump = PgDump::find(ctx.pg_dump.as_deref(), major).map_err(|e| usage!("{e}"))?;
-    tracing::debug!("using {} ({}) for PostgreSQL {version}", pg_dump.path.display(), pg_dump.version);
+    tracing::debug!(
+        "using {} ({}) for PostgreSQL {version}",
+        pg_dump.path.display(),
+        pg_dump.version
+    );
     Ok(BackupEnv {
         storage: ctx.storage.clone(),
         catalog: ctx.catalog.clone(),
@@ -111,7 +117,13 @@ async fn server_version(client: &Client) -> Result<(String, u32)> {
             _ => None,
         })
         .context("the server did not report its version")?;
-    let version = row.get(0).unwrap_or("").split_whitespace().next().unwrap_or("").to_string();
+    let version = row
+        .get(0)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
     let num: u32 = row.get(1).unwrap_or("0").parse().unwrap_or(0);
     Ok((version, num / 10000))
 }
@@ -123,7 +135,12 @@ pub struct TenantResult {
 
 /// Backs up each job with at most `concurrency` at once, each on its own session connection.
 /// One tenant's failure never stops the others.
-pub async fn run_backups(ctx: &Context, env: &Arc<BackupEnv>, jobs: Vec<BackupRequest>, concurrency: usize) -> Vec<TenantResult> {
+pub async fn run_backups(
+    ctx: &Context,
+    env: &Arc<BackupEnv>,
+    jobs: Vec<BackupRequest>,
+    concurrency: usize,
+) -> Vec<TenantResult> {
     let progress = Progress::new(ctx.output.progress);
     let progress = &progress;
     stream::iter(jobs)
@@ -185,7 +202,14 @@ fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
                 o.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
                 format!("{:.2} s", o.duration.as_secs_f64()),
             ]),
-            Err(_) => rows.push(vec![r.tenant.clone(), "-".into(), "FAILED (see above)".into(), "-".into(), "-".into(), "-".into()]),
+            Err(_) => rows.push(vec![
+                r.tenant.clone(),
+                "-".into(),
+                "FAILED (see above)".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]),
         }
     }
     print!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows));

@@ -24,7 +24,10 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     let mut histories = Vec::new();
     for tenant in tenants {
         let backups = ctx.catalog.records(&client, &tenant.schema_name).await?;
-        histories.push(TenantHistory { tenant: tenant.schema_name, backups });
+        histories.push(TenantHistory {
+            tenant: tenant.schema_name,
+            backups,
+        });
     }
     if ctx.output.json {
         ctx.output.json(&histories)?;
@@ -51,6 +54,12 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         eprintln!("no backups recorded");
         return Ok(Outcome::Done);
     }
-    print!("{}", table(&["tenant", "id", "file", "size", "type", "created_at", "created_by"], &rows));
+    print!(
+        "{}",
+        table(
+            &["tenant", "id", "file", "size", "type", "created_at", "created_by"],
+            &rows
+        )
+    );
     Ok(Outcome::Done)
 }

@@ -29,7 +29,12 @@ impl Outcome {
 }
 
 pub async fn run(cli: Cli) -> Result<Outcome> {
-    let not_yet = |name: &str| Err(usage!("`{name}` is not available yet in tenant-backup {}", env!("CARGO_PKG_VERSION")));
+    let not_yet = |name: &str| {
+        Err(usage!(
+            "`{name}` is not available yet in tenant-backup {}",
+            env!("CARGO_PKG_VERSION")
+        ))
+    };
     match &cli.command {
         Command::RunScheduled(_) => return not_yet("run-scheduled"),
         Command::Restore(_) => return not_yet("restore"),

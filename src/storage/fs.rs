@@ -42,7 +42,11 @@ fn publish(staged: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
     }
 }
 
-fn stage(dest: &Path, key: &str, write: impl FnOnce(&mut std::fs::File) -> io::Result<()>) -> Result<PathBuf, StorageError> {
+fn stage(
+    dest: &Path,
+    key: &str,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> Result<PathBuf, StorageError> {
     let dir = dest.parent().expect("object paths have a parent");
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("creating directory {}", dir.display()), e))?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
@@ -51,7 +55,9 @@ fn stage(dest: &Path, key: &str, write: impl FnOnce(&mut std::fs::File) -> io::R
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(|e| StorageError::io(format!("creating a temporary file in {}", dir.display()), e))?;
-    let (mut file, path) = staged.keep().map_err(|e| StorageError::io("keeping temporary file", e.error))?;
+    let (mut file, path) = staged
+        .keep()
+        .map_err(|e| StorageError::io("keeping temporary file", e.error))?;
     let written = write(&mut file).and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(&path);
@@ -94,7 +100,9 @@ impl Storage for LocalDir {
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
         let src = self.path(key)?;
-        tokio::fs::copy(&src, path).await.map_err(|e| not_found_or(e, key, "reading"))
+        tokio::fs::copy(&src, path)
+            .await
+            .map_err(|e| not_found_or(e, key, "reading"))
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
@@ -117,7 +125,9 @@ impl Storage for LocalDir {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
-        tokio::fs::remove_file(&path).await.map_err(|e| not_found_or(e, key, "deleting"))
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| not_found_or(e, key, "deleting"))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
@@ -156,7 +166,9 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        let meta = entry.metadata().map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
         if meta.is_dir() {
             let dir_key = format!("{key}/");
             if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
@@ -181,7 +193,10 @@ mod tests {
         let err = store.put_bytes("t/a.sql", b"two".to_vec()).await.unwrap_err();
         assert!(matches!(err, StorageError::AlreadyExists(_)));
         assert_eq!(store.get_bytes("t/a.sql").await.unwrap(), b"one");
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("t")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("t"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 

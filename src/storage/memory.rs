@@ -26,7 +26,10 @@ impl Memory {
 
     fn read(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         let objects = self.objects.lock().expect("memory storage lock");
-        objects.get(key).cloned().ok_or_else(|| StorageError::NotFound(key.to_string()))
+        objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StorageError::NotFound(key.to_string()))
     }
 }
 
@@ -60,13 +63,19 @@ impl Storage for Memory {
         Ok(objects
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectInfo { key: k.clone(), size: v.len() as u64 })
+            .map(|(k, v)| ObjectInfo {
+                key: k.clone(),
+                size: v.len() as u64,
+            })
             .collect())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let mut objects = self.objects.lock().expect("memory storage lock");
-        objects.remove(key).map(|_| ()).ok_or_else(|| StorageError::NotFound(key.to_string()))
+        objects
+            .remove(key)
+            .map(|_| ())
+            .ok_or_else(|| StorageError::NotFound(key.to_string()))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
@@ -83,7 +92,10 @@ mod tests {
     async fn behaves_like_a_bucket() {
         let m = Memory::default();
         m.put_bytes("a/1", b"x".to_vec()).await.unwrap();
-        assert!(matches!(m.put_bytes("a/1", vec![]).await, Err(StorageError::AlreadyExists(_))));
+        assert!(matches!(
+            m.put_bytes("a/1", vec![]).await,
+            Err(StorageError::AlreadyExists(_))
+        ));
         assert_eq!(m.size("a/1").await.unwrap(), Some(1));
         assert_eq!(m.list("a/").await.unwrap().len(), 1);
         m.delete("a/1").await.unwrap();

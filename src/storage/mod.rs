@@ -31,7 +31,10 @@ pub enum StorageError {
 
 impl StorageError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StorageError::Io { context: context.into(), source }
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -103,7 +106,9 @@ pub fn open(url: &str) -> Result<Arc<dyn Storage>, UsageError> {
 pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
         || key.contains('\0');
     if bad {
         return Err(StorageError::Other(format!("invalid object key {key:?}")));

@@ -6,7 +6,12 @@ use crate::support::*;
 
 /// Runs `backup` and returns its parsed JSON result for the one tenant.
 fn backup_json(db: &TestDb, args: &[&str]) -> Value {
-    let out = db.cmd().args(["--json", "--no-progress", "backup"]).args(args).output().unwrap();
+    let out = db
+        .cmd()
+        .args(["--json", "--no-progress", "backup"])
+        .args(args)
+        .output()
+        .unwrap();
     assert_no_secret(&out);
     assert!(out.status.success(), "backup failed: {}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -44,7 +49,10 @@ fn backup_stores_object_manifest_and_a_valid_row_and_round_trips() {
     let b = backup_json(&db, &["--tenant", "bienestar"]);
     let key = b["key"].as_str().unwrap();
     let id = b["id"].as_i64().unwrap();
-    assert!(key.starts_with("bienestar/backup-sql-bienestar-") && key.ends_with(".sql.zst"), "{key}");
+    assert!(
+        key.starts_with("bienestar/backup-sql-bienestar-") && key.ends_with(".sql.zst"),
+        "{key}"
+    );
 
     // Object and manifest side by side, and nothing else.
     let manifest_key = format!("{key}.manifest.json");
@@ -141,12 +149,33 @@ fn automatic_backup_sets_last_backup_at_and_created_by_resolves_users() {
         db.sql("SELECT last_backup_at IS NOT NULL AND last_backup_at > now() - interval '5 minutes' FROM public.tenants_clinic WHERE schema_name = 'mindcare'"),
         "t"
     );
-    assert_eq!(db.sql(&format!("SELECT backup_type FROM mindcare.backups_backuprecord WHERE id = {}", b["id"])), "automatic");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT backup_type FROM mindcare.backups_backuprecord WHERE id = {}",
+            b["id"]
+        )),
+        "automatic"
+    );
 
-    let b = backup_json(&db, &["--tenant", "bienestar", "--created-by", "Terapeuta1@Bienestar.example"]);
-    assert_eq!(db.sql(&format!("SELECT created_by_id FROM bienestar.backups_backuprecord WHERE id = {}", b["id"])), "2");
+    let b = backup_json(
+        &db,
+        &["--tenant", "bienestar", "--created-by", "Terapeuta1@Bienestar.example"],
+    );
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT created_by_id FROM bienestar.backups_backuprecord WHERE id = {}",
+            b["id"]
+        )),
+        "2"
+    );
     let b = backup_json(&db, &["--tenant", "bienestar", "--created-by", "3"]);
-    assert_eq!(db.sql(&format!("SELECT created_by_id FROM bienestar.backups_backuprecord WHERE id = {}", b["id"])), "3");
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT created_by_id FROM bienestar.backups_backuprecord WHERE id = {}",
+            b["id"]
+        )),
+        "3"
+    );
 }
 
 #[test]
@@ -159,7 +188,10 @@ fn backup_all_backs_up_every_tenant_but_public_and_prints_a_summary() {
     for t in ["bienestar", "clinica_demo", "mindcare"] {
         assert!(stdout.contains(&format!("{t}/backup-sql-{t}-")), "{stdout}");
     }
-    assert!(stdout.contains(" KB") && stdout.contains(" s"), "size and duration shown: {stdout}");
+    assert!(
+        stdout.contains(" KB") && stdout.contains(" s"),
+        "size and duration shown: {stdout}"
+    );
     assert!(!db.objects().iter().any(|k| k.starts_with("public/")));
     assert_eq!(db.objects().len(), 6);
 }
@@ -182,5 +214,8 @@ fn hostile_schema_names_are_quoted_everywhere() {
     assert!(key.starts_with(&format!("{schema}/backup-sql-{schema}-")), "{key}");
     assert_eq!(db.record_count(schema), 1);
     let restored = restore_into_empty(&db, key);
-    assert_eq!(restored.sql(&format!("SELECT body FROM {}.notes", quote(schema))), "it's");
+    assert_eq!(
+        restored.sql(&format!("SELECT body FROM {}.notes", quote(schema))),
+        "it's"
+    );
 }

@@ -17,11 +17,19 @@ fn pg_dump_failing_midway_records_nothing() {
         db.dir.path(),
         "echo 'COPY bienestar.t (a) FROM stdin;'; echo 1; echo \"pg_dump: error: connection to $PGHOST failed for password $PGPASSWORD\" >&2; exit 1",
     );
-    let out = db.cmd().env("PG_DUMP", &fake).args(["backup", "--tenant", "bienestar"]).output().unwrap();
+    let out = db
+        .cmd()
+        .env("PG_DUMP", &fake)
+        .args(["backup", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
     assert_no_secret(&out);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("pg_dump failed (exit code 1)") && stderr.contains("password ***"), "{stderr}");
+    assert!(
+        stderr.contains("pg_dump failed (exit code 1)") && stderr.contains("password ***"),
+        "{stderr}"
+    );
     assert_untouched(&db, before);
 }
 
@@ -29,9 +37,18 @@ fn pg_dump_failing_midway_records_nothing() {
 fn truncated_or_killed_dump_records_nothing() {
     let db = TestDb::new();
     let before = db.record_count("bienestar");
-    for body in ["echo 'SET statement_timeout = 0;'; exit 0", "echo partial; kill -9 $$", "exit 0"] {
+    for body in [
+        "echo 'SET statement_timeout = 0;'; exit 0",
+        "echo partial; kill -9 $$",
+        "exit 0",
+    ] {
         let fake = fake_pg_dump(db.dir.path(), body);
-        let out = db.cmd().env("PG_DUMP", &fake).args(["backup", "--tenant", "bienestar"]).output().unwrap();
+        let out = db
+            .cmd()
+            .env("PG_DUMP", &fake)
+            .args(["backup", "--tenant", "bienestar"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{body}: {}", text(&out.stderr));
         assert_untouched(&db, before);
     }
@@ -47,7 +64,11 @@ fn storage_write_failing_records_nothing() {
     let out = db.cmd().args(["backup", "--tenant", "bienestar"]).output().unwrap();
     assert_no_secret(&out);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("backing up tenant bienestar"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("backing up tenant bienestar"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(db.record_count("bienestar"), before);
     assert_eq!(db.all_files(), vec!["bienestar".to_string()]);
 }
@@ -64,7 +85,10 @@ fn row_insert_failing_removes_the_object_again() {
     assert_no_secret(&out);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("no more backups today") && stderr.contains("removed again"), "{stderr}");
+    assert!(
+        stderr.contains("no more backups today") && stderr.contains("removed again"),
+        "{stderr}"
+    );
     assert_untouched(&db, before);
 }
 
@@ -73,9 +97,17 @@ fn one_failing_tenant_does_not_stop_the_others() {
     let db = TestDb::new();
     std::fs::create_dir_all(db.storage()).unwrap();
     std::fs::write(db.storage().join("mindcare"), b"in the way").unwrap();
-    let out = db.cmd().args(["backup", "--all", "--concurrency", "1"]).output().unwrap();
+    let out = db
+        .cmd()
+        .args(["backup", "--all", "--concurrency", "1"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("2 backed up, 1 failed"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("2 backed up, 1 failed"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(db.record_count("clinica_demo"), 1);
     assert_eq!(db.record_count("mindcare"), 0);
 }
@@ -86,16 +118,30 @@ fn unknown_and_hostile_tenants_exit_2_and_touch_nothing() {
     let before = db.record_count("bienestar");
     for name in ["nope", r#"x"; DROP SCHEMA public; --"#, "public"] {
         // Even next to a real tenant: everything is checked before anything starts.
-        let out = db.cmd().args(["backup", "--tenant", "bienestar", "--tenant", name]).output().unwrap();
+        let out = db
+            .cmd()
+            .args(["backup", "--tenant", "bienestar", "--tenant", name])
+            .output()
+            .unwrap();
         assert_no_secret(&out);
         assert_eq!(out.status.code(), Some(2), "{name}");
         let stderr = text(&out.stderr);
-        assert!(stderr.contains(&format!("tenant {name:?} not found in public.tenants_clinic")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("tenant {name:?} not found in public.tenants_clinic")),
+            "{stderr}"
+        );
     }
-    let out = db.cmd().args(["backup", "--tenant", "bienestar", "--created-by", "nobody@example.com"]).output().unwrap();
+    let out = db
+        .cmd()
+        .args(["backup", "--tenant", "bienestar", "--created-by", "nobody@example.com"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no such user"), "{}", text(&out.stderr));
-    assert_eq!(db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'"), "1");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'"),
+        "1"
+    );
     assert_untouched(&db, before);
     assert!(!db.storage().exists(), "the bucket directory was created");
 }
@@ -105,20 +151,39 @@ fn missing_invalid_and_unreachable_database_urls() {
     let db = TestDb::new();
     let out = db.cmd().env_remove("DATABASE_URL").args(["list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--database-url or DATABASE_URL must be set"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--database-url or DATABASE_URL must be set"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let out = db.cmd().env("DATABASE_URL", "postgres://u:Zz9-hidden@host:notaport/db").args(["list"]).output().unwrap();
+    let out = db
+        .cmd()
+        .env("DATABASE_URL", "postgres://u:Zz9-hidden@host:notaport/db")
+        .args(["list"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("not a valid PostgreSQL URL") && !stderr.contains("Zz9-hidden"), "{stderr}");
+    assert!(
+        stderr.contains("not a valid PostgreSQL URL") && !stderr.contains("Zz9-hidden"),
+        "{stderr}"
+    );
 
     // A flag wins over the environment.
     let unreachable = format!("postgres://postgres:{}@127.0.0.1:1/db", cluster().password);
-    let out = db.cmd().args(["--database-url", &unreachable, "backup", "--tenant", "bienestar"]).output().unwrap();
+    let out = db
+        .cmd()
+        .args(["--database-url", &unreachable, "backup", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
     assert_no_secret(&out);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("could not connect to postgres://postgres:***@127.0.0.1:1/db"), "{stderr}");
+    assert!(
+        stderr.contains("could not connect to postgres://postgres:***@127.0.0.1:1/db"),
+        "{stderr}"
+    );
     assert!(stderr.contains("DATABASE_URL"), "says where to look: {stderr}");
 }
 
@@ -129,14 +194,26 @@ fn wrong_password_is_reported_without_the_password() {
     let out = db.cmd().env("DATABASE_URL", &wrong).args(["list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("password authentication failed") && !stderr.contains("Wr0ng-Pa55"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed") && !stderr.contains("Wr0ng-Pa55"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn dotenv_is_read_but_the_environment_wins() {
     let db = TestDb::new();
-    std::fs::write(db.dir.path().join(".env"), format!("DATABASE_URL={}\nBACKUP_STORAGE=from-dotenv\n", db.url())).unwrap();
-    let out = db.cmd().env_remove("DATABASE_URL").args(["backup", "--tenant", "mindcare"]).output().unwrap();
+    std::fs::write(
+        db.dir.path().join(".env"),
+        format!("DATABASE_URL={}\nBACKUP_STORAGE=from-dotenv\n", db.url()),
+    )
+    .unwrap();
+    let out = db
+        .cmd()
+        .env_remove("DATABASE_URL")
+        .args(["backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     // BACKUP_STORAGE from the real environment beat the .env file.
     assert_eq!(db.objects().len(), 2);
@@ -146,7 +223,10 @@ fn dotenv_is_read_but_the_environment_wins() {
 #[test]
 fn commands_not_built_yet_exit_2() {
     let db = TestDb::new();
-    for args in [vec!["verify", "--tenant", "bienestar"], vec!["download", "--tenant", "bienestar"]] {
+    for args in [
+        vec!["verify", "--tenant", "bienestar"],
+        vec!["download", "--tenant", "bienestar"],
+    ] {
         let out = db.cmd().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(text(&out.stderr).contains("not available yet"));

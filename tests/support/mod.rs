@@ -37,7 +37,10 @@ impl TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         cluster().create_database(&name, Some(TEMPLATE)).unwrap();
-        TestDb { name, dir: tempfile::tempdir().unwrap() }
+        TestDb {
+            name,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// An empty database (no fixture), for restoring dumps into.
@@ -45,7 +48,10 @@ impl TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("e{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         cluster().create_database(&name, None).unwrap();
-        TestDb { name, dir: tempfile::tempdir().unwrap() }
+        TestDb {
+            name,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -111,13 +117,18 @@ impl TestDb {
     }
 
     pub fn record_count(&self, schema: &str) -> i64 {
-        self.sql(&format!("SELECT count(*) FROM {}.backups_backuprecord", quote(schema))).parse().unwrap()
+        self.sql(&format!("SELECT count(*) FROM {}.backups_backuprecord", quote(schema)))
+            .parse()
+            .unwrap()
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = cluster().sql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(&self.name)));
+        let _ = cluster().sql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(&self.name)),
+        );
     }
 }
 
@@ -156,9 +167,14 @@ pub fn decompress(path: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     let name = path.to_string_lossy();
     if name.ends_with(".zst") {
-        zstd::stream::read::Decoder::new(raw.as_slice()).unwrap().read_to_end(&mut out).unwrap();
+        zstd::stream::read::Decoder::new(raw.as_slice())
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
     } else if name.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(raw.as_slice()).read_to_end(&mut out).unwrap();
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .unwrap();
     } else {
         out = raw;
     }
@@ -170,7 +186,10 @@ pub fn assert_no_secret(output: &std::process::Output) {
     let password = &cluster().password;
     for (name, stream) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
         let text = String::from_utf8_lossy(stream);
-        assert!(!text.contains(password.as_str()), "the password leaked on {name}:\n{text}");
+        assert!(
+            !text.contains(password.as_str()),
+            "the password leaked on {name}:\n{text}"
+        );
     }
 }
 
