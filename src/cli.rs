@@ -181,6 +181,10 @@ pub struct BackupArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
 
+    /// Seconds to wait for a tenant another process is backing up, restoring or cleaning
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub lock_timeout: u64,
+
     #[command(flatten)]
     pub dump: DumpArgs,
 }
@@ -195,16 +199,24 @@ pub struct RunScheduledArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Local time of day (HH:MM) before which daily and weekly backups wait
-    #[arg(long, env = "BACKUP_DAILY_AT")]
-    pub daily_at: Option<String>,
-
-    /// Time zone for --daily-at (Area/City)
-    #[arg(long, env = "BACKUP_TIMEZONE")]
-    pub timezone: Option<String>,
+    #[command(flatten)]
+    pub when: WhenArgs,
 
     #[command(flatten)]
     pub dump: DumpArgs,
+}
+
+/// The local hour daily and weekly backups wait for.
+#[derive(Debug, Args)]
+pub struct WhenArgs {
+    /// Local time of day (HH:MM) before which daily and weekly backups wait [default: UTC dates,
+    /// as the application]
+    #[arg(long, env = "BACKUP_DAILY_AT")]
+    pub daily_at: Option<String>,
+
+    /// Time zone for --daily-at (IANA name, e.g. Europe/Madrid) [default: UTC]
+    #[arg(long, env = "BACKUP_TIMEZONE")]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -275,7 +287,10 @@ pub struct ScheduleArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub when: WhenArgs,
+}
 
 #[derive(Debug, Args)]
 pub struct DownloadArgs {

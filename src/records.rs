@@ -229,6 +229,72 @@ impl Catalog {
         Ok(())
     }
 
+    /// The one-shot reset after a `scheduled` backup: back to `disabled`, no time set. Only if the
+    /// row still holds the time that was due, so a reschedule made meanwhile is kept.
+    pub async fn finish_scheduled(
+        &self,
+        client: &Client,
+        tenant_id: i64,
+        was: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "UPDATE {} SET backup_schedule = 'disabled', next_scheduled_backup = NULL \
+             WHERE id = $1 AND backup_schedule = 'scheduled' AND next_scheduled_backup IS NOT DISTINCT FROM $2",
+            self.tenants_table.quoted()
+        );
+        client
+            .query_typed(&sql, &[(&tenant_id, Type::INT8), (&was, Type::TIMESTAMPTZ)])
+            .await
+            .map_err(|e| anyhow::anyhow!("resetting the one-shot schedule: {}", crate::db::describe_pg_error(&e)))?;
+        Ok(())
+    }
+
+    /// Sets `backup_schedule` (and `next_scheduled_backup`, cleared unless given).
+    pub async fn set_schedule(
+        &self,
+        client: &Client,
+        tenant_id: i64,
+        schedule: &str,
+        next: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "UPDATE {} SET backup_schedule = $1, next_scheduled_backup = $2 WHERE id = $3",
+            self.tenants_table.quoted()
+        );
+        client
+            .query_typed(
+                &sql,
+                &[
+                    (&schedule, Type::VARCHAR),
+                    (&next, Type::TIMESTAMPTZ),
+                    (&tenant_id, Type::INT8),
+                ],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("updating the schedule: {}", crate::db::describe_pg_error(&e)))?;
+        Ok(())
+    }
+
+    /// The newest backup of each type: `(newest any, newest automatic)`.
+    pub async fn newest_backups(
+        &self,
+        client: &Client,
+        schema: &str,
+    ) -> anyhow::Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+        let sql = format!(
+            "SELECT max(created_at), max(created_at) FILTER (WHERE backup_type = 'automatic') FROM {}",
+            self.records_in(schema)
+        );
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| {
+            anyhow::anyhow!(
+                "reading {}: {}",
+                self.records_in(schema),
+                crate::db::describe_pg_error(&e)
+            )
+        })?;
+        Ok((rows[0].get(0), rows[0].get(1)))
+    }
+
     fn table_error(&self, e: tokio_postgres::Error) -> anyhow::Error {
         if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
             return UsageError::new(format!(

@@ -1,13 +1,12 @@
 //! `backup --tenant S … | --all`
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use futures::stream::{self, StreamExt};
-use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backup::{back_up_tenant, BackupEnv, BackupOutcome, BackupRequest};
+use crate::backup::{BackupEnv, BackupRequest};
 use crate::cli::{BackupArgs, BackupType, CompressArg, DumpArgs, FormatArg};
 use crate::cmd::Outcome;
 use crate::compress::Compression;
@@ -16,6 +15,7 @@ use crate::output::{human_size, table};
 use crate::pgdump::{DumpFormat, PgDump};
 use crate::progress::Progress;
 use crate::records::{BackupKind, Tenant};
+use crate::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
 use crate::usage;
 
 pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
@@ -56,11 +56,11 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     let env = Arc::new(backup_env(ctx, &client).await?);
     drop(client);
 
-    let results = run_backups(ctx, &env, jobs, args.concurrency as usize).await;
+    let policy = LockPolicy::Wait(Duration::from_secs(args.lock_timeout));
+    let progress = Progress::new(ctx.output.progress);
+    let results = run_backups(&env, &ctx.dump, jobs, args.concurrency as usize, policy, &progress).await;
     report(ctx, &results)?;
-    Ok(Outcome::from_failures(
-        results.iter().filter(|r| r.outcome.is_err()).count(),
-    ))
+    Ok(Outcome::from_failures(results.iter().filter(|r| r.failed()).count()))
 }
 
 /// The format and compression the dump flags ask for.
@@ -128,73 +128,15 @@ async fn server_version(client: &Client) -> Result<(String, u32)> {
     Ok((version, num / 10000))
 }
 
-pub struct TenantResult {
-    pub tenant: String,
-    pub outcome: Result<BackupOutcome>,
-}
-
-/// Backs up each job with at most `concurrency` at once, each on its own session connection.
-/// One tenant's failure never stops the others.
-pub async fn run_backups(
-    ctx: &Context,
-    env: &Arc<BackupEnv>,
-    jobs: Vec<BackupRequest>,
-    concurrency: usize,
-) -> Vec<TenantResult> {
-    let progress = Progress::new(ctx.output.progress);
-    let progress = &progress;
-    stream::iter(jobs)
-        .map(|mut job| async move {
-            let tenant = job.tenant.schema_name.clone();
-            tracing::info!("{tenant}: backup started");
-            let watch = progress.watch(&tenant);
-            job.progress = Some(watch.counter());
-            let outcome = async {
-                let client = ctx.connect_session().await?;
-                back_up_tenant(env, &client, &job).await
-            }
-            .await
-            .with_context(|| format!("backing up tenant {tenant}"));
-            drop(watch);
-            match &outcome {
-                Ok(o) => tracing::info!("{tenant}: backup {} stored as {} ({})", o.id, o.key, human_size(o.size)),
-                Err(e) => tracing::error!("{e:#}"),
-            }
-            TenantResult { tenant, outcome }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await
-}
-
-#[derive(Serialize)]
-struct JsonResult<'a> {
-    tenant: &'a str,
-    ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    backup: Option<&'a BackupOutcome>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
 fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
     if ctx.output.json {
-        let items: Vec<JsonResult> = results
-            .iter()
-            .map(|r| JsonResult {
-                tenant: &r.tenant,
-                ok: r.outcome.is_ok(),
-                backup: r.outcome.as_ref().ok(),
-                error: r.outcome.as_ref().err().map(|e| format!("{e:#}")),
-            })
-            .collect();
-        ctx.output.json(&items)?;
+        ctx.output.json(&results)?;
         return Ok(());
     }
     let mut rows = Vec::new();
     for r in results {
-        match &r.outcome {
-            Ok(o) => rows.push(vec![
+        match &r.status {
+            TenantStatus::BackedUp { backup: o } => rows.push(vec![
                 r.tenant.clone(),
                 o.id.to_string(),
                 o.key.clone(),
@@ -202,7 +144,7 @@ fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
                 o.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
                 format!("{:.2} s", o.duration.as_secs_f64()),
             ]),
-            Err(_) => rows.push(vec![
+            _ => rows.push(vec![
                 r.tenant.clone(),
                 "-".into(),
                 "FAILED (see above)".into(),
@@ -213,7 +155,7 @@ fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
         }
     }
     print!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows));
-    let failed = results.iter().filter(|r| r.outcome.is_err()).count();
+    let failed = results.iter().filter(|r| r.failed()).count();
     if results.len() > 1 || failed > 0 {
         eprintln!("{} backed up, {failed} failed", results.len() - failed);
     }

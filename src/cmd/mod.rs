@@ -2,6 +2,9 @@
 
 pub mod backup;
 pub mod list;
+pub mod run_scheduled;
+pub mod schedule;
+pub mod status;
 
 use anyhow::Result;
 
@@ -36,19 +39,23 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         ))
     };
     match &cli.command {
-        Command::RunScheduled(_) => return not_yet("run-scheduled"),
         Command::Restore(_) => return not_yet("restore"),
         Command::Cleanup(_) => return not_yet("cleanup"),
-        Command::Schedule(_) => return not_yet("schedule"),
-        Command::Status(_) => return not_yet("status"),
         Command::Download(_) => return not_yet("download"),
         Command::Verify(_) => return not_yet("verify"),
-        Command::Backup(_) | Command::List(_) => {}
+        Command::Backup(_)
+        | Command::List(_)
+        | Command::RunScheduled(_)
+        | Command::Schedule(_)
+        | Command::Status(_) => {}
     }
     let ctx = Context::from_cli(&cli)?;
     match cli.command {
         Command::Backup(args) => backup::run(args, &ctx).await,
         Command::List(args) => list::run(args, &ctx).await,
+        Command::RunScheduled(args) => run_scheduled::run(args, &ctx).await,
+        Command::Schedule(args) => schedule::run(args, &ctx).await,
+        Command::Status(args) => status::run(args, &ctx).await,
         _ => unreachable!("handled above"),
     }
 }

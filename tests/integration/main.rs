@@ -6,3 +6,4 @@ mod support;
 mod backup;
 mod failures;
 mod list;
+mod scheduled;

@@ -1,0 +1,139 @@
+//! Runs backups of many tenants with bounded concurrency, each on its own session connection that
+//! holds the tenant's advisory lock. One tenant's failure never stops the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::backup::{back_up_tenant, BackupEnv, BackupOutcome, BackupRequest};
+use crate::db::DbTarget;
+use crate::lock;
+use crate::output::human_size;
+use crate::progress::Progress;
+use crate::schedule::{is_due, ScheduleOptions};
+
+/// What to do when another process holds a tenant's lock.
+#[derive(Clone, Copy, Debug)]
+pub enum LockPolicy {
+    /// Manual backups: wait this long, then fail saying who holds it.
+    Wait(Duration),
+    /// Cron ticks: skip the tenant, and after taking the lock check it is still due (another
+    /// worker may have just backed it up).
+    SkipIfBusy(ScheduleOptions),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum TenantStatus {
+    BackedUp {
+        backup: BackupOutcome,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        #[serde(serialize_with = "error_chain")]
+        error: anyhow::Error,
+    },
+}
+
+fn error_chain<S: serde::Serializer>(e: &anyhow::Error, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{e:#}"))
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantResult {
+    pub tenant: String,
+    #[serde(flatten)]
+    pub status: TenantStatus,
+}
+
+impl TenantResult {
+    pub fn failed(&self) -> bool {
+        matches!(self.status, TenantStatus::Failed { .. })
+    }
+}
+
+pub async fn run_backups(
+    env: &Arc<BackupEnv>,
+    session: &DbTarget,
+    jobs: Vec<BackupRequest>,
+    concurrency: usize,
+    policy: LockPolicy,
+    progress: &Progress,
+) -> Vec<TenantResult> {
+    stream::iter(jobs)
+        .map(|job| async move {
+            let tenant = job.tenant.schema_name.clone();
+            let status = match run_one(env, session, job, policy, progress).await {
+                Ok(status) => status,
+                Err(error) => TenantStatus::Failed {
+                    error: error.context(format!("backing up tenant {tenant}")),
+                },
+            };
+            match &status {
+                TenantStatus::BackedUp { backup: o } => {
+                    tracing::info!("{tenant}: backup {} stored as {} ({})", o.id, o.key, human_size(o.size))
+                }
+                TenantStatus::Skipped { reason } => tracing::info!("{tenant}: skipped, {reason}"),
+                TenantStatus::Failed { error } => tracing::error!("{error:#}"),
+            }
+            TenantResult { tenant, status }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+async fn run_one(
+    env: &BackupEnv,
+    session: &DbTarget,
+    mut job: BackupRequest,
+    policy: LockPolicy,
+    progress: &Progress,
+) -> Result<TenantStatus> {
+    let schema = job.tenant.schema_name.clone();
+    let client = session.connect().await?;
+    let mut was_scheduled_for = None;
+    match policy {
+        LockPolicy::Wait(timeout) => lock::lock_with_timeout(&client, &schema, timeout).await?,
+        LockPolicy::SkipIfBusy(opts) => {
+            if !lock::try_lock(&client, &schema).await? {
+                return Ok(TenantStatus::Skipped {
+                    reason: "another worker holds its lock".into(),
+                });
+            }
+            // Re-read under the lock: a worker that finished a moment ago has updated the row.
+            let fresh = env
+                .catalog
+                .tenant(&client, &schema)
+                .await
+                .context("re-reading the tenant row")?;
+            let decision = is_due(&fresh, env.clock.now(), &opts);
+            if !decision.is_due() {
+                return Ok(TenantStatus::Skipped {
+                    reason: format!("no longer due ({})", decision.reason()),
+                });
+            }
+            if fresh.backup_schedule == "scheduled" {
+                was_scheduled_for = Some(fresh.next_scheduled_backup);
+            }
+            job.tenant = fresh;
+        }
+    }
+    tracing::info!("{schema}: backup started");
+    let watch = progress.watch(&schema);
+    job.progress = Some(watch.counter());
+    let outcome = back_up_tenant(env, &client, &job).await;
+    drop(watch);
+    let outcome = outcome?;
+    if let Some(was) = was_scheduled_for {
+        if let Err(e) = env.catalog.finish_scheduled(&client, job.tenant.id, was).await {
+            tracing::warn!("{schema}: backup {} is recorded, but {e:#}", outcome.id);
+        }
+    }
+    Ok(TenantStatus::BackedUp { backup: outcome })
+}
