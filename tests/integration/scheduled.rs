@@ -141,7 +141,7 @@ struct HeldLock {
 impl HeldLock {
     fn take(db: &TestDb, schema: &str) -> HeldLock {
         let key = tenant_backup::lock::lock_key(schema);
-        let child = cluster()
+        let mut child = cluster()
             .psql_command(&db.name)
             .args([
                 "-c",
@@ -168,6 +168,8 @@ impl HeldLock {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the lock was never taken");
     }
 }
