@@ -220,34 +220,39 @@ pub struct WhenArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "latest", "file"])))]
 pub struct RestoreArgs {
     /// Tenant schema to restore
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
-    /// BackupRecord id
-    #[arg(long, group = "which")]
+    /// BackupRecord id (see `list`)
+    #[arg(long)]
     pub id: Option<i64>,
     /// The newest backup
-    #[arg(long, group = "which")]
+    #[arg(long)]
     pub latest: bool,
     /// Object key in the bucket
-    #[arg(long, group = "which", value_name = "KEY")]
+    #[arg(long, value_name = "KEY")]
     pub file: Option<String>,
-    /// Accept a backup made of another tenant
+    /// Accept a backup made of another tenant (its history is searched for --id/--latest)
     #[arg(long, value_name = "SCHEMA")]
     pub from_tenant: Option<String>,
     /// Restore as a new schema, leaving the tenant untouched
-    #[arg(long, value_name = "SCHEMA")]
+    #[arg(long, value_name = "SCHEMA", conflicts_with = "drop_previous")]
     pub into: Option<String>,
-    /// Drop the previous schema instead of keeping it renamed
+    /// Drop the previous schema in the same transaction instead of keeping it renamed
     #[arg(long)]
     pub drop_previous: bool,
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,
-    /// Verify and print the plan, touching nothing
+    /// Download, verify the checksum and print the plan, touching nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Seconds to wait for locks (the tenant's backup lock, and the application's locks on the
+    /// schema) before giving up cleanly
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -313,9 +318,15 @@ pub struct VerifyArgs {
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
-    /// BackupRecord id (default: the newest)
-    #[arg(long)]
+    /// BackupRecord id
+    #[arg(long, conflicts_with = "latest")]
     pub id: Option<i64>,
+    /// The newest backup (the default)
+    #[arg(long)]
+    pub latest: bool,
+    /// Seconds to wait for the tenant's lock
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub lock_timeout: u64,
 }
 
 /// `500000`, `64K`, `100M`, `2G` (binary multiples).

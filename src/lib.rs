@@ -23,6 +23,7 @@ pub mod output;
 pub mod pgdump;
 pub mod progress;
 pub mod records;
+pub mod restore;
 pub mod runner;
 pub mod schedule;
 pub mod secret;

@@ -87,13 +87,7 @@ pub fn dump_choice(args: &DumpArgs) -> Result<(DumpFormat, Compression)> {
 
 /// Finds the server's version and a pg_dump that can dump it.
 pub async fn backup_env(ctx: &Context, client: &Client) -> Result<BackupEnv> {
-    let (version, major) = server_version(client).await?;
-    let pg_dump = PgDump::find(ctx.pg_dump.as_deref(), major).map_err(|e| usage!("{e}"))?;
-    tracing::debug!(
-        "using {} ({}) for PostgreSQL {version}",
-        pg_dump.path.display(),
-        pg_dump.version
-    );
+    let (pg_dump, version) = pg_tools(ctx, client).await?;
     Ok(BackupEnv {
         storage: ctx.storage.clone(),
         catalog: ctx.catalog.clone(),
@@ -103,6 +97,18 @@ pub async fn backup_env(ctx: &Context, client: &Client) -> Result<BackupEnv> {
         clock: ctx.clock.clone(),
         spool_dir: std::env::temp_dir(),
     })
+}
+
+/// The pg_dump (and so the psql and pg_restore beside it) for this server, and the server's version.
+pub async fn pg_tools(ctx: &Context, client: &Client) -> Result<(PgDump, String)> {
+    let (version, major) = server_version(client).await?;
+    let pg_dump = PgDump::find(ctx.pg_dump.as_deref(), major).map_err(|e| usage!("{e}"))?;
+    tracing::debug!(
+        "using {} ({}) for PostgreSQL {version}",
+        pg_dump.path.display(),
+        pg_dump.version
+    );
+    Ok((pg_dump, version))
 }
 
 async fn server_version(client: &Client) -> Result<(String, u32)> {

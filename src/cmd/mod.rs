@@ -2,9 +2,11 @@
 
 pub mod backup;
 pub mod list;
+pub mod restore;
 pub mod run_scheduled;
 pub mod schedule;
 pub mod status;
+pub mod verify;
 
 use anyhow::Result;
 
@@ -39,15 +41,15 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         ))
     };
     match &cli.command {
-        Command::Restore(_) => return not_yet("restore"),
         Command::Cleanup(_) => return not_yet("cleanup"),
         Command::Download(_) => return not_yet("download"),
-        Command::Verify(_) => return not_yet("verify"),
         Command::Backup(_)
         | Command::List(_)
         | Command::RunScheduled(_)
         | Command::Schedule(_)
-        | Command::Status(_) => {}
+        | Command::Status(_)
+        | Command::Restore(_)
+        | Command::Verify(_) => {}
     }
     let ctx = Context::from_cli(&cli)?;
     match cli.command {
@@ -56,6 +58,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::RunScheduled(args) => run_scheduled::run(args, &ctx).await,
         Command::Schedule(args) => schedule::run(args, &ctx).await,
         Command::Status(args) => status::run(args, &ctx).await,
+        Command::Restore(args) => restore::run(args, &ctx).await,
+        Command::Verify(args) => verify::run(args, &ctx).await,
         _ => unreachable!("handled above"),
     }
 }

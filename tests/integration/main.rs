@@ -6,4 +6,5 @@ mod support;
 mod backup;
 mod failures;
 mod list;
+mod restore;
 mod scheduled;
