@@ -224,7 +224,7 @@ fn dotenv_is_read_but_the_environment_wins() {
 fn commands_not_built_yet_exit_2() {
     let db = TestDb::new();
     for args in [
-        vec!["verify", "--tenant", "bienestar"],
+        vec!["cleanup", "--days", "3"],
         vec!["download", "--tenant", "bienestar"],
     ] {
         let out = db.cmd().args(&args).output().unwrap();
