@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use tenant_backup::devcluster::DevCluster;
 
+#[path = "common.rs"]
+mod common;
+use common::{die, num_cpus};
+
 fn main() {
     let ticks: usize = std::env::var("BENCH_TICKS")
         .ok()
@@ -50,7 +54,7 @@ fn main() {
     println!(
         "tick bench: PostgreSQL {}, {} cores",
         sql("SHOW server_version"),
-        cores()
+        num_cpus()
     );
     println!("10,000 tenants, none due (median of {ticks}):");
     println!("  tenant-backup run-scheduled       {:>8.1} ms", o.as_secs_f64() * 1e3);
@@ -109,15 +113,6 @@ fn time(mut c: Command) -> Duration {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("bench: {msg}");
-    std::process::exit(1)
 }
 
 const TENANT_TABLE: &str =
