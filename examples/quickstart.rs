@@ -1,5 +1,6 @@
 //! `cargo run --example quickstart`: starts a throwaway PostgreSQL, loads the fixture clinic
-//! (public + three tenants), backs every tenant up into ./backups, lists the history, and stops.
+//! (public + three tenants), backs every tenant up into ./backups, lists the history, verifies and
+//! restores one tenant, and stops.
 //! Nothing outside ./backups and a temporary directory is touched.
 
 use std::path::Path;
@@ -39,9 +40,17 @@ fn main() -> ExitCode {
 
     let url = cluster.url("clinic");
     let quiet = ["--no-progress"];
-    let steps: [(&str, Vec<&str>); 2] = [
+    let steps: [(&str, Vec<&str>); 4] = [
         ("backing up every tenant into ./backups", vec!["backup", "--all"]),
         ("listing the backup history", vec!["list"]),
+        (
+            "checking the newest backup of bienestar: checksum, then a rolled-back restore",
+            vec!["verify", "--tenant", "bienestar"],
+        ),
+        (
+            "restoring bienestar from it, atomically",
+            vec!["restore", "--tenant", "bienestar", "--latest", "--yes"],
+        ),
     ];
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let mut logging_ready = false;

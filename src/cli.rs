@@ -256,22 +256,35 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["days", "orphans", "pre_restore_days"])))]
 pub struct CleanupArgs {
-    /// Delete automatic backups older than this many days
-    #[arg(long)]
+    /// Delete automatic backups older than this many days (object, manifest, then row)
+    #[arg(long, value_name = "N")]
     pub days: Option<String>,
-    /// Never delete the newest K backups of a tenant
-    #[arg(long, default_value_t = 1)]
+    /// Never delete the newest K backups of a tenant (counted among those --days may delete)
+    #[arg(long, default_value_t = 1, value_name = "K")]
     pub keep_last: u32,
-    /// Also delete manual backups
-    #[arg(long)]
+    /// Also delete manual backups (the application kept those forever)
+    #[arg(long, requires = "days")]
     pub include_manual: bool,
     /// Only this tenant
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: Option<String>,
-    /// Print what would be deleted, touching nothing
+    /// Print what would be done, touching nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// List objects no row points to, and rows whose object is missing
+    #[arg(long)]
+    pub orphans: bool,
+    /// With --orphans: delete such objects older than one day, and such rows
+    #[arg(long, requires = "orphans")]
+    pub fix: bool,
+    /// Drop `<tenant>__pre_restore_<time>` schemas older than this many days
+    #[arg(long, value_name = "N")]
+    pub pre_restore_days: Option<String>,
+    /// Seconds to wait for a tenant another process is backing up or restoring
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Args)]

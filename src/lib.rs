@@ -24,6 +24,7 @@ pub mod pgdump;
 pub mod progress;
 pub mod records;
 pub mod restore;
+pub mod retention;
 pub mod runner;
 pub mod schedule;
 pub mod secret;

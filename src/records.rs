@@ -185,14 +185,26 @@ impl Catalog {
         Ok(id)
     }
 
-    /// The tenant's history, newest first.
+    /// The tenant's history, newest first, with the creator's email when the users table is there.
     pub async fn records(&self, client: &Client, schema: &str) -> anyhow::Result<Vec<BackupRecord>> {
+        let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
+        let has_users = client
+            .query_typed("SELECT to_regclass($1) IS NOT NULL", &[(&users, Type::TEXT)])
+            .await
+            .map(|rows| rows[0].get::<_, bool>(0))
+            .unwrap_or(false);
+        let (email, join) = if has_users {
+            (
+                "u.email::text",
+                format!("LEFT JOIN {users} u ON u.id = r.created_by_id"),
+            )
+        } else {
+            ("NULL::text", String::new())
+        };
         let sql = format!(
-            "SELECT r.id, r.file_name::text, r.file_path, r.file_size, r.backup_type::text, r.created_at, r.created_by_id, u.email::text \
-             FROM {} r LEFT JOIN {}.{} u ON u.id = r.created_by_id ORDER BY r.created_at DESC, r.id DESC",
-            self.records_in(schema),
-            quote_ident(schema),
-            quote_ident("users_user")
+            "SELECT r.id, r.file_name::text, r.file_path, r.file_size, r.backup_type::text, r.created_at, r.created_by_id, {email} \
+             FROM {} r {join} ORDER BY r.created_at DESC, r.id DESC",
+            self.records_in(schema)
         );
         let rows = client.query_typed(&sql, &[]).await.map_err(|e| {
             anyhow::anyhow!(
@@ -293,6 +305,18 @@ impl Catalog {
             )
         })?;
         Ok((rows[0].get(0), rows[0].get(1)))
+    }
+
+    pub async fn delete_record(&self, client: &Client, schema: &str, id: i64) -> anyhow::Result<()> {
+        let sql = format!("DELETE FROM {} WHERE id = $1", self.records_in(schema));
+        client.query_typed(&sql, &[(&id, Type::INT8)]).await.map_err(|e| {
+            anyhow::anyhow!(
+                "deleting row {id} of {}: {}",
+                self.records_in(schema),
+                crate::db::describe_pg_error(&e)
+            )
+        })?;
+        Ok(())
     }
 
     fn table_error(&self, e: tokio_postgres::Error) -> anyhow::Error {

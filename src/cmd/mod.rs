@@ -1,6 +1,7 @@
 //! One module per subcommand, each `run(args, &Context) -> Result<Outcome>`; this file dispatches.
 
 pub mod backup;
+pub mod cleanup;
 pub mod list;
 pub mod restore;
 pub mod run_scheduled;
@@ -41,7 +42,6 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         ))
     };
     match &cli.command {
-        Command::Cleanup(_) => return not_yet("cleanup"),
         Command::Download(_) => return not_yet("download"),
         Command::Backup(_)
         | Command::List(_)
@@ -49,7 +49,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         | Command::Schedule(_)
         | Command::Status(_)
         | Command::Restore(_)
-        | Command::Verify(_) => {}
+        | Command::Verify(_)
+        | Command::Cleanup(_) => {}
     }
     let ctx = Context::from_cli(&cli)?;
     match cli.command {
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Status(args) => status::run(args, &ctx).await,
         Command::Restore(args) => restore::run(args, &ctx).await,
         Command::Verify(args) => verify::run(args, &ctx).await,
+        Command::Cleanup(args) => cleanup::run(args, &ctx).await,
         _ => unreachable!("handled above"),
     }
 }

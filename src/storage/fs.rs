@@ -175,7 +175,12 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
                 walk(root, &path, prefix, out)?;
             }
         } else if meta.is_file() && key.starts_with(prefix) {
-            out.push(ObjectInfo { key, size: meta.len() });
+            let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                modified,
+            });
         }
     }
     Ok(())

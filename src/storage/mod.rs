@@ -42,6 +42,8 @@ impl StorageError {
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// When the object was last written, if the backend says.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Keys are relative (`bienestar/backup-sql-….sql.zst`); a backend adds its own prefix.
@@ -103,7 +105,7 @@ pub fn open(url: &str) -> Result<Arc<dyn Storage>, UsageError> {
 }
 
 /// Rejects keys that could escape a backend's prefix or directory.
-pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {
+pub fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key

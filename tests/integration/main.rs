@@ -4,6 +4,7 @@
 mod support;
 
 mod backup;
+mod cleanup;
 mod failures;
 mod list;
 mod restore;

@@ -1,0 +1,237 @@
+//! Which backups `cleanup` deletes. A pure function of (history, now, policy), so its rules are
+//! tested with a fixed clock: automatic backups older than N days go, manual ones stay unless asked,
+//! and the K newest are never deleted however old — when backups have been failing for weeks,
+//! retention must not remove the only copies left.
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use serde::Serialize;
+
+use crate::error::UsageError;
+use crate::records::BackupRecord;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub days: u32,
+    pub keep_last: u32,
+    pub include_manual: bool,
+}
+
+/// `--days N`: a positive whole number.
+pub fn parse_days(raw: &str, flag: &str) -> Result<u32, UsageError> {
+    match raw.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(UsageError::new(format!(
+            "{flag} {raw:?} is not a positive whole number of days: use e.g. {flag} 30"
+        ))),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Delete,
+    Keep,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub record: BackupRecord,
+    pub action: Action,
+    pub reason: String,
+}
+
+/// Decides for every row, newest first.
+pub fn plan(records: &[BackupRecord], now: DateTime<Utc>, policy: &Policy) -> Vec<Verdict> {
+    let mut rows: Vec<&BackupRecord> = records.iter().collect();
+    rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    let cutoff = now - Duration::days(policy.days as i64);
+    let mut candidates_seen = 0u32;
+    rows.into_iter()
+        .map(|r| {
+            let candidate = r.backup_type == "automatic" || policy.include_manual;
+            let (action, reason) = if !candidate {
+                (
+                    Action::Keep,
+                    "manual (add --include-manual to delete manual backups)".to_string(),
+                )
+            } else {
+                candidates_seen += 1;
+                if candidates_seen <= policy.keep_last {
+                    (
+                        Action::Keep,
+                        format!("one of the newest {} (--keep-last)", policy.keep_last),
+                    )
+                } else if r.created_at < cutoff {
+                    (Action::Delete, format!("older than {} days", policy.days))
+                } else {
+                    (Action::Keep, format!("newer than {} days", policy.days))
+                }
+            };
+            Verdict {
+                record: r.clone(),
+                action,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// The time in a `…__pre_restore_YYYYMMDDHHMMSS` schema name, and the part before it.
+pub fn parse_pre_restore(name: &str) -> Option<(&str, DateTime<Utc>)> {
+    let (prefix, stamp) = name.rsplit_once("__pre_restore_")?;
+    if stamp.len() != 14 || prefix.is_empty() {
+        return None;
+    }
+    let at = NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
+    Some((prefix, at.and_utc()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn rec(id: i64, kind: &str, created: &str) -> BackupRecord {
+        BackupRecord {
+            id,
+            file_name: format!("f{id}"),
+            file_path: format!("t/f{id}"),
+            file_size: 10,
+            backup_type: kind.into(),
+            created_at: at(created),
+            created_by_id: None,
+            created_by_email: None,
+        }
+    }
+
+    fn deleted(v: &[Verdict]) -> Vec<i64> {
+        let mut ids: Vec<i64> = v
+            .iter()
+            .filter(|v| v.action == Action::Delete)
+            .map(|v| v.record.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    const NOW: &str = "2026-11-22T12:00:00Z";
+
+    #[test]
+    fn deletes_old_automatic_backups_only() {
+        let rows = vec![
+            rec(1, "automatic", "2026-09-01T00:00:00Z"),
+            rec(2, "manual", "2026-09-02T00:00:00Z"),
+            rec(3, "automatic", "2026-10-23T11:59:59Z"), // 30 days and 1 s ago
+            rec(4, "automatic", "2026-10-23T12:00:01Z"), // just inside
+            rec(5, "automatic", "2026-11-22T00:00:00Z"),
+        ];
+        let p = Policy {
+            days: 30,
+            keep_last: 1,
+            include_manual: false,
+        };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), [1, 3]);
+        let p = Policy {
+            include_manual: true,
+            ..p
+        };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn keep_last_protects_the_newest_even_when_all_are_old() {
+        let rows: Vec<_> = (1..=5)
+            .map(|i| rec(i, "automatic", &format!("2026-0{i}-01T00:00:00Z")))
+            .collect();
+        let p = Policy {
+            days: 30,
+            keep_last: 1,
+            include_manual: false,
+        };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), [1, 2, 3, 4]);
+        let p = Policy { keep_last: 3, ..p };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), [1, 2]);
+        let p = Policy { keep_last: 0, ..p };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), [1, 2, 3, 4, 5]);
+        let p = Policy { keep_last: 10, ..p };
+        assert!(deleted(&plan(&rows, at(NOW), &p)).is_empty());
+    }
+
+    #[test]
+    fn ties_are_broken_by_id() {
+        let rows = vec![
+            rec(1, "automatic", "2026-01-01T00:00:00Z"),
+            rec(2, "automatic", "2026-01-01T00:00:00Z"),
+        ];
+        let p = Policy {
+            days: 30,
+            keep_last: 1,
+            include_manual: false,
+        };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), [1]);
+    }
+
+    #[test]
+    fn days_must_be_positive_whole_numbers() {
+        assert_eq!(parse_days("30", "--days").unwrap(), 30);
+        for bad in ["0", "-3", "1.5", "thirty", ""] {
+            assert!(parse_days(bad, "--days").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pre_restore_names_parse() {
+        let (p, t) = parse_pre_restore("bienestar__pre_restore_20261122223000").unwrap();
+        assert_eq!((p, t), ("bienestar", at("2026-11-22T22:30:00Z")));
+        assert!(parse_pre_restore("bienestar").is_none());
+        assert!(parse_pre_restore("bienestar__pre_restore_2026").is_none());
+        assert!(parse_pre_restore("__pre_restore_20261122223000").is_none());
+    }
+}
+
+/// How a deletion went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deleted {
+    /// Object, manifest and row are gone.
+    All,
+    /// The object was already missing (or lives outside this bucket, as the old application's
+    /// `/var/backups/…` paths do); the row is gone.
+    RowOnly,
+}
+
+/// Deletes one backup in the safe order: object, manifest, then the row. If the object cannot be
+/// deleted, the row stays, so nothing becomes an orphan without a trace.
+pub async fn delete_backup(
+    storage: &dyn crate::storage::Storage,
+    catalog: &crate::records::Catalog,
+    client: &tokio_postgres::Client,
+    schema: &str,
+    record: &BackupRecord,
+) -> anyhow::Result<Deleted> {
+    use crate::key::ObjectKey;
+    use crate::storage::{check_key, StorageError};
+    let key = &record.file_path;
+    let outcome = if check_key(key).is_err() {
+        Deleted::RowOnly
+    } else {
+        match storage.delete(key).await {
+            Ok(()) => Deleted::All,
+            Err(StorageError::NotFound(_)) => Deleted::RowOnly,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {key}; its row is kept"))),
+        }
+    };
+    if outcome == Deleted::All || check_key(key).is_ok() {
+        match storage.delete(&ObjectKey::manifest_key(key)).await {
+            Ok(()) | Err(StorageError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(
+                "{key} is deleted but its manifest is not ({e}); `cleanup --orphans --fix` removes it later"
+            ),
+        }
+    }
+    catalog.delete_record(client, schema, record.id).await?;
+    Ok(outcome)
+}
