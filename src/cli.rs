@@ -62,9 +62,13 @@ pub struct DbArgs {
 #[derive(Debug, Args)]
 pub struct StorageArgs {
     /// Where backups go: a directory, file:///path, s3://bucket/prefix or supabase://bucket/prefix
-    /// [default: ./backups]
+    /// [default: supabase://$SUPABASE_BUCKET_NAME when SUPABASE_URL is set, else ./backups]
     #[arg(long, env = "BACKUP_STORAGE", global = true, hide_env_values = true)]
     pub storage: Option<String>,
+
+    /// Retries of a storage request that failed with 429, 5xx or a connection error
+    #[arg(long, env = "BACKUP_STORAGE_RETRIES", default_value_t = 5, global = true)]
+    pub storage_retries: u32,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +296,9 @@ pub struct ListArgs {
     /// Only this tenant (default: all)
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: Option<String>,
+    /// Also check that each backup's object exists in the bucket
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +318,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "latest", "file"])))]
 pub struct DownloadArgs {
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
@@ -318,7 +326,13 @@ pub struct DownloadArgs {
     /// BackupRecord id
     #[arg(long)]
     pub id: Option<i64>,
-    /// Output file (`-` for stdout)
+    /// The newest backup
+    #[arg(long)]
+    pub latest: bool,
+    /// Object key in the bucket
+    #[arg(long, value_name = "KEY")]
+    pub file: Option<String>,
+    /// Output file (`-` for stdout) [default: the object's name, in the current directory]
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Write the dump decompressed

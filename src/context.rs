@@ -11,10 +11,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::db::DbTarget;
 use crate::output::Output;
 use crate::records::Catalog;
-use crate::storage::{self, Storage};
+use crate::storage::{self, Storage, StorageOptions};
 use crate::usage;
-
-pub const DEFAULT_STORAGE: &str = "./backups";
 
 pub struct Context {
     pub db: DbTarget,
@@ -51,12 +49,13 @@ impl Context {
             None => db.clone(),
         };
         let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table)?;
-        let storage_url = cli
-            .storage
-            .storage
-            .clone()
-            .unwrap_or_else(|| DEFAULT_STORAGE.to_string());
-        let storage = storage::open(&storage_url)?;
+        let storage_url = cli.storage.storage.clone().unwrap_or_else(storage::default_url);
+        let storage = storage::open(
+            &storage_url,
+            &StorageOptions {
+                retries: cli.storage.storage_retries,
+            },
+        )?;
         Ok(Context {
             db,
             dump,

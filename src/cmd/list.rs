@@ -8,11 +8,21 @@ use crate::cmd::Outcome;
 use crate::context::Context;
 use crate::output::{human_size, table};
 use crate::records::BackupRecord;
+use crate::storage::check_key;
 
 #[derive(Serialize)]
 struct TenantHistory {
     tenant: String,
-    backups: Vec<BackupRecord>,
+    backups: Vec<Listed>,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    record: BackupRecord,
+    /// With `--check`: whether the object is in the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exists: Option<bool>,
 }
 
 pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
@@ -23,7 +33,15 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     };
     let mut histories = Vec::new();
     for tenant in tenants {
-        let backups = ctx.catalog.records(&client, &tenant.schema_name).await?;
+        let mut backups = Vec::new();
+        for record in ctx.catalog.records(&client, &tenant.schema_name).await? {
+            let exists = if args.check {
+                Some(check_key(&record.file_path).is_ok() && ctx.storage.size(&record.file_path).await?.is_some())
+            } else {
+                None
+            };
+            backups.push(Listed { record, exists });
+        }
         histories.push(TenantHistory {
             tenant: tenant.schema_name,
             backups,
@@ -35,8 +53,9 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     }
     let mut rows = Vec::new();
     for h in &histories {
-        for b in &h.backups {
-            rows.push(vec![
+        for l in &h.backups {
+            let b = &l.record;
+            let mut row = vec![
                 h.tenant.clone(),
                 b.id.to_string(),
                 b.file_path.clone(),
@@ -47,7 +66,11 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
                     .clone()
                     .or_else(|| b.created_by_id.map(|id| id.to_string()))
                     .unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if let Some(e) = l.exists {
+                row.push(if e { "yes".into() } else { "MISSING".into() });
+            }
+            rows.push(row);
         }
     }
     if rows.is_empty() {

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cleanup;
+pub mod download;
 pub mod list;
 pub mod restore;
 pub mod run_scheduled;
@@ -13,7 +14,6 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 use crate::context::Context;
-use crate::usage;
 
 /// How a command that ran to its end went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,23 +35,6 @@ impl Outcome {
 }
 
 pub async fn run(cli: Cli) -> Result<Outcome> {
-    let not_yet = |name: &str| {
-        Err(usage!(
-            "`{name}` is not available yet in tenant-backup {}",
-            env!("CARGO_PKG_VERSION")
-        ))
-    };
-    match &cli.command {
-        Command::Download(_) => return not_yet("download"),
-        Command::Backup(_)
-        | Command::List(_)
-        | Command::RunScheduled(_)
-        | Command::Schedule(_)
-        | Command::Status(_)
-        | Command::Restore(_)
-        | Command::Verify(_)
-        | Command::Cleanup(_) => {}
-    }
     let ctx = Context::from_cli(&cli)?;
     match cli.command {
         Command::Backup(args) => backup::run(args, &ctx).await,
@@ -62,6 +45,6 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Restore(args) => restore::run(args, &ctx).await,
         Command::Verify(args) => verify::run(args, &ctx).await,
         Command::Cleanup(args) => cleanup::run(args, &ctx).await,
-        _ => unreachable!("handled above"),
+        Command::Download(args) => download::run(args, &ctx).await,
     }
 }

@@ -2,6 +2,8 @@
 
 mod fs;
 mod memory;
+mod s3;
+mod supabase;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +14,34 @@ use crate::error::UsageError;
 
 pub use fs::LocalDir;
 pub use memory::Memory;
+pub use s3::S3;
+pub use supabase::Supabase;
+
+/// Settings every remote backend shares.
+#[derive(Clone, Copy, Debug)]
+pub struct StorageOptions {
+    /// Attempts after the first, for 429, 5xx and connection errors.
+    pub retries: u32,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions { retries: 5 }
+    }
+}
+
+/// The storage URL to use when none is given: Supabase when `SUPABASE_URL` is set (bucket from
+/// `SUPABASE_BUCKET_NAME`, else `backups`), else `./backups`.
+pub fn default_url() -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    match env("SUPABASE_URL") {
+        Some(_) => format!(
+            "supabase://{}",
+            env("SUPABASE_BUCKET_NAME").unwrap_or_else(|| "backups".into())
+        ),
+        None => "./backups".into(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -77,8 +107,8 @@ pub trait Storage: Send + Sync {
 }
 
 /// Opens the backend named by a storage URL: a plain path or `file:///abs/path` (local directory),
-/// `memory://` (tests).
-pub fn open(url: &str) -> Result<Arc<dyn Storage>, UsageError> {
+/// `s3://bucket/prefix`, `supabase://bucket/prefix`, `memory://` (tests).
+pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageError> {
     let url = url.trim();
     if url.is_empty() {
         return Err(UsageError::new(
@@ -95,6 +125,12 @@ pub fn open(url: &str) -> Result<Arc<dyn Storage>, UsageError> {
     }
     if url == "memory://" {
         return Ok(Arc::new(Memory::default()));
+    }
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(S3::open(url, opts)?));
+    }
+    if url.starts_with("supabase://") {
+        return Ok(Arc::new(Supabase::open(url, opts)?));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(UsageError::new(format!(
@@ -124,11 +160,13 @@ mod tests {
 
     #[test]
     fn opens_backends_from_urls() {
-        assert!(open("./backups").unwrap().describe().ends_with("backups"));
-        assert_eq!(open("file:///var/backups").unwrap().describe(), "/var/backups");
-        assert!(open("file://relative").is_err());
-        assert!(open("ftp://x").is_err());
-        assert!(open("").is_err());
+        let o = StorageOptions::default();
+        assert!(open("./backups", &o).unwrap().describe().ends_with("backups"));
+        assert_eq!(open("file:///var/backups", &o).unwrap().describe(), "/var/backups");
+        assert!(open("file://relative", &o).is_err());
+        assert!(open("ftp://x", &o).is_err());
+        assert!(open("", &o).is_err());
+        assert!(open("s3://", &o).is_err());
     }
 
     #[test]

@@ -221,16 +221,6 @@ fn dotenv_is_read_but_the_environment_wins() {
 }
 
 #[test]
-fn commands_not_built_yet_exit_2() {
-    let db = TestDb::new();
-    for args in [vec!["download", "--tenant", "bienestar"]] {
-        let out = db.cmd().args(&args).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains("not available yet"));
-    }
-}
-
-#[test]
 fn bad_flags_exit_2() {
     let db = TestDb::new();
     for args in [
