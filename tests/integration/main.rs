@@ -9,3 +9,4 @@ mod failures;
 mod list;
 mod restore;
 mod scheduled;
+mod storage;

@@ -209,3 +209,70 @@ pub fn fake_pg_dump(dir: &Path, body: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
+
+#[path = "supabase_stub.rs"]
+pub mod supabase_stub;
+
+/// A moto S3 server for this test run, started on a free port and stopped when the tests end.
+pub struct Moto {
+    pub url: String,
+}
+
+pub const S3_BUCKET: &str = "tenant-backups";
+
+fn find_moto() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MOTO_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    })
+}
+
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let bin = find_moto().unwrap_or_else(|| {
+            panic!(
+                "moto_server not found: install it with `python3 -m venv .venv && .venv/bin/pip install 'moto[server]'` \
+                 (what .ci/run does), or set MOTO_SERVER"
+            )
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // A watcher shell stops moto when this test process ends, however it ends.
+        let script = format!(
+            "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while [ -d /proc/{} ] && kill -0 $m 2>/dev/null; do sleep 0.3; done; kill $m 2>/dev/null",
+            bin.display(),
+            std::process::id()
+        );
+        std::process::Command::new("sh").arg("-c").arg(script).spawn().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if http("PUT", port, &format!("/{S3_BUCKET}")).is_some_and(|s| s < 300) {
+                return Moto { url };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("moto_server did not start on port {port}");
+    })
+}
+
+/// A bare HTTP/1.1 request to 127.0.0.1, returning the status.
+fn http(method: &str, port: u16, path: &str) -> Option<u16> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
