@@ -216,6 +216,7 @@ pub mod supabase_stub;
 /// A moto S3 server for this test run, started on a free port and stopped when the tests end.
 pub struct Moto {
     pub url: String,
+    _watcher: std::sync::Mutex<std::process::Child>,
 }
 
 pub const S3_BUCKET: &str = "tenant-backups";
@@ -251,14 +252,18 @@ pub fn moto() -> &'static Moto {
             bin.display(),
             std::process::id()
         );
-        std::process::Command::new("sh").arg("-c").arg(script).spawn().unwrap();
+        // Kept in the static: the watcher lives exactly as long as this process.
+        let watcher = std::process::Command::new("sh").arg("-c").arg(script).spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..200 {
             if http("PUT", port, &format!("/{S3_BUCKET}")).is_some_and(|s| s < 300) {
-                return Moto { url };
+                return Moto { url, _watcher: std::sync::Mutex::new(watcher) };
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let mut watcher = watcher;
+        let _ = watcher.kill();
+        let _ = watcher.wait();
         panic!("moto_server did not start on port {port}");
     })
 }
