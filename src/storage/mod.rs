@@ -140,6 +140,30 @@ pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageE
     Ok(Arc::new(LocalDir::new(url)))
 }
 
+/// Writes a download stream to `path`, returning the bytes written. Memory holds one chunk at a time.
+pub(crate) async fn stream_to_file<S, B, E>(
+    mut stream: S,
+    path: &Path,
+    on_err: impl Fn(E) -> StorageError,
+) -> Result<u64, StorageError>
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let write_err = |e| StorageError::io(format!("writing {}", path.display()), e);
+    let mut out = tokio::fs::File::create(path).await.map_err(write_err)?;
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(&on_err)?;
+        total += chunk.as_ref().len() as u64;
+        out.write_all(chunk.as_ref()).await.map_err(write_err)?;
+    }
+    out.flush().await.map_err(write_err)?;
+    Ok(total)
+}
+
 /// Rejects keys that could escape a backend's prefix or directory.
 pub fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = key.is_empty()

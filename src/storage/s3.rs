@@ -10,9 +10,9 @@ use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig, WriteMultipart};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use super::{check_key, ObjectInfo, Storage, StorageError, StorageOptions};
+use super::{check_key, stream_to_file, ObjectInfo, Storage, StorageError, StorageOptions};
 use crate::error::UsageError;
 
 const PART: usize = 8 * 1024 * 1024;
@@ -154,22 +154,7 @@ impl Storage for S3 {
     async fn get_to_file(&self, key: &str, path: &FsPath) -> Result<u64, StorageError> {
         let src = self.path(key)?;
         let result = self.store.get(&src).await.map_err(|e| self.err(key, e))?;
-        let mut out = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-        let mut stream = result.into_stream();
-        let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.err(key, e))?;
-            total += chunk.len() as u64;
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-        }
-        out.flush()
-            .await
-            .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-        Ok(total)
+        stream_to_file(result.into_stream(), path, |e| self.err(key, e)).await
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {

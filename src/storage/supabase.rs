@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{check_key, ObjectInfo, Storage, StorageError, StorageOptions};
+use super::{check_key, stream_to_file, ObjectInfo, Storage, StorageError, StorageOptions};
 use crate::error::UsageError;
 use crate::secret::{redact, Secret};
 
@@ -84,16 +83,19 @@ impl Supabase {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.authed(self.http.request(method, format!("{}{path}", self.base)))
+    }
+
+    /// `apikey` always; `Authorization: Bearer` only for JWT keys (new `sb_secret_…` keys are not
+    /// JWTs and go only in `apikey`).
+    fn authed(&self, rb: RequestBuilder) -> RequestBuilder {
         let key = self.key.expose();
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("apikey", key);
-        // New `sb_secret_…` keys are not JWTs and go only in `apikey`.
+        let rb = rb.header("apikey", key);
         if key.starts_with("eyJ") {
-            rb = rb.bearer_auth(key);
+            rb.bearer_auth(key)
+        } else {
+            rb
         }
-        rb
     }
 
     /// Sends with retries on 429, 5xx and connection errors (capped exponential backoff with jitter).
@@ -178,12 +180,9 @@ impl Supabase {
         }
     }
 
-    async fn upload_standard(&self, full: &str, key: &str, path: &Path) -> Result<(), StorageError> {
-        // At most 6 MB, so reading it whole is bounded.
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
-        let url = format!("/object/{}/{}", self.bucket, full);
+    /// A standard upload (at most the project's limit; we use it up to 6 MB), never overwriting.
+    async fn post_object(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let url = format!("/object/{}/{}", self.bucket, self.full(key)?);
         let resp = self
             .send(&format!("uploading {key}"), || {
                 self.request(Method::POST, &url)
@@ -285,15 +284,8 @@ impl Supabase {
                     tokio::time::sleep(delay).await;
                     // Ask the server how far it got, and go on from there.
                     let head = self
-                        .http
-                        .head(&upload_url)
-                        .header("apikey", self.key.expose())
+                        .authed(self.http.head(&upload_url))
                         .header("Tus-Resumable", "1.0.0");
-                    let head = if self.key.expose().starts_with("eyJ") {
-                        head.bearer_auth(self.key.expose())
-                    } else {
-                        head
-                    };
                     if let Ok(r) = head.send().await {
                         if let Some(o) = header_u64(&r, "upload-offset") {
                             offset = o;
@@ -306,17 +298,7 @@ impl Supabase {
     }
 
     fn patch(&self, url: &str) -> RequestBuilder {
-        let key = self.key.expose();
-        let rb = self
-            .http
-            .patch(url)
-            .header("apikey", key)
-            .header("Tus-Resumable", "1.0.0");
-        if key.starts_with("eyJ") {
-            rb.bearer_auth(key)
-        } else {
-            rb
-        }
+        self.authed(self.http.patch(url)).header("Tus-Resumable", "1.0.0")
     }
 
     /// One folder level, every page.
@@ -425,26 +407,16 @@ impl Storage for Supabase {
             }
             self.upload_tus(&full, key, path, size).await
         } else {
-            self.upload_standard(&full, key, path).await
+            // At most 6 MB, so reading it whole is bounded.
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
+            self.post_object(key, bytes).await
         }
     }
 
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
-        let full = self.full(key)?;
-        let url = format!("/object/{}/{}", self.bucket, full);
-        let resp = self
-            .send(&format!("uploading {key}"), || {
-                self.request(Method::POST, &url)
-                    .header("Content-Type", content_type(key))
-                    .header("x-upsert", "false")
-                    .body(bytes.clone())
-            })
-            .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(self.fail(key, resp).await)
-        }
+        self.post_object(key, bytes).await
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
@@ -456,23 +428,10 @@ impl Storage for Supabase {
         if !resp.status().is_success() {
             return Err(self.fail(key, resp).await);
         }
-        let mut out = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-        let mut stream = resp.bytes_stream();
-        let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| StorageError::Other(format!("downloading {key}: {}", self.scrub(&e.to_string()))))?;
-            total += chunk.len() as u64;
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-        }
-        out.flush()
-            .await
-            .map_err(|e| StorageError::io(format!("writing {}", path.display()), e))?;
-        Ok(total)
+        stream_to_file(resp.bytes_stream(), path, |e| {
+            StorageError::Other(format!("downloading {key}: {}", self.scrub(&e.to_string())))
+        })
+        .await
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
