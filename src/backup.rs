@@ -17,9 +17,10 @@ use crate::compress::Compression;
 use crate::db::DbTarget;
 use crate::key::ObjectKey;
 use crate::manifest::{Manifest, MANIFEST_VERSION};
+use crate::native::ChannelReader;
 use crate::pgdump::{dump_command, DumpFormat, PgDump};
 use crate::records::{BackupKind, Catalog, NewRecord, Tenant};
-use crate::spool::{dump_to_spool, SpoolOptions, Spooled};
+use crate::spool::{dump_to_spool, spool_stream, SpoolOptions, Spooled};
 use crate::storage::{Storage, StorageError};
 
 /// What every backup of one run shares.
@@ -28,7 +29,11 @@ pub struct BackupEnv {
     pub catalog: Catalog,
     /// Session-mode connection target for pg_dump.
     pub dump_target: DbTarget,
-    pub pg_dump: PgDump,
+    /// None for the native json format, which needs no pg_dump.
+    pub pg_dump: Option<PgDump>,
+    pub format: DumpFormat,
+    pub inserts: bool,
+    pub compression: Compression,
     pub server_version: String,
     pub clock: Arc<dyn Clock>,
     pub spool_dir: PathBuf,
@@ -39,9 +44,6 @@ pub struct BackupRequest {
     pub tenant: Tenant,
     pub kind: BackupKind,
     pub created_by_id: Option<i64>,
-    pub format: DumpFormat,
-    pub inserts: bool,
-    pub compression: Compression,
     pub max_size: Option<u64>,
     /// Raw bytes dumped so far, for whoever shows progress.
     pub progress: Option<Arc<AtomicU64>>,
@@ -71,9 +73,9 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     let started_at = env.clock.now();
     let schema = req.tenant.schema_name.clone();
 
-    let spooled = spool(env, req).await?;
-    let ext = format!("{}{}", req.format.key_name(), req.compression.ext_suffix());
-    let base = ObjectKey::new(&schema, req.kind, req.format.key_name(), &ext, started_at);
+    let spooled = spool(env, client, req).await?;
+    let ext = format!("{}{}", env.format.key_name(), env.compression.ext_suffix());
+    let base = ObjectKey::new(&schema, req.kind, env.format.key_name(), &ext, started_at);
     let key = store_without_overwrite(env.storage.as_ref(), &base, &spooled).await?;
 
     let manifest_key = ObjectKey::manifest_key(&key);
@@ -83,13 +85,13 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
         tool_version: env!("CARGO_PKG_VERSION").into(),
         tenant: schema.clone(),
         kind: req.kind.as_db().into(),
-        format: req.format.key_name().into(),
-        compression: req.compression.name().into(),
+        format: env.format.key_name().into(),
+        compression: env.compression.name().into(),
         key: key.clone(),
         size: spooled.size,
         sha256: spooled.sha256.clone(),
         uncompressed_size: spooled.uncompressed_size,
-        pg_dump_version: Some(env.pg_dump.version.clone()),
+        pg_dump_version: env.pg_dump.as_ref().map(|p| p.version.clone()),
         server_version: env.server_version.clone(),
         started_at,
         finished_at: env.clock.now(),
@@ -136,19 +138,34 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     })
 }
 
-async fn spool(env: &BackupEnv, req: &BackupRequest) -> Result<Spooled> {
-    let cmd = dump_command(
-        &env.pg_dump,
-        &env.dump_target,
-        &req.tenant.schema_name,
-        req.format,
-        req.inserts,
-    );
-    let target = env.dump_target.clone();
+async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<Spooled> {
     let spool_dir = env.spool_dir.clone();
-    let (format, compression, max_size, progress) = (req.format, req.compression, req.max_size, req.progress.clone());
+    let (format, compression, max_size, progress) = (env.format, env.compression, req.max_size, req.progress.clone());
+    let target = env.dump_target.clone();
+    let scrub = move |s: &str| target.scrub(s);
+    let Some(pg_dump) = &env.pg_dump else {
+        // The native format: our own dumper streams into the same compress → checksum → spool path.
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let spooler = tokio::task::spawn_blocking(move || {
+            let opts = SpoolOptions {
+                format,
+                compression,
+                max_size,
+                spool_dir: &spool_dir,
+                progress,
+                scrub: &scrub,
+            };
+            spool_stream(ChannelReader::new(rx), &opts)
+        });
+        let counts = crate::native::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
+        let spooled = spooler.await.context("the spool task panicked")?;
+        let counts = counts?;
+        let mut spooled = spooled.map_err(anyhow::Error::new)?;
+        spooled.row_counts = Some(counts);
+        return Ok(spooled);
+    };
+    let cmd = dump_command(pg_dump, &env.dump_target, &req.tenant.schema_name, format, env.inserts);
     tokio::task::spawn_blocking(move || {
-        let scrub = move |s: &str| target.scrub(s);
         dump_to_spool(
             cmd,
             &SpoolOptions {

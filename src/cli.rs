@@ -120,15 +120,19 @@ pub enum BackupType {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
+    /// Plain SQL when a pg_dump at least as new as the server is found, else json (and says why)
+    Auto,
     /// Plain SQL (restored with psql)
     Sql,
     /// pg_dump's custom format (restored with pg_restore)
     Custom,
+    /// The native JSON Lines format: no pg_dump needed (restored into the existing tables)
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CompressArg {
-    /// zstd for sql, none for custom (pg_dump compresses it itself)
+    /// zstd for sql and json, none for custom (pg_dump compresses it itself)
     Auto,
     Zstd,
     Gzip,
@@ -138,7 +142,7 @@ pub enum CompressArg {
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// Dump format
-    #[arg(long, value_enum, default_value_t = FormatArg::Sql)]
+    #[arg(long, value_enum, default_value_t = FormatArg::Auto)]
     pub format: FormatArg,
 
     /// INSERT statements instead of COPY (the application's old dumps)

@@ -78,7 +78,7 @@ impl Compression {
     }
 
     /// A reader that undoes this compression.
-    pub fn decoder<'a, R: io::BufRead + 'a>(self, input: R) -> io::Result<Box<dyn io::Read + 'a>> {
+    pub fn decoder<'a, R: io::BufRead + Send + 'a>(self, input: R) -> io::Result<Box<dyn io::Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(input),
             Compression::Gzip { .. } => Box::new(flate2::bufread::MultiGzDecoder::new(input)),

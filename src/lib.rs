@@ -19,6 +19,7 @@ pub mod key;
 pub mod lock;
 pub mod logging;
 pub mod manifest;
+pub mod native;
 pub mod output;
 pub mod pgdump;
 pub mod progress;

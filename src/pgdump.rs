@@ -113,6 +113,8 @@ fn candidate_paths() -> Vec<PathBuf> {
 pub enum DumpFormat {
     Plain,
     Custom,
+    /// The native JSON Lines format (no pg_dump; see `native`).
+    Json,
 }
 
 impl DumpFormat {
@@ -121,6 +123,7 @@ impl DumpFormat {
         match self {
             DumpFormat::Plain => "sql",
             DumpFormat::Custom => "dump",
+            DumpFormat::Json => "json",
         }
     }
 }
@@ -134,7 +137,7 @@ pub fn dump_command(pg_dump: &PgDump, target: &DbTarget, schema: &str, format: D
         .args(["--strict-names", "--no-owner", "--no-privileges"]);
     match format {
         DumpFormat::Plain => cmd.arg("--format=plain"),
-        DumpFormat::Custom => cmd.arg("--format=custom"),
+        DumpFormat::Custom | DumpFormat::Json => cmd.arg("--format=custom"),
     };
     if inserts {
         cmd.arg("--inserts");

@@ -119,8 +119,10 @@ pub async fn resolve(
     let format = match manifest.as_ref().map(|m| m.format.as_str()) {
         Some("dump") => DumpFormat::Custom,
         Some("sql") => DumpFormat::Plain,
+        Some("json") => DumpFormat::Json,
         Some(other) => anyhow::bail!("{key} has format {other:?}, which this version cannot restore"),
         None if key.ends_with(".dump") || key.contains(".dump.") => DumpFormat::Custom,
+        None if key.ends_with(".json") || key.contains(".json.") => DumpFormat::Json,
         None => DumpFormat::Plain,
     };
     let created_at = record
@@ -353,11 +355,12 @@ pub fn run_psql(
     // A custom archive becomes SQL through pg_restore; compressed ones are unpacked first.
     let mut unpacked: Option<NamedTempFile> = None;
     let mut pg_restore_child = None;
-    let stream: Box<dyn Read> = match source.format {
+    let stream: Box<dyn Read + Send> = match source.format {
         DumpFormat::Plain => {
             let f = std::fs::File::open(dump)?;
             source.compression.decoder(BufReader::with_capacity(256 * 1024, f))?
         }
+        DumpFormat::Json => anyhow::bail!("json backups are restored through the driver, not psql"),
         DumpFormat::Custom => {
             let archive: PathBuf = if source.compression == Compression::None {
                 dump.to_path_buf()
@@ -452,7 +455,7 @@ pub fn run_psql(
 }
 
 /// Streams prologue, dump and (only if the dump arrived whole) epilogue into psql.
-fn feed(stdin: &mut impl Write, mut stream: Box<dyn Read>, check_trailer: bool, plan: &Plan) -> Result<()> {
+fn feed(stdin: &mut impl Write, mut stream: Box<dyn Read + Send>, check_trailer: bool, plan: &Plan) -> Result<()> {
     stdin
         .write_all(plan.prologue.as_bytes())
         .context("psql stopped early")?;
@@ -478,6 +481,13 @@ fn feed(stdin: &mut impl Write, mut stream: Box<dyn Read>, check_trailer: bool, 
         .write_all(plan.epilogue.as_bytes())
         .context("psql stopped early")?;
     Ok(())
+}
+
+/// The decompressed contents of a fetched object, as lines for the json loader.
+pub fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn io::BufRead + Send>> {
+    let f = std::fs::File::open(path)?;
+    let decoder = compression.decoder(BufReader::with_capacity(256 * 1024, f))?;
+    Ok(Box::new(BufReader::with_capacity(256 * 1024, decoder)))
 }
 
 /// Does `schema` exist, and does it hold the history table?

@@ -42,6 +42,8 @@ pub enum SpoolError {
     NotAnArchive,
     #[error("the backup is larger than --max-size ({limit} bytes); nothing was stored")]
     TooLarge { limit: u64 },
+    #[error("{0}")]
+    Producer(String),
     #[error("writing the spool file in {dir}: {source}")]
     Write { dir: String, source: io::Error },
 }
@@ -99,39 +101,50 @@ pub struct SpoolOptions<'a> {
     pub scrub: &'a (dyn Fn(&str) -> String + Sync),
 }
 
-/// Runs the dump command to completion and returns the finished spool file. Blocking: call it from
-/// `spawn_blocking`.
-pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|source| SpoolError::Spawn { program, source })?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
+/// What one pass over the dump stream produced.
+struct Pumped {
+    hashing: HashingWriter<BufWriter<std::fs::File>>,
+    raw: u64,
+    head: Vec<u8>,
+    scanner: Option<PlainDumpScanner>,
+}
 
-    let write_err = |source: io::Error| SpoolError::Write {
-        dir: opts.spool_dir.display().to_string(),
-        source,
-    };
-    let file = tempfile::Builder::new()
+fn new_spool(opts: &SpoolOptions<'_>) -> Result<NamedTempFile, SpoolError> {
+    tempfile::Builder::new()
         .prefix("tenant-backup-")
         .suffix(".spool")
         .tempfile_in(opts.spool_dir)
-        .map_err(write_err)?;
+        .map_err(|e| write_err(opts, e))
+}
+
+fn write_err(opts: &SpoolOptions<'_>, source: io::Error) -> SpoolError {
+    if source.get_ref().is_some_and(|inner| inner.is::<TooLargeMarker>()) {
+        return SpoolError::TooLarge {
+            limit: opts.max_size.unwrap_or(0),
+        };
+    }
+    SpoolError::Write {
+        dir: opts.spool_dir.display().to_string(),
+        source,
+    }
+}
+
+/// Reads `input` to its end through compressor and checksum into `file`.
+fn pump(input: &mut dyn Read, file: &NamedTempFile, opts: &SpoolOptions<'_>) -> io::Result<Pumped> {
     let hashing = HashingWriter {
-        inner: BufWriter::with_capacity(CHUNK, file.as_file().try_clone().map_err(write_err)?),
+        inner: BufWriter::with_capacity(CHUNK, file.as_file().try_clone()?),
         hasher: Sha256::new(),
         written: 0,
         limit: opts.max_size,
     };
-    let mut encoder = opts.compression.encoder(hashing).map_err(write_err)?;
+    let mut encoder = opts.compression.encoder(hashing)?;
     let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
     let mut head: Vec<u8> = Vec::with_capacity(5);
     let mut raw: u64 = 0;
     let mut buf = vec![0u8; CHUNK];
-
-    let pumped: io::Result<()> = (|| loop {
-        let n = match stdout.read(&mut buf) {
-            Ok(0) => return Ok(()),
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -148,28 +161,59 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
         if let Some(p) = &opts.progress {
             p.store(raw, Ordering::Relaxed);
         }
-    })();
-    let finished = pumped.and_then(|()| encoder.finish()).and_then(|mut w| {
-        w.flush()?;
-        Ok(w)
-    });
-    let hashing = match finished {
-        Ok(w) => w,
+    }
+    let mut hashing = encoder.finish()?;
+    hashing.flush()?;
+    Ok(Pumped {
+        hashing,
+        raw,
+        head,
+        scanner,
+    })
+}
+
+fn finish(file: NamedTempFile, pumped: Pumped, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+    let Pumped {
+        hashing, raw, scanner, ..
+    } = pumped;
+    let HashingWriter {
+        inner, hasher, written, ..
+    } = hashing;
+    inner
+        .into_inner()
+        .map_err(|e| write_err(opts, e.into_error()))?
+        .sync_all()
+        .map_err(|e| write_err(opts, e))?;
+    Ok(Spooled {
+        file,
+        size: written,
+        sha256: hex::encode(hasher.finalize()),
+        uncompressed_size: raw,
+        row_counts: scanner.map(PlainDumpScanner::into_counts),
+    })
+}
+
+/// Runs the dump command to completion and returns the finished spool file. Blocking: call it from
+/// `spawn_blocking`.
+pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|source| SpoolError::Spawn { program, source })?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
+    let file = new_spool(opts)?;
+    let pumped = match pump(&mut stdout, &file, opts) {
+        Ok(p) => p,
         Err(e) => {
             // Closing our end of the pipe too, so anything the dumper started dies of SIGPIPE.
             drop(stdout);
             let _ = child.kill();
             let _ = child.wait();
             let _ = stderr_reader.join();
-            if e.get_ref().is_some_and(|inner| inner.is::<TooLargeMarker>()) {
-                return Err(SpoolError::TooLarge {
-                    limit: opts.max_size.unwrap_or(0),
-                });
-            }
-            return Err(write_err(e));
+            return Err(write_err(opts, e));
         }
     };
-    let status = child.wait().map_err(write_err)?;
+    let status = child.wait().map_err(|e| write_err(opts, e))?;
     let stderr = (opts.scrub)(&stderr_reader.join().unwrap_or_default());
     if !status.success() {
         let status = match status.code() {
@@ -181,30 +225,42 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
         };
         return Err(SpoolError::DumpFailed { status, stderr });
     }
-    if raw == 0 {
+    if pumped.raw == 0 {
         return Err(SpoolError::Empty { stderr });
     }
-    match &scanner {
+    match &pumped.scanner {
         Some(s) if !s.is_complete() => return Err(SpoolError::Truncated { stderr }),
-        None if head != b"PGDMP" => return Err(SpoolError::NotAnArchive),
+        None if pumped.head != b"PGDMP" => return Err(SpoolError::NotAnArchive),
         _ => {}
     }
-    let HashingWriter {
-        inner, hasher, written, ..
-    } = hashing;
-    inner
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?
-        .sync_all()
-        .map_err(write_err)?;
-    Ok(Spooled {
-        file,
-        size: written,
-        sha256: hex::encode(hasher.finalize()),
-        uncompressed_size: raw,
-        row_counts: scanner.map(PlainDumpScanner::into_counts),
-    })
+    finish(file, pumped, opts)
 }
+
+/// Spools a stream our own dumper produces (the native JSON format). An error the producer puts
+/// into the stream fails the spool.
+pub fn spool_stream(mut input: impl Read, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+    let file = new_spool(opts)?;
+    let pumped = pump(&mut input, &file, opts).map_err(|e| match e.kind() {
+        io::ErrorKind::Other if e.get_ref().is_some_and(|i| i.is::<ProducerError>()) => {
+            SpoolError::Producer(e.into_inner().map(|i| i.to_string()).unwrap_or_default())
+        }
+        _ => write_err(opts, e),
+    })?;
+    if pumped.raw == 0 {
+        return Err(SpoolError::Empty { stderr: String::new() });
+    }
+    finish(file, pumped, opts)
+}
+
+/// An error of the dumper feeding [`spool_stream`], carried through `io::Error`.
+#[derive(Debug)]
+pub struct ProducerError(pub String);
+impl std::fmt::Display for ProducerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ProducerError {}
 
 /// Reads a stream to its end, keeping only its last `keep` bytes (pg_dump's last words matter).
 fn keep_tail(mut r: impl Read, keep: usize) -> String {

@@ -19,7 +19,7 @@ use crate::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
 use crate::usage;
 
 pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
-    let (format, compression) = dump_choice(&args.dump)?;
+    dump_choice(&args.dump)?;
     let client = ctx.connect().await?;
 
     // Everything a user can get wrong is checked before the first dump starts.
@@ -42,9 +42,6 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
             tenant,
             kind,
             created_by_id,
-            format,
-            inserts: args.dump.inserts,
-            compression,
             max_size: args.dump.max_size,
             progress: None,
         });
@@ -53,7 +50,7 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
         tracing::warn!("no tenants in {}: nothing to back up", ctx.catalog.tenants_table);
         return Ok(Outcome::Done);
     }
-    let env = Arc::new(backup_env(ctx, &client).await?);
+    let env = Arc::new(backup_env(ctx, &client, &args.dump).await?);
     drop(client);
 
     let policy = LockPolicy::Wait(Duration::from_secs(args.lock_timeout));
@@ -63,36 +60,63 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     Ok(Outcome::from_failures(results.iter().filter(|r| r.failed()).count()))
 }
 
-/// The format and compression the dump flags ask for.
-pub fn dump_choice(args: &DumpArgs) -> Result<(DumpFormat, Compression)> {
-    let format = match args.format {
-        FormatArg::Sql => DumpFormat::Plain,
-        FormatArg::Custom => DumpFormat::Custom,
-    };
+/// Checks the dump flags before anything is touched.
+pub fn dump_choice(args: &DumpArgs) -> Result<&DumpArgs> {
+    if args.level.is_some() && args.compress == CompressArg::None {
+        return Err(usage!("--level needs --compress zstd or gzip"));
+    }
+    if args.inserts && matches!(args.format, FormatArg::Custom | FormatArg::Json) {
+        return Err(usage!("--inserts applies to --format sql only"));
+    }
+    compression_for(args, DumpFormat::Plain)?;
+    Ok(args)
+}
+
+fn compression_for(args: &DumpArgs, format: DumpFormat) -> Result<Compression> {
     let name = match (args.compress, format) {
-        (CompressArg::Auto, DumpFormat::Plain) => "zstd",
         (CompressArg::Auto, DumpFormat::Custom) => "none",
-        (CompressArg::Zstd, _) => "zstd",
+        (CompressArg::Auto, _) | (CompressArg::Zstd, _) => "zstd",
         (CompressArg::Gzip, _) => "gzip",
         (CompressArg::None, _) => "none",
     };
-    if args.level.is_some() && name == "none" {
-        return Err(usage!("--level needs --compress zstd or gzip"));
-    }
-    if args.inserts && format == DumpFormat::Custom {
-        return Err(usage!("--inserts applies to --format sql only"));
-    }
-    Ok((format, Compression::from_name(name, args.level)?))
+    Ok(Compression::from_name(name, args.level)?)
 }
 
-/// Finds the server's version and a pg_dump that can dump it.
-pub async fn backup_env(ctx: &Context, client: &Client) -> Result<BackupEnv> {
-    let (pg_dump, version) = pg_tools(ctx, client).await?;
+/// Finds the server's version and a pg_dump that can dump it, and settles the format: `auto` is
+/// plain SQL when such a pg_dump exists, else the native json format (saying why).
+pub async fn backup_env(ctx: &Context, client: &Client, args: &DumpArgs) -> Result<BackupEnv> {
+    let (version, major) = server_version(client).await?;
+    let (format, pg_dump) = match args.format {
+        FormatArg::Json => (DumpFormat::Json, None),
+        requested => match PgDump::find(ctx.pg_dump.as_deref(), major) {
+            Ok(p) => {
+                tracing::debug!("using {} ({}) for PostgreSQL {version}", p.path.display(), p.version);
+                let format = if requested == FormatArg::Custom {
+                    DumpFormat::Custom
+                } else {
+                    DumpFormat::Plain
+                };
+                (format, Some(p))
+            }
+            Err(e) if requested == FormatArg::Auto => {
+                tracing::info!("using the native json format (no pg_dump needed): {e}");
+                (DumpFormat::Json, None)
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context("--format sql and custom need pg_dump; --format json or auto do not")
+                )
+            }
+        },
+    };
     Ok(BackupEnv {
         storage: ctx.storage.clone(),
         catalog: ctx.catalog.clone(),
         dump_target: ctx.dump.clone(),
         pg_dump,
+        format,
+        inserts: args.inserts && format == DumpFormat::Plain,
+        compression: compression_for(args, format)?,
         server_version: version,
         clock: ctx.clock.clone(),
         spool_dir: std::env::temp_dir(),

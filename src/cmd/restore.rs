@@ -11,8 +11,10 @@ use crate::cmd::backup::pg_tools;
 use crate::cmd::Outcome;
 use crate::context::Context;
 use crate::lock;
+use crate::native::JsonRestore;
 use crate::output::human_size;
-use crate::restore::{fetch_verified, plan, resolve, run_psql, schema_state, Source, Target, Which};
+use crate::pgdump::DumpFormat;
+use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, schema_state, Source, Target, Which};
 use crate::usage;
 
 #[derive(Serialize)]
@@ -77,7 +79,18 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             drop_previous: args.drop_previous,
         },
     };
-    let (tools, _) = pg_tools(ctx, &client).await?;
+    let json = source.format == DumpFormat::Json;
+    if json && (args.into.is_some() || args.from_tenant.is_some()) {
+        return Err(usage!(
+            "{} is a json backup: it loads into the tenant's existing tables, so --into and --from-tenant are not available for it",
+            source.key
+        ));
+    }
+    let tools = if json {
+        None
+    } else {
+        Some(pg_tools(ctx, &client).await?.0)
+    };
     drop(client);
 
     // Checked before anything runs.
@@ -111,6 +124,22 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
     for schema in &locked {
         lock::lock_with_timeout(&session, schema, lock_timeout).await?;
     }
+    let Some(tools) = tools else {
+        let input = open_decompressed(file.path(), source.compression)?;
+        let opts = JsonRestore {
+            schema: &target_name,
+            catalog: &ctx.catalog,
+            keep_history_since: records_exist.then_some(source.created_at),
+            rollback: false,
+            lock_timeout,
+        };
+        crate::native::restore(&session, input, &opts)
+            .await
+            .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
+        drop(session);
+        report(ctx, &tenant.schema_name, &target_name, &source, None, false, started)?;
+        return Ok(Outcome::Done);
+    };
     let (psql, pg_restore) = (tools.sibling("psql"), tools.sibling("pg_restore"));
     let dump_target = ctx.dump.clone();
     let path = file.path().to_path_buf();

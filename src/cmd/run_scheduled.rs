@@ -35,7 +35,7 @@ struct Plan<'a> {
 
 pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     let opts = ScheduleOptions::parse(args.when.daily_at.as_deref(), args.when.timezone.as_deref())?;
-    let (format, compression) = dump_choice(&args.dump)?;
+    dump_choice(&args.dump)?;
     let client = ctx.connect().await?;
     // One query for every tenant: a tick with nothing due costs a connection and this.
     let tenants = ctx.catalog.tenants(&client).await?;
@@ -84,9 +84,6 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
             tenant,
             kind: BackupKind::Automatic,
             created_by_id: None,
-            format,
-            inserts: args.dump.inserts,
-            compression,
             max_size: args.dump.max_size,
             progress: None,
         })
@@ -95,7 +92,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     let results = if jobs.is_empty() {
         Vec::new()
     } else {
-        let env = Arc::new(backup_env(ctx, &client).await?);
+        let env = Arc::new(backup_env(ctx, &client, &args.dump).await?);
         drop(client);
         let progress = Progress::new(ctx.output.progress);
         run_backups(

@@ -11,8 +11,10 @@ use crate::cmd::backup::pg_tools;
 use crate::cmd::Outcome;
 use crate::context::Context;
 use crate::lock;
+use crate::native::JsonRestore;
 use crate::output::table;
-use crate::restore::{fetch_verified, plan, resolve, run_psql, Target, Which};
+use crate::pgdump::DumpFormat;
+use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Target, Which};
 
 #[derive(Serialize)]
 struct TableCheck {
@@ -37,7 +39,12 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
     let source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
-    let (tools, _) = pg_tools(ctx, &client).await?;
+    let json = source.format == DumpFormat::Json;
+    let tools = if json {
+        None
+    } else {
+        Some(pg_tools(ctx, &client).await?.0)
+    };
     drop(client);
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
     let checksum = if source.manifest.is_some() {
@@ -49,18 +56,30 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let session = ctx.connect_session().await?;
     let timeout = Duration::from_secs(args.lock_timeout);
     lock::lock_with_timeout(&session, &source.source_schema, timeout).await?;
-    let sql = plan(&source, &Target::Scratch, &ctx.catalog, false, timeout, ctx.clock.now());
-    let (psql, pg_restore, target, path, src) = (
-        tools.sibling("psql"),
-        tools.sibling("pg_restore"),
-        ctx.dump.clone(),
-        file.path().to_path_buf(),
-        source.clone(),
-    );
-    let counts = tokio::task::spawn_blocking(move || run_psql(&psql, &pg_restore, &target, &path, &src, &sql))
-        .await
-        .context("the verify task panicked")?
-        .with_context(|| format!("restoring {} into a scratch transaction", source.key))?;
+    let counts = match tools {
+        // A json backup loads into the tenant's own tables, inside a transaction that is rolled back.
+        None => {
+            let opts = JsonRestore {
+                schema: &source.source_schema,
+                catalog: &ctx.catalog,
+                keep_history_since: None,
+                rollback: true,
+                lock_timeout: timeout,
+            };
+            crate::native::restore(&session, open_decompressed(file.path(), source.compression)?, &opts)
+                .await
+                .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
+        }
+        Some(tools) => {
+            let sql = plan(&source, &Target::Scratch, &ctx.catalog, false, timeout, ctx.clock.now());
+            let (psql, pg_restore) = (tools.sibling("psql"), tools.sibling("pg_restore"));
+            let (target, path, src) = (ctx.dump.clone(), file.path().to_path_buf(), source.clone());
+            tokio::task::spawn_blocking(move || run_psql(&psql, &pg_restore, &target, &path, &src, &sql))
+                .await
+                .context("the verify task panicked")?
+                .with_context(|| format!("restoring {} into a scratch transaction", source.key))?
+        }
+    };
     drop(session);
 
     let expected = source.manifest.as_ref().and_then(|m| m.row_counts.clone());

@@ -7,6 +7,7 @@ mod backup;
 mod cleanup;
 mod failures;
 mod list;
+mod native;
 mod restore;
 mod scheduled;
 mod storage;

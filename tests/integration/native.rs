@@ -1,0 +1,171 @@
+//! The native json format: round trip of every type Django uses, version matching, `--format auto`.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// A table with every awkward type and value, in bienestar.
+fn add_all_types(db: &TestDb) {
+    db.sql(
+        r#"CREATE TABLE bienestar.all_types (
+             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             b bytea, j jsonb, js json, n numeric, n2 numeric(30,10), ts timestamptz, d date, t time, iv interval,
+             u uuid, ip inet, ints integer[], texts text[], flag boolean, body text, f8 double precision,
+             doubled bigint GENERATED ALWAYS AS (id * 2) STORED);
+           INSERT INTO bienestar.all_types (b, j, js, n, n2, ts, d, t, iv, u, ip, ints, texts, flag, body, f8) VALUES
+             ('\x00ff00'::bytea, '{"a": [1, null, "x"]}', '{"k":  "spaced"}', -12345678901234567890.123456789, -0.0000000001,
+              '2025-06-03 15:45:12.345678+00', '2024-02-29', '23:59:59.999999', '1 year 2 mons 3 days 04:05:06.789',
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '192.168.0.1/24', '{1,2,NULL}', '{"a b","c\"d",NULL}', true,
+              E'line1\r\nline2\\back\n\\.\nend ñ 漢字 🙂', 0.1),
+             (NULL, 'null', 'null', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '{}', '{}', false, '', 'NaN'),
+             ('', NULL, NULL, 0, 99999999999999999999.9999999999, '-infinity', 'infinity', '00:00', '-1 day', NULL, '::1', NULL, NULL, NULL, NULL, '-Infinity');"#,
+    );
+}
+
+fn data(db: &TestDb, schema: &str) -> Vec<(String, String)> {
+    db.fingerprint(schema)
+        .into_iter()
+        .filter(|(t, _)| t != "backups_backuprecord")
+        .collect()
+}
+
+fn json_backup(db: &TestDb, tenant: &str, extra: &[&str]) -> Value {
+    let out = db
+        .cmd()
+        .args(["--json", "backup", "--tenant", tenant, "--format", "json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert_no_secret(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["backup"].clone()
+}
+
+#[test]
+fn json_round_trips_every_type_and_keeps_the_history() {
+    let db = TestDb::new();
+    add_all_types(&db);
+    let before = data(&db, "bienestar");
+    let seq_before = db.sql("SELECT last_value FROM bienestar.all_types_id_seq");
+    let b = json_backup(&db, "bienestar", &[]);
+    let key = b["key"].as_str().unwrap();
+    assert!(
+        key.starts_with("bienestar/backup-json-bienestar-") && key.ends_with(".json.zst"),
+        "{key}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(db.storage().join(format!("{key}.manifest.json"))).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "json");
+    assert_eq!(manifest["row_counts"]["appointments_appointment"], 1000);
+    assert_eq!(manifest["row_counts"]["all_types"], 3);
+
+    // Damage it all, then restore.
+    db.sql(
+        "DELETE FROM bienestar.appointments_appointment WHERE id % 2 = 0; UPDATE bienestar.all_types SET body = 'x'; \
+         INSERT INTO bienestar.all_types (body) VALUES ('new'); UPDATE bienestar.appointments_patient SET notes = 'changed'",
+    );
+    let out = db
+        .cmd()
+        .args(["backup", "--tenant", "bienestar", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = db
+        .cmd()
+        .args([
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--id",
+            &b["id"].to_string(),
+            "--yes",
+        ])
+        .output()
+        .unwrap();
+    assert_no_secret(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(data(&db, "bienestar"), before, "every table identical to the backup");
+    assert_eq!(db.sql("SELECT last_value FROM bienestar.all_types_id_seq"), seq_before);
+    assert_eq!(db.sql("SELECT doubled = id * 2 FROM bienestar.all_types LIMIT 1"), "t");
+    // History: both backups kept, and the next one gets a fresh id.
+    assert_eq!(db.sql("SELECT count(*) FROM bienestar.backups_backuprecord"), "4");
+    let next = json_backup(&db, "bienestar", &[]);
+    assert!(next["id"].as_i64().unwrap() > 4);
+}
+
+#[test]
+fn json_verify_passes_and_leaves_no_trace_and_a_changed_schema_is_refused() {
+    let db = TestDb::new();
+    json_backup(&db, "mindcare", &["--compress", "gzip"]);
+    let live = db.fingerprint("mindcare");
+    let out = db.cmd().args(["verify", "--tenant", "mindcare"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("row counts match"), "{}", text(&out.stdout));
+    assert_eq!(db.fingerprint("mindcare"), live);
+
+    db.sql("ALTER TABLE mindcare.appointments_patient DROP COLUMN notes");
+    let live = db.fingerprint("mindcare");
+    let out = db
+        .cmd()
+        .args(["restore", "--tenant", "mindcare", "--latest", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("column mindcare.appointments_patient.notes is missing") && stderr.contains("migrations"),
+        "{stderr}"
+    );
+    assert_eq!(db.fingerprint("mindcare"), live, "nothing changed");
+}
+
+#[test]
+fn auto_falls_back_to_json_when_pg_dump_is_older_or_missing_and_sql_refuses() {
+    let db = TestDb::new();
+    let old = db.dir.path().join("old_pg_dump");
+    std::fs::write(&old, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 12.9'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let missing = db.dir.path().join("no_such_pg_dump");
+    for pg_dump in [&old, &missing] {
+        let out = db
+            .cmd()
+            .env("PG_DUMP", pg_dump)
+            .args(["--json", "backup", "--tenant", "mindcare"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("using the native json format"),
+            "{}",
+            text(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v[0]["backup"]["key"]
+            .as_str()
+            .unwrap()
+            .contains("/backup-json-mindcare-"));
+
+        let out = db
+            .cmd()
+            .env("PG_DUMP", pg_dump)
+            .args(["backup", "--tenant", "mindcare", "--format", "sql"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("postgresql-client-15") || stderr.contains("12.9"),
+            "{stderr}"
+        );
+    }
+    // A restore of the json backup needs no pg_dump either.
+    let out = db
+        .cmd()
+        .env("PG_DUMP", &missing)
+        .args(["restore", "--tenant", "mindcare", "--latest", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
