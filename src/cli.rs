@@ -110,6 +110,8 @@ pub enum Command {
     Download(DownloadArgs),
     /// Check a backup: checksum, then a restore inside a transaction that is rolled back
     Verify(VerifyArgs),
+    /// Check the setup: database, pooler, pg_dump, storage (one line each)
+    Doctor,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

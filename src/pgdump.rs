@@ -49,14 +49,7 @@ impl PgDump {
     /// The lowest major version that is at least the server's, among the explicit one (if given,
     /// the only candidate) or the usual install places, then PATH.
     pub fn find(explicit: Option<&Path>, server_major: u32) -> Result<PgDump, FindError> {
-        let candidates = match explicit {
-            Some(p) => vec![p.to_path_buf()],
-            None => candidate_paths(),
-        };
-        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        let mut found: Vec<PgDump> = candidates.iter().filter_map(|p| PgDump::probe(p)).collect();
-        found.sort_by_key(|d| d.major);
-        found.dedup_by(|a, b| a.path == b.path);
+        let (tried, found) = PgDump::candidates(explicit);
         if found.is_empty() {
             return Err(FindError::NotFound { server_major, tried });
         }
@@ -64,6 +57,19 @@ impl PgDump {
             Some(d) => Ok(d.clone()),
             None => Err(FindError::TooOld { server_major, found }),
         }
+    }
+
+    /// Every pg_dump that answers `--version`, lowest major first, and every place looked at.
+    pub fn candidates(explicit: Option<&Path>) -> (Vec<String>, Vec<PgDump>) {
+        let paths = match explicit {
+            Some(p) => vec![p.to_path_buf()],
+            None => candidate_paths(),
+        };
+        let tried = paths.iter().map(|p| p.display().to_string()).collect();
+        let mut found: Vec<PgDump> = paths.iter().filter_map(|p| PgDump::probe(p)).collect();
+        found.sort_by_key(|d| d.major);
+        found.dedup_by(|a, b| a.path == b.path);
+        (tried, found)
     }
 
     /// A sibling program (`psql`, `pg_restore`) from the same installation, falling back to PATH.

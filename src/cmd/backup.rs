@@ -135,7 +135,7 @@ pub async fn pg_tools(ctx: &Context, client: &Client) -> Result<(PgDump, String)
     Ok((pg_dump, version))
 }
 
-async fn server_version(client: &Client) -> Result<(String, u32)> {
+pub async fn server_version(client: &Client) -> Result<(String, u32)> {
     let rows = client
         .simple_query("SELECT current_setting('server_version'), current_setting('server_version_num')")
         .await

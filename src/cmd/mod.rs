@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cleanup;
+pub mod doctor;
 pub mod download;
 pub mod list;
 pub mod restore;
@@ -46,5 +47,6 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Verify(args) => verify::run(args, &ctx).await,
         Command::Cleanup(args) => cleanup::run(args, &ctx).await,
         Command::Download(args) => download::run(args, &ctx).await,
+        Command::Doctor => doctor::run(&ctx).await,
     }
 }

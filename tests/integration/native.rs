@@ -169,3 +169,61 @@ fn auto_falls_back_to_json_when_pg_dump_is_older_or_missing_and_sql_refuses() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn doctor_reports_a_healthy_and_a_broken_setup() {
+    let db = TestDb::new();
+    let out = db.cmd().args(["doctor"]).output().unwrap();
+    assert_no_secret(&out);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in [
+        "database",
+        "tenants",
+        "pooler",
+        "session",
+        "pg_dump found",
+        "pg_dump used",
+        "storage",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("ok") && l.contains(line)),
+            "{line}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("3 tenants in public.tenants_clinic"), "{stdout}");
+
+    // Storage that cannot be written, and a pg_dump too old: storage fails, json is the way out.
+    std::fs::write(db.dir.path().join("blocked"), b"a file, not a directory").unwrap();
+    let old = fake_pg_dump(db.dir.path(), "exit 1");
+    std::fs::write(&old, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 11.1'\n").unwrap();
+    let out = db
+        .cmd()
+        .env("BACKUP_STORAGE", db.dir.path().join("blocked"))
+        .env("PG_DUMP", &old)
+        .args(["doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAIL") && l.contains("storage")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("native json"), "{stdout}");
+
+    let out = db
+        .cmd()
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres:{}@127.0.0.1:1/x", cluster().password),
+        )
+        .args(["doctor"])
+        .output()
+        .unwrap();
+    assert_no_secret(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("FAIL") && l.contains("database")));
+}

@@ -1,0 +1,138 @@
+//! `doctor`: one line per check of the setup; exit 1 if any fails.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cmd::backup::server_version;
+use crate::cmd::Outcome;
+use crate::context::Context;
+use crate::pgdump::PgDump;
+
+#[derive(Serialize)]
+struct Check {
+    check: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+pub async fn run(ctx: &Context) -> Result<Outcome> {
+    let mut checks = Vec::new();
+    let mut add = |check: &'static str, ok: bool, detail: String| checks.push(Check { check, ok, detail });
+
+    let mut major = None;
+    match ctx.connect().await {
+        Ok(client) => {
+            match server_version(&client).await {
+                Ok((v, m)) => {
+                    major = Some(m);
+                    add(
+                        "database",
+                        true,
+                        format!("{} answers: PostgreSQL {v}", ctx.db.redacted()),
+                    );
+                }
+                Err(e) => add("database", false, format!("{e:#}")),
+            }
+            match ctx.catalog.tenants(&client).await {
+                Ok(t) => add(
+                    "tenants",
+                    true,
+                    format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
+                ),
+                Err(e) => add("tenants", false, format!("{e:#}")),
+            }
+        }
+        Err(e) => add("database", false, format!("{e:#}")),
+    }
+    let pooler = ctx.db.is_transaction_pooler();
+    add(
+        "pooler",
+        true,
+        if pooler {
+            format!(
+                "DATABASE_URL is a transaction pooler; dumps and locks use {}",
+                ctx.dump.redacted()
+            )
+        } else {
+            "DATABASE_URL is not a transaction pooler".to_string()
+        },
+    );
+    match ctx.connect_session().await {
+        Ok(_) => add(
+            "session",
+            true,
+            format!("{} accepts session connections (pg_dump, locks)", ctx.dump.redacted()),
+        ),
+        Err(e) => add("session", false, format!("{e:#}")),
+    }
+
+    let (tried, found) = PgDump::candidates(ctx.pg_dump.as_deref());
+    let listed = if found.is_empty() {
+        format!(
+            "none found (looked at {})",
+            if tried.is_empty() {
+                "PATH".into()
+            } else {
+                tried.join(", ")
+            }
+        )
+    } else {
+        found
+            .iter()
+            .map(|d| format!("{} {}", d.path.display(), d.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    add("pg_dump found", true, listed);
+    if let Some(m) = major {
+        match PgDump::find(ctx.pg_dump.as_deref(), m) {
+            Ok(d) => add(
+                "pg_dump used",
+                true,
+                format!(
+                    "{} ({}); --format auto makes plain SQL dumps, restored with {}",
+                    d.path.display(),
+                    d.version,
+                    d.sibling("psql").display()
+                ),
+            ),
+            Err(e) => add(
+                "pg_dump used",
+                true,
+                format!("none usable ({e}); --format auto makes native json dumps"),
+            ),
+        }
+    }
+
+    let probe = format!(".tenant-backup-doctor/probe-{}", std::process::id());
+    let storage = ctx.storage.describe();
+    match ctx
+        .storage
+        .put_bytes(&probe, b"tenant-backup doctor probe\n".to_vec())
+        .await
+    {
+        Ok(()) => match ctx.storage.delete(&probe).await {
+            Ok(()) => add(
+                "storage",
+                true,
+                format!("{storage} is reachable and writable (probe written and deleted)"),
+            ),
+            Err(e) => add(
+                "storage",
+                false,
+                format!("{storage}: wrote a probe but could not delete it: {e}"),
+            ),
+        },
+        Err(e) => add("storage", false, format!("{storage}: {e}")),
+    }
+
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if ctx.output.json {
+        ctx.output.json(&checks)?;
+    } else {
+        for c in &checks {
+            println!("{} {:<13} {}", if c.ok { "ok  " } else { "FAIL" }, c.check, c.detail);
+        }
+    }
+    Ok(Outcome::from_failures(failed))
+}
