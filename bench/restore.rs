@@ -36,6 +36,9 @@ fn main() {
         c
     };
     measure(tool(&["backup", "--tenant", SCHEMA]), "backup");
+    let sql_id = cluster.sql("bench", "SELECT max(id) FROM bench.backups_backuprecord").unwrap_or_else(|e| die(&e.to_string()));
+    measure(tool(&["backup", "--tenant", SCHEMA, "--format", "json"]), "json backup");
+    let json_id = cluster.sql("bench", "SELECT max(id) FROM bench.backups_backuprecord").unwrap_or_else(|e| die(&e.to_string()));
     let dump = work.path().join("dump.sql");
     let status = Command::new(cluster.bin("pg_dump"))
         .args(["-n", SCHEMA, "--no-owner", "--no-privileges", "-f"])
@@ -52,7 +55,7 @@ fn main() {
     }
     let dump_mb = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
 
-    let (mut ours, mut theirs) = (None::<Run>, None::<Run>);
+    let (mut ours, mut theirs, mut json) = (None::<Run>, None::<Run>, None::<Run>);
     for round in 0..rounds {
         let db = format!("plain_{round}");
         cluster
@@ -74,7 +77,7 @@ fn main() {
             ours = Some(r);
         }
     }
-    let (o, t) = (ours.unwrap(), theirs.unwrap());
+    let (o, t, j) = (ours.unwrap(), theirs.unwrap(), json.unwrap());
     println!(
         "restore bench: {dump_mb:.0} MB plain dump of schema {SCHEMA}, {} cores, best of {rounds}",
         num_cpus()
@@ -88,6 +91,12 @@ fn main() {
         o.wall.as_secs_f64(),
         o.wall.as_secs_f64() / t.wall.as_secs_f64(),
         o.own_rss_kb as f64 / 1024.0
+    );
+    println!(
+        "  tenant-backup restore of the json backup      {:>5.2} s   {:.2}x   peak RSS {:.1} MB",
+        j.wall.as_secs_f64(),
+        j.wall.as_secs_f64() / t.wall.as_secs_f64(),
+        j.own_rss_kb as f64 / 1024.0
     );
     cluster.stop();
 }
