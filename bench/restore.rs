@@ -36,9 +36,13 @@ fn main() {
         c
     };
     measure(tool(&["backup", "--tenant", SCHEMA]), "backup");
-    let sql_id = cluster.sql("bench", "SELECT max(id) FROM bench.backups_backuprecord").unwrap_or_else(|e| die(&e.to_string()));
+    let sql_id = cluster
+        .sql("bench", "SELECT max(id) FROM bench.backups_backuprecord")
+        .unwrap_or_else(|e| die(&e.to_string()));
     measure(tool(&["backup", "--tenant", SCHEMA, "--format", "json"]), "json backup");
-    let json_id = cluster.sql("bench", "SELECT max(id) FROM bench.backups_backuprecord").unwrap_or_else(|e| die(&e.to_string()));
+    let json_id = cluster
+        .sql("bench", "SELECT max(id) FROM bench.backups_backuprecord")
+        .unwrap_or_else(|e| die(&e.to_string()));
     let dump = work.path().join("dump.sql");
     let status = Command::new(cluster.bin("pg_dump"))
         .args(["-n", SCHEMA, "--no-owner", "--no-privileges", "-f"])
@@ -70,11 +74,26 @@ fn main() {
         let _ = cluster.sql("postgres", &format!("DROP DATABASE {db}"));
 
         let r = measure(
-            tool(&["restore", "--tenant", SCHEMA, "--latest", "--yes", "--drop-previous"]),
+            tool(&[
+                "restore",
+                "--tenant",
+                SCHEMA,
+                "--id",
+                &sql_id,
+                "--yes",
+                "--drop-previous",
+            ]),
             "restore",
         );
         if ours.as_ref().is_none_or(|b| r.wall < b.wall) {
             ours = Some(r);
+        }
+        let r = measure(
+            tool(&["restore", "--tenant", SCHEMA, "--id", &json_id, "--yes"]),
+            "json restore",
+        );
+        if json.as_ref().is_none_or(|b| r.wall < b.wall) {
+            json = Some(r);
         }
     }
     let (o, t, j) = (ours.unwrap(), theirs.unwrap(), json.unwrap());
