@@ -106,7 +106,7 @@ fn main() {
         t.wall.as_secs_f64()
     );
     println!(
-        "  tenant-backup restore --latest --drop-previous {:>5.2} s   {:.2}x   peak RSS {:.1} MB",
+        "  tenant-backup restore (sql, --drop-previous)  {:>5.2} s   {:.2}x   peak RSS {:.1} MB",
         o.wall.as_secs_f64(),
         o.wall.as_secs_f64() / t.wall.as_secs_f64(),
         o.own_rss_kb as f64 / 1024.0

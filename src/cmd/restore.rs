@@ -175,6 +175,9 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, kept_as:
         eprintln!("  from     tenant {} (--from-tenant)", source.source_schema);
     }
     match plan {
+        _ if source.format == DumpFormat::Json => eprintln!(
+            "  target   {target}: its tables are emptied and loaded from the json backup in one transaction (history rows newer than the backup are carried over)"
+        ),
         Target::Replace { exists: true, drop_previous: true, .. } => {
             eprintln!("  target   {target}: the current schema is replaced and DROPPED in the same transaction")
         }
