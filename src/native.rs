@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 
 use crate::ident::quote_ident;
 use crate::records::Catalog;
-use crate::restore::literal;
+use crate::restore::{insert_history, literal};
 use crate::spool::ProducerError;
 
 pub const FORMAT: &str = "tenant-backup-jsonl";
@@ -445,14 +445,7 @@ async fn restore_inner(
     if let (Some(_), true) = (opts.keep_history_since, has_records) {
         let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
         client
-            .batch_execute(&format!(
-                "INSERT INTO {records} (id, file_name, file_path, file_size, backup_type, created_at, created_by_id) \
-                 SELECT h.id, h.file_name, h.file_path, h.file_size, h.backup_type, h.created_at, \
-                        CASE WHEN EXISTS (SELECT 1 FROM {users} u WHERE u.id = h.created_by_id) THEN h.created_by_id END \
-                 FROM tb_history h ON CONFLICT (id) DO NOTHING; \
-                 SELECT setval(pg_get_serial_sequence({}, 'id'), GREATEST((SELECT max(id) FROM {records}), 1))",
-                literal(&records)
-            ))
+            .batch_execute(&insert_history(&records, &users, "tb_history o"))
             .await
             .context("carrying the newer history over")?;
     }

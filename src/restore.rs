@@ -309,17 +309,22 @@ fn carry_history(catalog: &Catalog, target: &str, old: &str, source: &Source, cr
     } else {
         format!("WHERE o.created_at >= '{since}'::timestamptz")
     };
-    sql.push_str(&format!(
-        "INSERT INTO {new_t} (id, file_name, file_path, file_size, backup_type, created_at, created_by_id) \
+    sql.push_str(&insert_history(&new_t, &users, &format!("{old_t} o {filter}")));
+    sql
+}
+
+/// Copies history rows from `from` (a FROM clause whose rows are aliased `o`) into `records`,
+/// dropping `created_by_id`s whose user is not in `users` (its foreign key would fail at COMMIT),
+/// then moves the id sequence past them, so the next backup gets a fresh id.
+pub fn insert_history(records: &str, users: &str, from: &str) -> String {
+    format!(
+        "INSERT INTO {records} (id, file_name, file_path, file_size, backup_type, created_at, created_by_id) \
          SELECT o.id, o.file_name, o.file_path, o.file_size, o.backup_type, o.created_at, \
                 CASE WHEN EXISTS (SELECT 1 FROM {users} u WHERE u.id = o.created_by_id) THEN o.created_by_id END \
-         FROM {old_t} o {filter} ON CONFLICT (id) DO NOTHING;\n"
-    ));
-    sql.push_str(&format!(
-        "SELECT setval(pg_get_serial_sequence({}, 'id'), GREATEST((SELECT max(id) FROM {new_t}), 1));\n",
-        literal(&new_t)
-    ));
-    sql
+         FROM {from} ON CONFLICT (id) DO NOTHING;\n\
+         SELECT setval(pg_get_serial_sequence({}, 'id'), GREATEST((SELECT max(id) FROM {records}), 1));\n",
+        literal(records)
+    )
 }
 
 /// `ALTER SCHEMA from RENAME TO to`, when `from` exists.

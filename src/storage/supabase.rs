@@ -301,6 +301,19 @@ impl Supabase {
         self.authed(self.http.patch(url)).header("Tus-Resumable", "1.0.0")
     }
 
+    /// Starts a download; the body is read by the caller.
+    async fn download(&self, key: &str) -> Result<Response, StorageError> {
+        let url = format!("/object/authenticated/{}/{}", self.bucket, self.full(key)?);
+        let resp = self
+            .send(&format!("downloading {key}"), || self.request(Method::GET, &url))
+            .await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(self.fail(key, resp).await)
+        }
+    }
+
     /// One folder level, every page.
     async fn list_folder(&self, folder: &str) -> Result<Vec<Entry>, StorageError> {
         let url = format!("/object/list/{}", self.bucket);
@@ -420,14 +433,7 @@ impl Storage for Supabase {
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
-        let full = self.full(key)?;
-        let url = format!("/object/authenticated/{}/{}", self.bucket, full);
-        let resp = self
-            .send(&format!("downloading {key}"), || self.request(Method::GET, &url))
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(key, resp).await);
-        }
+        let resp = self.download(key).await?;
         stream_to_file(resp.bytes_stream(), path, |e| {
             StorageError::Other(format!("downloading {key}: {}", self.scrub(&e.to_string())))
         })
@@ -435,14 +441,7 @@ impl Storage for Supabase {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        let full = self.full(key)?;
-        let url = format!("/object/authenticated/{}/{}", self.bucket, full);
-        let resp = self
-            .send(&format!("downloading {key}"), || self.request(Method::GET, &url))
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(key, resp).await);
-        }
+        let resp = self.download(key).await?;
         Ok(resp
             .bytes()
             .await
