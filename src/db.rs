@@ -290,6 +290,11 @@ pub fn is_transient(err: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// For `map_err`: the server's own message, after what we were doing.
+pub fn pg_context(what: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{what}: {}", describe_pg_error(&e))
+}
+
 /// The server's own message (with detail and hint) rather than tokio-postgres' generic "db error".
 pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {

@@ -8,6 +8,8 @@ use anyhow::Result;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
+use crate::db::pg_context;
+
 /// The lock key: FNV-1a of `tenant-backup:<schema>`, stable across processes and versions.
 pub fn lock_key(schema: &str) -> i64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -25,7 +27,7 @@ pub async fn try_lock(client: &Client, schema: &str) -> Result<bool> {
     let rows = client
         .query_typed("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
         .await
-        .map_err(|e| anyhow::anyhow!("taking the lock for {schema}: {}", crate::db::describe_pg_error(&e)))?;
+        .map_err(pg_context(format!("taking the lock for {schema}")))?;
     Ok(rows[0].get(0))
 }
 
@@ -34,7 +36,7 @@ pub async fn unlock(client: &Client, schema: &str) -> Result<()> {
     client
         .query_typed("SELECT pg_advisory_unlock($1)", &[(&key, Type::INT8)])
         .await
-        .map_err(|e| anyhow::anyhow!("releasing the lock for {schema}: {}", crate::db::describe_pg_error(&e)))?;
+        .map_err(pg_context(format!("releasing the lock for {schema}")))?;
     Ok(())
 }
 

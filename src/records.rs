@@ -6,6 +6,7 @@ use serde::Serialize;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
+use crate::db::pg_context;
 use crate::error::UsageError;
 use crate::ident::{quote_ident, QualifiedName};
 
@@ -130,12 +131,7 @@ impl Catalog {
                 .query_typed(&sql, &[(&who as &(dyn ToSql + Sync), Type::TEXT)])
                 .await
         }
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "looking up user {who:?} in {schema}.users_user: {}",
-                crate::db::describe_pg_error(&e)
-            )
-        })?;
+        .map_err(pg_context(format!("looking up user {who:?} in {schema}.users_user")))?;
         match rows.first() {
             Some(row) => Ok(row.get(0)),
             None => Err(UsageError::new(format!(
@@ -181,7 +177,7 @@ impl Catalog {
         client
             .batch_execute("COMMIT")
             .await
-            .map_err(|e| anyhow::anyhow!("committing the BackupRecord row: {}", crate::db::describe_pg_error(&e)))?;
+            .map_err(pg_context("committing the BackupRecord row"))?;
         Ok(id)
     }
 
@@ -206,13 +202,10 @@ impl Catalog {
              FROM {} r {join} ORDER BY r.created_at DESC, r.id DESC",
             self.records_in(schema)
         );
-        let rows = client.query_typed(&sql, &[]).await.map_err(|e| {
-            anyhow::anyhow!(
-                "reading {}: {}",
-                self.records_in(schema),
-                crate::db::describe_pg_error(&e)
-            )
-        })?;
+        let rows = client
+            .query_typed(&sql, &[])
+            .await
+            .map_err(pg_context(format!("reading {}", self.records_in(schema))))?;
         Ok(rows
             .iter()
             .map(|r| BackupRecord {
@@ -237,7 +230,7 @@ impl Catalog {
         client
             .query_typed(&sql, &[(&at, Type::TIMESTAMPTZ), (&tenant_id, Type::INT8)])
             .await
-            .map_err(|e| anyhow::anyhow!("updating last_backup_at: {}", crate::db::describe_pg_error(&e)))?;
+            .map_err(pg_context("updating last_backup_at"))?;
         Ok(())
     }
 
@@ -257,7 +250,7 @@ impl Catalog {
         client
             .query_typed(&sql, &[(&tenant_id, Type::INT8), (&was, Type::TIMESTAMPTZ)])
             .await
-            .map_err(|e| anyhow::anyhow!("resetting the one-shot schedule: {}", crate::db::describe_pg_error(&e)))?;
+            .map_err(pg_context("resetting the one-shot schedule"))?;
         Ok(())
     }
 
@@ -283,7 +276,7 @@ impl Catalog {
                 ],
             )
             .await
-            .map_err(|e| anyhow::anyhow!("updating the schedule: {}", crate::db::describe_pg_error(&e)))?;
+            .map_err(pg_context("updating the schedule"))?;
         Ok(())
     }
 
@@ -297,25 +290,19 @@ impl Catalog {
             "SELECT max(created_at), max(created_at) FILTER (WHERE backup_type = 'automatic') FROM {}",
             self.records_in(schema)
         );
-        let rows = client.query_typed(&sql, &[]).await.map_err(|e| {
-            anyhow::anyhow!(
-                "reading {}: {}",
-                self.records_in(schema),
-                crate::db::describe_pg_error(&e)
-            )
-        })?;
+        let rows = client
+            .query_typed(&sql, &[])
+            .await
+            .map_err(pg_context(format!("reading {}", self.records_in(schema))))?;
         Ok((rows[0].get(0), rows[0].get(1)))
     }
 
     pub async fn delete_record(&self, client: &Client, schema: &str, id: i64) -> anyhow::Result<()> {
         let sql = format!("DELETE FROM {} WHERE id = $1", self.records_in(schema));
-        client.query_typed(&sql, &[(&id, Type::INT8)]).await.map_err(|e| {
-            anyhow::anyhow!(
-                "deleting row {id} of {}: {}",
-                self.records_in(schema),
-                crate::db::describe_pg_error(&e)
-            )
-        })?;
+        client
+            .query_typed(&sql, &[(&id, Type::INT8)])
+            .await
+            .map_err(pg_context(format!("deleting row {id} of {}", self.records_in(schema))))?;
         Ok(())
     }
 
