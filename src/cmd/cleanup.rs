@@ -125,7 +125,22 @@ async fn expire(
     report: &mut Report,
 ) -> Result<()> {
     let records = ctx.catalog.records(client, schema).await?;
-    for v in plan(&records, now, policy) {
+    let verdicts = plan(&records, now, policy);
+    if !dry_run {
+        // The plan goes to the log before anything is deleted.
+        let doomed: Vec<_> = verdicts.iter().filter(|v| v.action == Action::Delete).collect();
+        let bytes: i64 = doomed.iter().map(|v| v.record.file_size.max(0)).sum();
+        tracing::info!(
+            "{schema}: deleting {} backups ({}), keeping {}",
+            doomed.len(),
+            human_size(bytes as u64),
+            verdicts.len() - doomed.len()
+        );
+        for v in &doomed {
+            tracing::info!("{schema}: will delete {} ({})", v.record.file_path, v.reason);
+        }
+    }
+    for v in verdicts {
         let mut item = BackupItem {
             tenant: schema.to_string(),
             id: v.record.id,
