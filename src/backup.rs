@@ -158,9 +158,12 @@ async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<
             spool_stream(ChannelReader::new(rx), &opts)
         });
         let counts = crate::native::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
-        let spooled = spooler.await.context("the spool task panicked")?;
+        // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
+        let mut spooled = spooler
+            .await
+            .context("the spool task panicked")?
+            .map_err(anyhow::Error::new)?;
         let counts = counts?;
-        let mut spooled = spooled.map_err(anyhow::Error::new)?;
         spooled.row_counts = Some(counts);
         return Ok(spooled);
     };
