@@ -176,8 +176,14 @@ fn bad_objects_leave_the_live_schema_untouched() {
 
 #[test]
 fn another_tenants_backup_is_refused_unless_named() {
+    for format in [&[][..], &["--format", "custom"][..]] {
+        another_tenants_backup(format);
+    }
+}
+
+fn another_tenants_backup(format: &[&str]) {
     let db = TestDb::new();
-    let (_, key) = backup(&db, "mindcare", &[]);
+    let (_, key) = backup(&db, "mindcare", format);
     let before = db.fingerprint("clinica_demo");
     let out = db
         .cmd()
@@ -228,9 +234,15 @@ fn another_tenants_backup_is_refused_unless_named() {
 
 #[test]
 fn into_restores_a_copy_and_leaves_the_tenant_alone() {
+    for format in [&[][..], &["--format", "custom"][..]] {
+        into_copy(format);
+    }
+}
+
+fn into_copy(format: &[&str]) {
     let db = TestDb::new();
     let before = data(&db, "bienestar");
-    backup(&db, "bienestar", &[]);
+    backup(&db, "bienestar", format);
     db.sql("UPDATE bienestar.appointments_patient SET first_name = 'live' WHERE id = 1");
     let live = db.fingerprint("bienestar");
     let out = db
