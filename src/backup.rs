@@ -20,7 +20,7 @@ use crate::manifest::{Manifest, MANIFEST_VERSION};
 use crate::native::ChannelReader;
 use crate::pgdump::{dump_command, DumpFormat, PgDump};
 use crate::records::{BackupKind, Catalog, NewRecord, Tenant};
-use crate::spool::{dump_to_spool, spool_stream, SpoolOptions, Spooled};
+use crate::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
 use crate::storage::{Storage, StorageError};
 
 /// What every backup of one run shares.
@@ -139,51 +139,52 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
 }
 
 async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<Spooled> {
-    let spool_dir = env.spool_dir.clone();
-    let (format, compression, max_size, progress) = (env.format, env.compression, req.max_size, req.progress.clone());
-    let target = env.dump_target.clone();
-    let scrub = move |s: &str| target.scrub(s);
     let Some(pg_dump) = &env.pg_dump else {
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let spooler = tokio::task::spawn_blocking(move || {
-            let opts = SpoolOptions {
-                format,
-                compression,
-                max_size,
-                spool_dir: &spool_dir,
-                progress,
-                scrub: &scrub,
-            };
-            spool_stream(ChannelReader::new(rx), &opts)
-        });
+        let spooler = spawn_spool(env, req, move |opts| spool_stream(ChannelReader::new(rx), opts));
         let counts = crate::native::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler
             .await
             .context("the spool task panicked")?
             .map_err(anyhow::Error::new)?;
-        let counts = counts?;
-        spooled.row_counts = Some(counts);
+        spooled.row_counts = Some(counts?);
         return Ok(spooled);
     };
-    let cmd = dump_command(pg_dump, &env.dump_target, &req.tenant.schema_name, format, env.inserts);
+    let cmd = dump_command(
+        pg_dump,
+        &env.dump_target,
+        &req.tenant.schema_name,
+        env.format,
+        env.inserts,
+    );
+    spawn_spool(env, req, move |opts| dump_to_spool(cmd, opts))
+        .await
+        .context("the dump task panicked")?
+        .map_err(anyhow::Error::new)
+}
+
+/// Runs `work` on a blocking thread with this backup's spool options.
+fn spawn_spool(
+    env: &BackupEnv,
+    req: &BackupRequest,
+    work: impl FnOnce(&SpoolOptions<'_>) -> Result<Spooled, SpoolError> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<Spooled, SpoolError>> {
+    let spool_dir = env.spool_dir.clone();
+    let (format, compression, max_size, progress) = (env.format, env.compression, req.max_size, req.progress.clone());
+    let target = env.dump_target.clone();
     tokio::task::spawn_blocking(move || {
-        dump_to_spool(
-            cmd,
-            &SpoolOptions {
-                format,
-                compression,
-                max_size,
-                spool_dir: &spool_dir,
-                progress,
-                scrub: &scrub,
-            },
-        )
+        let scrub = move |s: &str| target.scrub(s);
+        work(&SpoolOptions {
+            format,
+            compression,
+            max_size,
+            spool_dir: &spool_dir,
+            progress,
+            scrub: &scrub,
+        })
     })
-    .await
-    .context("the dump task panicked")?
-    .map_err(anyhow::Error::new)
 }
 
 /// Stores the spool under the first free name (`…-2`, `…-3` when taken) and checks the stored size.

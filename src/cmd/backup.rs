@@ -123,6 +123,15 @@ pub async fn backup_env(ctx: &Context, client: &Client, args: &DumpArgs) -> Resu
     })
 }
 
+/// What restoring a dump of `format` needs: pg_dump's installation (for psql and pg_restore), or
+/// nothing for the native json format, which is loaded through the driver.
+pub async fn restore_tools(ctx: &Context, client: &Client, format: DumpFormat) -> Result<Option<PgDump>> {
+    if format == DumpFormat::Json {
+        return Ok(None);
+    }
+    Ok(Some(pg_tools(ctx, client).await?.0))
+}
+
 /// The pg_dump (and so the psql and pg_restore beside it) for this server, and the server's version.
 pub async fn pg_tools(ctx: &Context, client: &Client) -> Result<(PgDump, String)> {
     let (version, major) = server_version(client).await?;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::cli::RestoreArgs;
-use crate::cmd::backup::pg_tools;
+use crate::cmd::backup::restore_tools;
 use crate::cmd::Outcome;
 use crate::context::Context;
 use crate::lock;
@@ -86,11 +86,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             source.key
         ));
     }
-    let tools = if json {
-        None
-    } else {
-        Some(pg_tools(ctx, &client).await?.0)
-    };
+    let tools = restore_tools(ctx, &client, source.format).await?;
     drop(client);
 
     // Checked before anything runs.

@@ -7,13 +7,12 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::cli::VerifyArgs;
-use crate::cmd::backup::pg_tools;
+use crate::cmd::backup::restore_tools;
 use crate::cmd::Outcome;
 use crate::context::Context;
 use crate::lock;
 use crate::native::JsonRestore;
 use crate::output::table;
-use crate::pgdump::DumpFormat;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Target, Which};
 
 #[derive(Serialize)]
@@ -39,12 +38,7 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
     let source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
-    let json = source.format == DumpFormat::Json;
-    let tools = if json {
-        None
-    } else {
-        Some(pg_tools(ctx, &client).await?.0)
-    };
+    let tools = restore_tools(ctx, &client, source.format).await?;
     drop(client);
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
     let checksum = if source.manifest.is_some() {
