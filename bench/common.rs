@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 pub const SCHEMA: &str = "bench";
 
+/// A throwaway cluster with a `bench` database holding the tenant table and the empty clinic schema.
+pub fn bench_cluster() -> tenant_backup::devcluster::DevCluster {
+    let cluster = tenant_backup::devcluster::DevCluster::start().unwrap_or_else(|e| die(&e.to_string()));
+    cluster
+        .create_database("bench", None)
+        .unwrap_or_else(|e| die(&e.to_string()));
+    cluster.sql("bench", SETUP).unwrap_or_else(|e| die(&e.to_string()));
+    cluster
+}
+
 #[derive(Clone)]
 pub struct Run {
     pub wall: Duration,

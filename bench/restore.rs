@@ -5,8 +5,6 @@
 
 use std::process::{Command, Stdio};
 
-use tenant_backup::devcluster::DevCluster;
-
 #[path = "common.rs"]
 mod common;
 use common::*;
@@ -14,12 +12,8 @@ use common::*;
 fn main() {
     let size_mb: u64 = env_or("BENCH_SIZE_MB", 1024);
     let rounds: usize = env_or("BENCH_ROUNDS", 2);
-    let cluster = DevCluster::start().unwrap_or_else(|e| die(&e.to_string()));
-    cluster
-        .create_database("bench", None)
-        .unwrap_or_else(|e| die(&e.to_string()));
+    let cluster = bench_cluster();
     let sql = |q: &str| cluster.sql("bench", q).unwrap_or_else(|e| die(&e.to_string()));
-    sql(SETUP);
     grow_to(&sql, size_mb);
     let work = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_tenant-backup");

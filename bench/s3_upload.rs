@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tenant_backup::devcluster::DevCluster;
-
 #[path = "common.rs"]
 mod common;
 use common::*;
@@ -30,12 +28,8 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let cluster = DevCluster::start().unwrap_or_else(|e| die(&e.to_string()));
-    cluster
-        .create_database("bench", None)
-        .unwrap_or_else(|e| die(&e.to_string()));
+    let cluster = bench_cluster();
     let sql = |q: &str| cluster.sql("bench", q).unwrap_or_else(|e| die(&e.to_string()));
-    sql(SETUP);
     // Incompressible rows: the stored object is as big as the dump.
     let rows = mb * 1024 * 1024 / 100;
     sql(&format!(

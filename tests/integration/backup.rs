@@ -4,20 +4,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Runs `backup` and returns its parsed JSON result for the one tenant.
-fn backup_json(db: &TestDb, args: &[&str]) -> Value {
-    let out = db
-        .cmd()
-        .args(["--json", "--no-progress", "backup"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert_no_secret(&out);
-    assert!(out.status.success(), "backup failed: {}", text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["backup"].clone()
-}
-
 /// Loads a stored dump into an empty database and returns that database.
 fn restore_into_empty(db: &TestDb, key: &str) -> TestDb {
     let target = TestDb::empty();
@@ -46,7 +32,7 @@ fn sha256(path: &Path) -> String {
 fn backup_stores_object_manifest_and_a_valid_row_and_round_trips() {
     let db = TestDb::new();
     let before = db.record_count("bienestar");
-    let b = backup_json(&db, &["--tenant", "bienestar"]);
+    let b = db.backup(&["--tenant", "bienestar"]);
     let key = b["key"].as_str().unwrap();
     let id = b["id"].as_i64().unwrap();
     assert!(
@@ -117,7 +103,7 @@ fn every_compression_and_format_round_trips() {
     ] {
         let mut all = vec!["--tenant", "mindcare"];
         all.extend(&args);
-        let b = backup_json(&db, &all);
+        let b = db.backup(&all);
         let key = b["key"].as_str().unwrap().to_string();
         assert!(key.ends_with(ext), "{args:?}: {key}");
         let object = db.storage().join(&key);
@@ -143,7 +129,7 @@ fn every_compression_and_format_round_trips() {
 #[test]
 fn automatic_backup_sets_last_backup_at_and_created_by_resolves_users() {
     let db = TestDb::new();
-    let b = backup_json(&db, &["--tenant", "mindcare", "--type", "automatic"]);
+    let b = db.backup(&["--tenant", "mindcare", "--type", "automatic"]);
     assert!(b["key"].as_str().unwrap().starts_with("mindcare/auto-sql-mindcare-"));
     assert_eq!(
         db.sql("SELECT last_backup_at IS NOT NULL AND last_backup_at > now() - interval '5 minutes' FROM public.tenants_clinic WHERE schema_name = 'mindcare'"),
@@ -157,10 +143,7 @@ fn automatic_backup_sets_last_backup_at_and_created_by_resolves_users() {
         "automatic"
     );
 
-    let b = backup_json(
-        &db,
-        &["--tenant", "bienestar", "--created-by", "Terapeuta1@Bienestar.example"],
-    );
+    let b = db.backup(&["--tenant", "bienestar", "--created-by", "Terapeuta1@Bienestar.example"]);
     assert_eq!(
         db.sql(&format!(
             "SELECT created_by_id FROM bienestar.backups_backuprecord WHERE id = {}",
@@ -168,7 +151,7 @@ fn automatic_backup_sets_last_backup_at_and_created_by_resolves_users() {
         )),
         "2"
     );
-    let b = backup_json(&db, &["--tenant", "bienestar", "--created-by", "3"]);
+    let b = db.backup(&["--tenant", "bienestar", "--created-by", "3"]);
     assert_eq!(
         db.sql(&format!(
             "SELECT created_by_id FROM bienestar.backups_backuprecord WHERE id = {}",
@@ -209,7 +192,7 @@ fn hostile_schema_names_are_quoted_everywhere() {
         s = quote(schema),
         lit = schema.replace('\'', "''")
     ));
-    let b = backup_json(&db, &["--tenant", schema]);
+    let b = db.backup(&["--tenant", schema]);
     let key = b["key"].as_str().unwrap();
     assert!(key.starts_with(&format!("{schema}/backup-sql-{schema}-")), "{key}");
     assert_eq!(db.record_count(schema), 1);

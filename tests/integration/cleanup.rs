@@ -10,17 +10,8 @@ use crate::support::*;
 fn automatic_backups(db: &TestDb, n: usize) -> Vec<(i64, String)> {
     (0..n)
         .map(|_| {
-            let out = db
-                .cmd()
-                .args(["--json", "backup", "--tenant", "mindcare", "--type", "automatic"])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", text(&out.stderr));
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            (
-                v[0]["backup"]["id"].as_i64().unwrap(),
-                v[0]["backup"]["key"].as_str().unwrap().to_string(),
-            )
+            let b = db.backup(&["--tenant", "mindcare", "--type", "automatic"]);
+            (b["id"].as_i64().unwrap(), b["key"].as_str().unwrap().to_string())
         })
         .collect()
 }

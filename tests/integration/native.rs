@@ -30,16 +30,7 @@ fn data(db: &TestDb, schema: &str) -> Vec<(String, String)> {
 }
 
 fn json_backup(db: &TestDb, tenant: &str, extra: &[&str]) -> Value {
-    let out = db
-        .cmd()
-        .args(["--json", "backup", "--tenant", tenant, "--format", "json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert_no_secret(&out);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["backup"].clone()
+    db.backup(&[&["--tenant", tenant, "--format", "json"][..], extra].concat())
 }
 
 #[test]

@@ -1,22 +1,10 @@
 //! restore and verify on the fixture, for plain and custom formats.
 
-use serde_json::Value;
-
 use crate::support::*;
 
 fn backup(db: &TestDb, tenant: &str, extra: &[&str]) -> (i64, String) {
-    let out = db
-        .cmd()
-        .args(["--json", "backup", "--tenant", tenant])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        v[0]["backup"]["id"].as_i64().unwrap(),
-        v[0]["backup"]["key"].as_str().unwrap().to_string(),
-    )
+    let b = db.backup(&[&["--tenant", tenant][..], extra].concat());
+    (b["id"].as_i64().unwrap(), b["key"].as_str().unwrap().to_string())
 }
 
 /// Every table's fingerprint but the history's, which restores carry forward on purpose.
@@ -245,36 +233,26 @@ fn into_copy(format: &[&str]) {
     backup(&db, "bienestar", format);
     db.sql("UPDATE bienestar.appointments_patient SET first_name = 'live' WHERE id = 1");
     let live = db.fingerprint("bienestar");
-    let out = db
-        .cmd()
-        .args([
-            "restore",
-            "--tenant",
-            "bienestar",
-            "--latest",
-            "--into",
-            "bienestar_copy",
-            "--yes",
-        ])
-        .output()
-        .unwrap();
+    let restore_copy = || {
+        db.cmd()
+            .args([
+                "restore",
+                "--tenant",
+                "bienestar",
+                "--latest",
+                "--into",
+                "bienestar_copy",
+                "--yes",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = restore_copy();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(db.fingerprint("bienestar"), live);
     assert_eq!(data(&db, "bienestar_copy"), before);
     // Again: the target now exists.
-    let out = db
-        .cmd()
-        .args([
-            "restore",
-            "--tenant",
-            "bienestar",
-            "--latest",
-            "--into",
-            "bienestar_copy",
-            "--yes",
-        ])
-        .output()
-        .unwrap();
+    let out = restore_copy();
     assert_eq!(out.status.code(), Some(2));
 }
 

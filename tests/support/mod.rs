@@ -116,6 +116,21 @@ impl TestDb {
             .collect()
     }
 
+    /// Runs `backup --json <args>`, which must succeed without leaking the password, and returns
+    /// the backup's JSON (id, key, size, …).
+    pub fn backup(&self, args: &[&str]) -> serde_json::Value {
+        let out = self
+            .cmd()
+            .args(["--json", "--no-progress", "backup"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_no_secret(&out);
+        assert!(out.status.success(), "backup {args:?} failed: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["backup"].clone()
+    }
+
     pub fn record_count(&self, schema: &str) -> i64 {
         self.sql(&format!("SELECT count(*) FROM {}.backups_backuprecord", quote(schema)))
             .parse()
