@@ -17,7 +17,7 @@ use crate::compress::Compression;
 use crate::db::DbTarget;
 use crate::key::ObjectKey;
 use crate::manifest::{Manifest, MANIFEST_VERSION};
-use crate::native::ChannelReader;
+use crate::native::JsonLinesReader;
 use crate::pgdump::{dump_command, DumpFormat, PgDump};
 use crate::records::{BackupKind, Catalog, NewRecord, Tenant};
 use crate::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
@@ -142,7 +142,7 @@ async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<
     let Some(pg_dump) = &env.pg_dump else {
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let spooler = spawn_spool(env, req, move |opts| spool_stream(ChannelReader::new(rx), opts));
+        let spooler = spawn_spool(env, req, move |opts| spool_stream(JsonLinesReader::new(rx), opts));
         let counts = crate::native::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler

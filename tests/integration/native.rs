@@ -18,7 +18,16 @@ fn add_all_types(db: &TestDb) {
               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '192.168.0.1/24', '{1,2,NULL}', '{"a b","c\"d",NULL}', true,
               E'line1\r\nline2\\back\n\\.\nend ñ 漢字 🙂', 0.1),
              (NULL, 'null', 'null', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '{}', '{}', false, '', 'NaN'),
-             ('', NULL, NULL, 0, 99999999999999999999.9999999999, '-infinity', 'infinity', '00:00', '-1 day', NULL, '::1', NULL, NULL, NULL, NULL, '-Infinity');"#,
+             ('', NULL, NULL, 0, 99999999999999999999.9999999999, '-infinity', 'infinity', '00:00', '-1 day', NULL, '::1', NULL, NULL, NULL, NULL, '-Infinity');
+           -- Structure the json restore rebuilds (or, where it cannot put it back exactly, leaves alone).
+           ALTER TABLE bienestar.all_types ADD CONSTRAINT all_types_u_uniq UNIQUE (u) DEFERRABLE INITIALLY DEFERRED;
+           CREATE UNIQUE INDEX all_types_body_flag ON bienestar.all_types (lower(body)) WHERE flag;
+           CREATE INDEX all_types_ts ON bienestar.all_types (ts DESC NULLS LAST);
+           COMMENT ON INDEX bienestar.all_types_ts IS 'kept in place';
+           CREATE INDEX all_types_d ON bienestar.all_types (d);
+           ALTER TABLE bienestar.all_types CLUSTER ON all_types_d;
+           ALTER TABLE bienestar.all_types ADD COLUMN clinic_id bigint REFERENCES public.tenants_clinic (id) DEFERRABLE INITIALLY DEFERRED;
+           UPDATE bienestar.all_types SET clinic_id = (SELECT min(id) FROM public.tenants_clinic);"#,
     );
 }
 
@@ -38,6 +47,11 @@ fn json_round_trips_every_type_and_keeps_the_history() {
     let db = TestDb::new();
     add_all_types(&db);
     let before = data(&db, "bienestar");
+    let structure = db.structure("bienestar");
+    assert!(
+        structure.contains("all_types_body_flag") && structure.contains("FOREIGN KEY"),
+        "{structure}"
+    );
     let seq_before = db.sql("SELECT last_value FROM bienestar.all_types_id_seq");
     let b = json_backup(&db, "bienestar", &[]);
     let key = b["key"].as_str().unwrap();
@@ -77,6 +91,11 @@ fn json_round_trips_every_type_and_keeps_the_history() {
     assert_no_secret(&out);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(data(&db, "bienestar"), before, "every table identical to the backup");
+    assert_eq!(
+        db.structure("bienestar"),
+        structure,
+        "indexes and constraints put back as they were"
+    );
     assert_eq!(db.sql("SELECT last_value FROM bienestar.all_types_id_seq"), seq_before);
     assert_eq!(db.sql("SELECT doubled = id * 2 FROM bienestar.all_types LIMIT 1"), "t");
     // History: both backups kept, and the next one gets a fresh id.

@@ -116,6 +116,22 @@ impl TestDb {
             .collect()
     }
 
+    /// Every index, constraint (with whether it is validated), index comment and cluster mark of
+    /// `schema`, one per line, sorted: equal structures, equal strings.
+    pub fn structure(&self, schema: &str) -> String {
+        let s = schema.replace('\'', "''");
+        self.sql(&format!(
+            "SELECT string_agg(x, E'\\n' ORDER BY x) FROM ( \
+               SELECT 'index ' || indexdef AS x FROM pg_indexes WHERE schemaname = '{s}' \
+               UNION ALL SELECT format('constraint %s %s %s valid=%s', conrelid::regclass, conname, pg_get_constraintdef(oid), convalidated) \
+                 FROM pg_constraint WHERE connamespace = '{s}'::regnamespace \
+               UNION ALL SELECT format('comment %s %s', c.relname, d.description) FROM pg_description d \
+                 JOIN pg_class c ON c.oid = d.objoid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{s}' \
+               UNION ALL SELECT format('clustered %s', indexrelid::regclass) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+                 WHERE i.indisclustered AND c.relnamespace = '{s}'::regnamespace) q"
+        ))
+    }
+
     /// Runs `backup --json <args>`, which must succeed without leaking the password, and returns
     /// the backup's JSON (id, key, size, …).
     pub fn backup(&self, args: &[&str]) -> serde_json::Value {
