@@ -305,7 +305,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     dec.names[i]
                 )));
             }
-            dec.fields[i] = present.then(|| (start, dec.scratch.len()));
+            dec.fields[i] = present.then_some((start, dec.scratch.len()));
             next = i + 1;
         }
         Ok(())
