@@ -49,7 +49,10 @@ impl PgDump {
     /// The lowest major version that is at least the server's, among the explicit one (if given,
     /// the only candidate) or the usual install places, then PATH.
     pub fn find(explicit: Option<&Path>, server_major: u32) -> Result<PgDump, FindError> {
-        let (tried, found) = PgDump::candidates(explicit);
+        PgDump::choose(PgDump::candidates(explicit), server_major)
+    }
+
+    fn choose((tried, found): (Vec<String>, Vec<PgDump>), server_major: u32) -> Result<PgDump, FindError> {
         if found.is_empty() {
             return Err(FindError::NotFound { server_major, tried });
         }
@@ -61,15 +64,10 @@ impl PgDump {
 
     /// Every pg_dump that answers `--version`, lowest major first, and every place looked at.
     pub fn candidates(explicit: Option<&Path>) -> (Vec<String>, Vec<PgDump>) {
-        let paths = match explicit {
-            Some(p) => vec![p.to_path_buf()],
-            None => candidate_paths(),
-        };
-        let tried = paths.iter().map(|p| p.display().to_string()).collect();
-        let mut found: Vec<PgDump> = paths.iter().filter_map(|p| PgDump::probe(p)).collect();
-        found.sort_by_key(|d| d.major);
-        found.dedup_by(|a, b| a.path == b.path);
-        (tried, found)
+        match explicit {
+            Some(p) => probe_all(vec![p.to_path_buf()]),
+            None => probe_all(candidate_paths(Path::new("/"), std::env::var_os("PATH"))),
+        }
     }
 
     /// A sibling program (`psql`, `pg_restore`) from the same installation, falling back to PATH.
@@ -83,28 +81,46 @@ impl PgDump {
     }
 }
 
-fn candidate_paths() -> Vec<PathBuf> {
+/// Probes `paths` in order: what was tried, and what answered, lowest major first (the earlier
+/// place wins a tie).
+fn probe_all(paths: Vec<PathBuf>) -> (Vec<String>, Vec<PgDump>) {
+    let tried = paths.iter().map(|p| p.display().to_string()).collect();
+    let mut found: Vec<PgDump> = Vec::new();
+    for p in &paths {
+        if let Some(d) = PgDump::probe(p).filter(|d| !found.iter().any(|f| f.path == d.path)) {
+            found.push(d);
+        }
+    }
+    found.sort_by_key(|d| d.major);
+    (tried, found)
+}
+
+/// Where pg_dump is looked for, in order: `/usr/lib/postgresql/*/bin`, `/usr/pgsql-*/bin`, Homebrew's
+/// `postgresql@*` (both prefixes), then each PATH entry. `root` is `/` except in tests.
+fn candidate_paths(root: &Path, path_var: Option<std::ffi::OsString>) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for pattern_dir in ["/usr/lib/postgresql", "/usr", "/opt/homebrew/opt", "/usr/local/opt"] {
-        let Ok(entries) = std::fs::read_dir(pattern_dir) else {
+    for (dir, prefix) in [
+        ("usr/lib/postgresql", ""),
+        ("usr", "pgsql-"),
+        ("opt/homebrew/opt", "postgresql@"),
+        ("usr/local/opt", "postgresql@"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                match pattern_dir {
-                    "/usr/lib/postgresql" => true,
-                    "/usr" => name.starts_with("pgsql-"),
-                    _ => name.starts_with("postgresql@"),
-                }
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
             })
             .collect();
         dirs.sort();
         out.extend(dirs.into_iter().map(|d| d.join("bin/pg_dump")).filter(|p| p.is_file()));
     }
-    if let Some(path) = std::env::var_os("PATH") {
+    if let Some(path) = path_var {
         for dir in std::env::split_paths(&path) {
             let p = dir.join("pg_dump");
             if p.is_file() {
@@ -189,6 +205,69 @@ mod tests {
         assert!(matches!(PgDump::find(Some(&old), 15), Err(FindError::TooOld { .. })));
         let err = PgDump::find(Some(&dir.path().join("missing")), 15).unwrap_err();
         assert!(err.to_string().contains("postgresql-client-15"), "{err}");
+    }
+
+    #[test]
+    fn the_lowest_major_at_least_the_servers_wins_across_install_places_and_path() {
+        let root = tempfile::tempdir().unwrap();
+        let mkdir = |rel: &str| {
+            let d = root.path().join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        fake(&mkdir("usr/lib/postgresql/13/bin"), "pg_dump", "13.16");
+        fake(&mkdir("usr/pgsql-16/bin"), "pg_dump", "16.4");
+        fake(&mkdir("usr/local/opt/postgresql@18/bin"), "pg_dump", "18.1");
+        mkdir("usr/lib/postgresql/12/bin"); // a client directory without pg_dump
+        let (a, b, broken) = (mkdir("path/a"), mkdir("path/b"), mkdir("path/broken"));
+        fake(&a, "pg_dump", "14.13");
+        fake(&b, "pg_dump", "17.0");
+        std::fs::write(
+            broken.join("pg_dump"),
+            "#!/bin/sh
+exit 1
+",
+        )
+        .unwrap();
+        std::fs::set_permissions(broken.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&broken, &b, &a]).unwrap();
+        let search = || probe_all(candidate_paths(root.path(), Some(path.clone())));
+
+        let (tried, found) = search();
+        let tried: Vec<String> = tried
+            .iter()
+            .map(|t| t.trim_start_matches(&*root.path().to_string_lossy()).to_string())
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                "/usr/lib/postgresql/13/bin/pg_dump",
+                "/usr/pgsql-16/bin/pg_dump",
+                "/usr/local/opt/postgresql@18/bin/pg_dump",
+                "/path/broken/pg_dump",
+                "/path/b/pg_dump",
+                "/path/a/pg_dump",
+            ]
+        );
+        let majors: Vec<u32> = found.iter().map(|d| d.major).collect();
+        assert_eq!(majors, [13, 14, 16, 17, 18], "the broken one is left out");
+
+        let chosen = |server| PgDump::choose(search(), server).map(|d| d.version);
+        assert_eq!(chosen(13).unwrap(), "13.16");
+        assert_eq!(chosen(14).unwrap(), "14.13", "older PATH entry beats a newer install");
+        assert_eq!(chosen(15).unwrap(), "16.4", "the lowest newer one, not the newest");
+        assert_eq!(chosen(17).unwrap(), "17.0");
+        assert_eq!(chosen(18).unwrap(), "18.1");
+        let err = chosen(19).unwrap_err().to_string();
+        assert!(
+            err.contains("PostgreSQL 19")
+                && err.contains("18.1")
+                && err.contains("13.16")
+                && err.contains("postgresql-client-19"),
+            "{err}"
+        );
+        let none = PgDump::choose(probe_all(candidate_paths(&root.path().join("nothing"), None)), 15);
+        assert!(matches!(none, Err(FindError::NotFound { .. })));
     }
 
     #[test]

@@ -237,3 +237,76 @@ fn doctor_reports_a_healthy_and_a_broken_setup() {
         .lines()
         .any(|l| l.starts_with("FAIL") && l.contains("database")));
 }
+
+#[test]
+fn pg_dump_is_chosen_among_fakes_on_path_reporting_older_and_newer_versions() {
+    let db = TestDb::new();
+    let server: u32 = db
+        .sql("SELECT current_setting('server_version_num')::int / 10000")
+        .parse()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let fake_dir = |name: &str, version: &str| {
+        let dir = db.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("pg_dump");
+        std::fs::write(&p, format!("#!/bin/sh\necho 'pg_dump (PostgreSQL) {version}'\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    };
+    let older = fake_dir("older", &format!("{}.9", server - 1));
+    let newest = fake_dir("newest", "99.0");
+    let path = std::env::join_paths(
+        [older.clone(), newest.clone()]
+            .into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    let out = db
+        .cmd()
+        .env_remove("PG_DUMP")
+        .env("PATH", &path)
+        .args(["--json", "doctor"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let detail = |name: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .map(|c| c["detail"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {name} check in {checks}"))
+    };
+    let found = detail("pg_dump found");
+    assert!(
+        found.contains(&format!("{} {}.9", older.join("pg_dump").display(), server - 1))
+            && found.contains(&format!("{} 99.0", newest.join("pg_dump").display())),
+        "{found}"
+    );
+    // The matching one the tests' server came with beats both: lowest major >= the server's.
+    let used = detail("pg_dump used");
+    assert!(
+        used.contains(&format!("({server}.")) && !used.contains("older") && !used.contains("newest"),
+        "{used}"
+    );
+    // A backup with that PATH really dumps with the matching pg_dump (sql, not the json fallback).
+    let out = db
+        .cmd()
+        .env_remove("PG_DUMP")
+        .env("PATH", &path)
+        .args(["--json", "backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v[0]["backup"]["key"]
+            .as_str()
+            .unwrap()
+            .contains("/backup-sql-mindcare-"),
+        "{v}"
+    );
+}
