@@ -112,7 +112,7 @@ fn legacy_object(db: &TestDb, key: &str, bytes: Vec<u8>) {
 
 #[test]
 fn bad_objects_leave_the_live_schema_untouched() {
-    for format in [&[][..], &["--format", "custom"][..]] {
+    for format in [&[][..], &["--format", "custom"][..], &["--format", "json"][..]] {
         let db = TestDb::new();
         let (_, key) = backup(&db, "bienestar", &[&["--compress", "none"][..], format].concat());
         db.sql("UPDATE bienestar.appointments_patient SET first_name = 'live' WHERE id = 1");
@@ -159,7 +159,34 @@ fn bad_objects_leave_the_live_schema_untouched() {
                 "{stderr}"
             );
         }
+        if format.contains(&"json") {
+            // Rows that break a foreign key: caught when the key is added back after the load.
+            let text_dump = String::from_utf8(original.clone()).unwrap();
+            let orphaned = fix_patient_id(&text_dump.replacen("\"patient_id\":", "\"patient_id\":999999", 1));
+            std::fs::write(db.storage().join(&key), orphaned).unwrap();
+            let stderr = try_restore("orphaned rows");
+            assert!(
+                stderr.contains("foreign key") && stderr.contains("nothing was changed"),
+                "{stderr}"
+            );
+            // A value the column's type rejects, in the middle of a table's COPY.
+            let bad_date = text_dump.replacen("\"birth_date\":\"", "\"birth_date\":\"not a date", 1);
+            std::fs::write(db.storage().join(&key), bad_date).unwrap();
+            let stderr = try_restore("bad value");
+            assert!(stderr.contains("not a date"), "{stderr}");
+            // Cut after a complete row: no end marker.
+            let cut = text_dump.find("[\"sequences\"").unwrap();
+            std::fs::write(db.storage().join(&key), &text_dump[..cut]).unwrap();
+            assert!(try_restore("no end marker").contains("truncated"));
+        }
     }
+}
+
+/// `"patient_id":999999<digits>` → `"patient_id":999999` (the first row's patient is now missing).
+fn fix_patient_id(dump: &str) -> String {
+    let at = dump.find("\"patient_id\":999999").unwrap() + "\"patient_id\":999999".len();
+    let end = at + dump[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    format!("{}{}", &dump[..at], &dump[end..])
 }
 
 #[test]
