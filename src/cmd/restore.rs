@@ -126,7 +126,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             schema: &target_name,
             catalog: &ctx.catalog,
             keep_history_since: records_exist.then_some(source.created_at),
-            rollback: false,
+            verify_only: false,
             lock_timeout,
         };
         crate::native::restore(&session, input, &opts)

@@ -51,13 +51,13 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let timeout = Duration::from_secs(args.lock_timeout);
     lock::lock_with_timeout(&session, &source.source_schema, timeout).await?;
     let counts = match tools {
-        // A json backup loads into the tenant's own tables, inside a transaction that is rolled back.
+        // A json backup loads into temporary copies of the tenant's tables, in a rolled-back transaction.
         None => {
             let opts = JsonRestore {
                 schema: &source.source_schema,
                 catalog: &ctx.catalog,
                 keep_history_since: None,
-                rollback: true,
+                verify_only: true,
                 lock_timeout: timeout,
             };
             crate::native::restore(&session, open_decompressed(file.path(), source.compression)?, &opts)

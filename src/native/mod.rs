@@ -329,8 +329,9 @@ pub struct JsonRestore<'a> {
     pub catalog: &'a Catalog,
     /// Carry history rows of at least this time over (the backup's own time).
     pub keep_history_since: Option<DateTime<Utc>>,
-    /// Roll back at the end (verify) instead of committing.
-    pub rollback: bool,
+    /// Verify only: load into temporary copies of the tables, check the foreign keys between them,
+    /// and roll back. The live tables are only read (the application keeps working meanwhile).
+    pub verify_only: bool,
     pub lock_timeout: Duration,
 }
 
@@ -348,11 +349,65 @@ pub async fn restore(
         ))
         .await?;
     let result = restore_inner(client, input, opts).await;
-    match (&result, opts.rollback) {
+    match (&result, opts.verify_only) {
         (Ok(_), false) => client.batch_execute("COMMIT").await.context("committing the restore")?,
         _ => client.batch_execute("ROLLBACK").await?,
     }
     result
+}
+
+/// Verify: every foreign key between the schema's tables must hold between their loaded copies (a
+/// restore would fail on the first one that does not).
+async fn check_foreign_keys(client: &Client, schema: &str, copies: &BTreeMap<String, String>) -> Result<()> {
+    let fks = client
+        .query_typed(
+            "SELECT k.conname::text, c.relname::text, r.relname::text, \
+               ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY x(n, i) \
+                     JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = x.n ORDER BY x.i), \
+               ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY x(n, i) \
+                     JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = x.n ORDER BY x.i) \
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class r ON r.oid = k.confrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE k.contype = 'f' AND k.convalidated AND n.nspname = $1 AND r.relnamespace = n.oid ORDER BY 1",
+            &[(&schema, Type::TEXT)],
+        )
+        .await
+        .context("reading the schema's foreign keys")?;
+    for fk in fks {
+        let (name, child, parent): (String, String, String) = (fk.get(0), fk.get(1), fk.get(2));
+        let (cols, refs): (Vec<String>, Vec<String>) = (fk.get(3), fk.get(4));
+        let (Some(c), Some(p)) = (copies.get(&child), copies.get(&parent)) else {
+            continue;
+        };
+        // MATCH SIMPLE: a row with a NULL in the key references nothing.
+        let not_null: Vec<String> = cols
+            .iter()
+            .map(|a| format!("c.{} IS NOT NULL", quote_ident(a)))
+            .collect();
+        let joined: Vec<String> = cols
+            .iter()
+            .zip(&refs)
+            .map(|(a, b)| format!("p.{} = c.{}", quote_ident(b), quote_ident(a)))
+            .collect();
+        let broken: i64 = client
+            .query_typed(
+                &format!(
+                    "SELECT count(*) FROM {c} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {p} p WHERE {})",
+                    not_null.join(" AND "),
+                    joined.join(" AND ")
+                ),
+                &[],
+            )
+            .await
+            .with_context(|| format!("checking foreign key {name}"))?[0]
+            .get(0);
+        if broken > 0 {
+            anyhow::bail!(
+                "{broken} row(s) of {child} reference missing {parent} rows (foreign key {name}): a restore of this backup would fail"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What the reading thread finds in the dump, rows already turned into COPY text.
@@ -481,26 +536,47 @@ async fn restore_inner(
         );
     }
 
+    // Where each table of the dump is loaded: the live table, or (verify) a temporary copy of it.
+    let mut dest: BTreeMap<String, String> = BTreeMap::new();
     let records = format!("{}.{}", quote_ident(schema), quote_ident(&opts.catalog.records_table));
     let has_records = live.iter().any(|t| t.name == opts.catalog.records_table);
-    if let (Some(since), true) = (opts.keep_history_since, has_records) {
+    let mut rebuild = Rebuild::default();
+    if opts.verify_only {
+        for (i, t) in header.tables.iter().enumerate() {
+            let copy = format!("pg_temp.tb_verify_{i}");
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE tb_verify_{i} (LIKE {}.{} INCLUDING ALL) ON COMMIT DROP",
+                    quote_ident(schema),
+                    quote_ident(&t.name)
+                ))
+                .await
+                .with_context(|| format!("copying the structure of {}", t.name))?;
+            dest.insert(t.name.clone(), copy);
+        }
+    } else {
+        for t in &live {
+            dest.insert(
+                t.name.clone(),
+                format!("{}.{}", quote_ident(schema), quote_ident(&t.name)),
+            );
+        }
+        if let (Some(since), true) = (opts.keep_history_since, has_records) {
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records} WHERE created_at >= {}::timestamptz",
+                    literal(&since.to_rfc3339())
+                ))
+                .await?;
+        }
+        let all: Vec<&str> = dest.values().map(String::as_str).collect();
         client
-            .batch_execute(&format!(
-                "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records} WHERE created_at >= {}::timestamptz",
-                literal(&since.to_rfc3339())
-            ))
-            .await?;
+            .batch_execute(&format!("TRUNCATE {}", all.join(", ")))
+            .await
+            .context("emptying the tables")?;
+        rebuild = Rebuild::plan(client, schema).await?;
+        rebuild.drop_all(client).await?;
     }
-    let all: Vec<String> = live
-        .iter()
-        .map(|t| format!("{}.{}", quote_ident(schema), quote_ident(&t.name)))
-        .collect();
-    client
-        .batch_execute(&format!("TRUNCATE {}", all.join(", ")))
-        .await
-        .context("emptying the tables")?;
-    let rebuild = Rebuild::plan(client, schema).await?;
-    rebuild.drop_all(client).await?;
 
     let mut counts = BTreeMap::new();
     let mut sink: Option<(String, Pin<Box<CopyInSink<Bytes>>>)> = None;
@@ -527,17 +603,13 @@ async fn restore_inner(
                 }
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
                 let copy = client
-                    .copy_in(&format!(
-                        "COPY {}.{} ({}) FROM STDIN",
-                        quote_ident(schema),
-                        quote_ident(&t.name),
-                        cols.join(", ")
-                    ))
+                    .copy_in(&format!("COPY {} ({}) FROM STDIN", dest[&t.name], cols.join(", ")))
                     .await
                     .with_context(|| format!("loading {}", t.name))?;
                 counts.insert(t.name.clone(), 0);
                 sink = Some((t.name, Box::pin(copy)));
             }
+            Event::Sequences(_) if opts.verify_only => {}
             Event::Sequences(seqs) => {
                 for s in seqs {
                     let q = literal(&format!("{}.{}", quote_ident(schema), quote_ident(&s.name)));
@@ -563,6 +635,10 @@ async fn restore_inner(
     reader.await.context("the dump reader panicked")?;
     if !ended {
         anyhow::bail!("the dump is truncated (no end marker)");
+    }
+    if opts.verify_only {
+        check_foreign_keys(client, schema, &dest).await?;
+        return Ok(counts);
     }
     // Deferred checks still queued (foreign keys to tables outside the schema, which stay in place)
     // run now: the table cannot be altered while they are pending.

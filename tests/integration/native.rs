@@ -109,9 +109,57 @@ fn json_verify_passes_and_leaves_no_trace_and_a_changed_schema_is_refused() {
     let db = TestDb::new();
     json_backup(&db, "mindcare", &["--compress", "gzip"]);
     let live = db.fingerprint("mindcare");
-    let out = db.cmd().args(["verify", "--tenant", "mindcare"]).output().unwrap();
+    // The clinic is writing meanwhile (a transaction holding a row lock): verify only reads the
+    // live tables, so it neither waits for the writer nor blocks it.
+    let mut writer = cluster()
+        .psql_command(&db.name)
+        .args([
+            "-c",
+            "UPDATE mindcare.appointments_patient SET notes = notes WHERE id = (SELECT min(id) FROM mindcare.appointments_patient); SELECT pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = "SELECT count(*) FROM pg_locks WHERE relation = 'mindcare.appointments_patient'::regclass AND mode = 'RowExclusiveLock' AND granted";
+    for _ in 0..100 {
+        if db.sql(held) == "1" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(db.sql(held), "1", "the writer never got its lock");
+    let out = db
+        .cmd()
+        .args(["verify", "--tenant", "mindcare", "--lock-timeout", "2"])
+        .output()
+        .unwrap();
+    db.sql(&held.replace("count(*)", "pg_terminate_backend(pid)"));
+    let _ = writer.wait();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("row counts match"), "{}", text(&out.stdout));
+    assert_eq!(db.fingerprint("mindcare"), live);
+
+    // A dump whose rows break a foreign key fails verify, naming the key.
+    let b = json_backup(&db, "mindcare", &["--compress", "none"]);
+    let key = b["key"].as_str().unwrap();
+    let live = db.fingerprint("mindcare");
+    let dump = std::fs::read_to_string(db.storage().join(key)).unwrap();
+    let at = dump.find("\"patient_id\":").unwrap() + "\"patient_id\":".len();
+    let end = at + dump[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    std::fs::write(db.storage().join(key), format!("{}999999{}", &dump[..at], &dump[end..])).unwrap();
+    std::fs::remove_file(db.storage().join(format!("{key}.manifest.json"))).unwrap();
+    let out = db
+        .cmd()
+        .args(["verify", "--tenant", "mindcare", "--id", &b["id"].to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("reference missing appointments_patient rows"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(db.fingerprint("mindcare"), live);
 
     db.sql("ALTER TABLE mindcare.appointments_patient DROP COLUMN notes");
