@@ -145,9 +145,7 @@ fn json_verify_passes_and_leaves_no_trace_and_a_changed_schema_is_refused() {
     let key = b["key"].as_str().unwrap();
     let live = db.fingerprint("mindcare");
     let dump = std::fs::read_to_string(db.storage().join(key)).unwrap();
-    let at = dump.find("\"patient_id\":").unwrap() + "\"patient_id\":".len();
-    let end = at + dump[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
-    std::fs::write(db.storage().join(key), format!("{}999999{}", &dump[..at], &dump[end..])).unwrap();
+    std::fs::write(db.storage().join(key), orphan_first_patient_ref(&dump)).unwrap();
     std::fs::remove_file(db.storage().join(format!("{key}.manifest.json"))).unwrap();
     let out = db
         .cmd()

@@ -229,6 +229,14 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// A fake pg_dump: answers `--version` like PostgreSQL 15, otherwise runs `body` (sh).
+/// A json dump whose first `"patient_id"` value points at patient 999999, which does not exist.
+pub fn orphan_first_patient_ref(dump: &str) -> String {
+    let key = "\"patient_id\":";
+    let at = dump.find(key).expect("a patient_id in the dump") + key.len();
+    let end = at + dump[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    format!("{}999999{}", &dump[..at], &dump[end..])
+}
+
 pub fn fake_pg_dump(dir: &Path, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("fake_pg_dump");
