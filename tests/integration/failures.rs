@@ -102,12 +102,7 @@ fn one_failing_tenant_does_not_stop_the_others() {
         .args(["backup", "--all", "--concurrency", "1"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("2 backed up, 1 failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails(&out, 1, "2 backed up, 1 failed");
     assert_eq!(db.record_count("clinica_demo"), 1);
     assert_eq!(db.record_count("mindcare"), 0);
 }
@@ -136,8 +131,7 @@ fn unknown_and_hostile_tenants_exit_2_and_touch_nothing() {
         .args(["backup", "--tenant", "bienestar", "--created-by", "nobody@example.com"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no such user"), "{}", text(&out.stderr));
+    assert_fails(&out, 2, "no such user");
     assert_eq!(
         db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'public'"),
         "1"
@@ -150,12 +144,7 @@ fn unknown_and_hostile_tenants_exit_2_and_touch_nothing() {
 fn missing_invalid_and_unreachable_database_urls() {
     let db = TestDb::new();
     let out = db.cmd().env_remove("DATABASE_URL").args(["list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("--database-url or DATABASE_URL must be set"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails(&out, 2, "--database-url or DATABASE_URL must be set");
 
     let out = db
         .cmd()

@@ -198,12 +198,7 @@ fn another_tenants_backup(format: &[&str]) {
         .args(["restore", "--tenant", "clinica_demo", "--file", &key, "--yes"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("add --from-tenant mindcare"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails(&out, 2, "add --from-tenant mindcare");
     assert_eq!(db.fingerprint("clinica_demo"), before);
 
     // Named: clinica_demo gets mindcare's data and keeps its own history; mindcare is untouched.
@@ -286,8 +281,7 @@ fn restore_needs_yes_off_a_terminal_and_dry_run_touches_nothing() {
         .args(["restore", "--tenant", "bienestar", "--latest"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    assert_fails(&out, 2, "--yes");
     let out = db
         .cmd()
         .args(["restore", "--tenant", "bienestar", "--latest", "--dry-run"])
@@ -341,7 +335,6 @@ fn verify_passes_on_a_good_backup_fails_on_a_tampered_one_and_leaves_no_trace() 
     bytes[n / 2] ^= 1;
     std::fs::write(&object, bytes).unwrap();
     let out = db.cmd().args(["verify", "--tenant", "bienestar"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("does not match its manifest"));
+    assert_fails(&out, 1, "does not match its manifest");
     assert_eq!(schemas(&db), all);
 }

@@ -255,12 +255,7 @@ fn supabase_failures_record_nothing_and_say_what_to_do() {
         .args(["backup", "--tenant", "bienestar"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("use the service_role key, not the anon key"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails(&out, 1, "use the service_role key, not the anon key");
     assert!(!text(&out.stderr).contains("eyJ-anon-key"));
 
     // A bucket that does not exist.
@@ -283,8 +278,7 @@ fn supabase_failures_record_nothing_and_say_what_to_do() {
         .args(["backup", "--tenant", "bienestar"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("upload size limit"), "{}", text(&out.stderr));
+    assert_fails(&out, 1, "upload size limit");
 
     // A wrong endpoint names the URL.
     let out = cmd(&db, &supabase_env(&stub))
@@ -294,11 +288,6 @@ fn supabase_failures_record_nothing_and_say_what_to_do() {
         .args(["backup", "--tenant", "bienestar"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("cannot reach http://127.0.0.1:1/storage/v1"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails(&out, 1, "cannot reach http://127.0.0.1:1/storage/v1");
     assert_eq!(db.record_count("bienestar"), bienestar_rows, "nothing recorded");
 }

@@ -228,7 +228,13 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A fake pg_dump: answers `--version` like PostgreSQL 15, otherwise runs `body` (sh).
+/// Asserts that a command exited with `code` and said `needle` on stderr (shown when either fails).
+pub fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+}
+
 /// A json dump whose first `"patient_id"` value points at patient 999999, which does not exist.
 pub fn orphan_first_patient_ref(dump: &str) -> String {
     let key = "\"patient_id\":";
@@ -237,6 +243,7 @@ pub fn orphan_first_patient_ref(dump: &str) -> String {
     format!("{}999999{}", &dump[..at], &dump[end..])
 }
 
+/// A fake pg_dump: answers `--version` like PostgreSQL 15, otherwise runs `body` (sh).
 pub fn fake_pg_dump(dir: &Path, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("fake_pg_dump");
