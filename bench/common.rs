@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 pub const SCHEMA: &str = "bench";
 
 /// A throwaway cluster with a `bench` database holding the tenant table and the empty clinic schema.
-pub fn bench_cluster() -> tenant_backup::devcluster::DevCluster {
-    let cluster = tenant_backup::devcluster::DevCluster::start().unwrap_or_else(|e| die(&e.to_string()));
+pub fn bench_cluster() -> devcluster::DevCluster {
+    let cluster = devcluster::DevCluster::start().unwrap_or_else(|e| die(&e.to_string()));
     cluster
         .create_database("bench", None)
         .unwrap_or_else(|e| die(&e.to_string()));

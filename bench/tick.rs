@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tenant_backup::devcluster::DevCluster;
+use devcluster::DevCluster;
 
 #[path = "common.rs"]
 mod common;

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use devcluster::DevCluster;
 use tenant_backup::cli::Cli;
 use tenant_backup::cmd::{self, Outcome};
-use tenant_backup::devcluster::DevCluster;
 
 fn main() -> ExitCode {
     println!("==> starting a throwaway PostgreSQL cluster");
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
             .chain(args.iter().copied());
         let cli = Cli::parse_from(argv);
         if !logging_ready {
-            tenant_backup::logging::init(&cli.output);
+            tenant_backup::app::logging::init(&cli.output);
             logging_ready = true;
         }
         match runtime.block_on(cmd::run(cli)) {

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    tenant_backup::logging::init(&cli.output);
+    tenant_backup::app::logging::init(&cli.output);
     // One thread for the async side: the work is I/O, and the heavy lifting (compression, checksums,
     // the json codec) runs on blocking threads. A driver connection and its reader then hand each
     // row over without waking another thread, which made json dumps ~20% cheaper.

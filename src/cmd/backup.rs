@@ -6,16 +6,16 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio_postgres::Client;
 
+use crate::app::context::Context;
+use crate::app::output::{human_size, table};
+use crate::app::progress::Progress;
+use crate::backup::compress::Compression;
+use crate::backup::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
 use crate::backup::{BackupEnv, BackupRequest};
 use crate::cli::{BackupArgs, BackupType, CompressArg, DumpArgs, FormatArg};
 use crate::cmd::Outcome;
-use crate::compress::Compression;
-use crate::context::Context;
-use crate::output::{human_size, table};
-use crate::pgdump::{DumpFormat, PgDump};
-use crate::progress::Progress;
-use crate::records::{BackupKind, Tenant};
-use crate::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
+use crate::pg::catalog::{BackupKind, Tenant};
+use crate::pg::tools::{DumpFormat, PgDump};
 use crate::usage;
 
 pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {

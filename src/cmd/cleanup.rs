@@ -8,17 +8,17 @@ use chrono::{DateTime, Duration as Days, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::app::context::Context;
+use crate::app::output::{human_size, table};
+use crate::backup::key::ObjectKey;
 use crate::cli::CleanupArgs;
 use crate::cmd::backup::named_tenants;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::ident::quote_ident;
-use crate::key::ObjectKey;
-use crate::lock;
-use crate::output::{human_size, table};
-use crate::records::Tenant;
+use crate::pg::catalog::Tenant;
+use crate::pg::lock;
+use crate::pg::sql::quote_ident;
+use crate::policy::retention::{delete_backup, parse_days, parse_pre_restore, plan, Action, Deleted, Policy};
 use crate::restore::pre_restore_name;
-use crate::retention::{delete_backup, parse_days, parse_pre_restore, plan, Action, Deleted, Policy};
 use crate::storage::{check_key, StorageError};
 
 #[derive(Serialize, Default)]
@@ -300,7 +300,7 @@ async fn pre_restore(
                 Ok(()) => "dropped".to_string(),
                 Err(e) => {
                     report.failed += 1;
-                    format!("FAILED: {}", crate::db::describe_pg_error(&e))
+                    format!("FAILED: {}", crate::pg::target::describe_pg_error(&e))
                 }
             }
         };

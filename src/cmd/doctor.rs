@@ -3,10 +3,10 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::app::context::Context;
 use crate::cmd::backup::server_version;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::pgdump::PgDump;
+use crate::pg::tools::PgDump;
 
 #[derive(Serialize)]
 struct Check {

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 
+use crate::app::context::Context;
+use crate::app::output::human_size;
 use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::output::human_size;
 use crate::restore::{fetch_verified, resolve, Which};
 use crate::usage;
 

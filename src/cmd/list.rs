@@ -3,11 +3,11 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::app::context::Context;
+use crate::app::output::{human_size, table};
 use crate::cli::ListArgs;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::output::{human_size, table};
-use crate::records::BackupRecord;
+use crate::pg::catalog::BackupRecord;
 use crate::storage::check_key;
 
 #[derive(Serialize)]

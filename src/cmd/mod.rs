@@ -13,8 +13,8 @@ pub mod verify;
 
 use anyhow::Result;
 
+use crate::app::context::Context;
 use crate::cli::{Cli, Command};
-use crate::context::Context;
 
 /// How a command that ran to its end went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::app::context::Context;
+use crate::app::output::human_size;
 use crate::cli::RestoreArgs;
 use crate::cmd::backup::restore_tools;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::lock;
-use crate::native::JsonRestore;
-use crate::output::human_size;
-use crate::pgdump::DumpFormat;
+use crate::jsonl::JsonRestore;
+use crate::pg::lock;
+use crate::pg::tools::DumpFormat;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, schema_state, Source, Target, Which};
 use crate::usage;
 
@@ -129,7 +129,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             verify_only: false,
             lock_timeout,
         };
-        crate::native::restore(&session, input, &opts)
+        crate::jsonl::restore(&session, input, &opts)
             .await
             .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
         drop(session);

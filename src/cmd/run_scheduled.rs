@@ -5,16 +5,16 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::app::context::Context;
+use crate::app::output::{human_size, table};
+use crate::app::progress::Progress;
+use crate::backup::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
 use crate::backup::BackupRequest;
 use crate::cli::RunScheduledArgs;
 use crate::cmd::backup::{backup_env, dump_choice};
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::output::{human_size, table};
-use crate::progress::Progress;
-use crate::records::BackupKind;
-use crate::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
-use crate::schedule::{is_due, Decision, ScheduleOptions};
+use crate::pg::catalog::BackupKind;
+use crate::policy::schedule::{is_due, Decision, ScheduleOptions};
 
 #[derive(Serialize)]
 struct Summary<'a> {

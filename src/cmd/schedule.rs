@@ -3,9 +3,9 @@
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
+use crate::app::context::Context;
 use crate::cli::ScheduleArgs;
 use crate::cmd::Outcome;
-use crate::context::Context;
 use crate::usage;
 
 pub async fn run(args: ScheduleArgs, ctx: &Context) -> Result<Outcome> {

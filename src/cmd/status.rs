@@ -4,11 +4,11 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::app::context::Context;
+use crate::app::output::table;
 use crate::cli::StatusArgs;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::output::table;
-use crate::schedule::{next_due, overdue, ScheduleOptions};
+use crate::policy::schedule::{next_due, overdue, ScheduleOptions};
 
 #[derive(Serialize)]
 struct TenantStatus {

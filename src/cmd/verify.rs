@@ -6,13 +6,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::app::context::Context;
+use crate::app::output::table;
 use crate::cli::VerifyArgs;
 use crate::cmd::backup::restore_tools;
 use crate::cmd::Outcome;
-use crate::context::Context;
-use crate::lock;
-use crate::native::JsonRestore;
-use crate::output::table;
+use crate::jsonl::JsonRestore;
+use crate::pg::lock;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Target, Which};
 
 #[derive(Serialize)]
@@ -60,7 +60,7 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
                 verify_only: true,
                 lock_timeout: timeout,
             };
-            crate::native::restore(&session, open_decompressed(file.path(), source.compression)?, &opts)
+            crate::jsonl::restore(&session, open_decompressed(file.path(), source.compression)?, &opts)
                 .await
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
         }

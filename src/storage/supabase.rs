@@ -396,7 +396,7 @@ fn content_type(key: &str) -> &'static str {
 
 /// 0.5 s, 1 s, 2 s … capped at 10 s, each ±25 %.
 fn jittered(attempt: u32) -> Duration {
-    let base = crate::db::backoff(attempt).as_millis() as f64;
+    let base = crate::pg::target::backoff(attempt).as_millis() as f64;
     let factor = 0.75 + rand::random::<f64>() * 0.5;
     Duration::from_millis((base * factor) as u64)
 }

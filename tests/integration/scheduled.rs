@@ -140,7 +140,7 @@ struct HeldLock {
 
 impl HeldLock {
     fn take(db: &TestDb, schema: &str) -> HeldLock {
-        let key = tenant_backup::lock::lock_key(schema);
+        let key = tenant_backup::pg::lock::lock_key(schema);
         let mut child = cluster()
             .psql_command(&db.name)
             .args([

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use tenant_backup::devcluster::DevCluster;
+use devcluster::DevCluster;
 
 pub const TEMPLATE: &str = "fixture_template";
 

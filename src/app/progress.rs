@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::output::{human_size, ProgressMode};
+use crate::app::output::{human_size, ProgressMode};
 
 const LINE_EVERY: Duration = Duration::from_secs(5);
 

@@ -241,7 +241,7 @@ impl DbTarget {
         if self.tls == TlsMode::Disable {
             return Ok(None);
         }
-        let config = crate::tls::client_config(self.tls, self.root_cert.as_deref())?;
+        let config = crate::pg::tls::client_config(self.tls, self.root_cert.as_deref())?;
         Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
     }
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use crate::compress::Compression;
-use crate::dumpscan::PlainDumpScanner;
-use crate::pgdump::DumpFormat;
+use crate::backup::compress::Compression;
+use crate::pg::dumpscan::PlainDumpScanner;
+use crate::pg::tools::DumpFormat;
 
 const CHUNK: usize = 256 * 1024;
 const STDERR_KEEP: usize = 16 * 1024;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio_postgres::Client;
 
+use crate::app::output::Output;
 use crate::cli::Cli;
 use crate::clock::{Clock, SystemClock};
-use crate::db::DbTarget;
-use crate::output::Output;
-use crate::records::Catalog;
+use crate::pg::catalog::Catalog;
+use crate::pg::target::DbTarget;
 use crate::storage::{self, Storage, StorageOptions};
 use crate::usage;
 

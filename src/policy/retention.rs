@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::Serialize;
 
 use crate::error::UsageError;
-use crate::records::BackupRecord;
+use crate::pg::catalog::BackupRecord;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -207,12 +207,12 @@ pub enum Deleted {
 /// deleted, the row stays, so nothing becomes an orphan without a trace.
 pub async fn delete_backup(
     storage: &dyn crate::storage::Storage,
-    catalog: &crate::records::Catalog,
+    catalog: &crate::pg::catalog::Catalog,
     client: &tokio_postgres::Client,
     schema: &str,
     record: &BackupRecord,
 ) -> anyhow::Result<Deleted> {
-    use crate::key::ObjectKey;
+    use crate::backup::key::ObjectKey;
     use crate::storage::{check_key, StorageError};
     let key = &record.file_path;
     let outcome = if check_key(key).is_err() {

@@ -6,9 +6,9 @@ use serde::Serialize;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
-use crate::db::pg_context;
 use crate::error::UsageError;
-use crate::ident::{quote_ident, QualifiedName};
+use crate::pg::sql::{quote_ident, QualifiedName};
+use crate::pg::target::pg_context;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -170,7 +170,7 @@ impl Catalog {
                 anyhow::bail!(
                     "writing the BackupRecord row into {}: {}",
                     self.records_in(schema),
-                    crate::db::describe_pg_error(&e)
+                    crate::pg::target::describe_pg_error(&e)
                 );
             }
         };
@@ -314,7 +314,11 @@ impl Catalog {
             ))
             .into();
         }
-        anyhow::anyhow!("reading {}: {}", self.tenants_table, crate::db::describe_pg_error(&e))
+        anyhow::anyhow!(
+            "reading {}: {}",
+            self.tenants_table,
+            crate::pg::target::describe_pg_error(&e)
+        )
     }
 }
 

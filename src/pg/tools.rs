@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::db::DbTarget;
-use crate::ident::quote_ident;
+use crate::pg::sql::quote_ident;
+use crate::pg::target::DbTarget;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgDump {

@@ -8,12 +8,12 @@ use anyhow::{Context as _, Result};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
+use crate::app::output::human_size;
+use crate::app::progress::Progress;
 use crate::backup::{back_up_tenant, BackupEnv, BackupOutcome, BackupRequest};
-use crate::db::DbTarget;
-use crate::lock;
-use crate::output::human_size;
-use crate::progress::Progress;
-use crate::schedule::{is_due, ScheduleOptions};
+use crate::pg::lock;
+use crate::pg::target::DbTarget;
+use crate::policy::schedule::{is_due, ScheduleOptions};
 
 /// What to do when another process holds a tenant's lock.
 #[derive(Clone, Copy, Debug)]

@@ -18,16 +18,16 @@ use tempfile::NamedTempFile;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use crate::compress::Compression;
-use crate::db::DbTarget;
-use crate::dumpscan::PlainDumpScanner;
+use crate::backup::compress::Compression;
+use crate::backup::key::ObjectKey;
+use crate::backup::manifest::Manifest;
+use crate::backup::spool::sha256_file;
 use crate::error::UsageError;
-use crate::ident::quote_ident;
-use crate::key::ObjectKey;
-use crate::manifest::Manifest;
-use crate::pgdump::{apply_env, DumpFormat};
-use crate::records::{BackupRecord, Catalog, Tenant};
-use crate::spool::sha256_file;
+use crate::pg::catalog::{BackupRecord, Catalog, Tenant};
+use crate::pg::dumpscan::PlainDumpScanner;
+use crate::pg::sql::quote_ident;
+use crate::pg::target::DbTarget;
+use crate::pg::tools::{apply_env, DumpFormat};
 use crate::storage::{Storage, StorageError};
 
 /// Which backup to restore.

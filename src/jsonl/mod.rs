@@ -32,10 +32,10 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, CopyInSink};
 
-use crate::ident::quote_ident;
-use crate::records::Catalog;
+use crate::backup::spool::ProducerError;
+use crate::pg::catalog::Catalog;
+use crate::pg::sql::quote_ident;
 use crate::restore::{insert_history, literal};
-use crate::spool::ProducerError;
 
 use codec::{RowDecoder, RowEncoder};
 use rebuild::Rebuild;

@@ -14,7 +14,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::error::UsageError;
-use crate::records::Tenant;
+use crate::pg::catalog::Tenant;
 
 /// An optional local time of day for daily and weekly backups.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -270,7 +270,7 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
     }
 
     pub fn create_database(&self, name: &str, template: Option<&str>) -> Result<(), DevClusterError> {
-        let q = |s: &str| crate::ident::quote_ident(s);
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let sql = match template {
             Some(t) => format!("CREATE DATABASE {} TEMPLATE {}", q(name), q(t)),
             None => format!("CREATE DATABASE {}", q(name)),

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::records::BackupKind;
+use crate::pg::catalog::BackupKind;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectKey {

@@ -2,6 +2,12 @@
 //! The row is written only after the object and its manifest are stored and their size checked, so a
 //! backup that is listed really is there.
 
+pub mod compress;
+pub mod key;
+pub mod manifest;
+pub mod runner;
+pub mod spool;
+
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -12,15 +18,15 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::backup::compress::Compression;
+use crate::backup::key::ObjectKey;
+use crate::backup::manifest::{Manifest, MANIFEST_VERSION};
+use crate::backup::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
 use crate::clock::Clock;
-use crate::compress::Compression;
-use crate::db::DbTarget;
-use crate::key::ObjectKey;
-use crate::manifest::{Manifest, MANIFEST_VERSION};
-use crate::native::JsonLinesReader;
-use crate::pgdump::{dump_command, DumpFormat, PgDump};
-use crate::records::{BackupKind, Catalog, NewRecord, Tenant};
-use crate::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
+use crate::jsonl::JsonLinesReader;
+use crate::pg::catalog::{BackupKind, Catalog, NewRecord, Tenant};
+use crate::pg::target::DbTarget;
+use crate::pg::tools::{dump_command, DumpFormat, PgDump};
 use crate::storage::{Storage, StorageError};
 
 /// What every backup of one run shares.
@@ -143,7 +149,7 @@ async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let spooler = spawn_spool(env, req, move |opts| spool_stream(JsonLinesReader::new(rx), opts));
-        let counts = crate::native::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
+        let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler
             .await
