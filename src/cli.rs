@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::backup::env::{CompressionChoice, DumpRequest, FormatChoice};
+use crate::pg::catalog::BackupKind;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tenant-backup",
@@ -360,6 +363,37 @@ pub struct VerifyArgs {
     /// Seconds to wait for the tenant's lock
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub lock_timeout: u64,
+}
+
+impl From<BackupType> for BackupKind {
+    fn from(t: BackupType) -> Self {
+        match t {
+            BackupType::Manual => BackupKind::Manual,
+            BackupType::Automatic => BackupKind::Automatic,
+        }
+    }
+}
+
+impl DumpArgs {
+    /// The dump flags as the core reads them.
+    pub fn request(&self) -> DumpRequest {
+        DumpRequest {
+            format: match self.format {
+                FormatArg::Auto => FormatChoice::Auto,
+                FormatArg::Sql => FormatChoice::Sql,
+                FormatArg::Custom => FormatChoice::Custom,
+                FormatArg::Json => FormatChoice::Json,
+            },
+            inserts: self.inserts,
+            compression: match self.compress {
+                CompressArg::Auto => CompressionChoice::Auto,
+                CompressArg::Zstd => CompressionChoice::Zstd,
+                CompressArg::Gzip => CompressionChoice::Gzip,
+                CompressArg::None => CompressionChoice::None,
+            },
+            level: self.level,
+        }
+    }
 }
 
 /// `500000`, `64K`, `100M`, `2G` (binary multiples).

@@ -15,5 +15,6 @@ pub mod jsonl;
 pub mod pg;
 pub mod policy;
 pub mod restore;
+pub mod retry;
 pub mod secret;
 pub mod storage;

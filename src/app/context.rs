@@ -7,6 +7,8 @@ use anyhow::Result;
 use tokio_postgres::Client;
 
 use crate::app::output::Output;
+use crate::backup::env::{choose_tools, BackupEnv, DumpRequest};
+use crate::backup::format::DumpFormat;
 use crate::cli::Cli;
 use crate::clock::{Clock, SystemClock};
 use crate::pg::catalog::Catalog;
@@ -64,6 +66,23 @@ impl Context {
             output: Output::from_args(&cli.output),
             clock: Arc::new(SystemClock),
             pg_dump: cli.db.pg_dump.clone(),
+        })
+    }
+
+    /// What a run of backups shares, with the format and tools settled against the server.
+    pub async fn backup_env(&self, client: &Client, req: &DumpRequest) -> Result<BackupEnv> {
+        let tools = choose_tools(client, req, self.pg_dump.as_deref()).await?;
+        Ok(BackupEnv {
+            storage: self.storage.clone(),
+            catalog: self.catalog.clone(),
+            dump_target: self.dump.clone(),
+            inserts: req.inserts && tools.format == DumpFormat::Plain,
+            compression: req.compression_for(tools.format)?,
+            format: tools.format,
+            pg_dump: tools.pg_dump,
+            server_version: tools.server_version,
+            clock: self.clock.clone(),
+            spool_dir: std::env::temp_dir(),
         })
     }
 

@@ -87,6 +87,20 @@ impl Compression {
     }
 }
 
+/// In manifests a compression is its name; the level only matters when writing.
+impl serde::Serialize for Compression {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Compression::from_name(&name, None).map_err(serde::de::Error::custom)
+    }
+}
+
 pub enum Encoder<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),
@@ -150,6 +164,17 @@ mod tests {
             c.decoder(packed.as_slice()).unwrap().read_to_end(&mut out).unwrap();
             assert_eq!(out, data, "{}", c.name());
         }
+    }
+
+    #[test]
+    fn manifests_name_the_compression() {
+        let z = serde_json::to_string(&Compression::Zstd { level: 9 }).unwrap();
+        assert_eq!(z, "\"zstd\"");
+        assert_eq!(
+            serde_json::from_str::<Compression>("\"gzip\"").unwrap(),
+            Compression::Gzip { level: 6 }
+        );
+        assert!(serde_json::from_str::<Compression>("\"lz4\"").is_err());
     }
 
     #[test]

@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::compress::Compression;
+use super::format::DumpFormat;
+use crate::pg::catalog::BackupKind;
+
 pub const MANIFEST_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -13,9 +17,10 @@ pub struct Manifest {
     pub tool: String,
     pub tool_version: String,
     pub tenant: String,
-    pub kind: String,
-    pub format: String,
-    pub compression: String,
+    pub kind: BackupKind,
+    /// The one source of truth for how the stored object is read back.
+    pub format: DumpFormat,
+    pub compression: Compression,
     pub key: String,
     /// Bytes of the stored object.
     pub size: u64,

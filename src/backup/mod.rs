@@ -3,12 +3,13 @@
 //! backup that is listed really is there.
 
 pub mod compress;
+pub mod env;
+pub mod format;
 pub mod key;
 pub mod manifest;
 pub mod runner;
 pub mod spool;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,32 +19,15 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backup::compress::Compression;
 use crate::backup::key::ObjectKey;
 use crate::backup::manifest::{Manifest, MANIFEST_VERSION};
 use crate::backup::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
-use crate::clock::Clock;
 use crate::jsonl::JsonLinesReader;
-use crate::pg::catalog::{BackupKind, Catalog, NewRecord, Tenant};
-use crate::pg::target::DbTarget;
-use crate::pg::tools::{dump_command, DumpFormat, PgDump};
+use crate::pg::catalog::{BackupKind, NewRecord, Tenant};
+use crate::pg::tools::{dump_command, PgDumpFormat};
 use crate::storage::{Storage, StorageError};
-
-/// What every backup of one run shares.
-pub struct BackupEnv {
-    pub storage: Arc<dyn Storage>,
-    pub catalog: Catalog,
-    /// Session-mode connection target for pg_dump.
-    pub dump_target: DbTarget,
-    /// None for the native json format, which needs no pg_dump.
-    pub pg_dump: Option<PgDump>,
-    pub format: DumpFormat,
-    pub inserts: bool,
-    pub compression: Compression,
-    pub server_version: String,
-    pub clock: Arc<dyn Clock>,
-    pub spool_dir: PathBuf,
-}
+pub use env::BackupEnv;
+use format::DumpFormat;
 
 #[derive(Clone, Debug)]
 pub struct BackupRequest {
@@ -90,9 +74,9 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
         tool: "tenant-backup".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         tenant: schema.clone(),
-        kind: req.kind.as_db().into(),
-        format: env.format.key_name().into(),
-        compression: env.compression.name().into(),
+        kind: req.kind,
+        format: env.format,
+        compression: env.compression,
         key: key.clone(),
         size: spooled.size,
         sha256: spooled.sha256.clone(),
@@ -158,11 +142,15 @@ async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<
         spooled.row_counts = Some(counts?);
         return Ok(spooled);
     };
+    let pg_format = match env.format {
+        DumpFormat::Custom => PgDumpFormat::Custom,
+        DumpFormat::Plain | DumpFormat::Json => PgDumpFormat::Plain,
+    };
     let cmd = dump_command(
         pg_dump,
         &env.dump_target,
         &req.tenant.schema_name,
-        env.format,
+        pg_format,
         env.inserts,
     );
     spawn_spool(env, req, move |opts| dump_to_spool(cmd, opts))

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use crate::backup::compress::Compression;
+use crate::backup::format::DumpFormat;
 use crate::pg::dumpscan::PlainDumpScanner;
-use crate::pg::tools::DumpFormat;
 
 const CHUNK: usize = 256 * 1024;
 const STDERR_KEEP: usize = 16 * 1024;

@@ -12,7 +12,6 @@ use crate::app::context::Context;
 use crate::app::output::{human_size, table};
 use crate::backup::key::ObjectKey;
 use crate::cli::CleanupArgs;
-use crate::cmd::backup::named_tenants;
 use crate::cmd::Outcome;
 use crate::pg::catalog::Tenant;
 use crate::pg::lock;
@@ -72,7 +71,7 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         .transpose()?;
     let client = ctx.connect().await?;
     let tenants = match &args.tenant {
-        Some(t) => named_tenants(ctx, &client, std::slice::from_ref(t)).await?,
+        Some(t) => ctx.catalog.named_tenants(&client, std::slice::from_ref(t)).await?,
         None => ctx.catalog.tenants(&client).await?,
     };
     drop(client);
@@ -300,7 +299,7 @@ async fn pre_restore(
                 Ok(()) => "dropped".to_string(),
                 Err(e) => {
                     report.failed += 1;
-                    format!("FAILED: {}", crate::pg::target::describe_pg_error(&e))
+                    format!("FAILED: {}", crate::pg::connect::describe_pg_error(&e))
                 }
             }
         };

@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::app::context::Context;
-use crate::cmd::backup::server_version;
 use crate::cmd::Outcome;
+use crate::pg::tools::server_version;
 use crate::pg::tools::PgDump;
 
 #[derive(Serialize)]

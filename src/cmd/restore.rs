@@ -8,13 +8,13 @@ use serde::Serialize;
 
 use crate::app::context::Context;
 use crate::app::output::human_size;
+use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
-use crate::cmd::backup::restore_tools;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
+use crate::pg::catalog::schema_state;
 use crate::pg::lock;
-use crate::pg::tools::DumpFormat;
-use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, schema_state, Source, Target, Which};
+use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Source, Target, Which};
 use crate::usage;
 
 #[derive(Serialize)]
@@ -86,7 +86,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             source.key
         ));
     }
-    let tools = restore_tools(ctx, &client, source.format).await?;
+    let tools = crate::restore::tools_for(&client, source.format, ctx.pg_dump.as_deref()).await?;
     drop(client);
 
     // Checked before anything runs.

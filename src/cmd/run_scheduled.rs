@@ -11,7 +11,6 @@ use crate::app::progress::Progress;
 use crate::backup::runner::{run_backups, LockPolicy, TenantResult, TenantStatus};
 use crate::backup::BackupRequest;
 use crate::cli::RunScheduledArgs;
-use crate::cmd::backup::{backup_env, dump_choice};
 use crate::cmd::Outcome;
 use crate::pg::catalog::BackupKind;
 use crate::policy::schedule::{is_due, Decision, ScheduleOptions};
@@ -35,7 +34,8 @@ struct Plan<'a> {
 
 pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     let opts = ScheduleOptions::parse(args.when.daily_at.as_deref(), args.when.timezone.as_deref())?;
-    dump_choice(&args.dump)?;
+    let request = args.dump.request();
+    request.check()?;
     let client = ctx.connect().await?;
     // One query for every tenant: a tick with nothing due costs a connection and this.
     let tenants = ctx.catalog.tenants(&client).await?;
@@ -92,7 +92,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     let results = if jobs.is_empty() {
         Vec::new()
     } else {
-        let env = Arc::new(backup_env(ctx, &client, &args.dump).await?);
+        let env = Arc::new(ctx.backup_env(&client, &request).await?);
         drop(client);
         let progress = Progress::new(ctx.output.progress);
         run_backups(

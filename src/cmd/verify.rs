@@ -9,7 +9,6 @@ use serde::Serialize;
 use crate::app::context::Context;
 use crate::app::output::table;
 use crate::cli::VerifyArgs;
-use crate::cmd::backup::restore_tools;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
@@ -38,7 +37,7 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
     let source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
-    let tools = restore_tools(ctx, &client, source.format).await?;
+    let tools = crate::restore::tools_for(&client, source.format, ctx.pg_dump.as_deref()).await?;
     drop(client);
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
     let checksum = if source.manifest.is_some() {

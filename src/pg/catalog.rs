@@ -2,15 +2,15 @@
 //! Every statement is unnamed (`query_typed`), so it works through a transaction pooler.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 
 use crate::error::UsageError;
-use crate::pg::sql::{quote_ident, QualifiedName};
-use crate::pg::target::pg_context;
+use crate::pg::connect::pg_context;
+use crate::pg::sql::{literal, quote_ident, QualifiedName};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupKind {
     Manual,
@@ -117,6 +117,15 @@ impl Catalog {
         }
     }
 
+    /// The tenants named on the command line, each checked against the tenant table.
+    pub async fn named_tenants(&self, client: &Client, names: &[String]) -> anyhow::Result<Vec<Tenant>> {
+        let mut out = Vec::new();
+        for name in names {
+            out.push(self.tenant(client, name).await?);
+        }
+        Ok(out)
+    }
+
     /// Resolves `--created-by` (a user id or an email) to an id in the tenant's own users table.
     pub async fn resolve_user(&self, client: &Client, schema: &str, who: &str) -> anyhow::Result<i64> {
         let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
@@ -170,7 +179,7 @@ impl Catalog {
                 anyhow::bail!(
                     "writing the BackupRecord row into {}: {}",
                     self.records_in(schema),
-                    crate::pg::target::describe_pg_error(&e)
+                    crate::pg::connect::describe_pg_error(&e)
                 );
             }
         };
@@ -317,9 +326,35 @@ impl Catalog {
         anyhow::anyhow!(
             "reading {}: {}",
             self.tenants_table,
-            crate::pg::target::describe_pg_error(&e)
+            crate::pg::connect::describe_pg_error(&e)
         )
     }
+}
+
+/// Copies history rows from `from` (a FROM clause whose rows are aliased `o`) into `records`,
+/// dropping `created_by_id`s whose user is not in `users` (its foreign key would fail at COMMIT),
+/// then moves the id sequence past them, so the next backup gets a fresh id.
+pub fn insert_history(records: &str, users: &str, from: &str) -> String {
+    format!(
+        "INSERT INTO {records} (id, file_name, file_path, file_size, backup_type, created_at, created_by_id) \
+         SELECT o.id, o.file_name, o.file_path, o.file_size, o.backup_type, o.created_at, \
+                CASE WHEN EXISTS (SELECT 1 FROM {users} u WHERE u.id = o.created_by_id) THEN o.created_by_id END \
+         FROM {from} ON CONFLICT (id) DO NOTHING;\n\
+         SELECT setval(pg_get_serial_sequence({}, 'id'), GREATEST((SELECT max(id) FROM {records}), 1));\n",
+        literal(records)
+    )
+}
+
+/// Does `schema` exist, and does it hold the history table?
+pub async fn schema_state(client: &Client, catalog: &Catalog, schema: &str) -> anyhow::Result<(bool, bool)> {
+    let rows = client
+        .query_typed(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
+                    EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+            &[(&schema, Type::TEXT), (&catalog.records_table.as_str(), Type::TEXT)],
+        )
+        .await?;
+    Ok((rows[0].get(0), rows[0].get(1)))
 }
 
 fn tenant_from_row(row: &Row) -> Tenant {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use crate::pg::target::pg_context;
+use crate::pg::connect::pg_context;
 
 /// The lock key: FNV-1a of `tenant-backup:<schema>`, stable across processes and versions.
 pub fn lock_key(schema: &str) -> i64 {

@@ -2,6 +2,7 @@
 //! advisory locks, SQL quoting, PostgreSQL's client programs and the plain-dump scanner.
 
 pub mod catalog;
+pub mod connect;
 pub mod dumpscan;
 pub mod lock;
 pub mod sql;

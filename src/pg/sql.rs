@@ -9,6 +9,11 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A SQL string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// A `schema.table` name as given in configuration (`public.tenants_clinic`, or `tenants_clinic`
 /// meaning `public.tenants_clinic`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,60 +1,23 @@
-//! Connections: TLS honouring `sslmode` with rustls, transient-only retries, and pooler detection.
+//! A connection target: the URL or conninfo parsed once (sslmode taken out for rustls), its redacted
+//! form, the libpq environment for PostgreSQL's client programs, and transaction-pooler detection.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Config;
 
+use super::tls::TlsMode;
 use crate::error::UsageError;
 use crate::secret::{redact, Secret};
-
-/// What `sslmode` asked for, with libpq's meaning (tokio-postgres itself knows only the first three).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl TlsMode {
-    fn parse(raw: &str) -> Result<Self, UsageError> {
-        Ok(match raw {
-            "disable" | "allow" => TlsMode::Disable,
-            "prefer" => TlsMode::Prefer,
-            "require" => TlsMode::Require,
-            "verify-ca" => TlsMode::VerifyCa,
-            "verify-full" => TlsMode::VerifyFull,
-            other => {
-                return Err(UsageError::new(format!(
-                    "unknown sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
-                )))
-            }
-        })
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Disable => "disable",
-            TlsMode::Prefer => "prefer",
-            TlsMode::Require => "require",
-            TlsMode::VerifyCa => "verify-ca",
-            TlsMode::VerifyFull => "verify-full",
-        }
-    }
-}
 
 /// A parsed database URL. Holds the password, so it prints only its redacted form.
 #[derive(Clone)]
 pub struct DbTarget {
     raw: Secret<String>,
-    config: Config,
-    tls: TlsMode,
-    root_cert: Option<String>,
+    pub(super) config: Config,
+    pub(super) tls: TlsMode,
+    pub(super) root_cert: Option<String>,
 }
 
 impl std::fmt::Debug for DbTarget {
@@ -182,53 +145,6 @@ impl DbTarget {
         env
     }
 
-    /// Connects, retrying transient failures (refused, reset, server restarting) with capped
-    /// exponential backoff. Any other error fails at once with the server's message.
-    pub async fn connect(&self) -> Result<Client> {
-        let tls = self.tls_connector().context("setting up TLS")?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match &tls {
-                None => self.config.connect(tokio_postgres::NoTls).await.map(|(client, conn)| {
-                    tokio::spawn(conn);
-                    client
-                }),
-                Some(tls) => self.config.connect(tls.clone()).await.map(|(client, conn)| {
-                    tokio::spawn(conn);
-                    client
-                }),
-            };
-            match result {
-                Ok(client) => return Ok(client),
-                Err(err) if is_transient(&err) && attempt < CONNECT_ATTEMPTS => {
-                    let delay = backoff(attempt);
-                    tracing::warn!(
-                        "connecting to {} failed ({}); retrying in {:.1}s",
-                        self.redacted(),
-                        self.scrub(&err.to_string()),
-                        delay.as_secs_f64()
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-                Err(err) => {
-                    let hint = if is_transient(&err) {
-                        format!(
-                            " (gave up after {attempt} attempts): check that the server is running and that --database-url / DATABASE_URL points at it"
-                        )
-                    } else {
-                        String::new()
-                    };
-                    anyhow::bail!(
-                        "could not connect to {}: {}{hint}",
-                        self.redacted(),
-                        self.scrub(&describe_pg_error(&err))
-                    );
-                }
-            }
-        }
-    }
-
     /// Removes this target's password from text that came from elsewhere.
     pub fn scrub(&self, text: &str) -> String {
         match self.password() {
@@ -237,83 +153,9 @@ impl DbTarget {
         }
     }
 
-    fn tls_connector(&self) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
-        if self.tls == TlsMode::Disable {
-            return Ok(None);
-        }
-        let config = crate::pg::tls::client_config(self.tls, self.root_cert.as_deref())?;
-        Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
-    }
-
     pub fn tls_mode(&self) -> TlsMode {
         self.tls
     }
-}
-
-const CONNECT_ATTEMPTS: u32 = 4;
-
-/// 0.5 s, 1 s, 2 s, … capped at 10 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let ms = 500u64.saturating_mul(1 << attempt.saturating_sub(1).min(5));
-    Duration::from_millis(ms.min(10_000))
-}
-
-/// Connection-level failures and the server codes a restart or a pooler produces.
-pub fn is_transient(err: &tokio_postgres::Error) -> bool {
-    if let Some(db) = err.as_db_error() {
-        let code = db.code().code();
-        return matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" | "08001" | "08004"
-        );
-    }
-    if err.is_closed() {
-        return true;
-    }
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            return matches!(
-                io.kind(),
-                ConnectionRefused
-                    | ConnectionReset
-                    | ConnectionAborted
-                    | BrokenPipe
-                    | TimedOut
-                    | UnexpectedEof
-                    | NotConnected
-            );
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// For `map_err`: the server's own message, after what we were doing.
-pub fn pg_context(what: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> anyhow::Error {
-    move |e| anyhow::anyhow!("{what}: {}", describe_pg_error(&e))
-}
-
-/// The server's own message (with detail and hint) rather than tokio-postgres' generic "db error".
-pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
-    if let Some(db) = err.as_db_error() {
-        let mut s = db.message().to_string();
-        if let Some(detail) = db.detail() {
-            s.push_str(&format!(" ({detail})"));
-        }
-        if let Some(hint) = db.hint() {
-            s.push_str(&format!("; hint: {hint}"));
-        }
-        return s;
-    }
-    let mut s = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        s.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    s
 }
 
 /// Takes `sslmode` and `sslrootcert` out of the connection string (tokio-postgres rejects
@@ -365,9 +207,6 @@ fn split_tls_params(raw: &str) -> (String, Option<String>, Option<String>) {
     (rest.join(" "), sslmode, root)
 }
 
-/// Shared handle to a connected client.
-pub type SharedClient = Arc<Client>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,12 +249,5 @@ mod tests {
     fn invalid_url_is_usage_error_without_password() {
         let err = DbTarget::parse("postgres://u:s3cret@h:notaport/d", "DATABASE_URL").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_millis(1000));
-        assert_eq!(backoff(30), Duration::from_secs(10));
     }
 }

@@ -11,7 +11,44 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::pg::target::TlsMode;
+use crate::error::UsageError;
+
+/// What `sslmode` asked for, with libpq's meaning (tokio-postgres itself knows only the first three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl TlsMode {
+    pub(crate) fn parse(raw: &str) -> Result<Self, UsageError> {
+        Ok(match raw {
+            "disable" | "allow" => TlsMode::Disable,
+            "prefer" => TlsMode::Prefer,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
+            other => {
+                return Err(UsageError::new(format!(
+                    "unknown sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
+                )))
+            }
+        })
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
 
 pub fn client_config(mode: TlsMode, root_cert: Option<&str>) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -131,36 +131,24 @@ fn candidate_paths(root: &Path, path_var: Option<std::ffi::OsString>) -> Vec<Pat
     out
 }
 
+/// What pg_dump writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DumpFormat {
+pub enum PgDumpFormat {
     Plain,
     Custom,
-    /// The native JSON Lines format (no pg_dump; see `native`).
-    Json,
-}
-
-impl DumpFormat {
-    /// The format's name in object keys and manifests.
-    pub fn key_name(self) -> &'static str {
-        match self {
-            DumpFormat::Plain => "sql",
-            DumpFormat::Custom => "dump",
-            DumpFormat::Json => "json",
-        }
-    }
 }
 
 /// The pg_dump command for one schema. The connection travels in the environment, so no password
 /// is ever on a command line.
-pub fn dump_command(pg_dump: &PgDump, target: &DbTarget, schema: &str, format: DumpFormat, inserts: bool) -> Command {
+pub fn dump_command(pg_dump: &PgDump, target: &DbTarget, schema: &str, format: PgDumpFormat, inserts: bool) -> Command {
     let mut cmd = Command::new(&pg_dump.path);
     // A pg_dump pattern: the double quotes make the name literal (no wildcards, case kept).
     cmd.arg(format!("--schema={}", quote_ident(schema)))
         .args(["--strict-names", "--no-owner", "--no-privileges"]);
-    match format {
-        DumpFormat::Plain => cmd.arg("--format=plain"),
-        DumpFormat::Custom | DumpFormat::Json => cmd.arg("--format=custom"),
-    };
+    cmd.arg(match format {
+        PgDumpFormat::Plain => "--format=plain",
+        PgDumpFormat::Custom => "--format=custom",
+    });
     if inserts {
         cmd.arg("--inserts");
     }
@@ -182,6 +170,44 @@ pub fn apply_env(cmd: &mut Command, target: &DbTarget) {
         cmd.env_remove(var);
     }
     cmd.envs(target.libpq_env());
+}
+
+/// The pg_dump (and so the psql and pg_restore beside it) for the server `client` is connected to,
+/// and the server's version. None found is a configuration error.
+pub async fn for_server(client: &tokio_postgres::Client, explicit: Option<&Path>) -> anyhow::Result<(PgDump, String)> {
+    let (version, major) = server_version(client).await?;
+    let pg_dump = PgDump::find(explicit, major).map_err(|e| crate::error::UsageError::new(e.to_string()))?;
+    tracing::debug!(
+        "using {} ({}) for PostgreSQL {version}",
+        pg_dump.path.display(),
+        pg_dump.version
+    );
+    Ok((pg_dump, version))
+}
+
+/// The server's version (`15.18`) and major (`15`).
+pub async fn server_version(client: &tokio_postgres::Client) -> anyhow::Result<(String, u32)> {
+    use anyhow::Context as _;
+    let rows = client
+        .simple_query("SELECT current_setting('server_version'), current_setting('server_version_num')")
+        .await
+        .context("reading the server version")?;
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .context("the server did not report its version")?;
+    let version = row
+        .get(0)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let num: u32 = row.get(1).unwrap_or("0").parse().unwrap_or(0);
+    Ok((version, num / 10000))
 }
 
 #[cfg(test)]
@@ -278,7 +304,7 @@ exit 1
             major: 15,
             version: "15.1".into(),
         };
-        let cmd = dump_command(&pg, &target, "bien\"estar", DumpFormat::Plain, false);
+        let cmd = dump_command(&pg, &target, "bien\"estar", PgDumpFormat::Plain, false);
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(args.contains(&"--schema=\"bien\"\"estar\"".to_string()), "{args:?}");
         assert!(!args.iter().any(|a| a.contains("s3cret")));

@@ -121,7 +121,7 @@ fn json_verify_passes_and_leaves_no_trace_and_a_changed_schema_is_refused() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let held = "SELECT count(*) FROM pg_locks WHERE relation = 'mindcare.appointments_patient'::regclass AND mode = 'RowExclusiveLock' AND granted";
+    let held = "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND relation = 'mindcare.appointments_patient'::regclass AND mode = 'RowExclusiveLock' AND granted";
     for _ in 0..100 {
         if db.sql(held) == "1" {
             break;

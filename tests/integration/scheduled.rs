@@ -156,7 +156,7 @@ impl HeldLock {
         // Wait until the lock shows up.
         for _ in 0..100 {
             if db.sql(&format!(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = {}",
+                "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND locktype = 'advisory' AND granted AND objid = {}",
                 key as u64 as u32
             )) == "1"
             {
@@ -180,7 +180,7 @@ impl Drop for HeldLock {
         let _ = cluster().sql(
             &self.db,
             &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND locktype = 'advisory' AND objid = {}",
                 self.objid
             ),
         );
@@ -190,7 +190,7 @@ impl Drop for HeldLock {
             let held = cluster().sql(
                 &self.db,
                 &format!(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {}",
+                    "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND locktype = 'advisory' AND objid = {}",
                     self.objid
                 ),
             );

@@ -1,0 +1,202 @@
+//! The dumper: one snapshot, each table through `COPY … TO STDOUT`, encoded to JSON Lines on the
+//! spool's thread.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use anyhow::{Context as _, Result};
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
+
+use super::codec::RowEncoder;
+use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
+use crate::backup::spool::ProducerError;
+use crate::pg::sql::quote_ident;
+
+/// What the dumper hands to the encoding side.
+pub enum Piece {
+    /// A finished line (header, markers).
+    Line(Vec<u8>),
+    /// The next table: its marker line is written and its rows follow.
+    Table(TableSpec),
+    /// COPY text rows of the current table, cut anywhere.
+    Rows(Vec<u8>),
+}
+
+/// Streams the schema into `tx` and returns each table's row count. Runs its own snapshot
+/// transaction on `client` (a session connection).
+pub async fn dump(
+    client: &Client,
+    schema: &str,
+    server_version: &str,
+    tx: mpsc::Sender<io::Result<Piece>>,
+) -> Result<BTreeMap<String, u64>> {
+    let result = dump_inner(client, schema, server_version, &tx).await;
+    let _ = client.batch_execute("COMMIT").await;
+    if let Err(e) = &result {
+        let _ = tx.send(Err(io::Error::other(ProducerError(format!("{e:#}"))))).await;
+    }
+    result
+}
+
+async fn dump_inner(
+    client: &Client,
+    schema: &str,
+    server_version: &str,
+    tx: &mpsc::Sender<io::Result<Piece>>,
+) -> Result<BTreeMap<String, u64>> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {VALUE_SETTINGS}"
+        ))
+        .await?;
+    let specs = tables(client, schema).await.context("reading the schema's tables")?;
+    if specs.is_empty() {
+        anyhow::bail!("schema {schema:?} has no tables (does it exist?)");
+    }
+    let header = Header {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        schema: schema.into(),
+        server_version: server_version.into(),
+        created_at: Utc::now(),
+        tables: specs.clone(),
+    };
+    let send = |piece: Piece| async move {
+        tx.send(Ok(piece))
+            .await
+            .map_err(|_| anyhow::anyhow!("the spool stopped"))
+    };
+    send(Piece::Line(line(&header))).await?;
+    let mut counts = BTreeMap::new();
+    let mut total = 0u64;
+    for t in &specs {
+        send(Piece::Table(t.clone())).await?;
+        let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let sql = format!(
+            "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+            cols.join(", "),
+            quote_ident(schema),
+            quote_ident(&t.name)
+        );
+        let stream = client
+            .copy_out(&sql)
+            .await
+            .with_context(|| format!("reading {}", t.name))?;
+        futures::pin_mut!(stream);
+        let mut rows = 0u64;
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("reading {}", t.name))?;
+            rows += memchr::memchr_iter(b'\n', &chunk).count() as u64;
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= BATCH {
+                send(Piece::Rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).await?;
+            }
+        }
+        if !batch.is_empty() {
+            send(Piece::Rows(batch)).await?;
+        }
+        total += rows;
+        counts.insert(t.name.clone(), rows);
+    }
+    let seqs = client
+        .query_typed(
+            "SELECT sequencename::text, last_value, last_value IS NOT NULL FROM pg_sequences WHERE schemaname = $1 ORDER BY 1",
+            &[(&schema, Type::TEXT)],
+        )
+        .await?;
+    let seqs: Vec<SequenceValue> = seqs
+        .iter()
+        .map(|r| SequenceValue {
+            name: r.get(0),
+            last_value: r.get(1),
+            is_called: r.get(2),
+        })
+        .collect();
+    send(Piece::Line(line(&("sequences", &seqs)))).await?;
+    send(Piece::Line(line(&(
+        "end",
+        serde_json::json!({"tables": specs.len(), "rows": total}),
+    ))))
+    .await?;
+    Ok(counts)
+}
+
+fn line<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec(v).expect("serializable");
+    out.push(b'\n');
+    out
+}
+
+/// A blocking `Read` of the finished JSON Lines: it takes the dumper's pieces and encodes the rows
+/// on the spool's thread, beside the compression, while the server is busy with the next ones.
+pub struct JsonLinesReader {
+    rx: mpsc::Receiver<io::Result<Piece>>,
+    encoder: Option<RowEncoder>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl JsonLinesReader {
+    pub fn new(rx: mpsc::Receiver<io::Result<Piece>>) -> Self {
+        JsonLinesReader {
+            rx,
+            encoder: None,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Fills `current` with the next piece's bytes; false at the end.
+    fn next_piece(&mut self) -> io::Result<bool> {
+        self.current.clear();
+        self.pos = 0;
+        let finish = |encoder: &Option<RowEncoder>| encoder.as_ref().map_or(Ok(()), RowEncoder::finish);
+        match self.rx.blocking_recv() {
+            None => {
+                finish(&self.encoder).map_err(io::Error::other)?;
+                Ok(false)
+            }
+            Some(Err(e)) => Err(e),
+            Some(Ok(Piece::Line(bytes))) => {
+                finish(&self.encoder.take()).map_err(io::Error::other)?;
+                self.current = bytes;
+                Ok(true)
+            }
+            Some(Ok(Piece::Table(spec))) => {
+                finish(&self.encoder).map_err(io::Error::other)?;
+                self.encoder = Some(RowEncoder::new(&spec.columns));
+                self.current = line(&("table", &spec));
+                Ok(true)
+            }
+            Some(Ok(Piece::Rows(bytes))) => {
+                let encoder = self
+                    .encoder
+                    .as_mut()
+                    .ok_or_else(|| io::Error::other("rows before a table"))?;
+                encoder.encode(&bytes, &mut self.current).map_err(io::Error::other)?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl Read for JsonLinesReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.current.len() {
+            if !self.next_piece()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,304 @@
+//! The loader: a json dump into the schema's existing tables (or, for verify, into temporary copies),
+//! in one transaction.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::SinkExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, CopyInSink};
+
+use super::check::check_foreign_keys;
+use super::codec::RowDecoder;
+use super::rebuild::Rebuild;
+use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
+use crate::pg::catalog::{insert_history, Catalog};
+use crate::pg::sql::{literal, quote_ident};
+
+/// What a json restore should do around the load.
+pub struct JsonRestore<'a> {
+    pub schema: &'a str,
+    pub catalog: &'a Catalog,
+    /// Carry history rows of at least this time over (the backup's own time).
+    pub keep_history_since: Option<DateTime<Utc>>,
+    /// Verify only: load into temporary copies of the tables, check the foreign keys between them,
+    /// and roll back. The live tables are only read (the application keeps working meanwhile).
+    pub verify_only: bool,
+    pub lock_timeout: Duration,
+}
+
+/// Loads a json dump into the schema's existing tables in one transaction, returning the rows
+/// loaded per table. Any error rolls everything back.
+pub async fn restore(
+    client: &Client,
+    input: Box<dyn BufRead + Send>,
+    opts: &JsonRestore<'_>,
+) -> Result<BTreeMap<String, u64>> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET CONSTRAINTS ALL DEFERRED; {VALUE_SETTINGS}",
+            opts.lock_timeout.as_millis()
+        ))
+        .await?;
+    let result = restore_inner(client, input, opts).await;
+    match (&result, opts.verify_only) {
+        (Ok(_), false) => client.batch_execute("COMMIT").await.context("committing the restore")?,
+        _ => client.batch_execute("ROLLBACK").await?,
+    }
+    result
+}
+
+/// What the reading thread finds in the dump, rows already turned into COPY text.
+enum Event {
+    Header(Header),
+    Table(TableSpec),
+    Rows { copy: Vec<u8>, rows: u64 },
+    Sequences(Vec<SequenceValue>),
+    End { rows: u64 },
+}
+
+/// Reads and decodes the dump on a blocking thread, so that parsing runs beside the server's load.
+fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event>>) {
+    let send = |e: Result<Event>| tx.blocking_send(e).is_ok();
+    let mut decoder: Option<RowDecoder> = None;
+    let mut copy = Vec::with_capacity(BATCH + BATCH / 4);
+    let mut rows = 0u64;
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        number += 1;
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                send(Err(
+                    anyhow::Error::new(e).context("reading the dump (corrupt or truncated object)")
+                ));
+                return;
+            }
+        }
+        let result = (|| -> Result<Option<Event>> {
+            if number == 1 {
+                let header: Header =
+                    serde_json::from_slice(&line).context("the dump has no tenant-backup json header")?;
+                return Ok(Some(Event::Header(header)));
+            }
+            if line.first() == Some(&b'{') {
+                let decoder = decoder.as_mut().context("a row before any table marker")?;
+                decoder.decode(&line, &mut copy)?;
+                rows += 1;
+                return Ok(None);
+            }
+            let marker: (String, serde_json::Value) = serde_json::from_slice(&line).context("a damaged line")?;
+            Ok(Some(match marker.0.as_str() {
+                "table" => {
+                    let spec: TableSpec = serde_json::from_value(marker.1)?;
+                    decoder = Some(RowDecoder::new(&spec.columns));
+                    Event::Table(spec)
+                }
+                "sequences" => Event::Sequences(serde_json::from_value(marker.1)?),
+                "end" => Event::End {
+                    rows: marker.1["rows"].as_u64().context("an end marker without a row count")?,
+                },
+                other => anyhow::bail!("an unknown marker {other:?}"),
+            }))
+        })();
+        match result {
+            Ok(None) if copy.len() < BATCH => continue,
+            Ok(event) => {
+                // Rows decoded so far go before the marker that ends them.
+                if !copy.is_empty() {
+                    let copy = std::mem::replace(&mut copy, Vec::with_capacity(BATCH + BATCH / 4));
+                    if !send(Ok(Event::Rows { copy, rows })) {
+                        return;
+                    }
+                    rows = 0;
+                }
+                if let Some(event) = event {
+                    if !send(Ok(event)) {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                send(Err(e.context(format!("line {number} of the dump"))));
+                return;
+            }
+        }
+    }
+}
+
+async fn restore_inner(
+    client: &Client,
+    input: Box<dyn BufRead + Send>,
+    opts: &JsonRestore<'_>,
+) -> Result<BTreeMap<String, u64>> {
+    let schema = opts.schema;
+    let (tx, mut rx) = mpsc::channel::<Result<Event>>(8);
+    let reader = tokio::task::spawn_blocking(move || read_events(input, tx));
+    let header = match rx.recv().await.context("the dump is empty")?? {
+        Event::Header(h) => h,
+        _ => anyhow::bail!("the dump has no tenant-backup json header"),
+    };
+    if header.format != FORMAT {
+        anyhow::bail!("unsupported dump format {:?}", header.format);
+    }
+    if header.format_version != FORMAT_VERSION {
+        anyhow::bail!(
+            "this dump is in json format version {}, written by tenant-backup {}; this version reads version {FORMAT_VERSION} only: restore it with tenant-backup {}",
+            header.format_version,
+            header.tool_version,
+            header.tool_version
+        );
+    }
+    // The tables must be there, with every column the dump holds.
+    let live = tables(client, schema).await?;
+    let mut problems = Vec::new();
+    for t in &header.tables {
+        match live.iter().find(|l| l.name == t.name) {
+            None => problems.push(format!("table {schema}.{} is missing", t.name)),
+            Some(l) => {
+                for c in &t.columns {
+                    if !l.columns.iter().any(|lc| lc.name == c.name) {
+                        problems.push(format!("column {schema}.{}.{} is missing", t.name, c.name));
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the schema does not match the backup ({}): run the application's migrations for this tenant first",
+            problems.join("; ")
+        );
+    }
+
+    // Where each table of the dump is loaded: the live table, or (verify) a temporary copy of it.
+    let mut dest: BTreeMap<String, String> = BTreeMap::new();
+    let records = format!("{}.{}", quote_ident(schema), quote_ident(&opts.catalog.records_table));
+    let has_records = live.iter().any(|t| t.name == opts.catalog.records_table);
+    let mut rebuild = Rebuild::default();
+    if opts.verify_only {
+        for (i, t) in header.tables.iter().enumerate() {
+            let copy = format!("pg_temp.tb_verify_{i}");
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE tb_verify_{i} (LIKE {}.{} INCLUDING ALL) ON COMMIT DROP",
+                    quote_ident(schema),
+                    quote_ident(&t.name)
+                ))
+                .await
+                .with_context(|| format!("copying the structure of {}", t.name))?;
+            dest.insert(t.name.clone(), copy);
+        }
+    } else {
+        for t in &live {
+            dest.insert(
+                t.name.clone(),
+                format!("{}.{}", quote_ident(schema), quote_ident(&t.name)),
+            );
+        }
+        if let (Some(since), true) = (opts.keep_history_since, has_records) {
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records} WHERE created_at >= {}::timestamptz",
+                    literal(&since.to_rfc3339())
+                ))
+                .await?;
+        }
+        let all: Vec<&str> = dest.values().map(String::as_str).collect();
+        client
+            .batch_execute(&format!("TRUNCATE {}", all.join(", ")))
+            .await
+            .context("emptying the tables")?;
+        rebuild = Rebuild::plan(client, schema).await?;
+        rebuild.drop_all(client).await?;
+    }
+
+    let mut counts = BTreeMap::new();
+    let mut sink: Option<(String, Pin<Box<CopyInSink<Bytes>>>)> = None;
+    let mut loaded = 0u64;
+    let mut ended = false;
+    while let Some(event) = rx.recv().await {
+        let event = event?;
+        if let Event::Rows { copy, rows } = event {
+            let (name, s) = sink.as_mut().context("rows before a table")?;
+            s.send(Bytes::from(copy))
+                .await
+                .with_context(|| format!("loading {name}"))?;
+            *counts.entry(name.clone()).or_insert(0) += rows;
+            loaded += rows;
+            continue;
+        }
+        if let Some((name, mut s)) = sink.take() {
+            s.as_mut().finish().await.with_context(|| format!("loading {name}"))?;
+        }
+        match event {
+            Event::Table(t) => {
+                if !header.tables.iter().any(|h| h.name == t.name && h.columns == t.columns) {
+                    anyhow::bail!("table {} does not match the dump's header: the dump is damaged", t.name);
+                }
+                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+                let copy = client
+                    .copy_in(&format!("COPY {} ({}) FROM STDIN", dest[&t.name], cols.join(", ")))
+                    .await
+                    .with_context(|| format!("loading {}", t.name))?;
+                counts.insert(t.name.clone(), 0);
+                sink = Some((t.name, Box::pin(copy)));
+            }
+            Event::Sequences(_) if opts.verify_only => {}
+            Event::Sequences(seqs) => {
+                for s in seqs {
+                    let q = literal(&format!("{}.{}", quote_ident(schema), quote_ident(&s.name)));
+                    if let Some(v) = s.last_value {
+                        client
+                            .batch_execute(&format!(
+                                "SELECT setval({q}, {v}, {}) WHERE to_regclass({q}) IS NOT NULL",
+                                s.is_called
+                            ))
+                            .await?;
+                    }
+                }
+            }
+            Event::End { rows } => {
+                if rows != loaded {
+                    anyhow::bail!("the dump says it holds {rows} rows but {loaded} were read: it is damaged");
+                }
+                ended = true;
+            }
+            Event::Header(_) | Event::Rows { .. } => anyhow::bail!("a second header in the dump"),
+        }
+    }
+    reader.await.context("the dump reader panicked")?;
+    if !ended {
+        anyhow::bail!("the dump is truncated (no end marker)");
+    }
+    if opts.verify_only {
+        check_foreign_keys(client, schema, &dest).await?;
+        return Ok(counts);
+    }
+    // Deferred checks still queued (foreign keys to tables outside the schema, which stay in place)
+    // run now: the table cannot be altered while they are pending.
+    client
+        .batch_execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+        .await
+        .context("checking the foreign keys to tables outside the schema")?;
+    rebuild
+        .create_all(client)
+        .await
+        .context("rebuilding the indexes and constraints after the load")?;
+    if let (Some(_), true) = (opts.keep_history_since, has_records) {
+        let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
+        client
+            .batch_execute(&insert_history(&records, &users, "tb_history o"))
+            .await
+            .context("carrying the newer history over")?;
+    }
+    Ok(counts)
+}

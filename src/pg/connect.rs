@@ -1,0 +1,136 @@
+//! Connecting: TLS as `sslmode` asks, transient failures retried with capped backoff, and the
+//! server's own words when something fails.
+
+use std::cell::Cell;
+
+use anyhow::{Context as _, Result};
+use backon::Retryable;
+use tokio_postgres::Client;
+
+use super::target::DbTarget;
+use super::tls::TlsMode;
+use crate::retry::backoff;
+
+impl DbTarget {
+    /// Connects, retrying transient failures (refused, reset, server restarting) with the shared
+    /// backoff. Any other error fails at once with the server's message.
+    pub async fn connect(&self) -> Result<Client> {
+        let tls = self.tls_connector().context("setting up TLS")?;
+        let attempts = Cell::new(1u32);
+        let result = (|| self.connect_once(tls.as_ref()))
+            .retry(backoff(CONNECT_RETRIES))
+            .sleep(tokio::time::sleep)
+            .when(is_transient)
+            .notify(|err, delay| {
+                attempts.set(attempts.get() + 1);
+                tracing::warn!(
+                    "connecting to {} failed ({}); retrying in {:.1}s",
+                    self.redacted(),
+                    self.scrub(&err.to_string()),
+                    delay.as_secs_f64()
+                );
+            })
+            .await;
+        result.map_err(|err| {
+            let hint = if is_transient(&err) {
+                format!(
+                    " (gave up after {} attempts): check that the server is running and that --database-url / DATABASE_URL points at it",
+                    attempts.get()
+                )
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!(
+                "could not connect to {}: {}{hint}",
+                self.redacted(),
+                self.scrub(&describe_pg_error(&err))
+            )
+        })
+    }
+
+    async fn connect_once(
+        &self,
+        tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+    ) -> Result<Client, tokio_postgres::Error> {
+        Ok(match tls {
+            None => {
+                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client
+            }
+            Some(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(conn);
+                client
+            }
+        })
+    }
+    fn tls_connector(&self) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
+        if self.tls == TlsMode::Disable {
+            return Ok(None);
+        }
+        let config = crate::pg::tls::client_config(self.tls, self.root_cert.as_deref())?;
+        Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+    }
+}
+
+/// Attempts after the first.
+const CONNECT_RETRIES: u32 = 3;
+
+/// Connection-level failures and the server codes a restart or a pooler produces.
+pub fn is_transient(err: &tokio_postgres::Error) -> bool {
+    if let Some(db) = err.as_db_error() {
+        let code = db.code().code();
+        return matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" | "08001" | "08004"
+        );
+    }
+    if err.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+                    | TimedOut
+                    | UnexpectedEof
+                    | NotConnected
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// For `map_err`: the server's own message, after what we were doing.
+pub fn pg_context(what: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{what}: {}", describe_pg_error(&e))
+}
+
+/// The server's own message (with detail and hint) rather than tokio-postgres' generic "db error".
+pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let mut s = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            s.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            s.push_str(&format!("; hint: {hint}"));
+        }
+        return s;
+    }
+    let mut s = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        s.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    s
+}
