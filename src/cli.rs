@@ -57,6 +57,10 @@ pub struct DbArgs {
     )]
     pub records_table: String,
 
+    /// User table inside each tenant schema (BackupRecord.created_by points there)
+    #[arg(long, env = "BACKUP_USERS_TABLE", default_value = "users_user", global = true)]
+    pub users_table: String,
+
     /// pg_dump to use (default: the lowest version at least the server's, found in the usual places)
     #[arg(long, env = "PG_DUMP", global = true)]
     pub pg_dump: Option<PathBuf>,
@@ -186,7 +190,7 @@ pub struct BackupArgs {
     #[arg(long = "type", value_enum, default_value_t = BackupType::Manual)]
     pub backup_type: BackupType,
 
-    /// User (id or email, in the tenant's users_user) recorded as the backup's creator
+    /// User (id or email, in the tenant's --users-table) recorded as the backup's creator
     #[arg(long, value_name = "ID|EMAIL")]
     pub created_by: Option<String>,
 

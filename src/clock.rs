@@ -14,13 +14,3 @@ impl Clock for SystemClock {
         Utc::now()
     }
 }
-
-/// A clock stuck at one instant, for tests (and for `BACKUP_FAKE_NOW`, which integration tests use
-/// to drive the binary at a chosen time).
-pub struct FixedClock(pub DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
-}

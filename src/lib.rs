@@ -14,6 +14,7 @@ pub mod error;
 pub mod jsonl;
 pub mod pg;
 pub mod policy;
+pub mod progress;
 pub mod restore;
 pub mod retry;
 pub mod secret;

@@ -50,7 +50,7 @@ impl Context {
             }
             None => db.clone(),
         };
-        let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table)?;
+        let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table, &cli.db.users_table)?;
         let storage_url = cli.storage.storage.clone().unwrap_or_else(storage::default_url);
         let storage = storage::open(
             &storage_url,

@@ -44,17 +44,7 @@ impl Output {
     }
 }
 
-/// The application's format: `245.67 KB` (binary multiples, two decimals).
-pub fn human_size(bytes: u64) -> String {
-    let mut value = bytes as f64;
-    for unit in ["B", "KB", "MB", "GB"] {
-        if value < 1024.0 {
-            return format!("{value:.2} {unit}");
-        }
-        value /= 1024.0;
-    }
-    format!("{value:.2} TB")
-}
+pub use crate::progress::human_size;
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -85,13 +75,6 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_like_the_application() {
-        assert_eq!(human_size(251_566), "245.67 KB");
-        assert_eq!(human_size(512), "512.00 B");
-        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.00 GB");
-    }
 
     #[test]
     fn tables_align() {

@@ -8,12 +8,12 @@ use anyhow::{Context as _, Result};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::app::output::human_size;
-use crate::app::progress::Progress;
 use crate::backup::{back_up_tenant, BackupEnv, BackupOutcome, BackupRequest};
+use crate::pg::catalog::Schedule;
 use crate::pg::lock;
 use crate::pg::target::DbTarget;
 use crate::policy::schedule::{is_due, ScheduleOptions};
+use crate::progress::{human_size, ProgressSink};
 
 /// What to do when another process holds a tenant's lock.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +63,7 @@ pub async fn run_backups(
     jobs: Vec<BackupRequest>,
     concurrency: usize,
     policy: LockPolicy,
-    progress: &Progress,
+    progress: &dyn ProgressSink,
 ) -> Vec<TenantResult> {
     stream::iter(jobs)
         .map(|job| async move {
@@ -93,7 +93,7 @@ async fn run_one(
     session: &DbTarget,
     mut job: BackupRequest,
     policy: LockPolicy,
-    progress: &Progress,
+    progress: &dyn ProgressSink,
 ) -> Result<TenantStatus> {
     let schema = job.tenant.schema_name.clone();
     let client = session.connect().await?;
@@ -118,17 +118,17 @@ async fn run_one(
                     reason: format!("no longer due ({})", decision.reason()),
                 });
             }
-            if fresh.backup_schedule == "scheduled" {
+            if fresh.backup_schedule == Schedule::Scheduled {
                 was_scheduled_for = Some(fresh.next_scheduled_backup);
             }
             job.tenant = fresh;
         }
     }
     tracing::info!("{schema}: backup started");
-    let watch = progress.watch(&schema);
-    job.progress = Some(watch.counter());
+    let tracker = progress.start(&schema, "dumped", None);
+    job.progress = Some(tracker.counter());
     let outcome = back_up_tenant(env, &client, &job).await;
-    drop(watch);
+    drop(tracker);
     let outcome = outcome?;
     if let Some(was) = was_scheduled_for {
         if let Err(e) = env.catalog.finish_scheduled(&client, job.tenant.id, was).await {

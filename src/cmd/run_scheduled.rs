@@ -54,7 +54,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
                 .iter()
                 .map(|(t, d)| Plan {
                     tenant: &t.schema_name,
-                    schedule: &t.backup_schedule,
+                    schedule: t.backup_schedule.as_db(),
                     decision: d,
                 })
                 .collect();
@@ -66,7 +66,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
                     let due = if d.is_due() { "due" } else { "-" };
                     vec![
                         t.schema_name.clone(),
-                        t.backup_schedule.clone(),
+                        t.backup_schedule.to_string(),
                         due.into(),
                         d.reason().into(),
                     ]

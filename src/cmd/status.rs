@@ -33,7 +33,7 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
         out.push(TenantStatus {
             overdue: overdue(&t, last_automatic, now),
             next_due: next_due(&t, now, &opts),
-            schedule: t.backup_schedule.clone(),
+            schedule: t.backup_schedule.to_string(),
             last_backup_at: t.last_backup_at,
             newest_backup: newest,
             last_automatic_backup: last_automatic,

@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use super::codec::RowEncoder;
 use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
 use crate::backup::spool::ProducerError;
-use crate::pg::sql::quote_ident;
+use crate::pg::sql::{qualified, quote_ident};
 
 /// What the dumper hands to the encoding side.
 pub enum Piece {
@@ -79,10 +79,9 @@ async fn dump_inner(
         send(Piece::Table(t.clone())).await?;
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let sql = format!(
-            "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+            "COPY (SELECT {} FROM {}) TO STDOUT",
             cols.join(", "),
-            quote_ident(schema),
-            quote_ident(&t.name)
+            qualified(schema, &t.name)
         );
         let stream = client
             .copy_out(&sql)

@@ -18,7 +18,7 @@ use super::codec::RowDecoder;
 use super::rebuild::Rebuild;
 use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
 use crate::pg::catalog::{insert_history, Catalog};
-use crate::pg::sql::{literal, quote_ident};
+use crate::pg::sql::{literal, qualified, quote_ident};
 
 /// What a json restore should do around the load.
 pub struct JsonRestore<'a> {
@@ -181,7 +181,7 @@ async fn restore_inner(
 
     // Where each table of the dump is loaded: the live table, or (verify) a temporary copy of it.
     let mut dest: BTreeMap<String, String> = BTreeMap::new();
-    let records = format!("{}.{}", quote_ident(schema), quote_ident(&opts.catalog.records_table));
+    let records = opts.catalog.records_in(schema);
     let has_records = live.iter().any(|t| t.name == opts.catalog.records_table);
     let mut rebuild = Rebuild::default();
     if opts.verify_only {
@@ -189,9 +189,8 @@ async fn restore_inner(
             let copy = format!("pg_temp.tb_verify_{i}");
             client
                 .batch_execute(&format!(
-                    "CREATE TEMP TABLE tb_verify_{i} (LIKE {}.{} INCLUDING ALL) ON COMMIT DROP",
-                    quote_ident(schema),
-                    quote_ident(&t.name)
+                    "CREATE TEMP TABLE tb_verify_{i} (LIKE {} INCLUDING ALL) ON COMMIT DROP",
+                    qualified(schema, &t.name)
                 ))
                 .await
                 .with_context(|| format!("copying the structure of {}", t.name))?;
@@ -199,10 +198,7 @@ async fn restore_inner(
         }
     } else {
         for t in &live {
-            dest.insert(
-                t.name.clone(),
-                format!("{}.{}", quote_ident(schema), quote_ident(&t.name)),
-            );
+            dest.insert(t.name.clone(), qualified(schema, &t.name));
         }
         if let (Some(since), true) = (opts.keep_history_since, has_records) {
             client
@@ -255,7 +251,7 @@ async fn restore_inner(
             Event::Sequences(_) if opts.verify_only => {}
             Event::Sequences(seqs) => {
                 for s in seqs {
-                    let q = literal(&format!("{}.{}", quote_ident(schema), quote_ident(&s.name)));
+                    let q = literal(&qualified(schema, &s.name));
                     if let Some(v) = s.last_value {
                         client
                             .batch_execute(&format!(
@@ -294,7 +290,7 @@ async fn restore_inner(
         .await
         .context("rebuilding the indexes and constraints after the load")?;
     if let (Some(_), true) = (opts.keep_history_since, has_records) {
-        let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
+        let users = opts.catalog.users_in(schema);
         client
             .batch_execute(&insert_history(&records, &users, "tb_history o"))
             .await

@@ -8,7 +8,7 @@ use tokio_postgres::{Client, Row};
 
 use crate::error::UsageError;
 use crate::pg::connect::pg_context;
-use crate::pg::sql::{literal, quote_ident, QualifiedName};
+use crate::pg::sql::{literal, qualified, QualifiedName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,12 +27,69 @@ impl BackupKind {
     }
 }
 
+impl BackupKind {
+    /// A history row's `backup_type`; `None` for a value Django would not have written.
+    pub fn from_db(raw: &str) -> Option<BackupKind> {
+        match raw {
+            "manual" => Some(BackupKind::Manual),
+            "automatic" => Some(BackupKind::Automatic),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant's `backup_schedule`, as the application defines it (the column has no CHECK, so
+/// anything else is kept as it was read, and never due).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    Disabled,
+    Daily,
+    Weekly,
+    /// One backup at `next_scheduled_backup`, then back to `Disabled`.
+    Scheduled,
+    Other(String),
+}
+
+impl Schedule {
+    pub fn from_db(raw: &str) -> Schedule {
+        match raw {
+            "disabled" => Schedule::Disabled,
+            "daily" => Schedule::Daily,
+            "weekly" => Schedule::Weekly,
+            "scheduled" => Schedule::Scheduled,
+            other => Schedule::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_db(&self) -> &str {
+        match self {
+            Schedule::Disabled => "disabled",
+            Schedule::Daily => "daily",
+            Schedule::Weekly => "weekly",
+            Schedule::Scheduled => "scheduled",
+            Schedule::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_db())
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_db())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Tenant {
     pub id: i64,
     pub schema_name: String,
     pub name: String,
-    pub backup_schedule: String,
+    pub backup_schedule: Schedule,
     pub last_backup_at: Option<DateTime<Utc>>,
     pub next_scheduled_backup: Option<DateTime<Utc>>,
 }
@@ -43,10 +100,17 @@ pub struct BackupRecord {
     pub file_name: String,
     pub file_path: String,
     pub file_size: i64,
+    /// As stored; see [`BackupRecord::kind`].
     pub backup_type: String,
     pub created_at: DateTime<Utc>,
     pub created_by_id: Option<i64>,
     pub created_by_email: Option<String>,
+}
+
+impl BackupRecord {
+    pub fn kind(&self) -> Option<BackupKind> {
+        BackupKind::from_db(&self.backup_type)
+    }
 }
 
 pub struct NewRecord<'a> {
@@ -63,28 +127,43 @@ pub struct NewRecord<'a> {
 pub struct Catalog {
     pub tenants_table: QualifiedName,
     pub records_table: String,
+    /// The user table inside each tenant schema (`--created-by`, and kept `created_by_id`s).
+    pub users_table: String,
 }
 
 const TENANT_COLUMNS: &str =
     "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
 
 impl Catalog {
-    pub fn new(tenants_table: &str, records_table: &str) -> Result<Self, UsageError> {
+    pub fn new(tenants_table: &str, records_table: &str, users_table: &str) -> Result<Self, UsageError> {
         let tenants_table = QualifiedName::parse(tenants_table)?;
-        if records_table.is_empty() || records_table.contains('.') || records_table.len() > 63 {
-            return Err(UsageError::new(format!(
-                "invalid --records-table / BACKUP_RECORDS_TABLE {records_table:?}: give the table name inside each tenant schema, e.g. backups_backuprecord"
-            )));
-        }
+        let in_schema = |name: &str, flag: &str, example: &str| {
+            if name.is_empty() || name.contains('.') || name.len() > 63 {
+                return Err(UsageError::new(format!(
+                    "invalid {flag} {name:?}: give the table name inside each tenant schema, e.g. {example}"
+                )));
+            }
+            Ok(name.to_string())
+        };
         Ok(Catalog {
             tenants_table,
-            records_table: records_table.to_string(),
+            records_table: in_schema(
+                records_table,
+                "--records-table / BACKUP_RECORDS_TABLE",
+                "backups_backuprecord",
+            )?,
+            users_table: in_schema(users_table, "--users-table / BACKUP_USERS_TABLE", "users_user")?,
         })
+    }
+
+    /// `"schema"."users_user"`: the tenant's own users (`created_by_id` points there).
+    pub fn users_in(&self, schema: &str) -> String {
+        qualified(schema, &self.users_table)
     }
 
     /// `"schema"."backups_backuprecord"`.
     pub fn records_in(&self, schema: &str) -> String {
-        format!("{}.{}", quote_ident(schema), quote_ident(&self.records_table))
+        qualified(schema, &self.records_table)
     }
 
     /// Every tenant but `public`, in one query, ordered by schema name.
@@ -128,7 +207,7 @@ impl Catalog {
 
     /// Resolves `--created-by` (a user id or an email) to an id in the tenant's own users table.
     pub async fn resolve_user(&self, client: &Client, schema: &str, who: &str) -> anyhow::Result<i64> {
-        let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
+        let users = self.users_in(schema);
         let rows = if let Ok(id) = who.parse::<i64>() {
             let sql = format!("SELECT id FROM {users} WHERE id = $1");
             client
@@ -140,11 +219,15 @@ impl Catalog {
                 .query_typed(&sql, &[(&who as &(dyn ToSql + Sync), Type::TEXT)])
                 .await
         }
-        .map_err(pg_context(format!("looking up user {who:?} in {schema}.users_user")))?;
+        .map_err(pg_context(format!(
+            "looking up user {who:?} in {schema}.{}",
+            self.users_table
+        )))?;
         match rows.first() {
             Some(row) => Ok(row.get(0)),
             None => Err(UsageError::new(format!(
-                "--created-by {who:?}: no such user (id or email) in {schema}.users_user"
+                "--created-by {who:?}: no such user (id or email) in {schema}.{}",
+                self.users_table
             ))
             .into()),
         }
@@ -192,7 +275,7 @@ impl Catalog {
 
     /// The tenant's history, newest first, with the creator's email when the users table is there.
     pub async fn records(&self, client: &Client, schema: &str) -> anyhow::Result<Vec<BackupRecord>> {
-        let users = format!("{}.{}", quote_ident(schema), quote_ident("users_user"));
+        let users = self.users_in(schema);
         let has_users = client
             .query_typed("SELECT to_regclass($1) IS NOT NULL", &[(&users, Type::TEXT)])
             .await
@@ -268,7 +351,7 @@ impl Catalog {
         &self,
         client: &Client,
         tenant_id: i64,
-        schedule: &str,
+        schedule: &Schedule,
         next: Option<DateTime<Utc>>,
     ) -> anyhow::Result<()> {
         let sql = format!(
@@ -279,7 +362,7 @@ impl Catalog {
             .query_typed(
                 &sql,
                 &[
-                    (&schedule, Type::VARCHAR),
+                    (&schedule.as_db(), Type::VARCHAR),
                     (&next, Type::TIMESTAMPTZ),
                     (&tenant_id, Type::INT8),
                 ],
@@ -362,7 +445,7 @@ fn tenant_from_row(row: &Row) -> Tenant {
         id: row.get(0),
         schema_name: row.get(1),
         name: row.get(2),
-        backup_schedule: row.get(3),
+        backup_schedule: Schedule::from_db(row.get(3)),
         last_backup_at: row.get(4),
         next_scheduled_backup: row.get(5),
     }

@@ -14,6 +14,11 @@ pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// `"schema"."name"`, the one way a qualified name reaches SQL.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
 /// A `schema.table` name as given in configuration (`public.tenants_clinic`, or `tenants_clinic`
 /// meaning `public.tenants_clinic`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +48,7 @@ impl QualifiedName {
 
     /// `"schema"."table"`, ready to put into SQL.
     pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        qualified(&self.schema, &self.name)
     }
 }
 

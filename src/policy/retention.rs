@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::Serialize;
 
 use crate::error::UsageError;
-use crate::pg::catalog::BackupRecord;
+use crate::pg::catalog::{BackupKind, BackupRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -48,7 +48,7 @@ pub fn plan(records: &[BackupRecord], now: DateTime<Utc>, policy: &Policy) -> Ve
     let mut candidates_seen = 0u32;
     rows.into_iter()
         .map(|r| {
-            let candidate = r.backup_type == "automatic" || policy.include_manual;
+            let candidate = r.kind() == Some(BackupKind::Automatic) || policy.include_manual;
             let (action, reason) = if !candidate {
                 (
                     Action::Keep,

@@ -14,7 +14,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::error::UsageError;
-use crate::pg::catalog::Tenant;
+use crate::pg::catalog::{Schedule, Tenant};
 
 /// An optional local time of day for daily and weekly backups.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -75,16 +75,16 @@ pub fn is_due(tenant: &Tenant, now: DateTime<Utc>, opts: &ScheduleOptions) -> De
     if tenant.schema_name == "public" {
         return Decision::NotDue("public is not a tenant".into());
     }
-    match tenant.backup_schedule.as_str() {
-        "daily" => periodic(tenant.last_backup_at, now, opts, false),
-        "weekly" => periodic(tenant.last_backup_at, now, opts, true),
-        "scheduled" => match tenant.next_scheduled_backup {
+    match &tenant.backup_schedule {
+        Schedule::Daily => periodic(tenant.last_backup_at, now, opts, false),
+        Schedule::Weekly => periodic(tenant.last_backup_at, now, opts, true),
+        Schedule::Scheduled => match tenant.next_scheduled_backup {
             Some(at) if at <= now => Decision::Due(format!("scheduled for {}", at.format("%Y-%m-%d %H:%M UTC"))),
             Some(at) => Decision::NotDue(format!("scheduled for {}", at.format("%Y-%m-%d %H:%M UTC"))),
             None => Decision::NotDue("scheduled, but no time is set".into()),
         },
-        "disabled" => Decision::NotDue("backups disabled".into()),
-        other => Decision::NotDue(format!("unknown schedule {other:?}")),
+        Schedule::Disabled => Decision::NotDue("backups disabled".into()),
+        Schedule::Other(other) => Decision::NotDue(format!("unknown schedule {other:?}")),
     }
 }
 
@@ -146,11 +146,11 @@ pub fn next_due(tenant: &Tenant, now: DateTime<Utc>, opts: &ScheduleOptions) -> 
     if is_due(tenant, now, opts).is_due() {
         return Some(now);
     }
-    match tenant.backup_schedule.as_str() {
-        "scheduled" => tenant.next_scheduled_backup,
-        "daily" | "weekly" => {
+    match tenant.backup_schedule {
+        Schedule::Scheduled => tenant.next_scheduled_backup,
+        Schedule::Daily | Schedule::Weekly => {
             // The first later moment at which is_due flips: check each candidate day boundary/slot.
-            let weekly = tenant.backup_schedule == "weekly";
+            let weekly = tenant.backup_schedule == Schedule::Weekly;
             (1..=8).find_map(|d| {
                 let at = match opts.daily_at {
                     None => (now.date_naive() + Duration::days(d)).and_hms_opt(0, 0, 0)?.and_utc(),
@@ -173,13 +173,46 @@ pub fn next_due(tenant: &Tenant, now: DateTime<Utc>, opts: &ScheduleOptions) -> 
 
 /// How long a schedule may go without a successful automatic backup before `status` calls it overdue.
 pub fn overdue(tenant: &Tenant, last_automatic: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    match tenant.backup_schedule.as_str() {
-        "daily" => last_automatic.is_none_or(|l| now - l > Duration::hours(26)),
-        "weekly" => last_automatic.is_none_or(|l| now - l > Duration::days(8)),
-        "scheduled" => tenant
+    match tenant.backup_schedule {
+        Schedule::Daily => last_automatic.is_none_or(|l| now - l > Duration::hours(26)),
+        Schedule::Weekly => last_automatic.is_none_or(|l| now - l > Duration::days(8)),
+        Schedule::Scheduled => tenant
             .next_scheduled_backup
             .is_some_and(|at| now - at > Duration::minutes(10)),
         _ => false,
+    }
+}
+
+/// What `schedule` sets: `daily`, `weekly`, `disabled`, or `at <RFC 3339 time>` (in the future).
+pub fn parse_setting(words: &[String], now: DateTime<Utc>) -> Result<(Schedule, Option<DateTime<Utc>>), UsageError> {
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["daily"] => Ok((Schedule::Daily, None)),
+        ["weekly"] => Ok((Schedule::Weekly, None)),
+        ["disabled"] => Ok((Schedule::Disabled, None)),
+        ["at", when] => {
+            let at = DateTime::parse_from_rfc3339(when)
+                .map_err(|_| {
+                    UsageError::new(format!(
+                        "{when:?} is not an RFC 3339 time: use e.g. 2026-12-01T03:00:00Z or 2026-12-01T03:00:00+01:00"
+                    ))
+                })?
+                .with_timezone(&Utc);
+            if at <= now {
+                return Err(UsageError::new(format!(
+                    "{when} is in the past: give a time after {}",
+                    now.format("%Y-%m-%dT%H:%M:%SZ")
+                )));
+            }
+            Ok((Schedule::Scheduled, Some(at)))
+        }
+        ["at"] => Err(UsageError::new(
+            "`at` needs a time: schedule --tenant S at 2026-12-01T03:00:00Z",
+        )),
+        _ => Err(UsageError::new(format!(
+            "unknown schedule {:?}: use daily, weekly, disabled, or at <RFC 3339 time>",
+            words.join(" ")
+        ))),
     }
 }
 
@@ -187,12 +220,36 @@ pub fn overdue(tenant: &Tenant, last_automatic: Option<DateTime<Utc>>, now: Date
 mod tests {
     use super::*;
 
+    fn w(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_schedules() {
+        let now = "2026-11-22T12:00:00Z".parse().unwrap();
+        assert_eq!(parse_setting(&w("daily"), now).unwrap(), (Schedule::Daily, None));
+        let (s, at) = parse_setting(&w("at 2026-11-23T03:00:00+01:00"), now).unwrap();
+        assert_eq!(
+            (s, at.unwrap().to_rfc3339()),
+            (Schedule::Scheduled, "2026-11-23T02:00:00+00:00".into())
+        );
+        for bad in [
+            "hourly",
+            "at",
+            "at yesterday",
+            "at 2026-11-22T11:59:59Z",
+            "daily weekly",
+        ] {
+            assert!(parse_setting(&w(bad), now).is_err(), "{bad}");
+        }
+    }
+
     fn t(schedule: &str, last: Option<&str>, next: Option<&str>) -> Tenant {
         Tenant {
             id: 1,
             schema_name: "bienestar".into(),
             name: "B".into(),
-            backup_schedule: schedule.into(),
+            backup_schedule: Schedule::from_db(schedule),
             last_backup_at: last.map(at),
             next_scheduled_backup: next.map(at),
         }

@@ -129,7 +129,7 @@ pub fn plan(
 fn carry_history(catalog: &Catalog, target: &str, old: &str, source: &Source, cross_tenant: bool) -> String {
     let new_t = catalog.records_in(target);
     let old_t = catalog.records_in(old);
-    let users = format!("{}.{}", quote_ident(target), quote_ident("users_user"));
+    let users = catalog.users_in(target);
     let since = source.created_at.format("%Y-%m-%d %H:%M:%S%.6f+00");
     let mut sql = String::new();
     let filter = if cross_tenant {

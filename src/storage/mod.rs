@@ -1,6 +1,7 @@
 //! Where backups live. One trait, one backend per file, chosen once from the storage URL.
 
 mod fs;
+#[cfg(test)]
 mod memory;
 mod s3;
 mod supabase;
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use crate::error::UsageError;
 
 pub use fs::LocalDir;
+#[cfg(test)]
 pub use memory::Memory;
 pub use s3::S3;
 pub use supabase::Supabase;
@@ -107,7 +109,7 @@ pub trait Storage: Send + Sync {
 }
 
 /// Opens the backend named by a storage URL: a plain path or `file:///abs/path` (local directory),
-/// `s3://bucket/prefix`, `supabase://bucket/prefix`, `memory://` (tests).
+/// `s3://bucket/prefix` or `supabase://bucket/prefix`.
 pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageError> {
     let url = url.trim();
     if url.is_empty() {
@@ -122,9 +124,6 @@ pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageE
             )));
         }
         return Ok(Arc::new(LocalDir::new(rest)));
-    }
-    if url == "memory://" {
-        return Ok(Arc::new(Memory::default()));
     }
     if url.starts_with("s3://") {
         return Ok(Arc::new(S3::open(url, opts)?));
@@ -191,6 +190,9 @@ mod tests {
         assert!(open("ftp://x", &o).is_err());
         assert!(open("", &o).is_err());
         assert!(open("s3://", &o).is_err());
+        // The in-memory store exists for unit tests only: a cron job must never record backups
+        // that exist nowhere.
+        assert!(open("memory://", &o).is_err());
     }
 
     #[test]
