@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod backup;
+pub mod cleanup;
 pub mod cli;
 pub mod clock;
 pub mod cmd;

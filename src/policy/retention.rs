@@ -1,13 +1,19 @@
-//! Which backups `cleanup` deletes. A pure function of (history, now, policy), so its rules are
+//! Which backups `cleanup` deletes, which objects and rows are orphans, which schemas are old
+//! pre-restore copies. Pure functions of (history, now, policy), so its rules are
 //! tested with a fixed clock: automatic backups older than N days go, manual ones stay unless asked,
 //! and the K newest are never deleted however old — when backups have been failing for weeks,
 //! retention must not remove the only copies left.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::Serialize;
 
+use crate::backup::key::ObjectKey;
 use crate::error::UsageError;
-use crate::pg::catalog::{BackupKind, BackupRecord};
+use crate::pg::catalog::{BackupKind, BackupRecord, Tenant};
+use crate::restore::pre_restore_name;
+use crate::storage::{check_key, ObjectInfo};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -84,6 +90,75 @@ pub fn parse_pre_restore(name: &str) -> Option<(&str, DateTime<Utc>)> {
     }
     let at = NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
     Some((prefix, at.and_utc()))
+}
+
+/// What `cleanup --orphans` finds: an object no history row points to, or a row whose object is
+/// not in the bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Orphan {
+    Object {
+        key: String,
+        /// False while it may be a backup in flight (its object is written a moment before its
+        /// row): younger than the grace period, or of unknown age.
+        old_enough: bool,
+    },
+    Row {
+        id: i64,
+        key: String,
+    },
+}
+
+/// Objects are under the tenant's folder; manifests count as part of their object. `grace` is how
+/// old an unreferenced object must be before `--fix` may delete it.
+pub fn find_orphans(
+    records: &[BackupRecord],
+    objects: &[ObjectInfo],
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> Vec<Orphan> {
+    let listed: BTreeSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let referenced: BTreeSet<&str> = records.iter().map(|r| r.file_path.as_str()).collect();
+    let mut out = Vec::new();
+    for o in objects {
+        let base = o.key.strip_suffix(".manifest.json");
+        let orphan = match base {
+            Some(b) => !listed.contains(b) && !referenced.contains(b),
+            None => !referenced.contains(o.key.as_str()),
+        };
+        if !orphan {
+            continue;
+        }
+        let written = o
+            .modified
+            .or_else(|| ObjectKey::parse(base.unwrap_or(&o.key)).map(|k| k.created.and_utc()));
+        out.push(Orphan::Object {
+            key: o.key.clone(),
+            old_enough: written.is_some_and(|w| w <= now - grace),
+        });
+    }
+    for r in records {
+        let in_bucket = check_key(&r.file_path).is_ok() && listed.contains(r.file_path.as_str());
+        if !in_bucket {
+            out.push(Orphan::Row {
+                id: r.id,
+                key: r.file_path.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Which of `schemas` are a tenant's `__pre_restore_` copies (exactly the name restore gives, as
+/// restore cuts it), with the tenant and when the copy was made.
+pub fn pre_restore_copies<'t>(schemas: &[String], tenants: &'t [Tenant]) -> Vec<(String, &'t Tenant, DateTime<Utc>)> {
+    schemas
+        .iter()
+        .filter_map(|name| {
+            let (_, at) = parse_pre_restore(name)?;
+            let tenant = tenants.iter().find(|t| pre_restore_name(&t.schema_name, at) == *name)?;
+            Some((name.clone(), tenant, at))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -190,48 +265,4 @@ mod tests {
         assert!(parse_pre_restore("bienestar__pre_restore_2026").is_none());
         assert!(parse_pre_restore("__pre_restore_20261122223000").is_none());
     }
-}
-
-/// How a deletion went.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Deleted {
-    /// Object, manifest and row are gone.
-    All,
-    /// The object was already missing (or lives outside this bucket, as the old application's
-    /// `/var/backups/…` paths do); the row is gone.
-    RowOnly,
-}
-
-/// Deletes one backup in the safe order: object, manifest, then the row. If the object cannot be
-/// deleted, the row stays, so nothing becomes an orphan without a trace.
-pub async fn delete_backup(
-    storage: &dyn crate::storage::Storage,
-    catalog: &crate::pg::catalog::Catalog,
-    client: &tokio_postgres::Client,
-    schema: &str,
-    record: &BackupRecord,
-) -> anyhow::Result<Deleted> {
-    use crate::backup::key::ObjectKey;
-    use crate::storage::{check_key, StorageError};
-    let key = &record.file_path;
-    let outcome = if check_key(key).is_err() {
-        Deleted::RowOnly
-    } else {
-        match storage.delete(key).await {
-            Ok(()) => Deleted::All,
-            Err(StorageError::NotFound(_)) => Deleted::RowOnly,
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {key}; its row is kept"))),
-        }
-    };
-    if outcome == Deleted::All || check_key(key).is_ok() {
-        match storage.delete(&ObjectKey::manifest_key(key)).await {
-            Ok(()) | Err(StorageError::NotFound(_)) => {}
-            Err(e) => tracing::warn!(
-                "{key} is deleted but its manifest is not ({e}); `cleanup --orphans --fix` removes it later"
-            ),
-        }
-    }
-    catalog.delete_record(client, schema, record.id).await?;
-    Ok(outcome)
 }
