@@ -1,14 +1,15 @@
-//! The tenant table and each tenant's `BackupRecord` history, exactly as Django's migrations made them.
-//! Every statement is unnamed (`query_typed`), so it works through a transaction pooler.
+//! Each tenant's history table (`backups_backuprecord`): what was backed up, where it is stored,
+//! and who asked.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Client;
 
+use super::Catalog;
 use crate::error::UsageError;
 use crate::pg::connect::pg_context;
-use crate::pg::sql::{literal, qualified, QualifiedName};
+use crate::pg::sql::literal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,62 +37,6 @@ impl BackupKind {
             _ => None,
         }
     }
-}
-
-/// A tenant's `backup_schedule`, as the application defines it (the column has no CHECK, so
-/// anything else is kept as it was read, and never due).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Schedule {
-    Disabled,
-    Daily,
-    Weekly,
-    /// One backup at `next_scheduled_backup`, then back to `Disabled`.
-    Scheduled,
-    Other(String),
-}
-
-impl Schedule {
-    pub fn from_db(raw: &str) -> Schedule {
-        match raw {
-            "disabled" => Schedule::Disabled,
-            "daily" => Schedule::Daily,
-            "weekly" => Schedule::Weekly,
-            "scheduled" => Schedule::Scheduled,
-            other => Schedule::Other(other.to_string()),
-        }
-    }
-
-    pub fn as_db(&self) -> &str {
-        match self {
-            Schedule::Disabled => "disabled",
-            Schedule::Daily => "daily",
-            Schedule::Weekly => "weekly",
-            Schedule::Scheduled => "scheduled",
-            Schedule::Other(s) => s,
-        }
-    }
-}
-
-impl std::fmt::Display for Schedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_db())
-    }
-}
-
-impl Serialize for Schedule {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_db())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Tenant {
-    pub id: i64,
-    pub schema_name: String,
-    pub name: String,
-    pub backup_schedule: Schedule,
-    pub last_backup_at: Option<DateTime<Utc>>,
-    pub next_scheduled_backup: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -122,89 +67,7 @@ pub struct NewRecord<'a> {
     pub created_by_id: Option<i64>,
 }
 
-/// Where the tenant table and the per-schema history table are.
-#[derive(Clone, Debug)]
-pub struct Catalog {
-    pub tenants_table: QualifiedName,
-    pub records_table: String,
-    /// The user table inside each tenant schema (`--created-by`, and kept `created_by_id`s).
-    pub users_table: String,
-}
-
-const TENANT_COLUMNS: &str =
-    "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
-
 impl Catalog {
-    pub fn new(tenants_table: &str, records_table: &str, users_table: &str) -> Result<Self, UsageError> {
-        let tenants_table = QualifiedName::parse(tenants_table)?;
-        let in_schema = |name: &str, flag: &str, example: &str| {
-            if name.is_empty() || name.contains('.') || name.len() > 63 {
-                return Err(UsageError::new(format!(
-                    "invalid {flag} {name:?}: give the table name inside each tenant schema, e.g. {example}"
-                )));
-            }
-            Ok(name.to_string())
-        };
-        Ok(Catalog {
-            tenants_table,
-            records_table: in_schema(
-                records_table,
-                "--records-table / BACKUP_RECORDS_TABLE",
-                "backups_backuprecord",
-            )?,
-            users_table: in_schema(users_table, "--users-table / BACKUP_USERS_TABLE", "users_user")?,
-        })
-    }
-
-    /// `"schema"."users_user"`: the tenant's own users (`created_by_id` points there).
-    pub fn users_in(&self, schema: &str) -> String {
-        qualified(schema, &self.users_table)
-    }
-
-    /// `"schema"."backups_backuprecord"`.
-    pub fn records_in(&self, schema: &str) -> String {
-        qualified(schema, &self.records_table)
-    }
-
-    /// Every tenant but `public`, in one query, ordered by schema name.
-    pub async fn tenants(&self, client: &Client) -> anyhow::Result<Vec<Tenant>> {
-        let sql = format!(
-            "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name <> 'public' ORDER BY schema_name",
-            self.tenants_table.quoted()
-        );
-        let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
-        Ok(rows.iter().map(tenant_from_row).collect())
-    }
-
-    /// One tenant; an unknown name (or `public`) is a usage error and nothing is touched.
-    pub async fn tenant(&self, client: &Client, schema: &str) -> anyhow::Result<Tenant> {
-        let sql = format!(
-            "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name = $1 AND schema_name <> 'public'",
-            self.tenants_table.quoted()
-        );
-        let rows = client
-            .query_typed(&sql, &[(&schema, Type::TEXT)])
-            .await
-            .map_err(|e| self.table_error(e))?;
-        match rows.first() {
-            Some(row) => Ok(tenant_from_row(row)),
-            None => Err(UsageError::new(format!(
-                "tenant {schema:?} not found in {}: run `tenant-backup list` or check --tenants-table",
-                self.tenants_table
-            ))
-            .into()),
-        }
-    }
-
-    /// The tenants named on the command line, each checked against the tenant table.
-    pub async fn named_tenants(&self, client: &Client, names: &[String]) -> anyhow::Result<Vec<Tenant>> {
-        let mut out = Vec::new();
-        for name in names {
-            out.push(self.tenant(client, name).await?);
-        }
-        Ok(out)
-    }
-
     /// Resolves `--created-by` (a user id or an email) to an id in the tenant's own users table.
     pub async fn resolve_user(&self, client: &Client, schema: &str, who: &str) -> anyhow::Result<i64> {
         let users = self.users_in(schema);
@@ -313,65 +176,6 @@ impl Catalog {
             .collect())
     }
 
-    /// `last_backup_at = now` after a successful automatic backup.
-    pub async fn mark_backed_up(&self, client: &Client, tenant_id: i64, at: DateTime<Utc>) -> anyhow::Result<()> {
-        let sql = format!(
-            "UPDATE {} SET last_backup_at = $1 WHERE id = $2",
-            self.tenants_table.quoted()
-        );
-        client
-            .query_typed(&sql, &[(&at, Type::TIMESTAMPTZ), (&tenant_id, Type::INT8)])
-            .await
-            .map_err(pg_context("updating last_backup_at"))?;
-        Ok(())
-    }
-
-    /// The one-shot reset after a `scheduled` backup: back to `disabled`, no time set. Only if the
-    /// row still holds the time that was due, so a reschedule made meanwhile is kept.
-    pub async fn finish_scheduled(
-        &self,
-        client: &Client,
-        tenant_id: i64,
-        was: Option<DateTime<Utc>>,
-    ) -> anyhow::Result<()> {
-        let sql = format!(
-            "UPDATE {} SET backup_schedule = 'disabled', next_scheduled_backup = NULL \
-             WHERE id = $1 AND backup_schedule = 'scheduled' AND next_scheduled_backup IS NOT DISTINCT FROM $2",
-            self.tenants_table.quoted()
-        );
-        client
-            .query_typed(&sql, &[(&tenant_id, Type::INT8), (&was, Type::TIMESTAMPTZ)])
-            .await
-            .map_err(pg_context("resetting the one-shot schedule"))?;
-        Ok(())
-    }
-
-    /// Sets `backup_schedule` (and `next_scheduled_backup`, cleared unless given).
-    pub async fn set_schedule(
-        &self,
-        client: &Client,
-        tenant_id: i64,
-        schedule: &Schedule,
-        next: Option<DateTime<Utc>>,
-    ) -> anyhow::Result<()> {
-        let sql = format!(
-            "UPDATE {} SET backup_schedule = $1, next_scheduled_backup = $2 WHERE id = $3",
-            self.tenants_table.quoted()
-        );
-        client
-            .query_typed(
-                &sql,
-                &[
-                    (&schedule.as_db(), Type::VARCHAR),
-                    (&next, Type::TIMESTAMPTZ),
-                    (&tenant_id, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(pg_context("updating the schedule"))?;
-        Ok(())
-    }
-
     /// The newest backup of each type: `(newest any, newest automatic)`.
     pub async fn newest_backups(
         &self,
@@ -396,21 +200,6 @@ impl Catalog {
             .await
             .map_err(pg_context(format!("deleting row {id} of {}", self.records_in(schema))))?;
         Ok(())
-    }
-
-    fn table_error(&self, e: tokio_postgres::Error) -> anyhow::Error {
-        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-            return UsageError::new(format!(
-                "table {} does not exist: set --tenants-table / BACKUP_TENANTS_TABLE to your tenant model's table",
-                self.tenants_table
-            ))
-            .into();
-        }
-        anyhow::anyhow!(
-            "reading {}: {}",
-            self.tenants_table,
-            crate::pg::connect::describe_pg_error(&e)
-        )
     }
 }
 
@@ -438,15 +227,4 @@ pub async fn schema_state(client: &Client, catalog: &Catalog, schema: &str) -> a
         )
         .await?;
     Ok((rows[0].get(0), rows[0].get(1)))
-}
-
-fn tenant_from_row(row: &Row) -> Tenant {
-    Tenant {
-        id: row.get(0),
-        schema_name: row.get(1),
-        name: row.get(2),
-        backup_schedule: Schedule::from_db(row.get(3)),
-        last_backup_at: row.get(4),
-        next_scheduled_backup: row.get(5),
-    }
 }

@@ -1,0 +1,180 @@
+//! The tenant table: one row per clinic, with its backup schedule.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row};
+
+use super::Catalog;
+use crate::error::UsageError;
+use crate::pg::connect::pg_context;
+
+/// A tenant's `backup_schedule`, as the application defines it (the column has no CHECK, so
+/// anything else is kept as it was read, and never due).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    Disabled,
+    Daily,
+    Weekly,
+    /// One backup at `next_scheduled_backup`, then back to `Disabled`.
+    Scheduled,
+    Other(String),
+}
+
+impl Schedule {
+    pub fn from_db(raw: &str) -> Schedule {
+        match raw {
+            "disabled" => Schedule::Disabled,
+            "daily" => Schedule::Daily,
+            "weekly" => Schedule::Weekly,
+            "scheduled" => Schedule::Scheduled,
+            other => Schedule::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_db(&self) -> &str {
+        match self {
+            Schedule::Disabled => "disabled",
+            Schedule::Daily => "daily",
+            Schedule::Weekly => "weekly",
+            Schedule::Scheduled => "scheduled",
+            Schedule::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_db())
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_db())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub id: i64,
+    pub schema_name: String,
+    pub name: String,
+    pub backup_schedule: Schedule,
+    pub last_backup_at: Option<DateTime<Utc>>,
+    pub next_scheduled_backup: Option<DateTime<Utc>>,
+}
+
+const TENANT_COLUMNS: &str =
+    "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
+
+impl Catalog {
+    /// Every tenant but `public`, in one query, ordered by schema name.
+    pub async fn tenants(&self, client: &Client) -> anyhow::Result<Vec<Tenant>> {
+        let sql = format!(
+            "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name <> 'public' ORDER BY schema_name",
+            self.tenants_table.quoted()
+        );
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
+        Ok(rows.iter().map(tenant_from_row).collect())
+    }
+
+    /// One tenant; an unknown name (or `public`) is a usage error and nothing is touched.
+    pub async fn tenant(&self, client: &Client, schema: &str) -> anyhow::Result<Tenant> {
+        let sql = format!(
+            "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name = $1 AND schema_name <> 'public'",
+            self.tenants_table.quoted()
+        );
+        let rows = client
+            .query_typed(&sql, &[(&schema, Type::TEXT)])
+            .await
+            .map_err(|e| self.table_error(e))?;
+        match rows.first() {
+            Some(row) => Ok(tenant_from_row(row)),
+            None => Err(UsageError::new(format!(
+                "tenant {schema:?} not found in {}: run `tenant-backup list` or check --tenants-table",
+                self.tenants_table
+            ))
+            .into()),
+        }
+    }
+
+    /// The tenants named on the command line, each checked against the tenant table.
+    pub async fn named_tenants(&self, client: &Client, names: &[String]) -> anyhow::Result<Vec<Tenant>> {
+        let mut out = Vec::new();
+        for name in names {
+            out.push(self.tenant(client, name).await?);
+        }
+        Ok(out)
+    }
+
+    /// `last_backup_at = now` after a successful automatic backup.
+    pub async fn mark_backed_up(&self, client: &Client, tenant_id: i64, at: DateTime<Utc>) -> anyhow::Result<()> {
+        let sql = format!(
+            "UPDATE {} SET last_backup_at = $1 WHERE id = $2",
+            self.tenants_table.quoted()
+        );
+        client
+            .query_typed(&sql, &[(&at, Type::TIMESTAMPTZ), (&tenant_id, Type::INT8)])
+            .await
+            .map_err(pg_context("updating last_backup_at"))?;
+        Ok(())
+    }
+
+    /// The one-shot reset after a `scheduled` backup: back to `disabled`, no time set. Only if the
+    /// row still holds the time that was due, so a reschedule made meanwhile is kept.
+    pub async fn finish_scheduled(
+        &self,
+        client: &Client,
+        tenant_id: i64,
+        was: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "UPDATE {} SET backup_schedule = 'disabled', next_scheduled_backup = NULL \
+             WHERE id = $1 AND backup_schedule = 'scheduled' AND next_scheduled_backup IS NOT DISTINCT FROM $2",
+            self.tenants_table.quoted()
+        );
+        client
+            .query_typed(&sql, &[(&tenant_id, Type::INT8), (&was, Type::TIMESTAMPTZ)])
+            .await
+            .map_err(pg_context("resetting the one-shot schedule"))?;
+        Ok(())
+    }
+
+    /// Sets `backup_schedule` (and `next_scheduled_backup`, cleared unless given).
+    pub async fn set_schedule(
+        &self,
+        client: &Client,
+        tenant_id: i64,
+        schedule: &Schedule,
+        next: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "UPDATE {} SET backup_schedule = $1, next_scheduled_backup = $2 WHERE id = $3",
+            self.tenants_table.quoted()
+        );
+        client
+            .query_typed(
+                &sql,
+                &[
+                    (&schedule.as_db(), Type::VARCHAR),
+                    (&next, Type::TIMESTAMPTZ),
+                    (&tenant_id, Type::INT8),
+                ],
+            )
+            .await
+            .map_err(pg_context("updating the schedule"))?;
+        Ok(())
+    }
+}
+
+fn tenant_from_row(row: &Row) -> Tenant {
+    Tenant {
+        id: row.get(0),
+        schema_name: row.get(1),
+        name: row.get(2),
+        backup_schedule: Schedule::from_db(row.get(3)),
+        last_backup_at: row.get(4),
+        next_scheduled_backup: row.get(5),
+    }
+}
