@@ -148,7 +148,14 @@ impl Cleanup<'_> {
         } = *self;
         let fix = fix && !dry_run;
         let records = catalog.records(client, schema).await?;
-        let objects = storage.list(&format!("{schema}/")).await?;
+        // When the backend cannot say when an object was written, its name can.
+        let mut objects = storage.list(&format!("{schema}/")).await?;
+        for o in &mut objects {
+            let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
+            o.modified = o
+                .modified
+                .or_else(|| ObjectKey::parse(base).map(|k| k.created.and_utc()));
+        }
         for orphan in find_orphans(&records, &objects, now, Days::days(1)) {
             match orphan {
                 Orphan::Object { key, old_enough } => {

@@ -13,6 +13,7 @@ use tempfile::NamedTempFile;
 
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
+use crate::jsonl::ProducerError;
 use crate::pg::dumpscan::PlainDumpScanner;
 
 const CHUNK: usize = 256 * 1024;
@@ -251,16 +252,6 @@ pub fn spool_stream(mut input: impl Read, opts: &SpoolOptions<'_>) -> Result<Spo
     }
     finish(file, pumped, opts)
 }
-
-/// An error of the dumper feeding [`spool_stream`], carried through `io::Error`.
-#[derive(Debug)]
-pub struct ProducerError(pub String);
-impl std::fmt::Display for ProducerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for ProducerError {}
 
 /// Reads a stream to its end, keeping only its last `keep` bytes (pg_dump's last words matter).
 fn keep_tail(mut r: impl Read, keep: usize) -> String {

@@ -14,8 +14,18 @@ use tokio_postgres::Client;
 
 use super::codec::RowEncoder;
 use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
-use crate::backup::spool::ProducerError;
 use crate::pg::sql::{qualified, quote_ident};
+
+/// An error of the dumper, carried to the spool (`backup::spool::spool_stream`) through `io::Error`,
+/// so the spool reports the dumper's own words.
+#[derive(Debug)]
+pub struct ProducerError(pub String);
+impl std::fmt::Display for ProducerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ProducerError {}
 
 /// What the dumper hands to the encoding side.
 pub enum Piece {

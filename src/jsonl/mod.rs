@@ -25,7 +25,7 @@ mod tables;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use dump::{dump, JsonLinesReader, Piece};
+pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
 pub use load::{restore, JsonRestore};
 pub use tables::tables;
 

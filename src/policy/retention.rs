@@ -9,10 +9,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::Serialize;
 
-use crate::backup::key::ObjectKey;
 use crate::error::UsageError;
 use crate::pg::catalog::{BackupKind, BackupRecord, Tenant};
-use crate::restore::pre_restore_name;
 use crate::storage::{check_key, ObjectInfo};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +80,16 @@ pub fn plan(records: &[BackupRecord], now: DateTime<Utc>, policy: &Policy) -> Ve
         .collect()
 }
 
+/// `bienestar__pre_restore_20261122223000`, cut to PostgreSQL's 63-byte limit.
+pub fn pre_restore_name(schema: &str, at: DateTime<Utc>) -> String {
+    let suffix = format!("__pre_restore_{}", at.format("%Y%m%d%H%M%S"));
+    let mut cut = 63 - suffix.len();
+    while !schema.is_char_boundary(cut.min(schema.len())) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &schema[..cut.min(schema.len())])
+}
+
 /// The time in a `…__pre_restore_YYYYMMDDHHMMSS` schema name, and the part before it.
 pub fn parse_pre_restore(name: &str) -> Option<(&str, DateTime<Utc>)> {
     let (prefix, stamp) = name.rsplit_once("__pre_restore_")?;
@@ -108,7 +116,8 @@ pub enum Orphan {
     },
 }
 
-/// Objects are under the tenant's folder; manifests count as part of their object. `grace` is how
+/// Objects are under the tenant's folder (`modified`: when each was written, as far as anyone can
+/// tell); manifests count as part of their object. `grace` is how
 /// old an unreferenced object must be before `--fix` may delete it.
 pub fn find_orphans(
     records: &[BackupRecord],
@@ -128,12 +137,9 @@ pub fn find_orphans(
         if !orphan {
             continue;
         }
-        let written = o
-            .modified
-            .or_else(|| ObjectKey::parse(base.unwrap_or(&o.key)).map(|k| k.created.and_utc()));
         out.push(Orphan::Object {
             key: o.key.clone(),
-            old_enough: written.is_some_and(|w| w <= now - grace),
+            old_enough: o.modified.is_some_and(|w| w <= now - grace),
         });
     }
     for r in records {
@@ -164,6 +170,22 @@ pub fn pre_restore_copies<'t>(schemas: &[String], tenants: &'t [Tenant]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn pre_restore_names_fit_in_63_bytes() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 22, 30, 0).unwrap();
+        assert_eq!(
+            pre_restore_name("bienestar", at),
+            "bienestar__pre_restore_20261122223000"
+        );
+        let long = "ñ".repeat(31); // 62 bytes
+        let name = pre_restore_name(&long, at);
+        assert!(
+            name.len() <= 63 && name.ends_with("__pre_restore_20261122223000"),
+            "{name}"
+        );
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

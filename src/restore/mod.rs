@@ -17,7 +17,7 @@ pub mod script;
 pub mod source;
 
 pub use psql::{open_decompressed, run_psql, Counts};
-pub use script::{plan, pre_restore_name, Plan, Target};
+pub use script::{plan, Plan, Target};
 pub use source::{fetch_verified, resolve, Source, Which};
 
 use std::path::Path;

@@ -7,16 +7,7 @@ use chrono::{DateTime, Utc};
 use super::source::Source;
 use crate::pg::catalog::{insert_history, Catalog};
 use crate::pg::sql::{literal, quote_ident};
-
-/// `bienestar__pre_restore_20261122223000`, cut to PostgreSQL's 63-byte limit.
-pub fn pre_restore_name(schema: &str, at: DateTime<Utc>) -> String {
-    let suffix = format!("__pre_restore_{}", at.format("%Y%m%d%H%M%S"));
-    let mut cut = 63 - suffix.len();
-    while !schema.is_char_boundary(cut.min(schema.len())) {
-        cut -= 1;
-    }
-    format!("{}{suffix}", &schema[..cut.min(schema.len())])
-}
+use crate::policy::retention::pre_restore_name;
 
 /// Where the restored schema goes.
 #[derive(Clone, Debug)]
@@ -153,25 +144,4 @@ fn rename_if_exists(from: &str, to: &str) -> String {
             quote_ident(to)
         ))
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn pre_restore_names_fit_in_63_bytes() {
-        let at = Utc.with_ymd_and_hms(2026, 11, 22, 22, 30, 0).unwrap();
-        assert_eq!(
-            pre_restore_name("bienestar", at),
-            "bienestar__pre_restore_20261122223000"
-        );
-        let long = "ñ".repeat(31); // 62 bytes
-        let name = pre_restore_name(&long, at);
-        assert!(
-            name.len() <= 63 && name.ends_with("__pre_restore_20261122223000"),
-            "{name}"
-        );
-    }
 }
