@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     // `.env` in the working directory, for local development; real environment variables win.
     if let Err(err) = dotenvy::from_path(".env") {
         if !err.not_found() {
-            eprintln!("error: reading .env: {err}");
+            eprintln!("error: {}", dotenv_problem(&err));
             return ExitCode::from(2);
         }
     }
@@ -32,5 +32,22 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(if is_usage(&err) { 2 } else { 1 })
         }
+    }
+}
+
+/// What is wrong with `.env`, by line number: dotenvy's own message quotes the line, which may
+/// hold a password.
+fn dotenv_problem(err: &dotenvy::Error) -> String {
+    match err {
+        dotenvy::Error::LineParse(bad, _) => {
+            let line = std::fs::read_to_string(".env")
+                .ok()
+                .and_then(|content| Some(content[..content.find(bad.as_str())?].matches('\n').count() + 1));
+            match line {
+                Some(n) => format!(".env line {n} is not KEY=VALUE: fix or remove that line"),
+                None => ".env has a line that is not KEY=VALUE: fix or remove it".to_string(),
+            }
+        }
+        other => format!("reading .env: {other}"),
     }
 }

@@ -9,7 +9,7 @@ use tokio_postgres::Config;
 
 use super::tls::TlsMode;
 use crate::error::UsageError;
-use crate::secret::{redact, Secret};
+use crate::secret::{is_postgres_url, parse_conninfo, percent_decode, redact, Secret, UrlParts};
 
 /// A parsed database URL. Holds the password, so it prints only its redacted form.
 #[derive(Clone)]
@@ -84,25 +84,16 @@ impl DbTarget {
         port == 6543 || tcp_hosts.clone().any(|h| h.ends_with("pooler.supabase.com")) && port != 5432
     }
 
-    /// The same target in session mode (port 5432), for pg_dump, psql and advisory locks.
+    /// The same target in session mode (port 5432 on every host), for pg_dump, psql and locks.
     pub fn session_mode(&self) -> Result<DbTarget, UsageError> {
         let raw = self.raw.expose();
-        let switched = match url::Url::parse(raw) {
-            Ok(mut url) if url.port().is_some() || url.host().is_some() => {
-                let _ = url.set_port(Some(5432));
-                url.to_string()
-            }
-            _ => raw
-                .split_whitespace()
-                .map(|kv| {
-                    if kv.starts_with("port=") {
-                        "port=5432".to_string()
-                    } else {
-                        kv.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
+        let switched = match UrlParts::parse(raw) {
+            Some(url) => url_on_session_port(raw, &url),
+            None => conninfo_on_session_port(raw).ok_or_else(|| {
+                UsageError::new(
+                    "DATABASE_URL is a transaction pooler, but its port could not be switched to 5432 for session mode: set BACKUP_DUMP_URL",
+                )
+            })?,
         };
         DbTarget::parse(&switched, "the session-mode URL")
     }
@@ -158,51 +149,102 @@ impl DbTarget {
     }
 }
 
-/// Takes `sslmode` and `sslrootcert` out of the connection string (tokio-postgres rejects
-/// `verify-full`), returning the rest untouched.
-fn split_tls_params(raw: &str) -> (String, Option<String>, Option<String>) {
-    if let Ok(mut url) = url::Url::parse(raw) {
-        if url.scheme() == "postgres" || url.scheme() == "postgresql" {
-            let mut sslmode = None;
-            let mut root = None;
-            let rest: Vec<(String, String)> = url
-                .query_pairs()
-                .filter_map(|(k, v)| match k.as_ref() {
-                    "sslmode" => {
-                        sslmode = Some(v.into_owned());
-                        None
-                    }
-                    "sslrootcert" => {
-                        root = Some(v.into_owned());
-                        None
-                    }
-                    _ => Some((k.into_owned(), v.into_owned())),
-                })
-                .collect();
-            if rest.is_empty() {
-                url.set_query(None);
+/// `postgres://u:p@h1:6543,h2/db?port=6543` → `postgres://u:p@h1:5432,h2:5432/db?port=5432`.
+fn url_on_session_port(raw: &str, url: &UrlParts) -> String {
+    let hosts: Vec<String> = raw[url.hosts.clone()]
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let name = match h.find(']') {
+                Some(end) if h.starts_with('[') => &h[..=end],
+                _ => h.split(':').next().unwrap_or(h),
+            };
+            format!("{name}:5432")
+        })
+        .collect();
+    let mut out = format!("{}{}", &raw[..url.hosts.start], hosts.join(","));
+    let Some(query) = &url.query else {
+        out.push_str(&raw[url.hosts.end..]);
+        return out;
+    };
+    out.push_str(&raw[url.hosts.end..query.start]);
+    let params: Vec<&str> = url
+        .params(raw)
+        .iter()
+        .map(|p| {
+            if p.key == "port" {
+                "port=5432"
             } else {
-                url.query_pairs_mut().clear().extend_pairs(rest);
+                &raw[p.text.clone()]
             }
-            return (url.to_string(), sslmode, root);
+        })
+        .collect();
+    out.push_str(&params.join("&"));
+    out
+}
+
+/// `host=h port = 6543 password='a b'` → `host=h port=5432 password='a b'`; None if it does not parse.
+fn conninfo_on_session_port(raw: &str) -> Option<String> {
+    let conninfo = parse_conninfo(raw);
+    if conninfo.broken_at.is_some() {
+        return None;
+    }
+    let pairs: Vec<&str> = conninfo
+        .pairs
+        .iter()
+        .map(|p| {
+            if p.keyword == "port" {
+                "port=5432"
+            } else {
+                &raw[p.text.clone()]
+            }
+        })
+        .collect();
+    Some(pairs.join(" "))
+}
+
+/// Takes `sslmode` and `sslrootcert` out of the connection string (tokio-postgres rejects
+/// `verify-full`), returning the rest as written.
+fn split_tls_params(raw: &str) -> (String, Option<String>, Option<String>) {
+    let (mut sslmode, mut root) = (None, None);
+    let mut take = |key: &str, value: String| {
+        match key {
+            "sslmode" => sslmode = Some(value),
+            "sslrootcert" => root = Some(value),
+            _ => return false,
         }
+        true
+    };
+    if let Some(url) = UrlParts::parse(raw) {
+        let Some(query) = url.query.as_ref().filter(|_| is_postgres_url(raw)) else {
+            return (raw.to_string(), None, None);
+        };
+        let rest: Vec<&str> = url
+            .params(raw)
+            .into_iter()
+            .filter(|p| {
+                let value = p.value.clone().map(|v| percent_decode(&raw[v])).unwrap_or_default();
+                !take(&p.key, value)
+            })
+            .map(|p| &raw[p.text])
+            .collect();
+        let mut out = raw[..query.start - 1].to_string();
+        if !rest.is_empty() {
+            out.push('?');
+            out.push_str(&rest.join("&"));
+        }
+        return (out, sslmode, root);
+    }
+    let conninfo = parse_conninfo(raw);
+    if conninfo.broken_at.is_some() {
+        // Not ours to fix: tokio-postgres says what is wrong with it.
         return (raw.to_string(), None, None);
     }
-    let mut sslmode = None;
-    let mut root = None;
-    let rest: Vec<&str> = raw
-        .split_whitespace()
-        .filter(|kv| match kv.split_once('=') {
-            Some(("sslmode", v)) => {
-                sslmode = Some(v.to_string());
-                false
-            }
-            Some(("sslrootcert", v)) => {
-                root = Some(v.to_string());
-                false
-            }
-            _ => true,
-        })
+    let rest: Vec<&str> = conninfo
+        .pairs
+        .into_iter()
+        .filter(|p| !take(&p.keyword, p.value.clone()))
+        .map(|p| &raw[p.text])
         .collect();
     (rest.join(" "), sslmode, root)
 }
@@ -249,5 +291,44 @@ mod tests {
     fn invalid_url_is_usage_error_without_password() {
         let err = DbTarget::parse("postgres://u:s3cret@h:notaport/d", "DATABASE_URL").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn multi_host_and_conninfo_forms_parse_switch_to_session_mode_and_hide_the_password() {
+        let url = "postgres://u:s3cret@h1:6543,[::1]:6543/d?sslmode=verify-full&port=6543";
+        let t = DbTarget::parse(url, "x").unwrap();
+        assert_eq!(t.tls_mode(), TlsMode::VerifyFull);
+        assert_eq!(t.password().as_deref(), Some("s3cret"));
+        assert!(t.is_transaction_pooler());
+        let s = t.session_mode().unwrap();
+        assert_eq!(
+            s.redacted(),
+            "postgres://u:***@h1:5432,[::1]:5432/d?sslmode=verify-full&port=5432"
+        );
+        assert!(
+            s.config.get_ports().iter().all(|&p| p == 5432),
+            "{:?}",
+            s.config.get_ports()
+        );
+        assert_eq!(s.tls_mode(), TlsMode::VerifyFull);
+        assert_eq!(s.scrub("auth failed for s3cret"), "auth failed for ***");
+
+        let q = DbTarget::parse("postgresql://u@h1,h2/d?password=s3cret&sslmode=require", "x").unwrap();
+        assert_eq!(q.password().as_deref(), Some("s3cret"));
+        assert_eq!(q.tls_mode(), TlsMode::Require);
+        assert_eq!(q.redacted(), "postgresql://u@h1,h2/d?password=***&sslmode=require");
+
+        let kv = r"host=h1,h2 port = 6543 user=u password='s3 cr\'et' sslmode = verify-ca";
+        let t = DbTarget::parse(kv, "x").unwrap();
+        assert_eq!(t.password().as_deref(), Some("s3 cr'et"));
+        assert_eq!(t.tls_mode(), TlsMode::VerifyCa);
+        assert!(t.is_transaction_pooler());
+        let s = t.session_mode().unwrap();
+        assert_eq!(
+            s.redacted(),
+            "host=h1,h2 port=5432 user=u password=*** sslmode = verify-ca"
+        );
+        assert_eq!(s.password().as_deref(), Some("s3 cr'et"));
+        assert!(!format!("{s:?}").contains("s3"));
     }
 }

@@ -10,4 +10,5 @@ mod list;
 mod native;
 mod restore;
 mod scheduled;
+mod secrets;
 mod storage;
