@@ -19,4 +19,5 @@ pub mod progress;
 pub mod restore;
 pub mod retry;
 pub mod secret;
+pub mod stop;
 pub mod storage;

@@ -1,9 +1,11 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tenant_backup::cli::Cli;
 use tenant_backup::cmd::{self, Outcome};
 use tenant_backup::error::is_usage;
+use tenant_backup::stop;
 
 fn main() -> ExitCode {
     // `.env` in the working directory, for local development; real environment variables win.
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     tenant_backup::app::logging::init(&cli.output);
+    let left_unchanged = cmd::left_unchanged(&cli.command);
     // One thread for the async side: the work is I/O, and the heavy lifting (compression, checksums,
     // the json codec) runs on blocking threads. A driver connection and its reader then hand each
     // row over without waking another thread, which made json dumps ~20% cheaper.
@@ -25,14 +28,42 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
-        Ok(Outcome::Done) => ExitCode::SUCCESS,
-        Ok(Outcome::Failed) => ExitCode::from(1),
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(if is_usage(&err) { 2 } else { 1 })
+    let ended = runtime.block_on(stop::or_signal(cmd::run(cli)));
+    // Blocking threads get a moment to end: a spool file goes when its thread lets go of it.
+    runtime.shutdown_timeout(Duration::from_secs(3));
+    match ended {
+        Ok(Ok(outcome)) => {
+            if let Some(signal) = stop::requested() {
+                tracing::warn!(
+                    "{} arrived while the work was committing; it was finished first",
+                    signal.name()
+                );
+            }
+            ExitCode::from(if outcome == Outcome::Done { 0 } else { 1 })
         }
+        Ok(Err(err)) => match stop::requested() {
+            // The work refused to commit because of the stop.
+            Some(signal) => stopped(signal, &left_unchanged, false, true),
+            None => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(if is_usage(&err) { 2 } else { 1 })
+            }
+        },
+        Err(stop) => stopped(stop.signal, &left_unchanged, stop.commit_interrupted, stop.cleaned_up),
     }
+}
+
+/// The one line a stop prints, and its exit code (128 + the signal).
+fn stopped(signal: stop::Signal, left_unchanged: &str, commit_interrupted: bool, cleaned_up: bool) -> ExitCode {
+    let name = signal.name();
+    if commit_interrupted {
+        eprintln!("stopped by {name} while committing: whether that commit went through is not known; check with `tenant-backup list`");
+    } else if !cleaned_up {
+        eprintln!("stopped by {name}: {left_unchanged}, but a clean-up failed (see above)");
+    } else {
+        eprintln!("stopped by {name}: {left_unchanged}");
+    }
+    ExitCode::from(signal.exit_code())
 }
 
 /// What is wrong with `.env`, by line number: dotenvy's own message quotes the line, which may

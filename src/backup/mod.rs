@@ -35,6 +35,9 @@ pub struct BackupRequest {
     pub kind: BackupKind,
     pub created_by_id: Option<i64>,
     pub max_size: Option<u64>,
+    /// After the row, end the tenant's one-shot `scheduled` schedule (cron ticks), if the row still
+    /// holds the time that was due.
+    pub finish_schedule: bool,
     /// Raw bytes dumped so far, for whoever shows progress.
     pub progress: Option<Arc<AtomicU64>>,
 }
@@ -66,9 +69,15 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     let spooled = spool(env, client, req).await?;
     let ext = format!("{}{}", env.format.key_name(), env.compression.ext_suffix());
     let base = ObjectKey::new(&schema, req.kind, env.format.key_name(), &ext, started_at);
-    let key = store_without_overwrite(env.storage.as_ref(), &base, &spooled).await?;
+    // Deleted again unless the row gets written, also when a stop drops this backup midway.
+    let mut unrecorded = Unrecorded {
+        storage: env.storage.clone(),
+        keys: Vec::new(),
+    };
+    let key = store_without_overwrite(env.storage.as_ref(), &base, &spooled, &mut unrecorded).await?;
 
     let manifest_key = ObjectKey::manifest_key(&key);
+    unrecorded.keys.push(manifest_key.clone());
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         tool: "tenant-backup".into(),
@@ -89,6 +98,7 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     };
     if let Err(e) = env.storage.put_bytes(&manifest_key, manifest.to_bytes()).await {
         remove_quietly(env.storage.as_ref(), &[&key]).await;
+        unrecorded.keys.clear();
         return Err(anyhow::Error::new(e).context(format!("storing the manifest {manifest_key}")));
     }
 
@@ -101,18 +111,30 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
         created_at: started_at,
         created_by_id: req.created_by_id,
     };
+    // From the row on, a stop waits: the row and the tenant's row are written and reported together.
+    let Some(_commit) = crate::stop::shield() else {
+        return Err(anyhow::Error::new(crate::stop::Stopped));
+    };
     let id = match env.catalog.insert_record(client, &schema, &record).await {
         Ok(id) => id,
         Err(e) => {
             remove_quietly(env.storage.as_ref(), &[&key, &manifest_key]).await;
+            unrecorded.keys.clear();
             return Err(e.context("the object and manifest were removed again"));
         }
     };
+    unrecorded.keys.clear();
     if req.kind == BackupKind::Automatic {
         if let Err(e) = env.catalog.mark_backed_up(client, req.tenant.id, env.clock.now()).await {
             tracing::warn!(
                 "{schema}: backup {id} is stored and recorded, but {e:#}; the next tick may back it up again"
             );
+        }
+    }
+    if req.finish_schedule {
+        let was = req.tenant.next_scheduled_backup;
+        if let Err(e) = env.catalog.finish_scheduled(client, req.tenant.id, was).await {
+            tracing::warn!("{schema}: backup {id} is recorded, but {e:#}");
         }
     }
     Ok(BackupOutcome {
@@ -182,7 +204,12 @@ fn spawn_spool(
 }
 
 /// Stores the spool under the first free name (`…-2`, `…-3` when taken) and checks the stored size.
-async fn store_without_overwrite(storage: &dyn Storage, base: &ObjectKey, spooled: &Spooled) -> Result<String> {
+async fn store_without_overwrite(
+    storage: &dyn Storage,
+    base: &ObjectKey,
+    spooled: &Spooled,
+    unrecorded: &mut Unrecorded,
+) -> Result<String> {
     for n in 1..=100u32 {
         let key = if n == 1 {
             base.as_key()
@@ -191,12 +218,14 @@ async fn store_without_overwrite(storage: &dyn Storage, base: &ObjectKey, spoole
         };
         match storage.put_file(&key, spooled.file.path()).await {
             Ok(()) => {
+                unrecorded.keys.push(key.clone());
                 let stored = storage
                     .size(&key)
                     .await
                     .with_context(|| format!("checking the size of {key}"))?;
                 if stored != Some(spooled.size) {
                     remove_quietly(storage, &[&key]).await;
+                    unrecorded.keys.clear();
                     anyhow::bail!(
                         "{} holds {stored:?} bytes for {key} but {} were written; the object was removed",
                         storage.describe(),
@@ -215,6 +244,35 @@ async fn store_without_overwrite(storage: &dyn Storage, base: &ObjectKey, spoole
         "100 objects named like {} already exist; is the clock stuck?",
         base.as_key()
     )
+}
+
+/// Objects stored for a backup whose row is not written yet: a stop that drops the backup deletes
+/// them again (before the process exits).
+struct Unrecorded {
+    storage: Arc<dyn Storage>,
+    keys: Vec<String>,
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let (storage, keys) = (self.storage.clone(), std::mem::take(&mut self.keys));
+        crate::stop::defer(async move {
+            let mut all_gone = true;
+            for key in keys {
+                match storage.delete(&key).await {
+                    Ok(()) | Err(StorageError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::error!("could not remove {key} of a stopped backup: {e}; delete it by hand");
+                        all_gone = false;
+                    }
+                }
+            }
+            all_gone
+        });
+    }
 }
 
 async fn remove_quietly(storage: &dyn Storage, keys: &[&str]) {

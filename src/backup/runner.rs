@@ -97,7 +97,6 @@ async fn run_one(
 ) -> Result<TenantStatus> {
     let schema = job.tenant.schema_name.clone();
     let client = session.connect().await?;
-    let mut was_scheduled_for = None;
     match policy {
         LockPolicy::Wait(timeout) => lock::lock_with_timeout(&client, &schema, timeout).await?,
         LockPolicy::SkipIfBusy(opts) => {
@@ -118,9 +117,7 @@ async fn run_one(
                     reason: format!("no longer due ({})", decision.reason()),
                 });
             }
-            if fresh.backup_schedule == Schedule::Scheduled {
-                was_scheduled_for = Some(fresh.next_scheduled_backup);
-            }
+            job.finish_schedule = fresh.backup_schedule == Schedule::Scheduled;
             job.tenant = fresh;
         }
     }
@@ -129,11 +126,5 @@ async fn run_one(
     job.progress = Some(tracker.counter());
     let outcome = back_up_tenant(env, &client, &job).await;
     drop(tracker);
-    let outcome = outcome?;
-    if let Some(was) = was_scheduled_for {
-        if let Err(e) = env.catalog.finish_scheduled(&client, job.tenant.id, was).await {
-            tracing::warn!("{schema}: backup {} is recorded, but {e:#}", outcome.id);
-        }
-    }
-    Ok(TenantStatus::BackedUp { backup: outcome })
+    Ok(TenantStatus::BackedUp { backup: outcome? })
 }

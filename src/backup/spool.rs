@@ -198,7 +198,7 @@ fn finish(file: NamedTempFile, pumped: Pumped, opts: &SpoolOptions<'_>) -> Resul
 /// `spawn_blocking`.
 pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|source| SpoolError::Spawn { program, source })?;
+    let mut child = crate::stop::spawn(&mut cmd).map_err(|source| SpoolError::Spawn { program, source })?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));

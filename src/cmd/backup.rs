@@ -37,6 +37,7 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
             kind,
             created_by_id,
             max_size: args.dump.max_size,
+            finish_schedule: false,
             progress: None,
         });
     }

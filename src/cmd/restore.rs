@@ -141,7 +141,8 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
     let path = file.path().to_path_buf();
     let src = source.clone();
     let kept = sql.kept_as.clone();
-    tokio::task::spawn_blocking(move || run_psql(&psql, &pg_restore, &dump_target, &path, &src, &sql))
+    // Its COMMIT and the report below are one step for a stop (stop::commit_point).
+    crate::stop::blocking(move || run_psql(&psql, &pg_restore, &dump_target, &path, &src, &sql))
         .await
         .context("the restore task panicked")?
         .with_context(|| format!("restoring {} from {}", target_name, source.key))?;

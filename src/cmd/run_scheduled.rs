@@ -85,6 +85,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
             kind: BackupKind::Automatic,
             created_by_id: None,
             max_size: args.dump.max_size,
+            finish_schedule: false,
             progress: None,
         })
         .collect();

@@ -47,7 +47,14 @@ pub async fn restore(
         .await?;
     let result = restore_inner(client, input, opts).await;
     match (&result, opts.verify_only) {
-        (Ok(_), false) => client.batch_execute("COMMIT").await.context("committing the restore")?,
+        // The COMMIT and the caller's report are one step for a stop.
+        (Ok(_), false) => match crate::stop::shield() {
+            Some(_commit) => client.batch_execute("COMMIT").await.context("committing the restore")?,
+            None => {
+                client.batch_execute("ROLLBACK").await?;
+                return Err(crate::stop::Stopped.into());
+            }
+        },
         _ => client.batch_execute("ROLLBACK").await?,
     }
     result

@@ -55,12 +55,18 @@ impl DbTarget {
         Ok(match tls {
             None => {
                 let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(conn);
+                let cancel = client.cancel_token();
+                drive(conn, async move {
+                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                });
                 client
             }
             Some(tls) => {
                 let (client, conn) = self.config.connect(tls.clone()).await?;
-                tokio::spawn(conn);
+                let (cancel, tls) = (client.cancel_token(), tls.clone());
+                drive(conn, async move {
+                    let _ = cancel.cancel_query(tls).await;
+                });
                 client
             }
         })
@@ -72,6 +78,19 @@ impl DbTarget {
         let config = crate::pg::tls::client_config(self.tls, self.root_cert.as_deref())?;
         Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
     }
+}
+
+/// Runs the connection until its client is dropped. A stop meanwhile first cancels the query in
+/// progress: a server waiting for a lock would not notice that we are gone until it got it.
+fn drive<C>(conn: C, cancel: impl std::future::Future<Output = ()> + Send + 'static)
+where
+    C: std::future::Future + Send + 'static,
+{
+    let on_stop = crate::stop::on_stop(cancel);
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(on_stop);
+    });
 }
 
 /// Attempts after the first.

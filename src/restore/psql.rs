@@ -1,6 +1,6 @@
 //! Runs a restore through psql (custom archives through pg_restore first), fed the script and the dump.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -47,14 +47,15 @@ pub fn run_psql(
                 unpacked = Some(tmp);
                 path
             };
-            let mut child = Command::new(pg_restore)
-                .args(["--no-owner", "--no-privileges", "-f", "-"])
-                .arg(&archive)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("starting {}", pg_restore.display()))?;
+            let mut child = crate::stop::spawn(
+                Command::new(pg_restore)
+                    .args(["--no-owner", "--no-privileges", "-f", "-"])
+                    .arg(&archive)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+            )
+            .with_context(|| format!("starting {}", pg_restore.display()))?;
             let out = child.stdout.take().expect("piped");
             pg_restore_child = Some(child);
             Box::new(out)
@@ -65,14 +66,23 @@ pub fn run_psql(
     cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
     apply_env(&mut cmd, target);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", psql.display()))?;
+    let mut child = crate::stop::spawn(&mut cmd).with_context(|| format!("starting {}", psql.display()))?;
     let mut stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
+    let (ready_to_commit, ready) = std::sync::mpsc::channel();
     let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = BufReader::new(stdout).read_to_string(&mut s);
-        s
+        let (mut out, mut line, mut stdout) = (String::new(), Vec::new(), BufReader::new(stdout));
+        while matches!(stdout.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            if text.trim_end() == READY_MARK {
+                let _ = ready_to_commit.send(());
+            } else {
+                out.push_str(&text);
+            }
+            line.clear();
+        }
+        out
     });
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -85,6 +95,7 @@ pub fn run_psql(
         stream,
         source.format == DumpFormat::Plain || pg_restore_child.is_some(),
         plan,
+        &ready,
     );
     drop(stdin);
     let status = child.wait()?;
@@ -129,8 +140,18 @@ pub fn run_psql(
     Ok(counts)
 }
 
+/// What psql prints once it has run everything but the COMMIT.
+const READY_MARK: &str = "tenant-backup-ready-to-commit";
+const COMMIT: &str = "COMMIT;\n";
+
 /// Streams prologue, dump and (only if the dump arrived whole) epilogue into psql.
-fn feed(stdin: &mut impl Write, mut stream: Box<dyn Read + Send>, check_trailer: bool, plan: &Plan) -> Result<()> {
+fn feed(
+    stdin: &mut impl Write,
+    mut stream: Box<dyn Read + Send>,
+    check_trailer: bool,
+    plan: &Plan,
+    ready: &std::sync::mpsc::Receiver<()>,
+) -> Result<()> {
     stdin
         .write_all(plan.prologue.as_bytes())
         .context("psql stopped early")?;
@@ -152,9 +173,23 @@ fn feed(stdin: &mut impl Write, mut stream: Box<dyn Read + Send>, check_trailer:
     if check_trailer && !scanner.is_complete() {
         anyhow::bail!("the dump is truncated (no closing line)");
     }
+    // The COMMIT goes alone, once psql has run everything before it: a stop that comes earlier
+    // rolls back; one that comes later waits for the COMMIT and its report (stop::commit_point).
+    let Some(before_commit) = plan.epilogue.strip_suffix(COMMIT) else {
+        stdin
+            .write_all(plan.epilogue.as_bytes())
+            .context("psql stopped early")?;
+        return Ok(());
+    };
     stdin
-        .write_all(plan.epilogue.as_bytes())
+        .write_all(format!("{before_commit}SELECT '{READY_MARK}';\n").as_bytes())
         .context("psql stopped early")?;
+    if ready.recv().is_err() {
+        // psql stopped on an error; its stderr says which.
+        return Ok(());
+    }
+    crate::stop::commit_point().context("stopped by a signal before COMMIT")?;
+    stdin.write_all(COMMIT.as_bytes()).context("psql stopped early")?;
     Ok(())
 }
 

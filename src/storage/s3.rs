@@ -100,6 +100,37 @@ impl S3 {
     }
 }
 
+/// A multipart upload that is aborted when dropped before `finish` (on an error, or when a stop
+/// drops the backup midway), so that its parts do not stay in the bucket.
+struct Unfinished(Option<WriteMultipart>);
+
+impl Unfinished {
+    fn take(&mut self) -> WriteMultipart {
+        self.0.take().expect("the upload is used once")
+    }
+}
+
+impl std::ops::Deref for Unfinished {
+    type Target = WriteMultipart;
+    fn deref(&self) -> &WriteMultipart {
+        self.0.as_ref().expect("the upload is used once")
+    }
+}
+
+impl std::ops::DerefMut for Unfinished {
+    fn deref_mut(&mut self) -> &mut WriteMultipart {
+        self.0.as_mut().expect("the upload is used once")
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(upload) = self.0.take() {
+            crate::stop::defer(async move { upload.abort().await.is_ok() });
+        }
+    }
+}
+
 #[async_trait]
 impl Storage for S3 {
     fn describe(&self) -> String {
@@ -116,13 +147,13 @@ impl Storage for S3 {
             .await
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
         let upload = self.store.put_multipart(&dest).await.map_err(|e| self.err(key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut writer = Unfinished(Some(WriteMultipart::new_with_chunk_size(upload, PART)));
         let mut buf = vec![0u8; 1024 * 1024];
         loop {
             let n = match file.read(&mut buf).await {
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = writer.abort().await;
+                    let _ = writer.take().abort().await;
                     return Err(StorageError::io(format!("reading {}", path.display()), e));
                 }
             };
@@ -135,7 +166,10 @@ impl Storage for S3 {
             }
             writer.write(&buf[..n]);
         }
-        writer.finish().await.map_err(|e| self.err(key, e))?;
+        // The object appears with this; from here a stop waits until the caller has heard of it.
+        let _commit =
+            crate::stop::shield().ok_or_else(|| StorageError::Other(format!("storing {key}: stopped by a signal")))?;
+        writer.take().finish().await.map_err(|e| self.err(key, e))?;
         Ok(())
     }
 

@@ -12,3 +12,4 @@ mod restore;
 mod scheduled;
 mod secrets;
 mod storage;
+mod stops;

@@ -96,6 +96,9 @@ pub struct Faults {
     pub break_next_patch: bool,
     /// Injected faults, checked in order after authentication (where the database is first used).
     pub rules: Vec<FaultRule>,
+    /// `(method, path suffix)`: matching requests stall until this is cleared, GETs after half
+    /// their body, others before they are handled (a storage that hangs mid-transfer).
+    pub stall: Option<(String, String)>,
 }
 
 /// What the database row of an object holds besides its bytes.
@@ -424,6 +427,20 @@ fn json_reply(status: u16, v: &Value) -> Reply {
 fn serve(stream: TcpStream, state: &Mutex<State>, origin: &str) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let Some(req) = read_request(&mut reader) else { return };
+    let stalls = |st: &State| {
+        st.faults
+            .stall
+            .as_ref()
+            .is_some_and(|(method, end)| req.method == *method && req.target.ends_with(end.as_str()))
+    };
+    let wait_while_stalled = || {
+        while stalls(&state.lock().unwrap()) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    if req.method != "GET" {
+        wait_while_stalled();
+    }
     let r = {
         let mut st = state.lock().unwrap();
         handle(&req, &mut st, origin)
@@ -448,7 +465,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>, origin: &str) {
     let _ = out.write_all(head.as_bytes());
     // A HEAD answer carries the length of the body it would have had, not the body.
     if req.method != "HEAD" && r.status != 204 {
-        let _ = out.write_all(&r.body);
+        let mut sent = 0;
+        if req.method == "GET" && stalls(&state.lock().unwrap()) {
+            sent = r.body.len() / 2;
+            let _ = out.write_all(&r.body[..sent]);
+            let _ = out.flush();
+            wait_while_stalled();
+        }
+        let _ = out.write_all(&r.body[sent..]);
     }
 }
 

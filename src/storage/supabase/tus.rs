@@ -14,6 +14,17 @@ use super::{Supabase, TUS_CHUNK};
 use crate::retry::backoff;
 use crate::storage::StorageError;
 
+/// The TUS termination request of an upload, sent if dropped while still armed.
+struct Terminate(Option<RequestBuilder>);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        if let Some(request) = self.0.take() {
+            crate::stop::defer(async move { request.send().await.is_ok_and(|r| r.status().is_success()) });
+        }
+    }
+}
+
 impl Supabase {
     /// The resumable protocol: create, then PATCH 6 MiB chunks; a failed chunk is resumed from the
     /// offset the server acknowledged.
@@ -51,6 +62,12 @@ impl Supabase {
                 .unwrap_or_default();
             format!("{origin}{location}")
         };
+        // Dropped unfinished (an error, or a stop dropping the backup midway), the upload is
+        // terminated, so the server keeps no partial upload.
+        let mut unfinished = Terminate(Some(
+            self.authed(self.http.delete(&upload_url))
+                .header("Tus-Resumable", "1.0.0"),
+        ));
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
@@ -109,6 +126,7 @@ impl Supabase {
                 }
             }
         }
+        unfinished.0 = None;
         Ok(())
     }
 
