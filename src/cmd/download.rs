@@ -1,7 +1,7 @@
 //! `download --tenant S (--id N | --latest | --file KEY) [-o PATH] [--decompress]`
 
-use std::io::{BufReader, Write};
-use std::path::PathBuf;
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
@@ -10,7 +10,7 @@ use crate::app::output::human_size;
 use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
 use crate::restore::{fetch_verified, resolve, Which};
-use crate::usage;
+use crate::{stop, usage};
 
 pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     let which = match (args.id, args.latest, &args.file) {
@@ -43,23 +43,25 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     // Downloaded to a temporary file and checked against the manifest before anything is written.
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
     let (src, compression, decompress) = (file.path().to_path_buf(), source.compression, args.decompress);
+    // What the written file must hold: the object, or what the dumper produced.
+    let expected = if decompress {
+        source.manifest.as_ref().map(|m| m.uncompressed_size)
+    } else {
+        Some(file.as_file().metadata().context("reading the downloaded file")?.len())
+    };
     let dest2 = dest.clone();
-    let written = tokio::task::spawn_blocking(move || -> Result<u64> {
+    // The rename into place and the report below are one step for a stop (stop::commit_point).
+    let written = stop::blocking(move || -> Result<u64> {
         let input = BufReader::new(std::fs::File::open(&src)?);
-        let mut reader: Box<dyn std::io::Read> = if decompress {
+        let mut reader: Box<dyn Read> = if decompress {
             compression.decoder(input)?
         } else {
             Box::new(input)
         };
-        let mut out: Box<dyn Write> = match &dest2 {
-            Some(p) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create_new(p).with_context(|| format!("creating {}", p.display()))?,
-            )),
-            None => Box::new(std::io::stdout().lock()),
-        };
-        let n = std::io::copy(&mut reader, &mut out).context("writing the backup")?;
-        out.flush()?;
-        Ok(n)
+        match &dest2 {
+            Some(path) => write_complete(&mut reader, path, expected),
+            None => write_stdout(&mut reader),
+        }
     })
     .await
     .context("the download task panicked")??;
@@ -72,4 +74,49 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Done)
+}
+
+/// Writes to a temporary file beside `path` (0600, as every `NamedTempFile`), checks its size and
+/// renames it into place only then: `path` never holds a partial backup, whatever fails.
+fn write_complete(reader: &mut dyn Read, path: &Path, expected: Option<u64>) -> Result<u64> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let failed = || format!("writing {} (nothing was left there)", path.display());
+    let mut out = BufWriter::new(tmp.as_file_mut());
+    let written = stop::copy(reader, &mut out).with_context(failed)?;
+    out.flush().with_context(failed)?;
+    drop(out);
+    if let Some(want) = expected.filter(|w| *w != written) {
+        anyhow::bail!(
+            "the backup holds {want} bytes but {written} were written: {} was not created",
+            path.display()
+        );
+    }
+    tmp.as_file().sync_all().with_context(failed)?;
+    stop::commit_point().with_context(|| format!("{} was not created", path.display()))?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("putting {} in place (nothing was left there)", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(written)
+}
+
+/// Streams to stdout. A reader that goes away (`download -o - | head`) is not an error.
+fn write_stdout(reader: &mut dyn Read) -> Result<u64> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    match stop::copy(reader, &mut out).and_then(|n| out.flush().map(|()| n)) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the backup to stdout")),
+    }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod backup;
 mod cleanup;
+mod download;
 mod failures;
 mod list;
 mod native;
