@@ -225,7 +225,7 @@ impl Cleanup<'_> {
                 &[],
             )
             .await?;
-        let cutoff = now - Days::days(days as i64);
+        let cutoff = crate::policy::retention::days_before(now, days);
         let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         for (name, tenant, at) in pre_restore_copies(&names, tenants) {
             let result = if at >= cutoff {

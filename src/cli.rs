@@ -7,6 +7,42 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::backup::env::{CompressionChoice, DumpRequest, FormatChoice};
 use crate::pg::catalog::BackupKind;
 
+/// Every number a flag takes has a range, checked here (exit 2, naming the range), so nothing
+/// downstream ever sees a value it could overflow on: a whole number from `lo` to `hi`.
+fn in_range<T: TryFrom<i128>>(
+    lo: i128,
+    hi: i128,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        raw.trim()
+            .parse::<i128>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| format!("{raw:?} is not a whole number from {lo} to {hi}"))
+    }
+}
+
+/// Seconds of --lock-timeout: up to a day.
+fn lock_timeout() -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    in_range(0, 86_400)
+}
+
+/// Days of --days and --pre-restore-days: up to a hundred years.
+fn days() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
+    in_range(1, 36_500)
+}
+
+/// BackupRecord ids are positive.
+fn record_id() -> impl Fn(&str) -> Result<i64, String> + Clone + Send + Sync + 'static {
+    in_range(1, i64::MAX as i128)
+}
+
+/// Tenants at once.
+fn concurrency() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync + 'static {
+    in_range(1, 64)
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tenant-backup",
@@ -74,7 +110,13 @@ pub struct StorageArgs {
     pub storage: Option<String>,
 
     /// Retries of a storage request that failed with 429, 5xx or a connection error
-    #[arg(long, env = "BACKUP_STORAGE_RETRIES", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "BACKUP_STORAGE_RETRIES",
+        default_value_t = 5,
+        global = true,
+        value_parser = in_range::<u32>(0, 100)
+    )]
     pub storage_retries: u32,
 }
 
@@ -163,7 +205,7 @@ pub struct DumpArgs {
     pub compress: CompressArg,
 
     /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6)
-    #[arg(long)]
+    #[arg(long, value_parser = in_range::<i32>(1, 19))]
     pub level: Option<i32>,
 
     /// Refuse backups whose stored size would exceed this many bytes (K, M, G suffixes allowed)
@@ -195,11 +237,11 @@ pub struct BackupArgs {
     pub created_by: Option<String>,
 
     /// Tenants backed up at once with --all
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 2, value_parser = concurrency())]
     pub concurrency: u32,
 
     /// Seconds to wait for a tenant another process is backing up, restoring or cleaning
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,
 
     #[command(flatten)]
@@ -209,7 +251,7 @@ pub struct BackupArgs {
 #[derive(Debug, Args)]
 pub struct RunScheduledArgs {
     /// Tenants backed up at once
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 2, value_parser = concurrency())]
     pub concurrency: u32,
 
     /// Print who is due and why, touching nothing
@@ -243,7 +285,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
     /// BackupRecord id (see `list`)
-    #[arg(long)]
+    #[arg(long, value_parser = record_id())]
     pub id: Option<i64>,
     /// The newest backup
     #[arg(long)]
@@ -268,7 +310,7 @@ pub struct RestoreArgs {
     pub dry_run: bool,
     /// Seconds to wait for locks (the tenant's backup lock, and the application's locks on the
     /// schema) before giving up cleanly
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,
 }
 
@@ -276,10 +318,10 @@ pub struct RestoreArgs {
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["days", "orphans", "pre_restore_days"])))]
 pub struct CleanupArgs {
     /// Delete automatic backups older than this many days (object, manifest, then row)
-    #[arg(long, value_name = "N")]
-    pub days: Option<String>,
+    #[arg(long, value_name = "N", value_parser = days())]
+    pub days: Option<u32>,
     /// Never delete the newest K backups of a tenant (counted among those --days may delete)
-    #[arg(long, default_value_t = 1, value_name = "K")]
+    #[arg(long, default_value_t = 1, value_name = "K", value_parser = in_range::<u32>(0, 1_000_000))]
     pub keep_last: u32,
     /// Also delete manual backups (the application kept those forever)
     #[arg(long, requires = "days")]
@@ -297,10 +339,10 @@ pub struct CleanupArgs {
     #[arg(long, requires = "orphans")]
     pub fix: bool,
     /// Drop `<tenant>__pre_restore_<time>` schemas older than this many days
-    #[arg(long, value_name = "N")]
-    pub pre_restore_days: Option<String>,
+    #[arg(long, value_name = "N", value_parser = days())]
+    pub pre_restore_days: Option<u32>,
     /// Seconds to wait for a tenant another process is backing up or restoring
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,
 }
 
@@ -337,7 +379,7 @@ pub struct DownloadArgs {
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
     /// BackupRecord id
-    #[arg(long)]
+    #[arg(long, value_parser = record_id())]
     pub id: Option<i64>,
     /// The newest backup
     #[arg(long)]
@@ -359,13 +401,13 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
     /// BackupRecord id
-    #[arg(long, conflicts_with = "latest")]
+    #[arg(long, conflicts_with = "latest", value_parser = record_id())]
     pub id: Option<i64>,
     /// The newest backup (the default)
     #[arg(long)]
     pub latest: bool,
     /// Seconds to wait for the tenant's lock
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,
 }
 
@@ -400,6 +442,8 @@ impl DumpArgs {
     }
 }
 
+const SIZE_RANGE: &str = "1 byte to 16 EiB";
+
 /// `500000`, `64K`, `100M`, `2G` (binary multiples).
 pub fn parse_size(raw: &str) -> Result<u64, String> {
     let raw = raw.trim();
@@ -410,7 +454,7 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix {c:?}: use K, M, G or T")),
+                _ => return Err(format!("unknown size suffix {c:?}: use K, M, G or T ({SIZE_RANGE})")),
             };
             (&raw[..i], mult)
         }
@@ -419,11 +463,12 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
     let n: u64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("{raw:?} is not a size: use e.g. 500M or 2G"))?;
+        .map_err(|_| format!("{raw:?} is not a size: use e.g. 500M or 2G ({SIZE_RANGE})"))?;
     if n == 0 {
-        return Err("the size must be positive".into());
+        return Err(format!("the size must be positive ({SIZE_RANGE})"));
     }
-    n.checked_mul(mult).ok_or_else(|| "size too large".to_string())
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{raw} is too large ({SIZE_RANGE})"))
 }
 
 #[cfg(test)]
@@ -434,6 +479,24 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numbers_outside_their_range_are_refused_naming_it() {
+        let secs = lock_timeout();
+        assert_eq!(secs("86400"), Ok(86_400));
+        for bad in [
+            "86401",
+            "-1",
+            "18446744073709551615",
+            "1e3",
+            "",
+            "99999999999999999999999999999999999999999",
+        ] {
+            assert_eq!(secs(bad), Err(format!("{bad:?} is not a whole number from 0 to 86400")));
+        }
+        assert_eq!(record_id()("9223372036854775807"), Ok(i64::MAX));
+        assert!(record_id()("0").is_err() && days()("0").is_err() && days()("36501").is_err());
     }
 
     #[test]

@@ -10,15 +10,10 @@ use crate::cleanup::{Cleanup, Report};
 use crate::cli::CleanupArgs;
 use crate::cmd::Outcome;
 use crate::pg::lock;
-use crate::policy::retention::{parse_days, Action, Policy};
+use crate::policy::retention::{Action, Policy};
 
 pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
-    let days = args.days.as_deref().map(|d| parse_days(d, "--days")).transpose()?;
-    let pre_days = args
-        .pre_restore_days
-        .as_deref()
-        .map(|d| parse_days(d, "--pre-restore-days"))
-        .transpose()?;
+    let (days, pre_days) = (args.days, args.pre_restore_days);
     let client = ctx.connect().await?;
     let tenants = match &args.tenant {
         Some(t) => ctx.catalog.named_tenants(&client, std::slice::from_ref(t)).await?,

@@ -42,12 +42,13 @@ pub async fn unlock(client: &Client, schema: &str) -> Result<()> {
 
 /// Waits up to `timeout` for the tenant's lock; then fails saying who holds it.
 pub async fn lock_with_timeout(client: &Client, schema: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    // No deadline when it lies beyond what an Instant can hold.
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         if try_lock(client, schema).await? {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             let holder = holder(client, schema).await.unwrap_or(None);
             anyhow::bail!(
                 "tenant {schema} is busy: another backup, restore or cleanup holds its lock{} (waited {}s; raise --lock-timeout to wait longer)",

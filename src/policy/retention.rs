@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::Serialize;
 
-use crate::error::UsageError;
 use crate::pg::catalog::{BackupKind, BackupRecord, Tenant};
 use crate::storage::{check_key, ObjectInfo};
 
@@ -20,14 +19,11 @@ pub struct Policy {
     pub include_manual: bool,
 }
 
-/// `--days N`: a positive whole number.
-pub fn parse_days(raw: &str, flag: &str) -> Result<u32, UsageError> {
-    match raw.trim().parse::<u32>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(UsageError::new(format!(
-            "{flag} {raw:?} is not a positive whole number of days: use e.g. {flag} 30"
-        ))),
-    }
+/// `days` before `now`; a cutoff before the calendar's start when that is further back than
+/// chrono can count (nothing is that old).
+pub fn days_before(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    now.checked_sub_signed(Duration::days(days.into()))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -48,7 +44,7 @@ pub struct Verdict {
 pub fn plan(records: &[BackupRecord], now: DateTime<Utc>, policy: &Policy) -> Vec<Verdict> {
     let mut rows: Vec<&BackupRecord> = records.iter().collect();
     rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    let cutoff = now - Duration::days(policy.days as i64);
+    let cutoff = days_before(now, policy.days);
     let mut candidates_seen = 0u32;
     rows.into_iter()
         .map(|r| {
@@ -272,11 +268,18 @@ mod tests {
     }
 
     #[test]
-    fn days_must_be_positive_whole_numbers() {
-        assert_eq!(parse_days("30", "--days").unwrap(), 30);
-        for bad in ["0", "-3", "1.5", "thirty", ""] {
-            assert!(parse_days(bad, "--days").is_err(), "{bad}");
-        }
+    fn more_days_than_the_calendar_holds_delete_nothing() {
+        let rows = vec![
+            rec(1, "automatic", "2020-01-01T00:00:00Z"),
+            rec(2, "automatic", "2021-01-01T00:00:00Z"),
+        ];
+        let p = Policy {
+            days: u32::MAX,
+            keep_last: 0,
+            include_manual: true,
+        };
+        assert_eq!(deleted(&plan(&rows, at(NOW), &p)), Vec::<i64>::new());
+        assert_eq!(days_before(at(NOW), u32::MAX), DateTime::<Utc>::MIN_UTC);
     }
 
     #[test]
