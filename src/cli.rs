@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::alerts::{Alerts, NotifyFormat, NotifyOn};
 use crate::backup::env::{CompressionChoice, DumpRequest, FormatChoice};
 use crate::pg::catalog::BackupKind;
 
@@ -24,6 +25,8 @@ pub struct Cli {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -95,6 +98,70 @@ pub struct OutputArgs {
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub quiet: u8,
+}
+
+/// Pings and notifications (see README, Alerts).
+#[derive(Debug, Args)]
+pub struct AlertArgs {
+    /// healthchecks.io-style URL: `<url>/start` when backup, run-scheduled or cleanup begins, `<url>`
+    /// on success, `<url>/fail` with the last log lines on failure
+    #[arg(
+        long,
+        env = "BACKUP_PING_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub ping_url: Option<String>,
+
+    /// Webhook that gets a POST when a run had a failure (or `status` finds a tenant overdue)
+    #[arg(
+        long,
+        env = "BACKUP_NOTIFY_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub notify_url: Option<String>,
+
+    /// When to notify
+    #[arg(long, env = "BACKUP_NOTIFY_ON", value_enum, default_value_t = NotifyOnArg::Failure, global = true)]
+    pub notify_on: NotifyOnArg,
+
+    /// Body of the notification: JSON, or a Slack or Discord webhook message
+    #[arg(long, env = "BACKUP_NOTIFY_FORMAT", value_enum, default_value_t = NotifyFormatArg::Json, global = true)]
+    pub notify_format: NotifyFormatArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyOnArg {
+    Failure,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyFormatArg {
+    Json,
+    Slack,
+    Discord,
+}
+
+impl AlertArgs {
+    pub fn alerts(&self) -> Result<Alerts, crate::error::UsageError> {
+        Alerts::new(
+            self.ping_url.as_deref(),
+            self.notify_url.as_deref(),
+            match self.notify_on {
+                NotifyOnArg::Failure => NotifyOn::Failure,
+                NotifyOnArg::Always => NotifyOn::Always,
+            },
+            match self.notify_format {
+                NotifyFormatArg::Json => NotifyFormat::Json,
+                NotifyFormatArg::Slack => NotifyFormat::Slack,
+                NotifyFormatArg::Discord => NotifyFormat::Discord,
+            },
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio_postgres::Client;
 
+use crate::app::alerts::{RunLog, SharedRunLog};
 use crate::app::output::Output;
 use crate::backup::env::{choose_tools, BackupEnv, DumpRequest};
 use crate::backup::format::DumpFormat;
@@ -25,6 +26,8 @@ pub struct Context {
     pub output: Output,
     pub clock: Arc<dyn Clock>,
     pub pg_dump: Option<PathBuf>,
+    /// What the command did, for alerts: filled in as tenants finish.
+    pub run_log: SharedRunLog,
 }
 
 impl Context {
@@ -66,6 +69,7 @@ impl Context {
             output: Output::from_args(&cli.output),
             clock: Arc::new(SystemClock),
             pg_dump: cli.db.pg_dump.clone(),
+            run_log: Default::default(),
         })
     }
 
@@ -84,6 +88,38 @@ impl Context {
             clock: self.clock.clone(),
             spool_dir: std::env::temp_dir(),
         })
+    }
+
+    /// Notes how one tenant went, for alerts.
+    pub fn note(&self, tenant: &str, failure: Option<String>) {
+        if let Ok(mut log) = self.run_log.lock() {
+            match failure {
+                Some(reason) => log.failed.push((tenant.to_string(), reason)),
+                None => log.done.push(tenant.to_string()),
+            }
+        }
+    }
+
+    /// Notes a tenant `status` found overdue.
+    pub fn note_overdue(&self, tenant: &str) {
+        if let Ok(mut log) = self.run_log.lock() {
+            log.overdue.push(tenant.to_string());
+        }
+    }
+
+    pub fn take_run_log(&self) -> RunLog {
+        self.run_log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    /// Passwords that must never reach an alert body.
+    pub fn secrets(&self) -> Vec<String> {
+        [self.db.password(), self.dump.password()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The application connection (may be a pooler: only unnamed statements go through it).

@@ -55,6 +55,14 @@ impl TenantResult {
     pub fn failed(&self) -> bool {
         matches!(self.status, TenantStatus::Failed { .. })
     }
+
+    /// The error, when the tenant failed.
+    pub fn failure(&self) -> Option<String> {
+        match &self.status {
+            TenantStatus::Failed { error } => Some(format!("{error:#}")),
+            _ => None,
+        }
+    }
 }
 
 pub async fn run_backups(

@@ -35,18 +35,59 @@ impl Outcome {
     }
 }
 
+/// Runs the command, with the pings and notifications it is watched by: `backup`, `run-scheduled`
+/// and `cleanup` ping (start, then success or failure) and notify on failure; `status` notifies
+/// when a tenant is overdue.
 pub async fn run(cli: Cli) -> Result<Outcome> {
-    let ctx = Context::from_cli(&cli)?;
-    match cli.command {
-        Command::Backup(args) => backup::run(args, &ctx).await,
-        Command::List(args) => list::run(args, &ctx).await,
-        Command::RunScheduled(args) => run_scheduled::run(args, &ctx).await,
-        Command::Schedule(args) => schedule::run(args, &ctx).await,
-        Command::Status(args) => status::run(args, &ctx).await,
-        Command::Restore(args) => restore::run(args, &ctx).await,
-        Command::Verify(args) => verify::run(args, &ctx).await,
-        Command::Cleanup(args) => cleanup::run(args, &ctx).await,
-        Command::Download(args) => download::run(args, &ctx).await,
-        Command::Doctor => doctor::run(&ctx).await,
+    let alerts = cli.alerts.alerts()?;
+    let (name, pinged, notified) = match &cli.command {
+        Command::Backup(_) => ("backup", true, true),
+        Command::RunScheduled(_) => ("run-scheduled", true, true),
+        Command::Cleanup(_) => ("cleanup", true, true),
+        Command::Status(_) => ("status", false, true),
+        _ => ("", false, false),
+    };
+    let ctx = match Context::from_cli(&cli) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // A cron job whose configuration broke must still be heard of.
+            let error = format!("{e:#}");
+            if pinged {
+                alerts.ping_end(false, Some(&error)).await;
+            }
+            if notified {
+                alerts.notify(name, &Default::default(), true, Some(&error)).await;
+            }
+            return Err(e);
+        }
+    };
+    let alerts = alerts.with_secrets(ctx.secrets());
+    if pinged {
+        alerts.ping_start().await;
+    }
+    let result = dispatch(cli.command, &ctx).await;
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let ok = matches!(result, Ok(Outcome::Done));
+    if pinged {
+        alerts.ping_end(ok, error.as_deref()).await;
+    }
+    if notified {
+        alerts.notify(name, &ctx.take_run_log(), !ok, error.as_deref()).await;
+    }
+    result
+}
+
+async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome> {
+    match command {
+        Command::Backup(args) => backup::run(args, ctx).await,
+        Command::List(args) => list::run(args, ctx).await,
+        Command::RunScheduled(args) => run_scheduled::run(args, ctx).await,
+        Command::Schedule(args) => schedule::run(args, ctx).await,
+        Command::Status(args) => status::run(args, ctx).await,
+        Command::Restore(args) => restore::run(args, ctx).await,
+        Command::Verify(args) => verify::run(args, ctx).await,
+        Command::Cleanup(args) => cleanup::run(args, ctx).await,
+        Command::Download(args) => download::run(args, ctx).await,
+        Command::Doctor => doctor::run(ctx).await,
     }
 }

@@ -50,6 +50,9 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
             tenant: t.schema_name,
         });
     }
+    for s in out.iter().filter(|s| s.overdue) {
+        ctx.note_overdue(&s.tenant);
+    }
     let overdue_count = out.iter().filter(|s| s.overdue).count();
     if ctx.output.json {
         ctx.output.json(&out)?;
