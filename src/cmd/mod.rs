@@ -40,6 +40,7 @@ impl Outcome {
 /// when a tenant is overdue.
 pub async fn run(cli: Cli) -> Result<Outcome> {
     let alerts = cli.alerts.alerts()?;
+    preflight(&cli.command)?;
     let (name, pinged, notified) = match &cli.command {
         Command::Backup(_) => ("backup", true, true),
         Command::RunScheduled(_) => ("run-scheduled", true, true),
@@ -75,6 +76,33 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         alerts.notify(name, &ctx.take_run_log(), !ok, error.as_deref()).await;
     }
     result
+}
+
+/// What a user can get wrong in a command's own arguments, checked before the configuration (so a
+/// bad `--days` is reported even when DATABASE_URL is missing too) and before anything is touched.
+fn preflight(command: &Command) -> Result<()> {
+    use crate::policy::schedule::{parse_setting, ScheduleOptions};
+    let when = |w: &crate::cli::WhenArgs| ScheduleOptions::parse(w.daily_at.as_deref(), w.timezone.as_deref());
+    match command {
+        Command::Backup(a) => a.dump.request().check()?,
+        Command::RunScheduled(a) => {
+            a.dump.request().check()?;
+            when(&a.when)?;
+        }
+        Command::Status(a) if a.when.daily_at.is_some() => drop(when(&a.when)?),
+        Command::Schedule(a) => drop(parse_setting(&a.schedule, chrono::Utc::now())?),
+        Command::Cleanup(a) => {
+            use crate::policy::retention::parse_days;
+            if let Some(d) = &a.days {
+                parse_days(d, "--days")?;
+            }
+            if let Some(d) = &a.pre_restore_days {
+                parse_days(d, "--pre-restore-days")?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome> {

@@ -7,6 +7,7 @@ mod alerts;
 mod backup;
 mod cleanup;
 mod failures;
+mod help;
 mod list;
 mod native;
 mod restore;
