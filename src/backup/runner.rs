@@ -91,7 +91,8 @@ pub async fn run_backups(
             }
             TenantResult { tenant, status }
         })
-        .buffer_unordered(concurrency.max(1))
+        // In the order asked (tenant order), however many run at once.
+        .buffered(concurrency.max(1))
         .collect()
         .await
 }

@@ -104,7 +104,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
         }
     }
 
-    let probe = format!(".tenant-backup-doctor/probe-{}", std::process::id());
+    // At the top of the bucket, so no empty folder is left behind.
+    let probe = format!(".tenant-backup-doctor-probe-{}", std::process::id());
     let storage = ctx.storage.describe();
     match ctx
         .storage

@@ -86,8 +86,16 @@ impl PgDump {
 fn probe_all(paths: Vec<PathBuf>) -> (Vec<String>, Vec<PgDump>) {
     let tried = paths.iter().map(|p| p.display().to_string()).collect();
     let mut found: Vec<PgDump> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
     for p in &paths {
-        if let Some(d) = PgDump::probe(p).filter(|d| !found.iter().any(|f| f.path == d.path)) {
+        // The same program reached twice (a symlink on PATH) is run once; a wrapper that reports
+        // a version already found (Debian's pg_wrapper in /usr/bin) is the same pg_dump to us.
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if seen.contains(&real) {
+            continue;
+        }
+        seen.push(real);
+        if let Some(d) = PgDump::probe(p).filter(|d| !found.iter().any(|f| f.version == d.version)) {
             found.push(d);
         }
     }
