@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cleanup;
 pub mod cli;
 pub mod clock;
+pub mod crypto;
 pub mod cmd;
 pub mod error;
 pub mod jsonl;
