@@ -28,6 +28,8 @@ pub struct Cli {
     pub output: OutputArgs,
     #[command(flatten)]
     pub alerts: AlertArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -118,6 +120,32 @@ pub struct OutputArgs {
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub quiet: u8,
+}
+
+/// Encryption and signing (see README, Encryption). The secrets are read from the environment only,
+/// never from a command line: BACKUP_AGE_IDENTITY (the master identity, where backups are read) and
+/// BACKUP_SIGNING_KEY (manifest signatures).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Encryption (every command)")]
+pub struct KeyArgs {
+    /// Encrypt every backup, each to its tenant's own key wrapped to this master recipient (age1…,
+    /// from `keys init`); the cron job needs only this
+    #[arg(long, env = "BACKUP_AGE_RECIPIENT", global = true, value_name = "AGE1…")]
+    pub age_recipient: Option<String>,
+
+    /// A file holding the master identity (AGE-SECRET-KEY-1…), instead of BACKUP_AGE_IDENTITY;
+    /// needed where backups are read (restore, verify, download)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// The table of tenant keys (created on the first encrypted backup)
+    #[arg(
+        long,
+        env = "BACKUP_KEYS_TABLE",
+        default_value = "public.tenant_backup_keys",
+        global = true
+    )]
+    pub keys_table: String,
 }
 
 /// Pings and notifications (see README, Alerts).
@@ -259,12 +287,46 @@ Examples:
   tenant-backup verify --tenant bienestar                      # the newest backup
   tenant-backup verify --tenant bienestar --id 42")]
     Verify(VerifyArgs),
+    /// Encryption keys: make the master key, forget a tenant's key, rotate the master
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  tenant-backup keys init                      # prints BACKUP_AGE_IDENTITY, BACKUP_AGE_RECIPIENT, BACKUP_SIGNING_KEY
+  tenant-backup keys status                    # which tenants have a key
+  tenant-backup keys forget --tenant bienestar # erases every copy of bienestar's encrypted backups
+  tenant-backup keys rotate                    # re-wraps every tenant key to a new master (needs the old identity)"
+    )]
+    Keys(KeysCommand),
     /// Check the setup: database, pooler, pg_dump, storage (one line each)
     #[command(after_help = "\
 Examples:
   tenant-backup doctor
   tenant-backup doctor --json")]
     Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a master key pair and a signing key; prints the three lines to store as secrets
+    Init,
+    /// Which tenants have a key, and whether the configured identity can read them
+    Status,
+    /// Delete a tenant's key: every copy of its encrypted backups, anywhere, becomes unreadable
+    Forget {
+        /// Tenant schema
+        #[arg(long, value_name = "SCHEMA")]
+        tenant: String,
+        /// Do not ask for confirmation (required when not on a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Re-wrap every tenant key to a new master recipient (needs the current master identity)
+    Rotate {
+        /// The new master recipient (age1…) [default: make a new master key pair and print it]
+        #[arg(long, value_name = "AGE1…")]
+        to: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

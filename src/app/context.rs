@@ -8,10 +8,12 @@ use tokio_postgres::Client;
 
 use crate::app::alerts::{RunLog, SharedRunLog};
 use crate::app::output::Output;
-use crate::backup::env::{choose_tools, BackupEnv, DumpRequest};
+use crate::backup::env::{choose_tools, BackupEnv, DumpRequest, Seal};
 use crate::backup::format::DumpFormat;
 use crate::cli::Cli;
 use crate::clock::{Clock, SystemClock};
+use crate::crypto::keys::KeyStore;
+use crate::crypto::KeyConfig;
 use crate::pg::catalog::Catalog;
 use crate::pg::target::DbTarget;
 use crate::storage::{self, Storage, StorageOptions};
@@ -26,6 +28,9 @@ pub struct Context {
     pub output: Output,
     pub clock: Arc<dyn Clock>,
     pub pg_dump: Option<PathBuf>,
+    /// Encryption and signing, as configured.
+    pub keys: KeyConfig,
+    pub key_store: KeyStore,
     /// What the command did, for alerts: filled in as tenants finish.
     pub run_log: SharedRunLog,
 }
@@ -70,6 +75,13 @@ impl Context {
             clock: Arc::new(SystemClock),
             pg_dump: cli.db.pg_dump.clone(),
             run_log: Default::default(),
+            keys: KeyConfig::new(
+                cli.keys.age_recipient.as_deref(),
+                std::env::var("BACKUP_AGE_IDENTITY").ok().as_deref(),
+                cli.keys.identity.as_deref(),
+                std::env::var("BACKUP_SIGNING_KEY").ok().as_deref(),
+            )?,
+            key_store: KeyStore::new(&cli.keys.keys_table)?,
         })
     }
 
@@ -87,6 +99,11 @@ impl Context {
             server_version: tools.server_version,
             clock: self.clock.clone(),
             spool_dir: std::env::temp_dir(),
+            seal: self.keys.recipient.clone().map(|master| Seal {
+                master,
+                store: self.key_store.clone(),
+            }),
+            signing_key: self.keys.signing_key.clone(),
         })
     }
 

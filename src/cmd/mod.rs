@@ -4,6 +4,7 @@ pub mod backup;
 pub mod cleanup;
 pub mod doctor;
 pub mod download;
+pub mod keys;
 pub mod list;
 pub mod restore;
 pub mod run_scheduled;
@@ -41,6 +42,9 @@ impl Outcome {
 pub async fn run(cli: Cli) -> Result<Outcome> {
     let alerts = cli.alerts.alerts()?;
     preflight(&cli.command)?;
+    if matches!(cli.command, Command::Keys(crate::cli::KeysCommand::Init)) {
+        return keys::init();
+    }
     let (name, pinged, notified) = match &cli.command {
         Command::Backup(_) => ("backup", true, true),
         Command::RunScheduled(_) => ("run-scheduled", true, true),
@@ -116,6 +120,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome> {
         Command::Verify(args) => verify::run(args, ctx).await,
         Command::Cleanup(args) => cleanup::run(args, ctx).await,
         Command::Download(args) => download::run(args, ctx).await,
+        Command::Keys(cmd) => keys::run(cmd, ctx).await,
         Command::Doctor => doctor::run(ctx).await,
     }
 }

@@ -220,7 +220,10 @@ impl KeyStore {
         .await;
         match result {
             Ok(n) => {
-                client.batch_execute("COMMIT").await.context("committing the rotation")?;
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .context("committing the rotation")?;
                 Ok(n)
             }
             Err(e) => {

@@ -37,11 +37,13 @@ impl std::fmt::Debug for MasterIdentity {
 
 impl MasterRecipient {
     pub fn parse(raw: &str) -> Result<Self, UsageError> {
-        age::x25519::Recipient::from_str(raw.trim()).map(MasterRecipient).map_err(|_| {
-            UsageError::new(
+        age::x25519::Recipient::from_str(raw.trim())
+            .map(MasterRecipient)
+            .map_err(|_| {
+                UsageError::new(
                 "BACKUP_AGE_RECIPIENT is not an age recipient (age1…): use the line `tenant-backup keys init` printed",
             )
-        })
+            })
     }
 
     pub fn as_string(&self) -> String {
@@ -96,9 +98,8 @@ impl KeyConfig {
         let nonempty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         let identity = match (identity_file, nonempty(identity)) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    UsageError::new(format!("--identity {}: cannot read it ({e})", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| UsageError::new(format!("--identity {}: cannot read it ({e})", path.display())))?;
                 Some(MasterIdentity::parse(&text, &format!("--identity {}", path.display()))?)
             }
             (None, Some(raw)) => Some(MasterIdentity::parse(&raw, "BACKUP_AGE_IDENTITY")?),
@@ -171,19 +172,35 @@ mod tests {
         assert!(ok.encrypts() && ok.identity.is_some() && ok.signing_key.is_some());
         // An identity alone implies its recipient; a recipient alone is the cron job's case.
         assert_eq!(
-            KeyConfig::new(None, Some(&id), None, None).unwrap().recipient.unwrap().as_string(),
+            KeyConfig::new(None, Some(&id), None, None)
+                .unwrap()
+                .recipient
+                .unwrap()
+                .as_string(),
             rcpt
         );
-        assert!(KeyConfig::new(Some(&rcpt), None, None, None).unwrap().identity.is_none());
-        assert!(KeyConfig::new(Some(&other), Some(&id), None, None).is_err(), "mismatched pair");
+        assert!(KeyConfig::new(Some(&rcpt), None, None, None)
+            .unwrap()
+            .identity
+            .is_none());
+        assert!(
+            KeyConfig::new(Some(&other), Some(&id), None, None).is_err(),
+            "mismatched pair"
+        );
         assert!(KeyConfig::new(Some("age1nope"), None, None, None).is_err());
         assert!(KeyConfig::new(None, Some("AGE-SECRET-KEY-1NOPE"), None, None).is_err());
         assert!(KeyConfig::new(None, None, None, Some("short")).is_err());
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), format!("# created by tenant-backup\n{id}\n")).unwrap();
-        assert!(KeyConfig::new(None, None, Some(file.path()), None).unwrap().identity.is_some());
+        assert!(KeyConfig::new(None, None, Some(file.path()), None)
+            .unwrap()
+            .identity
+            .is_some());
         // Nothing secret in an error.
-        let err = KeyConfig::new(Some(&other), Some(&id), None, None).err().unwrap().to_string();
+        let err = KeyConfig::new(Some(&other), Some(&id), None, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!err.contains(&id[15..]), "{err}");
     }
 }
