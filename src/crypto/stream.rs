@@ -52,10 +52,10 @@ impl<W: Write> Write for Sealing<W> {
 
 /// Reads `input` (an age file) decrypted with `identity`; a damaged or truncated file is an error
 /// when it is read, never silently short.
-pub fn decrypting<'a, R: Read + 'a>(identity: &age::x25519::Identity, input: R) -> io::Result<Box<dyn Read + Send + 'a>>
-where
-    R: Send,
-{
+pub fn decrypting<'a, R: Read + Send + 'a>(
+    identity: &age::x25519::Identity,
+    input: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let decryptor =
         age::Decryptor::new(input).map_err(|e| io::Error::other(format!("not a readable age file: {e}")))?;
     let reader = decryptor
