@@ -6,6 +6,7 @@ mod support;
 mod alerts;
 mod backup;
 mod cleanup;
+mod encryption;
 mod failures;
 mod help;
 mod list;
