@@ -59,6 +59,26 @@ pub struct SchemaItem {
     pub result: String,
 }
 
+impl Report {
+    /// Every item that failed: (tenant, what went wrong).
+    pub fn failures(&self) -> Vec<(&str, &str)> {
+        let backups = self
+            .backups
+            .iter()
+            .filter_map(|b| Some((b.tenant.as_str(), b.result.as_deref()?)));
+        let orphans = self.orphans.iter().map(|o| (o.tenant.as_str(), o.result.as_str()));
+        let schemas = self
+            .pre_restore_schemas
+            .iter()
+            .map(|s| (s.tenant.as_str(), s.result.as_str()));
+        backups
+            .chain(orphans)
+            .chain(schemas)
+            .filter(|(_, r)| r.starts_with("FAILED"))
+            .collect()
+    }
+}
+
 /// One cleanup run over one database and bucket.
 #[derive(Clone, Copy)]
 pub struct Cleanup<'a> {

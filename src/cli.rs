@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::app::alerts::{Alerts, NotifyFormat, NotifyOn};
 use crate::backup::env::{CompressionChoice, DumpRequest, FormatChoice};
 use crate::pg::catalog::BackupKind;
 
@@ -51,7 +52,8 @@ fn concurrency() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync +
     long_about = "Back up a django-tenants PostgreSQL database one tenant schema at a time, into a local \
                   directory, S3 or Supabase Storage, keeping each backup's history as a BackupRecord row \
                   in the tenant's own schema.\n\nExit codes: 0 all done, 1 some work failed, 2 bad usage or \
-                  configuration (nothing was touched)."
+                  configuration (nothing was touched).",
+    after_long_help = ENVIRONMENT
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -60,11 +62,32 @@ pub struct Cli {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Everything read from the environment besides the flags' own variables, for `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  Every flag above that names [env: X] can be set by that variable instead; a flag wins over the
+  environment, which wins over a .env file in the working directory (for local development).
+  Storage credentials:
+    s3://        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (default us-east-1),
+                 AWS_ENDPOINT_URL (MinIO, R2, moto), AWS_ALLOW_HTTP=true for plain-HTTP endpoints
+    supabase://  SUPABASE_URL, SUPABASE_KEY or SUPABASE_SERVICE_ROLE_KEY (the service_role key),
+                 SUPABASE_BUCKET_NAME (default backups; also picks supabase:// as the default storage)
+  TMPDIR         where dumps are spooled before upload and downloads land before they are checked
+  RUST_LOG       log filter, overriding -v/-q (e.g. RUST_LOG=tenant_backup=debug)
+  PG_DUMP        the pg_dump to use (same as --pg-dump)
+
+Run `tenant-backup <command> --help` for a command's options and examples.";
+
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Database (every command)")]
 pub struct DbArgs {
     /// PostgreSQL URL of the application database
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -103,6 +126,7 @@ pub struct DbArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Storage (every command)")]
 pub struct StorageArgs {
     /// Where backups go: a directory, file:///path, s3://bucket/prefix or supabase://bucket/prefix
     /// [default: supabase://$SUPABASE_BUCKET_NAME when SUPABASE_URL is set, else ./backups]
@@ -121,6 +145,7 @@ pub struct StorageArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Output (every command)")]
 pub struct OutputArgs {
     /// Print results as JSON on stdout
     #[arg(long, global = true)]
@@ -139,28 +164,211 @@ pub struct OutputArgs {
     pub quiet: u8,
 }
 
+/// Encryption and signing (see README, Encryption). The secrets are read from the environment only,
+/// never from a command line: BACKUP_AGE_IDENTITY (the master identity, where backups are read) and
+/// BACKUP_SIGNING_KEY (manifest signatures).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Encryption (every command)")]
+pub struct KeyArgs {
+    /// Encrypt every backup, each to its tenant's own key wrapped to this master recipient (age1…,
+    /// from `keys init`); the cron job needs only this
+    #[arg(long, env = "BACKUP_AGE_RECIPIENT", global = true, value_name = "AGE1…")]
+    pub age_recipient: Option<String>,
+
+    /// A file holding the master identity (AGE-SECRET-KEY-1…), instead of BACKUP_AGE_IDENTITY;
+    /// needed where backups are read (restore, verify, download)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// The table of tenant keys (created on the first encrypted backup)
+    #[arg(
+        long,
+        env = "BACKUP_KEYS_TABLE",
+        default_value = "public.tenant_backup_keys",
+        global = true
+    )]
+    pub keys_table: String,
+}
+
+/// Pings and notifications (see README, Alerts).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Alerts (backup, run-scheduled, cleanup, status)")]
+pub struct AlertArgs {
+    /// healthchecks.io-style URL: `<url>/start` when backup, run-scheduled or cleanup begins, `<url>`
+    /// on success, `<url>/fail` with the last log lines on failure
+    #[arg(
+        long,
+        env = "BACKUP_PING_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub ping_url: Option<String>,
+
+    /// Webhook that gets a POST when a run had a failure (or `status` finds a tenant overdue)
+    #[arg(
+        long,
+        env = "BACKUP_NOTIFY_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub notify_url: Option<String>,
+
+    /// When to notify
+    #[arg(long, env = "BACKUP_NOTIFY_ON", value_enum, default_value_t = NotifyOnArg::Failure, global = true)]
+    pub notify_on: NotifyOnArg,
+
+    /// Body of the notification: JSON, or a Slack or Discord webhook message
+    #[arg(long, env = "BACKUP_NOTIFY_FORMAT", value_enum, default_value_t = NotifyFormatArg::Json, global = true)]
+    pub notify_format: NotifyFormatArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyOnArg {
+    Failure,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyFormatArg {
+    Json,
+    Slack,
+    Discord,
+}
+
+impl AlertArgs {
+    pub fn alerts(&self) -> Result<Alerts, crate::error::UsageError> {
+        Alerts::new(
+            self.ping_url.as_deref(),
+            self.notify_url.as_deref(),
+            match self.notify_on {
+                NotifyOnArg::Failure => NotifyOn::Failure,
+                NotifyOnArg::Always => NotifyOn::Always,
+            },
+            match self.notify_format {
+                NotifyFormatArg::Json => NotifyFormat::Json,
+                NotifyFormatArg::Slack => NotifyFormat::Slack,
+                NotifyFormatArg::Discord => NotifyFormat::Discord,
+            },
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Back up one or more tenants now
+    #[command(after_help = "\
+Examples:
+  tenant-backup backup --tenant bienestar
+  tenant-backup backup --tenant bienestar --tenant mindcare --created-by ana@clinic.example
+  tenant-backup backup --all --concurrency 4
+  tenant-backup backup --tenant bienestar --format custom      # for pg_restore -j
+  tenant-backup backup --tenant bienestar --format json        # no pg_dump needed")]
     Backup(BackupArgs),
     /// One cron tick: back up every tenant that is due
+    #[command(after_help = "\
+Examples:
+  tenant-backup run-scheduled                                  # cron: * * * * *
+  tenant-backup run-scheduled --dry-run                        # who is due, and why
+  tenant-backup run-scheduled --daily-at 03:00 --timezone Europe/Madrid")]
     RunScheduled(RunScheduledArgs),
     /// Restore a tenant from a backup, atomically
+    #[command(after_help = "\
+Examples:
+  tenant-backup list --tenant bienestar                        # pick an id
+  tenant-backup restore --tenant bienestar --id 42 --dry-run   # download, check, show the plan
+  tenant-backup restore --tenant bienestar --id 42             # asks you to type the name
+  tenant-backup restore --tenant bienestar --latest --yes      # in a script
+  tenant-backup restore --tenant bienestar --id 42 --into bienestar_check --yes")]
     Restore(RestoreArgs),
     /// Delete old backups (object, manifest and row)
+    #[command(after_help = "\
+Examples:
+  tenant-backup cleanup --days 30 --dry-run                    # what would go
+  tenant-backup cleanup --days 30                              # automatic backups only; newest kept
+  tenant-backup cleanup --orphans                              # report objects and rows that lost each other
+  tenant-backup cleanup --orphans --fix
+  tenant-backup cleanup --pre-restore-days 7                   # drop old <tenant>__pre_restore_* schemas")]
     Cleanup(CleanupArgs),
     /// Show the backup history
+    #[command(after_help = "\
+Examples:
+  tenant-backup list
+  tenant-backup list --tenant bienestar --check                # is each object still in the bucket?
+  tenant-backup list --json")]
     List(ListArgs),
     /// Set a tenant's backup schedule
+    #[command(after_help = "\
+Examples:
+  tenant-backup schedule --tenant bienestar daily
+  tenant-backup schedule --tenant bienestar weekly             # Sundays
+  tenant-backup schedule --tenant bienestar disabled
+  tenant-backup schedule --tenant bienestar at 2026-12-24T03:00:00Z
+  tenant-backup schedule --tenant bienestar at 2026-12-24T03:00:00+01:00")]
     Schedule(ScheduleArgs),
     /// Per tenant: schedule, last backup, next due, overdue
+    #[command(after_help = "\
+Exits 1 when a tenant is overdue, so a monitor can run it.
+
+Examples:
+  tenant-backup status
+  tenant-backup status --timezone Europe/Madrid                # times in local time
+  tenant-backup status --json")]
     Status(StatusArgs),
     /// Fetch one backup to a file or stdout
+    #[command(after_help = "\
+Examples:
+  tenant-backup download --tenant bienestar --latest
+  tenant-backup download --tenant bienestar --id 42 -o bienestar.sql.zst
+  tenant-backup download --tenant bienestar --id 42 --decompress -o - | less")]
     Download(DownloadArgs),
     /// Check a backup: checksum, then a restore inside a transaction that is rolled back
+    #[command(after_help = "\
+Examples:
+  tenant-backup verify --tenant bienestar                      # the newest backup
+  tenant-backup verify --tenant bienestar --id 42")]
     Verify(VerifyArgs),
+    /// Encryption keys: make the master key, forget a tenant's key, rotate the master
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  tenant-backup keys init                      # prints BACKUP_AGE_IDENTITY, BACKUP_AGE_RECIPIENT, BACKUP_SIGNING_KEY
+  tenant-backup keys status                    # which tenants have a key
+  tenant-backup keys forget --tenant bienestar # erases every copy of bienestar's encrypted backups
+  tenant-backup keys rotate                    # re-wraps every tenant key to a new master (needs the old identity)"
+    )]
+    Keys(KeysCommand),
     /// Check the setup: database, pooler, pg_dump, storage (one line each)
+    #[command(after_help = "\
+Examples:
+  tenant-backup doctor
+  tenant-backup doctor --json")]
     Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a master key pair and a signing key; prints the three lines to store as secrets
+    Init,
+    /// Which tenants have a key, and whether the configured identity can read them
+    Status,
+    /// Delete a tenant's key: every copy of its encrypted backups, anywhere, becomes unreadable
+    Forget {
+        /// Tenant schema
+        #[arg(long, value_name = "SCHEMA")]
+        tenant: String,
+        /// Do not ask for confirmation (required when not on a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Re-wrap every tenant key to a new master recipient (needs the current master identity)
+    Rotate {
+        /// The new master recipient (age1…) [default: make a new master key pair and print it]
+        #[arg(long, value_name = "AGE1…")]
+        to: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -214,14 +422,10 @@ pub struct DumpArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["tenants", "all"])))]
 pub struct BackupArgs {
-    /// Tenant schema to back up (repeatable)
-    #[arg(
-        long = "tenant",
-        value_name = "SCHEMA",
-        required_unless_present = "all",
-        conflicts_with = "all"
-    )]
+    /// Tenant schema to back up (repeatable; or --all)
+    #[arg(long = "tenant", value_name = "SCHEMA", conflicts_with = "all")]
     pub tenants: Vec<String>,
 
     /// Back up every tenant
@@ -361,7 +565,9 @@ pub struct ScheduleArgs {
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
-    /// daily, weekly, disabled, or `at <RFC 3339 time>`
+    /// daily (every day, at midnight UTC or --daily-at), weekly (Sundays), disabled, or
+    /// `at TIME` for one backup at an RFC 3339 time with its offset: `at 2026-12-24T03:00:00Z` or
+    /// `at 2026-12-24T03:00:00+01:00`
     #[arg(required = true, num_args = 1..=2, value_name = "SCHEDULE")]
     pub schedule: Vec<String>,
 }

@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
+pub mod crypto;
 pub mod error;
 pub mod jsonl;
 pub mod pg;

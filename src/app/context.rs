@@ -6,11 +6,14 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio_postgres::Client;
 
+use crate::app::alerts::{RunLog, SharedRunLog};
 use crate::app::output::Output;
-use crate::backup::env::{choose_tools, BackupEnv, DumpRequest};
+use crate::backup::env::{choose_tools, BackupEnv, DumpRequest, Seal};
 use crate::backup::format::DumpFormat;
 use crate::cli::Cli;
 use crate::clock::{Clock, SystemClock};
+use crate::crypto::keys::KeyStore;
+use crate::crypto::KeyConfig;
 use crate::pg::catalog::Catalog;
 use crate::pg::target::DbTarget;
 use crate::storage::{self, Storage, StorageOptions};
@@ -25,6 +28,11 @@ pub struct Context {
     pub output: Output,
     pub clock: Arc<dyn Clock>,
     pub pg_dump: Option<PathBuf>,
+    /// Encryption and signing, as configured.
+    pub keys: KeyConfig,
+    pub key_store: KeyStore,
+    /// What the command did, for alerts: filled in as tenants finish.
+    pub run_log: SharedRunLog,
 }
 
 impl Context {
@@ -66,6 +74,14 @@ impl Context {
             output: Output::from_args(&cli.output),
             clock: Arc::new(SystemClock),
             pg_dump: cli.db.pg_dump.clone(),
+            run_log: Default::default(),
+            keys: KeyConfig::new(
+                cli.keys.age_recipient.as_deref(),
+                std::env::var("BACKUP_AGE_IDENTITY").ok().as_deref(),
+                cli.keys.identity.as_deref(),
+                std::env::var("BACKUP_SIGNING_KEY").ok().as_deref(),
+            )?,
+            key_store: KeyStore::new(&cli.keys.keys_table)?,
         })
     }
 
@@ -83,7 +99,44 @@ impl Context {
             server_version: tools.server_version,
             clock: self.clock.clone(),
             spool_dir: std::env::temp_dir(),
+            seal: self.keys.recipient.clone().map(|master| Seal {
+                master,
+                store: self.key_store.clone(),
+            }),
+            signing_key: self.keys.signing_key.clone(),
         })
+    }
+
+    /// Notes how one tenant went, for alerts.
+    pub fn note(&self, tenant: &str, failure: Option<String>) {
+        if let Ok(mut log) = self.run_log.lock() {
+            match failure {
+                Some(reason) => log.failed.push((tenant.to_string(), reason)),
+                None => log.done.push(tenant.to_string()),
+            }
+        }
+    }
+
+    /// Notes a tenant `status` found overdue.
+    pub fn note_overdue(&self, tenant: &str) {
+        if let Ok(mut log) = self.run_log.lock() {
+            log.overdue.push(tenant.to_string());
+        }
+    }
+
+    pub fn take_run_log(&self) -> RunLog {
+        self.run_log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    /// Passwords that must never reach an alert body.
+    pub fn secrets(&self) -> Vec<String> {
+        [self.db.password(), self.dump.password()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The application connection (may be a pooler: only unnamed statements go through it).

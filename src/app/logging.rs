@@ -1,6 +1,8 @@
 //! Logs go to stderr; `-v`/`-q` pick the level, `RUST_LOG` overrides it.
 
+use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -56,11 +58,48 @@ impl Write for LineBuffer {
     }
 }
 
+/// Log lines kept for a failure ping's body.
+const KEEP_LINES: usize = 40;
+
+fn recent() -> &'static Mutex<VecDeque<String>> {
+    static RECENT: OnceLock<Mutex<VecDeque<String>>> = OnceLock::new();
+    RECENT.get_or_init(|| Mutex::new(VecDeque::with_capacity(KEEP_LINES)))
+}
+
+/// The last lines this process logged (without colour codes), oldest first.
+pub fn recent_lines() -> Vec<String> {
+    recent().lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+}
+
 impl Drop for LineBuffer {
     fn drop(&mut self) {
         let line = std::mem::take(&mut self.0);
+        if let Ok(mut r) = recent().lock() {
+            if r.len() == KEEP_LINES {
+                r.pop_front();
+            }
+            r.push_back(strip_ansi(&String::from_utf8_lossy(&line)));
+        }
         crate::app::progress::bars().suspend(|| {
             let _ = std::io::stderr().lock().write_all(&line);
         });
     }
+}
+
+/// `\x1b[…m` sequences out, so a ping body reads as plain text.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

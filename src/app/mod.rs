@@ -1,5 +1,6 @@
 //! The command-line face every command shares: the resolved context, output, progress and logs.
 
+pub mod alerts;
 pub mod context;
 pub mod logging;
 pub mod output;

@@ -36,15 +36,35 @@ impl Output {
         }
     }
 
-    /// Prints a serializable result as pretty JSON on stdout.
+    /// Prints a serializable result as pretty JSON on stdout, every timestamp in one form:
+    /// RFC 3339, UTC, microseconds (`2026-11-22T22:01:01.000000Z`).
     pub fn json<T: Serialize>(&self, value: &T) -> std::io::Result<()> {
+        let mut value = serde_json::to_value(value)?;
+        uniform_timestamps(&mut value);
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, value)?;
+        serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)
     }
 }
 
 pub use crate::progress::human_size;
+
+/// Rewrites every string that is an RFC 3339 timestamp into the one form, the same instant.
+fn uniform_timestamps(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                *s = t
+                    .with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(uniform_timestamps),
+        Value::Object(o) => o.values_mut().for_each(uniform_timestamps),
+        _ => {}
+    }
+}
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -75,6 +95,20 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_timestamps_have_one_form() {
+        let mut v = serde_json::json!({
+            "a": "2026-11-22T22:01:01Z",
+            "b": ["2026-11-22T23:01:01.5+01:00", "2026-11-22T22:01:01.123456789Z"],
+            "c": "bienestar/backup-sql-bienestar-2026-11-22-220101.sql",
+        });
+        uniform_timestamps(&mut v);
+        assert_eq!(v["a"], "2026-11-22T22:01:01.000000Z");
+        assert_eq!(v["b"][0], "2026-11-22T22:01:01.500000Z");
+        assert_eq!(v["b"][1], "2026-11-22T22:01:01.123456Z");
+        assert_eq!(v["c"], "bienestar/backup-sql-bienestar-2026-11-22-220101.sql");
+    }
 
     #[test]
     fn tables_align() {

@@ -11,10 +11,13 @@ use tokio_postgres::Client;
 use super::compress::Compression;
 use super::format::DumpFormat;
 use crate::clock::Clock;
+use crate::crypto::keys::KeyStore;
+use crate::crypto::MasterRecipient;
 use crate::error::UsageError;
 use crate::pg::catalog::Catalog;
 use crate::pg::target::DbTarget;
 use crate::pg::tools::{server_version, PgDump};
+use crate::secret::Secret;
 use crate::storage::Storage;
 
 /// The format the operator asked for.
@@ -83,6 +86,17 @@ pub struct BackupEnv {
     pub server_version: String,
     pub clock: Arc<dyn Clock>,
     pub spool_dir: PathBuf,
+    /// Set: every backup is encrypted to its tenant's key (created on first use, wrapped to the
+    /// master recipient).
+    pub seal: Option<Seal>,
+    /// Set: every manifest is signed.
+    pub signing_key: Option<Secret<Vec<u8>>>,
+}
+
+/// Where tenant keys come from when backups are encrypted.
+pub struct Seal {
+    pub master: MasterRecipient,
+    pub store: KeyStore,
 }
 
 /// The format, the pg_dump for it, and the server's version, as settled for one run.

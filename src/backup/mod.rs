@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::backup::key::ObjectKey;
-use crate::backup::manifest::{Manifest, MANIFEST_VERSION};
+use crate::backup::manifest::{Encryption, Manifest, MANIFEST_VERSION};
 use crate::backup::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
 use crate::jsonl::JsonLinesReader;
 use crate::pg::catalog::{BackupKind, NewRecord, Tenant};
@@ -66,8 +66,23 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     let started_at = env.clock.now();
     let schema = req.tenant.schema_name.clone();
 
-    let spooled = spool(env, client, req).await?;
-    let ext = format!("{}{}", env.format.key_name(), env.compression.ext_suffix());
+    // The tenant's key before the dump starts: a key table the role cannot create fails fast.
+    let recipient = match &env.seal {
+        Some(seal) => Some(
+            seal.store
+                .recipient_for(client, &schema, &seal.master)
+                .await
+                .context("getting the tenant's encryption key")?,
+        ),
+        None => None,
+    };
+    let spooled = spool(env, client, req, recipient.clone()).await?;
+    let ext = format!(
+        "{}{}{}",
+        env.format.key_name(),
+        env.compression.ext_suffix(),
+        if recipient.is_some() { ".age" } else { "" }
+    );
     let base = ObjectKey::new(&schema, req.kind, env.format.key_name(), &ext, started_at);
     // Deleted again unless the row gets written, also when a stop drops this backup midway.
     let mut unrecorded = Unrecorded {
@@ -78,7 +93,7 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
 
     let manifest_key = ObjectKey::manifest_key(&key);
     unrecorded.keys.push(manifest_key.clone());
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         tool: "tenant-backup".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -95,7 +110,15 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
         started_at,
         finished_at: env.clock.now(),
         row_counts: spooled.row_counts.clone(),
+        encryption: recipient.map(|r| Encryption {
+            scheme: "age-x25519".into(),
+            recipient: r.to_string(),
+        }),
+        signature: None,
     };
+    if let Some(key) = &env.signing_key {
+        manifest.signature = Some(crate::crypto::sign::sign(key.expose(), &manifest.canonical()));
+    }
     if let Err(e) = env.storage.put_bytes(&manifest_key, manifest.to_bytes()).await {
         remove_quietly(env.storage.as_ref(), &[&key]).await;
         unrecorded.keys.clear();
@@ -150,11 +173,18 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     })
 }
 
-async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<Spooled> {
+async fn spool(
+    env: &BackupEnv,
+    client: &Client,
+    req: &BackupRequest,
+    encrypt: Option<age::x25519::Recipient>,
+) -> Result<Spooled> {
     let Some(pg_dump) = &env.pg_dump else {
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let spooler = spawn_spool(env, req, move |opts| spool_stream(JsonLinesReader::new(rx), opts));
+        let spooler = spawn_spool(env, req, encrypt.clone(), move |opts| {
+            spool_stream(JsonLinesReader::new(rx), opts)
+        });
         let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler
@@ -175,7 +205,7 @@ async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<
         pg_format,
         env.inserts,
     );
-    spawn_spool(env, req, move |opts| dump_to_spool(cmd, opts))
+    spawn_spool(env, req, encrypt.clone(), move |opts| dump_to_spool(cmd, opts))
         .await
         .context("the dump task panicked")?
         .map_err(anyhow::Error::new)
@@ -185,6 +215,7 @@ async fn spool(env: &BackupEnv, client: &Client, req: &BackupRequest) -> Result<
 fn spawn_spool(
     env: &BackupEnv,
     req: &BackupRequest,
+    encrypt: Option<age::x25519::Recipient>,
     work: impl FnOnce(&SpoolOptions<'_>) -> Result<Spooled, SpoolError> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<Spooled, SpoolError>> {
     let spool_dir = env.spool_dir.clone();
@@ -199,6 +230,7 @@ fn spawn_spool(
             spool_dir: &spool_dir,
             progress,
             scrub: &scrub,
+            encrypt,
         })
     })
 }

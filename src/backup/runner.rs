@@ -55,6 +55,14 @@ impl TenantResult {
     pub fn failed(&self) -> bool {
         matches!(self.status, TenantStatus::Failed { .. })
     }
+
+    /// The error, when the tenant failed.
+    pub fn failure(&self) -> Option<String> {
+        match &self.status {
+            TenantStatus::Failed { error } => Some(format!("{error:#}")),
+            _ => None,
+        }
+    }
 }
 
 pub async fn run_backups(
@@ -83,7 +91,8 @@ pub async fn run_backups(
             }
             TenantResult { tenant, status }
         })
-        .buffer_unordered(concurrency.max(1))
+        // In the order asked (tenant order), however many run at once.
+        .buffered(concurrency.max(1))
         .collect()
         .await
 }

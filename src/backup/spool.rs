@@ -13,6 +13,7 @@ use tempfile::NamedTempFile;
 
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
+use crate::crypto::stream::Sealing;
 use crate::jsonl::ProducerError;
 use crate::pg::dumpscan::PlainDumpScanner;
 
@@ -100,6 +101,8 @@ pub struct SpoolOptions<'a> {
     pub progress: Option<Arc<AtomicU64>>,
     /// Removes secrets from pg_dump's stderr before it is shown.
     pub scrub: &'a (dyn Fn(&str) -> String + Sync),
+    /// Encrypt (after compressing) to this tenant recipient.
+    pub encrypt: Option<age::x25519::Recipient>,
 }
 
 /// What one pass over the dump stream produced.
@@ -138,7 +141,8 @@ fn pump(input: &mut dyn Read, file: &NamedTempFile, opts: &SpoolOptions<'_>) -> 
         written: 0,
         limit: opts.max_size,
     };
-    let mut encoder = opts.compression.encoder(hashing)?;
+    let sealing = Sealing::new(opts.encrypt.as_ref(), hashing)?;
+    let mut encoder = opts.compression.encoder(sealing)?;
     let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
     let mut head: Vec<u8> = Vec::with_capacity(5);
     let mut raw: u64 = 0;
@@ -163,7 +167,7 @@ fn pump(input: &mut dyn Read, file: &NamedTempFile, opts: &SpoolOptions<'_>) -> 
             p.store(raw, Ordering::Relaxed);
         }
     }
-    let mut hashing = encoder.finish()?;
+    let mut hashing = encoder.finish()?.finish()?;
     hashing.flush()?;
     Ok(Pumped {
         hashing,
@@ -312,6 +316,7 @@ mod tests {
             spool_dir: dir,
             progress: None,
             scrub: &|s: &str| s.replace("hunter2", "***"),
+            encrypt: None,
         }
     }
 

@@ -51,6 +51,9 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     let policy = LockPolicy::Wait(Duration::from_secs(args.lock_timeout));
     let progress = Progress::new(ctx.output.progress);
     let results = run_backups(&env, &ctx.dump, jobs, args.concurrency as usize, policy, &progress).await;
+    for r in &results {
+        ctx.note(&r.tenant, r.failure());
+    }
     report(ctx, &results)?;
     Ok(Outcome::from_failures(results.iter().filter(|r| r.failed()).count()))
 }

@@ -62,6 +62,9 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
     if let Some(days) = pre_days {
         run.pre_restore(&tenants, days, timeout, &mut report).await?;
     }
+    for (tenant, result) in report.failures() {
+        ctx.note(tenant, Some(result.to_string()));
+    }
     print(ctx, &report)?;
     Ok(Outcome::from_failures(report.failed))
 }

@@ -104,7 +104,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
         }
     }
 
-    let probe = format!(".tenant-backup-doctor/probe-{}", std::process::id());
+    // At the top of the bucket, so no empty folder is left behind.
+    let probe = format!(".tenant-backup-doctor-probe-{}", std::process::id());
     let storage = ctx.storage.describe();
     match ctx
         .storage
@@ -125,6 +126,48 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
         },
         Err(e) => add("storage", false, format!("{storage}: {e}")),
     }
+
+    // Encryption and signing: configured, and consistent (a mismatched identity/recipient pair is
+    // refused when the configuration is read, before doctor runs).
+    let keys = &ctx.keys;
+    let encryption = match (&keys.recipient, &keys.identity) {
+        (None, _) => (
+            true,
+            "off: backups are stored unencrypted (run `tenant-backup keys init`, then set BACKUP_AGE_RECIPIENT)"
+                .to_string(),
+        ),
+        (Some(r), None) => (
+            true,
+            format!(
+                "on, to tenant keys wrapped to {} (no identity here: this machine can back up but not read backups)",
+                r.as_string()
+            ),
+        ),
+        (Some(r), Some(_)) => (
+            true,
+            format!(
+                "on, to tenant keys wrapped to {}; the identity here matches it (backups can be read)",
+                r.as_string()
+            ),
+        ),
+    };
+    add("encryption", encryption.0, encryption.1);
+    let signing = match (&keys.signing_key, &keys.recipient) {
+        (Some(_), _) => (
+            true,
+            "on: manifests are signed and checked (BACKUP_SIGNING_KEY)".to_string(),
+        ),
+        (None, Some(_)) => (
+            false,
+            "off while encryption is on: set BACKUP_SIGNING_KEY too, or a rewritten manifest cannot be told from ours"
+                .to_string(),
+        ),
+        (None, None) => (
+            true,
+            "off: manifests carry a sha256 only (BACKUP_SIGNING_KEY signs them)".to_string(),
+        ),
+    };
+    add("signing", signing.0, signing.1);
 
     let failed = checks.iter().filter(|c| !c.ok).count();
     if ctx.output.json {

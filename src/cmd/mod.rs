@@ -4,6 +4,7 @@ pub mod backup;
 pub mod cleanup;
 pub mod doctor;
 pub mod download;
+pub mod keys;
 pub mod list;
 pub mod restore;
 pub mod run_scheduled;
@@ -58,22 +59,90 @@ pub fn left_unchanged(command: &Command) -> String {
             None => "no file was written".into(),
         },
         Command::Schedule(args) => format!("the schedule of {} is unchanged", args.tenant),
-        Command::List(_) | Command::Status(_) | Command::Doctor => "nothing was changed".into(),
+        // Their last statement is not a commit section: say where to look rather than guess.
+        Command::Keys(crate::cli::KeysCommand::Rotate { .. } | crate::cli::KeysCommand::Forget { .. }) => {
+            "it may have stopped before its change: check with `tenant-backup keys status`".into()
+        }
+        Command::Keys(_) | Command::List(_) | Command::Status(_) | Command::Doctor => "nothing was changed".into(),
     }
 }
 
+/// Runs the command, with the pings and notifications it is watched by: `backup`, `run-scheduled`
+/// and `cleanup` ping (start, then success or failure) and notify on failure; `status` notifies
+/// when a tenant is overdue.
 pub async fn run(cli: Cli) -> Result<Outcome> {
-    let ctx = Context::from_cli(&cli)?;
-    match cli.command {
-        Command::Backup(args) => backup::run(args, &ctx).await,
-        Command::List(args) => list::run(args, &ctx).await,
-        Command::RunScheduled(args) => run_scheduled::run(args, &ctx).await,
-        Command::Schedule(args) => schedule::run(args, &ctx).await,
-        Command::Status(args) => status::run(args, &ctx).await,
-        Command::Restore(args) => restore::run(args, &ctx).await,
-        Command::Verify(args) => verify::run(args, &ctx).await,
-        Command::Cleanup(args) => cleanup::run(args, &ctx).await,
-        Command::Download(args) => download::run(args, &ctx).await,
-        Command::Doctor => doctor::run(&ctx).await,
+    let alerts = cli.alerts.alerts()?;
+    preflight(&cli.command)?;
+    if matches!(cli.command, Command::Keys(crate::cli::KeysCommand::Init)) {
+        return keys::init();
+    }
+    let (name, pinged, notified) = match &cli.command {
+        Command::Backup(_) => ("backup", true, true),
+        Command::RunScheduled(_) => ("run-scheduled", true, true),
+        Command::Cleanup(_) => ("cleanup", true, true),
+        Command::Status(_) => ("status", false, true),
+        _ => ("", false, false),
+    };
+    let ctx = match Context::from_cli(&cli) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            // A cron job whose configuration broke must still be heard of.
+            let error = format!("{e:#}");
+            if pinged {
+                alerts.ping_end(false, Some(&error)).await;
+            }
+            if notified {
+                alerts.notify(name, &Default::default(), true, Some(&error)).await;
+            }
+            return Err(e);
+        }
+    };
+    let alerts = alerts.with_secrets(ctx.secrets());
+    if pinged {
+        alerts.ping_start().await;
+    }
+    let result = dispatch(cli.command, &ctx).await;
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let ok = matches!(result, Ok(Outcome::Done));
+    if pinged {
+        alerts.ping_end(ok, error.as_deref()).await;
+    }
+    if notified {
+        alerts.notify(name, &ctx.take_run_log(), !ok, error.as_deref()).await;
+    }
+    result
+}
+
+/// What a user can get wrong in a command's own arguments, checked before the configuration (so a
+/// bad `--days` is reported even when DATABASE_URL is missing too) and before anything is touched.
+fn preflight(command: &Command) -> Result<()> {
+    use crate::policy::schedule::{parse_setting, ScheduleOptions};
+    let when = |w: &crate::cli::WhenArgs| ScheduleOptions::parse(w.daily_at.as_deref(), w.timezone.as_deref());
+    match command {
+        Command::Backup(a) => a.dump.request().check()?,
+        Command::RunScheduled(a) => {
+            a.dump.request().check()?;
+            when(&a.when)?;
+        }
+        Command::Status(a) if a.when.daily_at.is_some() => drop(when(&a.when)?),
+        Command::Schedule(a) => drop(parse_setting(&a.schedule, chrono::Utc::now())?),
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome> {
+    match command {
+        Command::Backup(args) => backup::run(args, ctx).await,
+        Command::List(args) => list::run(args, ctx).await,
+        Command::RunScheduled(args) => run_scheduled::run(args, ctx).await,
+        Command::Schedule(args) => schedule::run(args, ctx).await,
+        Command::Status(args) => status::run(args, ctx).await,
+        Command::Restore(args) => restore::run(args, ctx).await,
+        Command::Verify(args) => verify::run(args, ctx).await,
+        Command::Cleanup(args) => cleanup::run(args, ctx).await,
+        Command::Download(args) => download::run(args, ctx).await,
+        Command::Keys(cmd) => keys::run(cmd, ctx).await,
+        Command::Doctor => doctor::run(ctx).await,
     }
 }

@@ -106,6 +106,9 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
         )
         .await
     };
+    for r in &results {
+        ctx.note(&r.tenant, r.failure());
+    }
     let count = |f: fn(&TenantStatus) -> bool| results.iter().filter(|r| f(&r.status)).count();
     let summary = Summary {
         due,

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::app::context::Context;
@@ -22,16 +23,25 @@ struct TenantStatus {
 }
 
 pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
-    let opts = ScheduleOptions::parse(args.when.daily_at.as_deref(), args.when.timezone.as_deref())?;
+    // `--timezone` alone only changes how times are shown; with `--daily-at` it is the schedule's too.
+    let opts = match (&args.when.daily_at, &args.when.timezone) {
+        (None, Some(_)) => ScheduleOptions::default(),
+        (daily_at, tz) => ScheduleOptions::parse(daily_at.as_deref(), tz.as_deref())?,
+    };
+    let shown_in: Option<Tz> = match &args.when.timezone {
+        Some(name) => Some(ScheduleOptions::parse(Some("00:00"), Some(name))?.timezone()),
+        None => None,
+    };
     let client = ctx.connect().await?;
     let now = ctx.clock.now();
     let mut out = Vec::new();
     for t in ctx.catalog.tenants(&client).await? {
         let (newest, newest_auto) = ctx.catalog.newest_backups(&client, &t.schema_name).await?;
-        // last_backup_at is set only after an automatic backup's row exists, so both count.
-        let last_automatic = t.last_backup_at.max(newest_auto);
+        // The tick decides from last_backup_at alone, so `overdue` does too; the history's newest
+        // automatic row is shown when the tenant row has none (e.g. rows restored from elsewhere).
+        let last_automatic = t.last_backup_at.or(newest_auto);
         out.push(TenantStatus {
-            overdue: overdue(&t, last_automatic, now),
+            overdue: overdue(&t, now, &opts),
             next_due: next_due(&t, now, &opts),
             schedule: t.backup_schedule.to_string(),
             last_backup_at: t.last_backup_at,
@@ -40,13 +50,17 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
             tenant: t.schema_name,
         });
     }
+    for s in out.iter().filter(|s| s.overdue) {
+        ctx.note_overdue(&s.tenant);
+    }
     let overdue_count = out.iter().filter(|s| s.overdue).count();
     if ctx.output.json {
         ctx.output.json(&out)?;
     } else {
-        let fmt = |t: Option<DateTime<Utc>>| {
-            t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                .unwrap_or_else(|| "-".into())
+        let fmt = |t: Option<DateTime<Utc>>| match (t, shown_in) {
+            (None, _) => "-".to_string(),
+            (Some(t), None) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+            (Some(t), Some(tz)) => t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string(),
         };
         let rows: Vec<Vec<String>> = out
             .iter()

@@ -32,11 +32,16 @@ impl DbTarget {
             })
             .await;
         result.map_err(|err| {
+            let code = err.as_db_error().map(|db| db.code().code());
             let hint = if is_transient(&err) {
                 format!(
                     " (gave up after {} attempts): check that the server is running and that --database-url / DATABASE_URL points at it",
                     attempts.get()
                 )
+            } else if matches!(code, Some("28P01" | "28000")) {
+                " (check the user name and password in --database-url / DATABASE_URL, and in BACKUP_DUMP_URL when set; special characters in a URL's password must be percent-encoded)".to_string()
+            } else if code == Some("3D000") {
+                " (check the database name at the end of the URL)".to_string()
             } else {
                 String::new()
             };

@@ -48,8 +48,14 @@ impl PgDump {
 
     /// The lowest major version that is at least the server's, among the explicit one (if given,
     /// the only candidate) or the usual install places, then PATH.
+    /// Each distinct program runs `--version` once, and the search stops at the first one of the
+    /// server's own major: nothing can beat it.
     pub fn find(explicit: Option<&Path>, server_major: u32) -> Result<PgDump, FindError> {
-        PgDump::choose(PgDump::candidates(explicit), server_major)
+        let paths = match explicit {
+            Some(p) => vec![p.to_path_buf()],
+            None => candidate_paths(Path::new("/"), std::env::var_os("PATH")),
+        };
+        PgDump::choose(probe_until(paths, Some(server_major)), server_major)
     }
 
     fn choose((tried, found): (Vec<String>, Vec<PgDump>), server_major: u32) -> Result<PgDump, FindError> {
@@ -84,11 +90,28 @@ impl PgDump {
 /// Probes `paths` in order: what was tried, and what answered, lowest major first (the earlier
 /// place wins a tie).
 fn probe_all(paths: Vec<PathBuf>) -> (Vec<String>, Vec<PgDump>) {
+    probe_until(paths, None)
+}
+
+/// [`probe_all`], stopping early at a pg_dump of major `exact`.
+fn probe_until(paths: Vec<PathBuf>, exact: Option<u32>) -> (Vec<String>, Vec<PgDump>) {
     let tried = paths.iter().map(|p| p.display().to_string()).collect();
     let mut found: Vec<PgDump> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
     for p in &paths {
-        if let Some(d) = PgDump::probe(p).filter(|d| !found.iter().any(|f| f.path == d.path)) {
+        // The same program reached twice (a symlink on PATH) is run once; a wrapper that reports
+        // a version already found (Debian's pg_wrapper in /usr/bin) is the same pg_dump to us.
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if seen.contains(&real) {
+            continue;
+        }
+        seen.push(real);
+        if let Some(d) = PgDump::probe(p).filter(|d| !found.iter().any(|f| f.version == d.version)) {
+            let done = Some(d.major) == exact;
             found.push(d);
+            if done {
+                break;
+            }
         }
     }
     found.sort_by_key(|d| d.major);
@@ -294,6 +317,33 @@ exit 1
         );
         let none = PgDump::choose(probe_all(candidate_paths(&root.path().join("nothing"), None)), 15);
         assert!(matches!(none, Err(FindError::NotFound { .. })));
+    }
+
+    #[test]
+    fn the_search_runs_each_program_once_and_stops_at_the_servers_major() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ran");
+        let mut paths = Vec::new();
+        for v in ["15.4", "16.2"] {
+            let dir = root.path().join(format!("usr/lib/postgresql/{}/bin", &v[..2]));
+            std::fs::create_dir_all(&dir).unwrap();
+            let p = dir.join("pg_dump");
+            std::fs::write(
+                &p,
+                format!("#!/bin/sh\necho {v} >> '{}'\necho 'pg_dump (PostgreSQL) {v}'\n", log.display()),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            paths.push(p);
+        }
+        // The same program twice (as a symlink would be): run once.
+        let (_, found) = probe_until(vec![paths[0].clone(), paths[0].clone(), paths[1].clone()], None);
+        assert_eq!(found.len(), 2);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "15.4\n16.2\n");
+        std::fs::remove_file(&log).unwrap();
+        let chosen = PgDump::choose(probe_until(paths.clone(), Some(15)), 15).unwrap();
+        assert_eq!(chosen.version, "15.4");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "15.4\n", "16 is never run");
     }
 
     #[test]

@@ -52,6 +52,13 @@ impl ScheduleOptions {
     }
 }
 
+impl ScheduleOptions {
+    /// The time zone of `--daily-at` (UTC without one).
+    pub fn timezone(&self) -> Tz {
+        self.daily_at.map(|(_, tz)| tz).unwrap_or(Tz::UTC)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "due", content = "reason")]
 pub enum Decision {
@@ -171,16 +178,52 @@ pub fn next_due(tenant: &Tenant, now: DateTime<Utc>, opts: &ScheduleOptions) -> 
     }
 }
 
-/// How long a schedule may go without a successful automatic backup before `status` calls it overdue.
-pub fn overdue(tenant: &Tenant, last_automatic: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    match tenant.backup_schedule {
-        Schedule::Daily => last_automatic.is_none_or(|l| now - l > Duration::hours(26)),
-        Schedule::Weekly => last_automatic.is_none_or(|l| now - l > Duration::days(8)),
-        Schedule::Scheduled => tenant
-            .next_scheduled_backup
-            .is_some_and(|at| now - at > Duration::minutes(10)),
-        _ => false,
+/// How long a due daily or weekly backup may wait for the tick before `status` calls the tenant
+/// overdue (a fleet's nightly run takes a while), and a one-shot scheduled backup.
+pub const OVERDUE_AFTER: Duration = Duration::hours(3);
+pub const SCHEDULED_OVERDUE_AFTER: Duration = Duration::minutes(10);
+
+/// `status`'s verdict, asked with the tick's own rule ([`is_due`]) and the tick's own input
+/// (`last_backup_at`): a tenant is overdue when a due period began at least [`OVERDUE_AFTER`] ago
+/// and no automatic backup has happened since. A tenant never backed up is overdue only once it has
+/// been due that long in its current period: a weekly tenant added on a Wednesday is not overdue
+/// before its first Sunday.
+pub fn overdue(tenant: &Tenant, now: DateTime<Utc>, opts: &ScheduleOptions) -> bool {
+    let weekly = match tenant.backup_schedule {
+        Schedule::Daily => false,
+        Schedule::Weekly => true,
+        Schedule::Scheduled => {
+            return tenant
+                .next_scheduled_backup
+                .is_some_and(|at| now - at > SCHEDULED_OVERDUE_AFTER)
+        }
+        Schedule::Disabled | Schedule::Other(_) => return false,
+    };
+    let then = now - OVERDUE_AFTER;
+    match tenant.last_backup_at {
+        None => {
+            is_due(tenant, now, opts).is_due()
+                && latest_period_start(now, weekly, opts).is_some_and(|start| start <= then)
+        }
+        Some(last) => latest_period_start(then, weekly, opts).is_some_and(|start| last < start),
     }
+}
+
+/// The latest moment at or before `t` at which a daily (or weekly) period begins: midnight UTC (of a
+/// Sunday), or the `--daily-at` local time (on a local Sunday).
+fn latest_period_start(t: DateTime<Utc>, weekly: bool, opts: &ScheduleOptions) -> Option<DateTime<Utc>> {
+    (0..=7).find_map(|back| match opts.daily_at {
+        None => {
+            let day = t.date_naive() - Duration::days(back);
+            let start = day.and_hms_opt(0, 0, 0)?.and_utc();
+            (start <= t && (!weekly || day.weekday() == Weekday::Sun)).then_some(start)
+        }
+        Some((time, tz)) => {
+            let day = t.with_timezone(&tz).date_naive() - Duration::days(back);
+            let start = slot(day, time, tz);
+            (start <= t && (!weekly || day.weekday() == Weekday::Sun)).then_some(start)
+        }
+    })
 }
 
 /// What `schedule` sets: `daily`, `weekly`, `disabled`, or `at <RFC 3339 time>` (in the future).
@@ -374,12 +417,57 @@ mod tests {
         let weekly = t("weekly", Some("2026-11-22T00:05:00Z"), None);
         assert_eq!(next_due(&weekly, now, &UTC_RULES), Some(at("2026-11-29T00:00:00Z")));
         assert_eq!(next_due(&t("disabled", None, None), now, &UTC_RULES), None);
-        assert!(!overdue(&daily, Some(at("2026-11-21T11:00:00Z")), now));
-        assert!(overdue(&daily, Some(at("2026-11-21T09:59:00Z")), now));
-        assert!(overdue(&daily, None, now));
-        assert!(overdue(&weekly, Some(at("2026-11-14T11:00:00Z")), now));
-        assert!(!overdue(&t("scheduled", None, Some("2026-11-22T11:55:00Z")), None, now));
-        assert!(overdue(&t("scheduled", None, Some("2026-11-22T11:49:00Z")), None, now));
-        assert!(!overdue(&t("disabled", None, None), None, now));
+        assert!(!overdue(
+            &t("scheduled", None, Some("2026-11-22T11:55:00Z")),
+            now,
+            &UTC_RULES
+        ));
+        assert!(overdue(
+            &t("scheduled", None, Some("2026-11-22T11:49:00Z")),
+            now,
+            &UTC_RULES
+        ));
+        assert!(!overdue(&t("disabled", None, None), now, &UTC_RULES));
+    }
+
+    /// `status` and `run-scheduled` read one rule: overdue means the tick has had a due period to
+    /// serve for `OVERDUE_AFTER` and has not.
+    #[test]
+    fn overdue_agrees_with_the_tick() {
+        // 2026-11-22 is a Sunday; 2026-11-25 a Wednesday.
+        let sunday_noon = at("2026-11-22T12:00:00Z");
+        let wednesday = at("2026-11-25T12:00:00Z");
+        let daily = |last: Option<&str>| t("daily", last, None);
+        let weekly = |last: Option<&str>| t("weekly", last, None);
+        // Daily: due since midnight; the tick has had 12 hours.
+        assert!(is_due(&daily(Some("2026-11-21T11:00:00Z")), sunday_noon, &UTC_RULES).is_due());
+        assert!(overdue(&daily(Some("2026-11-21T11:00:00Z")), sunday_noon, &UTC_RULES));
+        assert!(!overdue(&daily(Some("2026-11-22T00:01:00Z")), sunday_noon, &UTC_RULES));
+        // ... but not in the first hours of a period.
+        assert!(!overdue(
+            &daily(Some("2026-11-21T00:01:00Z")),
+            at("2026-11-22T02:00:00Z"),
+            &UTC_RULES
+        ));
+        assert!(overdue(&daily(None), sunday_noon, &UTC_RULES));
+        assert!(!overdue(&daily(None), at("2026-11-22T01:00:00Z"), &UTC_RULES));
+        // Weekly, never backed up: not overdue before its first Sunday, overdue late on a Sunday.
+        assert!(!is_due(&weekly(None), wednesday, &UTC_RULES).is_due());
+        assert!(!overdue(&weekly(None), wednesday, &UTC_RULES));
+        assert!(overdue(&weekly(None), sunday_noon, &UTC_RULES));
+        // Weekly, backed up last Sunday: fine all week; a missed Sunday shows all the next week.
+        assert!(!overdue(&weekly(Some("2026-11-22T00:02:00Z")), wednesday, &UTC_RULES));
+        assert!(overdue(&weekly(Some("2026-11-15T00:02:00Z")), wednesday, &UTC_RULES));
+        assert!(!overdue(
+            &weekly(Some("2026-11-15T00:02:00Z")),
+            at("2026-11-22T01:00:00Z"),
+            &UTC_RULES
+        ));
+        // With a local hour: 03:00 in Madrid is 02:00 UTC in November.
+        let madrid = ScheduleOptions::parse(Some("03:00"), Some("Europe/Madrid")).unwrap();
+        let d = daily(Some("2026-11-21T02:30:00Z"));
+        assert!(!overdue(&d, at("2026-11-22T04:59:00Z"), &madrid));
+        assert!(overdue(&d, at("2026-11-22T05:01:00Z"), &madrid));
+        assert!(!is_due(&d, at("2026-11-22T01:59:00Z"), &madrid).is_due());
     }
 }

@@ -184,7 +184,9 @@ fn wrong_password_is_reported_without_the_password() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("password authentication failed") && !stderr.contains("Wr0ng-Pa55"),
+        stderr.contains("password authentication failed")
+            && stderr.contains("check the user name and password")
+            && !stderr.contains("Wr0ng-Pa55"),
         "{stderr}"
     );
 }

@@ -43,5 +43,6 @@ fn list_shows_legacy_and_new_rows_as_table_and_json() {
         .collect();
     assert_eq!(tenants, ["bienestar", "clinica_demo", "mindcare"]);
     assert_eq!(v[0]["backups"].as_array().unwrap().len(), 3);
-    assert_eq!(v[0]["backups"][2]["created_at"], "2025-06-01T03:00:00Z");
+    // One timestamp form across commands: RFC 3339, UTC, microseconds.
+    assert_eq!(v[0]["backups"][2]["created_at"], "2025-06-01T03:00:00.000000Z");
 }

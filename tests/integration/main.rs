@@ -3,10 +3,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod alerts;
 mod backup;
 mod cleanup;
 mod download;
+mod encryption;
 mod failures;
+mod help;
 mod limits;
 mod list;
 mod native;

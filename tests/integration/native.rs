@@ -243,6 +243,17 @@ fn doctor_reports_a_healthy_and_a_broken_setup() {
         );
     }
     assert!(stdout.contains("3 tenants in public.tenants_clinic"), "{stdout}");
+    // Each pg_dump once (Debian's /usr/bin wrapper reports the same version as the real one), and
+    // the storage probe leaves nothing behind, not even an empty folder.
+    let found = stdout.lines().find(|l| l.contains("pg_dump found")).unwrap();
+    let versions: Vec<&str> = found.split(", ").map(|d| d.rsplit(' ').next().unwrap()).collect();
+    let mut unique = versions.clone();
+    unique.dedup();
+    assert_eq!(versions, unique, "{found}");
+    let left: Vec<_> = std::fs::read_dir(db.storage())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 
     // Storage that cannot be written, and a pg_dump too old: storage fails, json is the way out.
     std::fs::write(db.dir.path().join("blocked"), b"a file, not a directory").unwrap();

@@ -306,3 +306,30 @@ fn status_flags_overdue_tenants_with_exit_code_1() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn status_shows_times_in_the_given_timezone() {
+    let db = TestDb::new();
+    db.sql(
+        "UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = '2026-07-01 10:00:00+00' WHERE schema_name = 'bienestar'",
+    );
+    let out = db
+        .cmd()
+        .args(["status", "--timezone", "Europe/Madrid"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("bienestar") && l.contains("2026-07-01 12:00 CEST")),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let bad = db
+        .cmd()
+        .args(["status", "--timezone", "Mars/Olympus"])
+        .output()
+        .unwrap();
+    assert_fails(&bad, 2, "is not a time zone");
+}

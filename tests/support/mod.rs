@@ -256,6 +256,8 @@ pub fn fake_pg_dump(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+#[path = "http_recorder.rs"]
+pub mod http_recorder;
 #[path = "supabase_stub.rs"]
 pub mod supabase_stub;
 

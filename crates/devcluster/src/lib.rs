@@ -63,6 +63,10 @@ pub fn find_bin_dir() -> Result<PathBuf, DevClusterError> {
         if dir.join("initdb").is_file() {
             return Ok(dir);
         }
+        return Err(failed(
+            format!("PG_BIN_DIR is {}", dir.display()),
+            "it holds no initdb: point it at PostgreSQL's bin directory (e.g. /usr/lib/postgresql/16/bin) or unset it",
+        ));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
