@@ -101,6 +101,21 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     if pinged {
         alerts.ping_start().await;
     }
+    // A run stopped by a signal is a failed run to whoever watches it (stop::on_stop runs this
+    // before the run is dropped).
+    let _on_stop = (pinged || notified).then(|| {
+        let alerts = alerts.clone();
+        crate::stop::on_stop(async move {
+            let signal = crate::stop::requested().map_or("a signal", |s| s.name());
+            let error = format!("stopped by {signal} before the end");
+            if pinged {
+                alerts.ping_end(false, Some(&error)).await;
+            }
+            if notified {
+                alerts.notify(name, &Default::default(), true, Some(&error)).await;
+            }
+        })
+    });
     let result = dispatch(cli.command, &ctx).await;
     let error = result.as_ref().err().map(|e| format!("{e:#}"));
     let ok = matches!(result, Ok(Outcome::Done));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::http_recorder::HttpRecorder;
 use crate::support::supabase_stub::SupabaseStub;
 use crate::support::*;
 
@@ -452,4 +453,37 @@ fn a_stopped_resumable_upload_is_terminated() {
     assert!(st.objects.is_empty(), "{:?}", st.objects.keys().collect::<Vec<_>>());
     drop(st);
     assert_eq!(db.record_count("mindcare"), before);
+}
+
+#[test]
+fn a_stopped_run_still_pings_fail_and_notifies() {
+    let db = TestDb::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (hc, notify) = (HttpRecorder::start(), HttpRecorder::start());
+    let fake = fake_pg_dump(db.dir.path(), "echo 'SET statement_timeout = 0;'; sleep 60");
+    let env = [
+        ("BACKUP_PING_URL", format!("{}/p", hc.url)),
+        ("BACKUP_NOTIFY_URL", format!("{}/hook", notify.url)),
+    ];
+    let child = spawn_with(
+        &db,
+        tmp.path(),
+        &env,
+        &["--pg-dump", fake.to_str().unwrap(), "backup", "--tenant", "bienestar"],
+    );
+    wait_until("the spool file", Duration::from_secs(20), || {
+        files(tmp.path()).iter().any(|f| f.ends_with(".spool"))
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = finish(child, Duration::from_secs(15));
+    assert_stopped_cleanly(&db, tmp.path(), &out, SIGNALS[0], &[]);
+    let pings = hc.requests();
+    assert_eq!(
+        pings.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/p/start", "/p/fail"]
+    );
+    assert!(pings[1].body.contains("stopped by SIGTERM"), "{}", pings[1].body);
+    let sent = notify.requests();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].body.contains("stopped by SIGTERM"), "{}", sent[0].body);
 }
