@@ -52,7 +52,8 @@ fn concurrency() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync +
     long_about = "Back up a django-tenants PostgreSQL database one tenant schema at a time, into a local \
                   directory, S3 or Supabase Storage, keeping each backup's history as a BackupRecord row \
                   in the tenant's own schema.\n\nExit codes: 0 all done, 1 some work failed, 2 bad usage or \
-                  configuration (nothing was touched).",
+                  configuration (nothing was touched); 143, 130, 129 stopped by SIGTERM, SIGINT, SIGHUP \
+                  (what was in progress rolled back and cleaned up; a second signal exits at once).",
     after_long_help = ENVIRONMENT
 )]
 pub struct Cli {
