@@ -330,7 +330,10 @@ exit 1
             let p = dir.join("pg_dump");
             std::fs::write(
                 &p,
-                format!("#!/bin/sh\necho {v} >> '{}'\necho 'pg_dump (PostgreSQL) {v}'\n", log.display()),
+                format!(
+                    "#!/bin/sh\necho {v} >> '{}'\necho 'pg_dump (PostgreSQL) {v}'\n",
+                    log.display()
+                ),
             )
             .unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -13,7 +13,12 @@ struct Keys {
 }
 
 fn keys_init(db: &TestDb) -> Keys {
-    let out = db.cmd().args(["keys", "init"]).env_remove("DATABASE_URL").output().unwrap();
+    let out = db
+        .cmd()
+        .args(["keys", "init"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let get = |k: &str| {
@@ -34,7 +39,8 @@ fn keys_init(db: &TestDb) -> Keys {
 /// The cron job's environment: public material and the signing key.
 fn cron(db: &TestDb, k: &Keys) -> assert_cmd::Command {
     let mut c = db.cmd();
-    c.env("BACKUP_AGE_RECIPIENT", &k.recipient).env("BACKUP_SIGNING_KEY", &k.signing);
+    c.env("BACKUP_AGE_RECIPIENT", &k.recipient)
+        .env("BACKUP_SIGNING_KEY", &k.signing);
     c
 }
 
@@ -48,13 +54,20 @@ fn reader(db: &TestDb, k: &Keys) -> assert_cmd::Command {
 fn no_key_material(out: &Output, k: &Keys) {
     for s in [&out.stdout, &out.stderr] {
         let t = text(s);
-        assert!(!t.contains(&k.identity) && !t.contains(&k.signing), "a secret leaked:\n{t}");
+        assert!(
+            !t.contains(&k.identity) && !t.contains(&k.signing),
+            "a secret leaked:\n{t}"
+        );
     }
     assert_no_secret(out);
 }
 
 fn backup(mut c: assert_cmd::Command, k: &Keys, args: &[&str]) -> Value {
-    let out = c.args(["--json", "--no-progress", "backup"]).args(args).output().unwrap();
+    let out = c
+        .args(["--json", "--no-progress", "backup"])
+        .args(args)
+        .output()
+        .unwrap();
     no_key_material(&out, k);
     assert!(out.status.success(), "backup {args:?}: {}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -74,7 +87,11 @@ fn no_stored_object_holds_a_patient_name() {
     let db = TestDb::new();
     let k = keys_init(&db);
     for format in ["sql", "custom", "json"] {
-        let b = backup(cron(&db, &k), &k, &["--tenant", "bienestar", "--format", format, "--compress", "none"]);
+        let b = backup(
+            cron(&db, &k),
+            &k,
+            &["--tenant", "bienestar", "--format", format, "--compress", "none"],
+        );
         assert!(b["key"].as_str().unwrap().ends_with(".age"), "{b}");
     }
     let files = db.all_files();
@@ -89,7 +106,8 @@ fn no_stored_object_holds_a_patient_name() {
         }
     }
     // The key table holds the tenant's identity only wrapped.
-    let wrapped = db.sql("SELECT encode(wrapped_identity, 'escape') FROM public.tenant_backup_keys WHERE tenant = 'bienestar'");
+    let wrapped =
+        db.sql("SELECT encode(wrapped_identity, 'escape') FROM public.tenant_backup_keys WHERE tenant = 'bienestar'");
     assert!(!wrapped.is_empty() && !wrapped.contains("AGE-SECRET-KEY"), "{wrapped}");
 }
 
@@ -104,7 +122,15 @@ fn encrypted_backups_round_trip_in_every_format() {
         db.sql("DELETE FROM bienestar.appointments_patient_tags; UPDATE bienestar.appointments_patient SET notes = 'vandalized'");
         let id = b["id"].to_string();
         let out = reader(&db, &k)
-            .args(["restore", "--tenant", "bienestar", "--id", &id, "--yes", "--drop-previous"])
+            .args([
+                "restore",
+                "--tenant",
+                "bienestar",
+                "--id",
+                &id,
+                "--yes",
+                "--drop-previous",
+            ])
             .output()
             .unwrap();
         no_key_material(&out, &k);
@@ -119,7 +145,15 @@ fn encrypted_backups_round_trip_in_every_format() {
     // download decrypts: the file is the compressed dump, no longer age.
     let out = reader(&db, &k)
         .current_dir(db.dir.path())
-        .args(["download", "--tenant", "bienestar", "--latest", "--decompress", "-o", "-"])
+        .args([
+            "download",
+            "--tenant",
+            "bienestar",
+            "--latest",
+            "--decompress",
+            "-o",
+            "-",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -150,7 +184,10 @@ fn forgetting_a_tenant_erases_its_backups_and_spares_the_others() {
     let k = keys_init(&db);
     backup(cron(&db, &k), &k, &["--tenant", "bienestar"]);
     backup(cron(&db, &k), &k, &["--tenant", "mindcare"]);
-    let out = reader(&db, &k).args(["keys", "forget", "--tenant", "bienestar"]).output().unwrap();
+    let out = reader(&db, &k)
+        .args(["keys", "forget", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
     assert_fails(&out, 2, "--yes");
     let out = reader(&db, &k)
         .args(["keys", "forget", "--tenant", "bienestar", "--yes"])
@@ -162,9 +199,15 @@ fn forgetting_a_tenant_erases_its_backups_and_spares_the_others() {
         .output()
         .unwrap();
     assert_fails(&out, 1, "forgotten");
-    let out = reader(&db, &k).args(["verify", "--tenant", "mindcare"]).output().unwrap();
+    let out = reader(&db, &k)
+        .args(["verify", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = reader(&db, &k).args(["list", "--tenant", "bienestar"]).output().unwrap();
+    let out = reader(&db, &k)
+        .args(["list", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
     assert!(text(&out.stdout).contains("key forgotten"), "{}", text(&out.stdout));
 }
 
@@ -233,9 +276,15 @@ fn rotation_keeps_old_backups_readable_with_the_new_identity_only() {
     };
     assert_ne!(new.identity, k.identity);
     let id = b["id"].to_string();
-    let out = reader(&db, &new).args(["verify", "--tenant", "bienestar", "--id", &id]).output().unwrap();
+    let out = reader(&db, &new)
+        .args(["verify", "--tenant", "bienestar", "--id", &id])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = reader(&db, &k).args(["verify", "--tenant", "bienestar", "--id", &id]).output().unwrap();
+    let out = reader(&db, &k)
+        .args(["verify", "--tenant", "bienestar", "--id", &id])
+        .output()
+        .unwrap();
     assert_fails(&out, 1, "not to this identity");
 }
 

@@ -74,9 +74,15 @@ fn backup_without_a_tenant_mentions_all_and_schedule_explains_rfc_3339() {
 #[test]
 fn input_errors_come_before_a_missing_database_url() {
     for (args, needle) in [
-        (vec!["cleanup", "--days", "soon"], "for '--days <N>': \"soon\" is not a whole number from 1 to 36500"),
+        (
+            vec!["cleanup", "--days", "soon"],
+            "for '--days <N>': \"soon\" is not a whole number from 1 to 36500",
+        ),
         (vec!["cleanup", "--pre-restore-days", "-1"], "--pre-restore-days"),
-        (vec!["backup", "--all", "--level", "40"], "\"40\" is not a whole number from 1 to 19"),
+        (
+            vec!["backup", "--all", "--level", "40"],
+            "\"40\" is not a whole number from 1 to 19",
+        ),
         (vec!["run-scheduled", "--daily-at", "3am"], "--daily-at"),
         (
             vec!["run-scheduled", "--daily-at", "03:00", "--timezone", "Mars/Olympus"],
