@@ -11,6 +11,8 @@ pub async fn run(args: ScheduleArgs, ctx: &Context) -> Result<Outcome> {
     let (schedule, next) = parse_setting(&args.schedule, ctx.clock.now())?;
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
+    // The update and its report are one step for a stop.
+    let _commit = crate::stop::shield().ok_or(crate::stop::Stopped)?;
     ctx.catalog.set_schedule(&client, tenant.id, &schedule, next).await?;
     if ctx.output.json {
         ctx.output.json(&serde_json::json!({
