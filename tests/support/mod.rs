@@ -267,30 +267,128 @@ pub struct Moto {
 
 pub const S3_BUCKET: &str = "tenant-backups";
 
-fn find_moto() -> Option<PathBuf> {
+/// moto's server: `MOTO_SERVER`, else `.venv/bin/moto_server`, else `moto_server` on `PATH`, else
+/// provisioned into `.venv` (see [`provision_moto`]).
+fn find_moto() -> PathBuf {
     if let Some(p) = std::env::var_os("MOTO_SERVER") {
-        return Some(PathBuf::from(p));
+        return PathBuf::from(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join(".venv/bin/moto_server");
     if venv.is_file() {
-        return Some(venv);
+        // If another test process is still installing moto there, wait for it to finish.
+        if root.join(".venv.lock").exists() {
+            drop(venv_lock(root, libc::LOCK_SH));
+        }
+        return venv;
     }
-    std::env::var_os("PATH").and_then(|p| {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join("moto_server"))
             .find(|p| p.is_file())
-    })
+    });
+    on_path.unwrap_or_else(|| provision_moto(root))
+}
+
+/// Creates `<root>/.venv` with `python3 -m venv` and installs `moto[server]` into it, once: an
+/// exclusive `flock` on `<root>/.venv.lock` makes concurrent test processes wait for the first one,
+/// which they then reuse (as do later runs, and `.ci/run`, which makes the same `.venv`). A venv
+/// cannot be moved after it is made, so it is built in place under the lock; one left without
+/// moto (an interrupted install, or a venv made for something else) gets moto added, and one
+/// without a working Python is made again.
+fn provision_moto(root: &Path) -> PathBuf {
+    use std::process::Command;
+
+    let venv = root.join(".venv");
+    let bin = venv.join("bin/moto_server");
+    let _lock = venv_lock(root, libc::LOCK_EX);
+    if bin.is_file() {
+        return bin; // another test process made it while this one waited
+    }
+    let say = |msg: &str| {
+        use std::io::Write;
+        // Straight to stderr, past the test harness's capture: this takes a minute or so.
+        let _ = writeln!(std::io::stderr(), "tests: {msg}");
+    };
+    let advice = "install Python 3 with venv support (Debian/Ubuntu: `apt-get install python3-venv`), \
+                  or point MOTO_SERVER at a moto_server binary";
+    let python = venv.join("bin/python");
+    let python_works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !python_works(&python) {
+        if !python_works(Path::new("python3")) {
+            panic!("moto_server is not installed and python3 was not found to install it: {advice}");
+        }
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv).unwrap_or_else(|e| panic!("removing the broken {}: {e}", venv.display()));
+        }
+        say(&format!(
+            "creating {} for moto's S3 server (once; later runs reuse it)",
+            venv.display()
+        ));
+        let out = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&venv);
+            panic!(
+                "`python3 -m venv {}` failed: {advice}\n{}",
+                venv.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    say("installing moto[server] into .venv with pip (once; later runs reuse it)");
+    let out = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "moto[server]",
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() || !bin.is_file() {
+        panic!(
+            "`{} -m pip install 'moto[server]'` failed (is PyPI reachable?); fix that, or point MOTO_SERVER \
+             at a moto_server binary\n{}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    say("moto[server] installed");
+    bin
+}
+
+/// `<root>/.venv.lock`, locked with `flock(how)` until the returned file is dropped.
+fn venv_lock(root: &Path, how: libc::c_int) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    let path = root.join(".venv.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this function owns; the lock goes when the file is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
+        panic!("locking {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    file
 }
 
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let bin = find_moto().unwrap_or_else(|| {
-            panic!(
-                "moto_server not found: install it with `python3 -m venv .venv && .venv/bin/pip install 'moto[server]'` \
-                 (what .ci/run does), or set MOTO_SERVER"
-            )
-        });
+        let bin = find_moto();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         // A watcher shell stops moto when this test process ends, however it ends.
         let script = format!(
