@@ -12,3 +12,5 @@ mod restore;
 mod scheduled;
 mod secrets;
 mod storage;
+mod storage_supabase;
+mod storage_truth;
