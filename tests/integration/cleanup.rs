@@ -129,7 +129,7 @@ fn legacy_rows_and_missing_objects_count_as_deleted_and_a_failing_delete_keeps_i
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("row deleted; the object was already missing"),
+        text(&out.stdout).contains("row deleted; its file /var/backups/clinic/bienestar/bienestar_20250601_030000.sql.gz is outside the bucket and was not touched"),
         "{}",
         text(&out.stdout)
     );
@@ -306,17 +306,34 @@ fn orphans_fix_keeps_manual_legacy_rows_and_its_dry_run_tells_the_truth() {
 
     let plan = |args: &[&str]| -> Vec<(String, String)> {
         let out = db.cmd().args(args).output().unwrap();
-        assert!(out.status.code().is_some_and(|c| c < 2), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            out.status.code().is_some_and(|c| c < 2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["orphans"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|o| o["action"] == "delete")
-            .map(|o| (o["key"].as_str().unwrap().to_string(), o["result"].as_str().unwrap().to_string()))
+            .map(|o| {
+                (
+                    o["key"].as_str().unwrap().to_string(),
+                    o["result"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     };
-    let dry = plan(&["--json", "cleanup", "--orphans", "--fix", "--dry-run", "--tenant", "bienestar"]);
+    let dry = plan(&[
+        "--json",
+        "cleanup",
+        "--orphans",
+        "--fix",
+        "--dry-run",
+        "--tenant",
+        "bienestar",
+    ]);
     assert_eq!(rows(&db), before, "a dry run touches nothing");
     let out = db
         .cmd()
@@ -332,17 +349,34 @@ fn orphans_fix_keeps_manual_legacy_rows_and_its_dry_run_tells_the_truth() {
     let keys = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&dry), keys(&real), "the dry run said exactly what the run did");
     assert!(dry.iter().all(|(_, r)| r.starts_with("would")), "{dry:?}");
-    assert!(real.iter().all(|(_, r)| !r.starts_with("would") && !r.starts_with("FAILED")), "{real:?}");
+    assert!(
+        real.iter()
+            .all(|(_, r)| !r.starts_with("would") && !r.starts_with("FAILED")),
+        "{real:?}"
+    );
     let after = rows(&db);
     let has = |id: &str| after.split(',').any(|i| i == id);
-    assert!(has("2"), "the manual old-application row stays without --include-manual: {after}");
+    assert!(
+        has("2"),
+        "the manual old-application row stays without --include-manual: {after}"
+    );
     assert!(!has("1"), "the automatic old-application row goes: {after}");
-    assert!(!has(&gone["id"].to_string()), "the row whose object is gone goes: {after}");
+    assert!(
+        !has(&gone["id"].to_string()),
+        "the row whose object is gone goes: {after}"
+    );
     assert!(has(&b["id"].to_string()) && db.objects().contains(&key), "{after}");
 
     let out = db
         .cmd()
-        .args(["cleanup", "--orphans", "--fix", "--include-manual", "--tenant", "bienestar"])
+        .args([
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--include-manual",
+            "--tenant",
+            "bienestar",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
