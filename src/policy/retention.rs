@@ -409,4 +409,114 @@ mod tests {
         assert!(parse_pre_restore("bienestar__pre_restore_2026").is_none());
         assert!(parse_pre_restore("__pre_restore_20261122223000").is_none());
     }
+
+    fn at_rec(id: i64, kind: &str, path: &str) -> BackupRecord {
+        BackupRecord {
+            file_path: path.into(),
+            ..rec(id, kind, "2026-01-01T00:00:00Z")
+        }
+    }
+
+    #[test]
+    fn rows_outside_their_folder_are_refused_and_do_not_count_for_keep_last() {
+        let rows = vec![
+            at_rec(1, "automatic", "t/a.sql"),
+            at_rec(2, "automatic", "other/b.sql"),
+            at_rec(3, "automatic", "/var/backups/t/c.sql.gz"),
+        ];
+        let p = Policy {
+            days: 30,
+            keep_last: 1,
+            include_manual: false,
+        };
+        let v = plan("t", &rows, at(NOW), &p);
+        let action = |id: i64| v.iter().find(|v| v.record.id == id).unwrap().action.clone();
+        assert_eq!(action(2), Action::Refuse);
+        // Ties by id: 3 is the newest candidate (kept), 1 goes; the foreign row protected nothing.
+        assert_eq!((action(3), action(1)), (Action::Keep, Action::Delete));
+    }
+
+    #[test]
+    fn orphans_are_decided_the_same_for_a_dry_run_and_a_run() {
+        let now = at(NOW);
+        let grace = Duration::hours(24);
+        let objects = vec![
+            ObjectInfo {
+                key: "t/old.sql".into(),
+                size: 1,
+                modified: Some(now - Duration::days(3)),
+            },
+            ObjectInfo {
+                key: "t/young.sql".into(),
+                size: 1,
+                modified: Some(now - Duration::hours(1)),
+            },
+            ObjectInfo {
+                key: "t/sub/x.sql".into(),
+                size: 1,
+                modified: Some(now - Duration::days(30)),
+            },
+        ];
+        let rows = vec![
+            at_rec(1, "automatic", "t/gone.sql"),
+            at_rec(2, "manual", "/var/backups/t/x.sql.gz"),
+            at_rec(3, "automatic", "u/y.sql"),
+        ];
+        let unfinished = vec![
+            Unfinished {
+                key: "t/big.sql".into(),
+                id: "u1".into(),
+                started: Some(now - Duration::days(2)),
+            },
+            Unfinished {
+                key: "t/now.sql".into(),
+                id: "u2".into(),
+                started: None,
+            },
+            Unfinished {
+                key: "u/other.sql".into(),
+                id: "u3".into(),
+                started: Some(now - Duration::days(9)),
+            },
+        ];
+        let found = find_orphans("t", &rows, &objects, &unfinished, now, grace);
+        let decided: Vec<(String, Action)> = found
+            .iter()
+            .map(|o| (o.key().to_string(), o.decide("t", false, grace).0))
+            .collect();
+        let want = |k: &str| decided.iter().find(|(key, _)| key == k).map(|(_, a)| a.clone());
+        assert_eq!(want("t/old.sql"), Some(Action::Delete));
+        assert_eq!(want("t/young.sql"), Some(Action::Keep));
+        assert_eq!(want("t/sub/x.sql"), Some(Action::Keep), "sub-folders are never touched");
+        assert_eq!(want("t/gone.sql"), Some(Action::Delete));
+        assert_eq!(want("/var/backups/t/x.sql.gz"), Some(Action::Keep), "manual: kept");
+        assert_eq!(want("u/y.sql"), Some(Action::Refuse));
+        assert_eq!(want("t/big.sql"), Some(Action::Delete));
+        assert_eq!(want("t/now.sql"), Some(Action::Keep), "of unknown age: kept");
+        assert_eq!(want("u/other.sql"), None, "another folder's upload is not ours");
+        let manual = found.iter().find(|o| o.key() == "/var/backups/t/x.sql.gz").unwrap();
+        assert_eq!(manual.decide("t", true, grace).0, Action::Delete);
+    }
+
+    #[test]
+    fn a_schema_the_tenant_table_lists_is_never_a_copy_to_drop() {
+        let tenant = |name: &str| Tenant {
+            id: 1,
+            schema_name: name.into(),
+            name: name.into(),
+            backup_schedule: crate::pg::catalog::Schedule::Daily,
+            last_backup_at: None,
+            next_scheduled_backup: None,
+        };
+        let tenants = vec![tenant("zz"), tenant("zz__pre_restore_20200101000000")];
+        let schemas = vec![
+            "zz__pre_restore_20200101000000".to_string(),
+            "zz__pre_restore_20200202000000".to_string(),
+        ];
+        let listed = vec!["zz".to_string(), "zz__pre_restore_20200101000000".to_string()];
+        let copies = pre_restore_copies(&schemas, &tenants, &listed);
+        let listed_of = |n: &str| copies.iter().find(|c| c.name == n).map(|c| c.listed);
+        assert_eq!(listed_of("zz__pre_restore_20200101000000"), Some(true));
+        assert_eq!(listed_of("zz__pre_restore_20200202000000"), Some(false));
+    }
 }
