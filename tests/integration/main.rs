@@ -15,3 +15,5 @@ mod restore;
 mod scheduled;
 mod secrets;
 mod storage;
+mod storage_supabase;
+mod storage_truth;
