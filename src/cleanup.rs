@@ -1,11 +1,16 @@
-//! Cleanup's work: expiring old backups (object, manifest, then row), finding and fixing orphans,
-//! dropping old pre-restore schemas. What to delete is decided by [`crate::policy::retention`];
-//! this carries it out and reports each outcome. The caller holds each tenant's lock.
+//! Cleanup's work: expiring old backups (objects, manifests, then rows), finding and fixing
+//! orphans, dropping old pre-restore schemas. What to delete is decided by
+//! [`crate::policy::retention`]; this carries it out and reports each outcome. The caller holds
+//! each tenant's lock, and has proven with [`Storage::probe`] that the storage can see the bucket:
+//! every "already missing" below rests on that.
+//!
+//! What it never does: follow a row into another tenant's folder, touch a file outside the bucket,
+//! delete a row whose object it could not delete, or drop a schema the tenant table lists.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use chrono::{DateTime, Duration as Days, Utc};
+use chrono::{DateTime, Duration as Span, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -15,7 +20,7 @@ use crate::pg::lock;
 use crate::pg::sql::quote_ident;
 use crate::policy::retention::{find_orphans, plan, pre_restore_copies, Action, Orphan, Policy};
 use crate::progress::human_size;
-use crate::storage::{check_key, Storage, StorageError};
+use crate::storage::{place, Place, Storage, StorageError};
 
 #[derive(Serialize, Default)]
 pub struct Report {
@@ -23,9 +28,12 @@ pub struct Report {
     pub backups: Vec<BackupItem>,
     pub orphans: Vec<OrphanItem>,
     pub pre_restore_schemas: Vec<SchemaItem>,
+    /// Backups (rows, with their objects when in the bucket) deleted, or that would be.
     pub deleted: usize,
     pub bytes_freed: u64,
     pub kept: usize,
+    /// Orphans deleted (or, in a dry run, that would be).
+    pub orphans_deleted: usize,
     pub failed: usize,
 }
 
@@ -48,6 +56,8 @@ pub struct OrphanItem {
     pub kind: &'static str,
     pub key: String,
     pub row_id: Option<i64>,
+    pub action: Action,
+    pub reason: String,
     pub result: String,
 }
 
@@ -90,32 +100,53 @@ pub struct Cleanup<'a> {
     pub dry_run: bool,
 }
 
+/// How deleting one backup's object went.
+enum ObjectGone {
+    /// Deleted now.
+    Deleted,
+    /// Already missing (proven: the storage can see the bucket).
+    Missing,
+    /// Outside the bucket: never touched.
+    Outside(String),
+}
+
 impl Cleanup<'_> {
-    /// Deletes the backups `policy` says go (object, manifest, then row).
+    /// Deletes the backups `policy` says go: their objects (in bulk), then their manifests, then
+    /// the rows of those whose object is gone. A row whose object could not be deleted stays.
     pub async fn expire(&self, schema: &str, policy: &Policy, report: &mut Report) -> Result<()> {
         let Cleanup {
-            storage,
             catalog,
             client,
             now,
             dry_run,
+            ..
         } = *self;
         let records = catalog.records(client, schema).await?;
-        let verdicts = plan(&records, now, policy);
+        let verdicts = plan(schema, &records, now, policy);
+        let doomed: Vec<&BackupRecord> = verdicts
+            .iter()
+            .filter(|v| v.action == Action::Delete)
+            .map(|v| &v.record)
+            .collect();
         if !dry_run {
             // The plan goes to the log before anything is deleted.
-            let doomed: Vec<_> = verdicts.iter().filter(|v| v.action == Action::Delete).collect();
-            let bytes: i64 = doomed.iter().map(|v| v.record.file_size.max(0)).sum();
+            let bytes: i64 = doomed.iter().map(|r| r.file_size.max(0)).sum();
             tracing::info!(
                 "{schema}: deleting {} backups ({}), keeping {}",
                 doomed.len(),
                 human_size(bytes as u64),
                 verdicts.len() - doomed.len()
             );
-            for v in &doomed {
+            for v in verdicts.iter().filter(|v| v.action == Action::Delete) {
                 tracing::info!("{schema}: will delete {} ({})", v.record.file_path, v.reason);
             }
         }
+        let gone = if dry_run {
+            Vec::new()
+        } else {
+            self.delete_objects(schema, &doomed).await
+        };
+        let mut gone = gone.into_iter();
         for v in verdicts {
             let mut item = BackupItem {
                 tenant: schema.to_string(),
@@ -130,35 +161,93 @@ impl Cleanup<'_> {
             };
             match v.action {
                 Action::Keep => report.kept += 1,
+                Action::Refuse => {
+                    report.failed += 1;
+                    item.result = Some(format!("refused: {}", v.reason));
+                }
                 Action::Delete if dry_run => {
                     report.deleted += 1;
                     report.bytes_freed += v.record.file_size.max(0) as u64;
                 }
-                Action::Delete => match delete_backup(storage, catalog, client, schema, &v.record).await {
-                    Ok(how) => {
-                        report.deleted += 1;
-                        if how == Deleted::All {
-                            report.bytes_freed += v.record.file_size.max(0) as u64;
-                            item.result = Some("deleted".into());
-                        } else {
-                            item.result = Some("row deleted; the object was already missing".into());
+                Action::Delete => {
+                    let outcome = match gone.next() {
+                        Some(Ok(how)) => catalog.delete_record(client, schema, v.record.id).await.map(|()| how),
+                        Some(Err(e)) => Err(e),
+                        None => Err(anyhow::anyhow!("internal: no outcome for {}", v.record.file_path)),
+                    };
+                    match outcome {
+                        Ok(how) => {
+                            report.deleted += 1;
+                            item.result = Some(match how {
+                                ObjectGone::Deleted => {
+                                    report.bytes_freed += v.record.file_size.max(0) as u64;
+                                    "deleted".into()
+                                }
+                                ObjectGone::Missing => "row deleted; the object was already missing".into(),
+                                ObjectGone::Outside(p) => {
+                                    format!("row deleted; its file {p} is outside the bucket and was not touched")
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::error!("{schema}: {e:#}");
+                            report.failed += 1;
+                            item.result = Some(format!("FAILED: {e:#}; the row is kept"));
                         }
                     }
-                    Err(e) => {
-                        tracing::error!("{schema}: {e:#}");
-                        report.failed += 1;
-                        item.result = Some(format!("FAILED: {e:#}"));
-                    }
-                },
+                }
             }
             report.backups.push(item);
         }
         Ok(())
     }
 
-    /// Objects under the tenant's prefix that no row points to, and rows whose object is missing;
-    /// with `fix` (never in a dry run) they are deleted.
-    pub async fn orphans(&self, schema: &str, fix: bool, report: &mut Report) -> Result<()> {
+    /// Deletes the objects of `doomed` in bulk, then the manifests of those that are gone; one
+    /// outcome per row, in order.
+    async fn delete_objects(&self, schema: &str, doomed: &[&BackupRecord]) -> Vec<Result<ObjectGone>> {
+        let keys: Vec<String> = doomed
+            .iter()
+            .filter_map(|r| match place(&r.file_path, schema) {
+                Place::Tenant(k) => Some(k.to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut results = self.storage.delete_many(&keys).await.into_iter();
+        let mut out = Vec::with_capacity(doomed.len());
+        let mut manifests = Vec::new();
+        for r in doomed {
+            out.push(match place(&r.file_path, schema) {
+                Place::Tenant(k) => match results.next() {
+                    Some(Ok(())) => {
+                        manifests.push(ObjectKey::manifest_key(k));
+                        Ok(ObjectGone::Deleted)
+                    }
+                    Some(Err(StorageError::NotFound(_))) => {
+                        manifests.push(ObjectKey::manifest_key(k));
+                        Ok(ObjectGone::Missing)
+                    }
+                    Some(Err(e)) => Err(anyhow::Error::new(e).context(format!("deleting {k}"))),
+                    None => Err(anyhow::anyhow!("deleting {k}: no answer")),
+                },
+                Place::Outside(p) => Ok(ObjectGone::Outside(p.to_string())),
+                Place::Foreign(p) => Err(anyhow::anyhow!("{p} is not under {schema}/: not followed")),
+            });
+        }
+        for (key, result) in manifests.iter().zip(self.storage.delete_many(&manifests).await) {
+            match result {
+                Ok(()) | Err(StorageError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(
+                    "{key}: its object is deleted but the manifest is not ({e}); `cleanup --orphans --fix` removes it later"
+                ),
+            }
+        }
+        out
+    }
+
+    /// Objects in the tenant's folder that no row points to, rows whose object is not in the
+    /// bucket, unfinished uploads; with `fix` (and not a dry run) those `decide` says go are
+    /// deleted. A dry run reports exactly what the run would do.
+    pub async fn orphans(&self, schema: &str, opts: &OrphanOptions, report: &mut Report) -> Result<()> {
         let Cleanup {
             storage,
             catalog,
@@ -166,72 +255,102 @@ impl Cleanup<'_> {
             now,
             dry_run,
         } = *self;
-        let fix = fix && !dry_run;
         let records = catalog.records(client, schema).await?;
+        let folder = format!("{schema}/");
+        let mut objects = storage.list(&folder).await?;
         // When the backend cannot say when an object was written, its name can.
-        let mut objects = storage.list(&format!("{schema}/")).await?;
         for o in &mut objects {
             let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
             o.modified = o
                 .modified
                 .or_else(|| ObjectKey::parse(base).map(|k| k.created.and_utc()));
         }
-        for orphan in find_orphans(&records, &objects, now, Days::days(1)) {
-            match orphan {
-                Orphan::Object { key, old_enough } => {
-                    let result = if !fix {
-                        "found".to_string()
-                    } else if !old_enough {
-                        "kept: less than a day old (may be a backup in flight)".to_string()
-                    } else {
-                        match storage.delete(&key).await {
-                            Ok(()) | Err(StorageError::NotFound(_)) => "deleted".to_string(),
-                            Err(e) => {
-                                report.failed += 1;
-                                format!("FAILED: {e}")
-                            }
-                        }
-                    };
-                    report.orphans.push(OrphanItem {
-                        tenant: schema.into(),
-                        kind: "object without row",
-                        key,
-                        row_id: None,
-                        result,
-                    });
+        let unfinished = storage.unfinished(&folder).await?;
+        for orphan in find_orphans(schema, &records, &objects, &unfinished, now, opts.grace) {
+            let (action, reason) = orphan.decide(schema, opts.include_manual, opts.grace);
+            let result = match (&action, opts.fix, dry_run) {
+                (Action::Refuse, _, _) => {
+                    report.failed += 1;
+                    format!("refused: {reason}")
                 }
-                Orphan::Row { id, key } => {
-                    let result = if fix {
-                        if check_key(&key).is_ok() {
-                            let _ = storage.delete(&ObjectKey::manifest_key(&key)).await;
-                        }
-                        match catalog.delete_record(client, schema, id).await {
-                            Ok(()) => "row deleted".to_string(),
-                            Err(e) => {
-                                report.failed += 1;
-                                format!("FAILED: {e:#}")
-                            }
-                        }
-                    } else {
-                        "found".to_string()
-                    };
-                    report.orphans.push(OrphanItem {
-                        tenant: schema.into(),
-                        kind: "row without object",
-                        key,
-                        row_id: Some(id),
-                        result,
-                    });
+                (Action::Keep, false, _) => format!("found (--fix keeps it: {reason})"),
+                (Action::Keep, true, _) => format!("kept: {reason}"),
+                (Action::Delete, false, _) => format!("found (--fix deletes it: {reason})"),
+                (Action::Delete, true, true) => {
+                    report.orphans_deleted += 1;
+                    format!("would delete: {reason}")
                 }
-            }
+                (Action::Delete, true, false) => match self.fix(schema, &orphan).await {
+                    Ok(done) => {
+                        report.orphans_deleted += 1;
+                        done
+                    }
+                    Err(e) => {
+                        tracing::error!("{schema}: {e:#}");
+                        report.failed += 1;
+                        format!("FAILED: {e:#}")
+                    }
+                },
+            };
+            report.orphans.push(OrphanItem {
+                tenant: schema.into(),
+                kind: orphan.kind(),
+                key: orphan.key().to_string(),
+                row_id: orphan.row_id(),
+                action,
+                reason,
+                result,
+            });
         }
         Ok(())
     }
 
-    /// Drops `<tenant>__pre_restore_<time>` schemas older than `days`, for tenants in the tenant table only.
+    /// Deletes one orphan; what was done.
+    async fn fix(&self, schema: &str, orphan: &Orphan) -> Result<String> {
+        let Cleanup {
+            storage,
+            catalog,
+            client,
+            ..
+        } = *self;
+        match orphan {
+            Orphan::Object { key, .. } => match storage.delete(key).await {
+                Ok(()) => Ok("deleted".into()),
+                Err(StorageError::NotFound(_)) => Ok("already gone".into()),
+                Err(e) => Err(e.into()),
+            },
+            Orphan::Unfinished { upload, .. } => {
+                storage.discard_unfinished(upload).await?;
+                Ok("aborted, its parts removed".into())
+            }
+            Orphan::Missing { id, key, .. } => {
+                // Checked again, one object: a listing is a moment old.
+                if storage.size(key).await?.is_some() {
+                    return Ok("kept: the object is there after all".into());
+                }
+                match storage.delete(&ObjectKey::manifest_key(key)).await {
+                    Ok(()) | Err(StorageError::NotFound(_)) => {}
+                    Err(e) => anyhow::bail!("deleting the manifest of {key}: {e}; the row is kept"),
+                }
+                catalog.delete_record(client, schema, *id).await?;
+                Ok("row deleted".into())
+            }
+            Orphan::Outside { id, key, .. } => {
+                catalog.delete_record(client, schema, *id).await?;
+                Ok(format!("row deleted; {key} is outside the bucket and was not touched"))
+            }
+            Orphan::Nested { .. } | Orphan::Foreign { .. } => {
+                anyhow::bail!("internal: {} is never deleted", orphan.key())
+            }
+        }
+    }
+
+    /// Drops `<tenant>__pre_restore_<time>` schemas older than `days`, for tenants in the tenant
+    /// table only, and never a schema the tenant table itself lists (`listed`).
     pub async fn pre_restore(
         &self,
         tenants: &[Tenant],
+        listed: &[String],
         days: u32,
         timeout: Duration,
         report: &mut Report,
@@ -247,17 +366,19 @@ impl Cleanup<'_> {
             .await?;
         let cutoff = crate::policy::retention::days_before(now, days);
         let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        for (name, tenant, at) in pre_restore_copies(&names, tenants) {
-            let result = if at >= cutoff {
+        for copy in pre_restore_copies(&names, tenants, listed) {
+            let result = if copy.listed {
+                "kept: the tenant table lists this schema as a tenant of its own".to_string()
+            } else if copy.at >= cutoff {
                 format!("kept: newer than {days} days")
             } else if dry_run {
                 "would drop".to_string()
             } else {
-                lock::lock_with_timeout(client, &tenant.schema_name, timeout).await?;
+                lock::lock_with_timeout(client, &copy.tenant.schema_name, timeout).await?;
                 let dropped = client
-                    .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&name)))
+                    .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&copy.name)))
                     .await;
-                lock::unlock(client, &tenant.schema_name).await?;
+                lock::unlock(client, &copy.tenant.schema_name).await?;
                 match dropped {
                     Ok(()) => "dropped".to_string(),
                     Err(e) => {
@@ -267,9 +388,9 @@ impl Cleanup<'_> {
                 }
             };
             report.pre_restore_schemas.push(SchemaItem {
-                tenant: tenant.schema_name.clone(),
-                schema: name,
-                created_at: at,
+                tenant: copy.tenant.schema_name.clone(),
+                schema: copy.name,
+                created_at: copy.at,
                 result,
             });
         }
@@ -277,44 +398,12 @@ impl Cleanup<'_> {
     }
 }
 
-/// How a deletion went.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Deleted {
-    /// Object, manifest and row are gone.
-    All,
-    /// The object was already missing (or lives outside this bucket, as the old application's
-    /// `/var/backups/…` paths do); the row is gone.
-    RowOnly,
-}
-
-/// Deletes one backup in the safe order: object, manifest, then the row. If the object cannot be
-/// deleted, the row stays, so nothing becomes an orphan without a trace.
-pub async fn delete_backup(
-    storage: &dyn Storage,
-    catalog: &Catalog,
-    client: &Client,
-    schema: &str,
-    record: &BackupRecord,
-) -> Result<Deleted> {
-    let key = &record.file_path;
-    let outcome = if check_key(key).is_err() {
-        Deleted::RowOnly
-    } else {
-        match storage.delete(key).await {
-            Ok(()) => Deleted::All,
-            Err(StorageError::NotFound(_)) => Deleted::RowOnly,
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {key}; its row is kept"))),
-        }
-    };
-    if outcome == Deleted::All || check_key(key).is_ok() {
-        match storage.delete(&ObjectKey::manifest_key(key)).await {
-            Ok(()) | Err(StorageError::NotFound(_)) => {}
-            Err(e) => tracing::warn!(
-                "{key} is deleted but its manifest is not ({e}); `cleanup --orphans --fix` removes it later"
-            ),
-        }
-    }
-    catalog.delete_record(client, schema, record.id).await?;
-    Ok(outcome)
+/// How `cleanup --orphans` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct OrphanOptions {
+    /// Delete what [`Orphan::decide`] says goes.
+    pub fix: bool,
+    pub include_manual: bool,
+    /// How old an unreferenced object or unfinished upload must be before it is deleted.
+    pub grace: Span,
 }

@@ -528,8 +528,8 @@ pub struct CleanupArgs {
     /// Never delete the newest K backups of a tenant (counted among those --days may delete)
     #[arg(long, default_value_t = 1, value_name = "K", value_parser = in_range::<u32>(0, 1_000_000))]
     pub keep_last: u32,
-    /// Also delete manual backups (the application kept those forever)
-    #[arg(long, requires = "days")]
+    /// Also delete manual backups (the application kept those forever), with --days or --orphans --fix
+    #[arg(long)]
     pub include_manual: bool,
     /// Only this tenant
     #[arg(long, value_name = "SCHEMA")]
@@ -537,12 +537,18 @@ pub struct CleanupArgs {
     /// Print what would be done, touching nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// List objects no row points to, and rows whose object is missing
+    /// List objects no row points to, rows whose object is missing or outside the bucket, and
+    /// unfinished uploads, in each tenant's own folder
     #[arg(long)]
     pub orphans: bool,
-    /// With --orphans: delete such objects older than one day, and such rows
+    /// With --orphans: delete such objects and unfinished uploads older than --grace-hours, and
+    /// such rows (manual ones only with --include-manual)
     #[arg(long, requires = "orphans")]
     pub fix: bool,
+    /// With --orphans: how old an object no row points to, or an unfinished upload, must be before
+    /// --fix deletes it (a younger one may be a backup in flight)
+    #[arg(long, default_value_t = 24, value_name = "HOURS", requires = "orphans")]
+    pub grace_hours: u32,
     /// Drop `<tenant>__pre_restore_<time>` schemas older than this many days
     #[arg(long, value_name = "N", value_parser = days())]
     pub pre_restore_days: Option<u32>,

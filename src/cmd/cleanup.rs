@@ -6,36 +6,68 @@ use anyhow::Result;
 
 use crate::app::context::Context;
 use crate::app::output::{human_size, table};
-use crate::cleanup::{Cleanup, Report};
+use crate::cleanup::{Cleanup, OrphanOptions, Report};
 use crate::cli::CleanupArgs;
 use crate::cmd::Outcome;
 use crate::pg::lock;
 use crate::policy::retention::{Action, Policy};
+use crate::storage::{Access, StorageError};
+use crate::usage;
 
 pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
     let (days, pre_days) = (args.days, args.pre_restore_days);
+    if args.include_manual && days.is_none() && !args.orphans {
+        return Err(usage!(
+            "--include-manual goes with --days N or --orphans: it lets them delete manual backups too"
+        ));
+    }
     let client = ctx.connect().await?;
-    let tenants = match &args.tenant {
-        Some(t) => ctx.catalog.named_tenants(&client, std::slice::from_ref(t)).await?,
-        None => ctx.catalog.tenants(&client).await?,
-    };
-    drop(client);
-    let session = ctx.connect_session().await?;
-    let now = ctx.clock.now();
-    let timeout = Duration::from_secs(args.lock_timeout);
     let mut report = Report {
         dry_run: args.dry_run,
         ..Default::default()
     };
+    let tenants = match &args.tenant {
+        Some(t) => vec![ctx.catalog.tenant(&client, t).await?],
+        None => {
+            let (tenants, rejected) = ctx.catalog.tenants_checked(&client).await?;
+            report.failed += rejected.len();
+            tenants
+        }
+    };
+    let listed = ctx.catalog.listed_schemas(&client).await?;
+    drop(client);
 
+    // Nothing is called missing, and nothing deleted, before the storage has shown it can see
+    // the bucket (and, to delete, that its key is meant to).
+    let touches_storage = days.is_some() || args.orphans;
+    if touches_storage {
+        let access = if days.is_some() || args.fix {
+            Access::Delete
+        } else {
+            Access::Read
+        };
+        match ctx.storage.probe(access).await {
+            Ok(()) => {}
+            Err(StorageError::Refused(why)) => return Err(usage!("{why}")),
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    }
+
+    let session = ctx.connect_session().await?;
+    let timeout = Duration::from_secs(args.lock_timeout);
     let run = Cleanup {
         storage: ctx.storage.as_ref(),
         catalog: &ctx.catalog,
         client: &session,
-        now,
+        now: ctx.clock.now(),
         dry_run: args.dry_run,
     };
-    for tenant in &tenants {
+    let orphan_opts = OrphanOptions {
+        fix: args.fix,
+        include_manual: args.include_manual,
+        grace: chrono::Duration::hours(args.grace_hours as i64),
+    };
+    for tenant in tenants.iter().filter(|_| touches_storage) {
         let schema = &tenant.schema_name;
         if !args.dry_run {
             if let Err(e) = lock::lock_with_timeout(&session, schema, timeout).await {
@@ -53,23 +85,23 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
             run.expire(schema, &policy, &mut report).await?;
         }
         if args.orphans {
-            run.orphans(schema, args.fix, &mut report).await?;
+            run.orphans(schema, &orphan_opts, &mut report).await?;
         }
         if !args.dry_run {
             lock::unlock(&session, schema).await?;
         }
     }
     if let Some(days) = pre_days {
-        run.pre_restore(&tenants, days, timeout, &mut report).await?;
+        run.pre_restore(&tenants, &listed, days, timeout, &mut report).await?;
     }
     for (tenant, result) in report.failures() {
         ctx.note(tenant, Some(result.to_string()));
     }
-    print(ctx, &report)?;
+    print(ctx, &report, &args)?;
     Ok(Outcome::from_failures(report.failed))
 }
 
-fn print(ctx: &Context, report: &Report) -> Result<()> {
+fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     if ctx.output.json {
         ctx.output.json(report)?;
         return Ok(());
@@ -96,6 +128,15 @@ fn print(ctx: &Context, report: &Report) -> Result<()> {
             table(&["tenant", "id", "key", "size", "created_at", "result"], &rows)
         );
     }
+    for b in report.backups.iter().filter(|b| b.action == Action::Refuse) {
+        println!(
+            "{}: row {} ({}): {}",
+            b.tenant,
+            b.id,
+            b.key,
+            b.result.as_deref().unwrap_or("")
+        );
+    }
     let mut kept: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
     for b in report.backups.iter().filter(|b| b.action == Action::Keep) {
         *kept.entry((b.tenant.as_str(), b.reason.as_str())).or_default() += 1;
@@ -117,12 +158,31 @@ fn print(ctx: &Context, report: &Report) -> Result<()> {
         );
     }
     let done = if report.dry_run { "would delete" } else { "deleted" };
-    println!(
-        "{done} {} backups ({}), kept {}, {} failed",
-        report.deleted,
-        human_size(report.bytes_freed),
-        report.kept,
-        report.failed
-    );
+    if args.days.is_some() || !args.orphans {
+        println!(
+            "{done} {} backups ({}), kept {}, {} failed",
+            report.deleted,
+            human_size(report.bytes_freed),
+            report.kept,
+            report.failed
+        );
+    }
+    if args.orphans {
+        let deletable = report.orphans.iter().filter(|o| o.action == Action::Delete).count();
+        if args.fix {
+            println!(
+                "{done} {} orphans of {} found, {} failed",
+                report.orphans_deleted,
+                report.orphans.len(),
+                report.failed
+            );
+        } else {
+            println!(
+                "found {} orphans; --fix would delete {deletable}, {} failed",
+                report.orphans.len(),
+                report.failed
+            );
+        }
+    }
     Ok(())
 }

@@ -67,9 +67,7 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
         KeysCommand::Forget { tenant, yes } => {
-            if tenant.is_empty() || tenant.len() > 63 || tenant == "public" {
-                return Err(usage!("{tenant:?} is not a tenant schema name"));
-            }
+            crate::pg::sql::check_tenant_schema_name(&tenant)?;
             if !yes {
                 if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
                     return Err(usage!(

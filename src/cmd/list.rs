@@ -1,4 +1,4 @@
-//! `list [--tenant S]`
+//! `list [--tenant S] [--check]`
 
 use anyhow::Result;
 use serde::Serialize;
@@ -8,12 +8,24 @@ use crate::app::output::{human_size, table};
 use crate::cli::ListArgs;
 use crate::cmd::Outcome;
 use crate::pg::catalog::BackupRecord;
-use crate::storage::check_key;
+use crate::storage::{place, Access, Place};
 
 #[derive(Serialize)]
 struct TenantHistory {
     tenant: String,
     backups: Vec<Listed>,
+}
+
+/// With `--check`: where a row's object is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum InBucket {
+    Yes,
+    Missing,
+    /// The file is outside the bucket (the old application's `/var/backups/…`).
+    Outside,
+    /// The row points outside its tenant's folder: not followed.
+    Foreign,
 }
 
 #[derive(Serialize)]
@@ -23,42 +35,74 @@ struct Listed {
     /// With `--check`: whether the object is in the bucket.
     #[serde(skip_serializing_if = "Option::is_none")]
     exists: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_bucket: Option<InBucket>,
 }
 
 pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     let client = ctx.connect().await?;
+    let mut problems = 0;
     let tenants = match &args.tenant {
         Some(name) => vec![ctx.catalog.tenant(&client, name).await?],
-        None => ctx.catalog.tenants(&client).await?,
+        None => {
+            let (tenants, rejected) = ctx.catalog.tenants_checked(&client).await?;
+            problems += rejected.len();
+            tenants
+        }
     };
+    if args.check {
+        // "MISSING" is only said of a bucket the storage has shown it can see.
+        ctx.storage.probe(Access::Read).await?;
+    }
     let mut histories = Vec::new();
     for tenant in tenants {
+        let schema = tenant.schema_name;
         let mut backups = Vec::new();
-        for record in ctx.catalog.records(&client, &tenant.schema_name).await? {
-            let exists = if args.check {
-                Some(check_key(&record.file_path).is_ok() && ctx.storage.size(&record.file_path).await?.is_some())
+        for record in ctx.catalog.records(&client, &schema).await? {
+            let in_bucket = if args.check {
+                Some(match place(&record.file_path, &schema) {
+                    Place::Tenant(key) => match ctx.storage.size(key).await? {
+                        Some(_) => InBucket::Yes,
+                        None => InBucket::Missing,
+                    },
+                    Place::Outside(_) => InBucket::Outside,
+                    Place::Foreign(_) => InBucket::Foreign,
+                })
             } else {
                 None
             };
-            backups.push(Listed { record, exists });
+            if matches!(in_bucket, Some(InBucket::Missing | InBucket::Foreign)) {
+                problems += 1;
+            }
+            backups.push(Listed {
+                record,
+                exists: in_bucket.map(|s| s == InBucket::Yes),
+                in_bucket,
+            });
         }
         histories.push(TenantHistory {
-            tenant: tenant.schema_name,
+            tenant: schema,
             backups,
         });
     }
+    let outcome = Outcome::from_failures(problems);
     if ctx.output.json {
         ctx.output.json(&histories)?;
-        return Ok(Outcome::Done);
+        return Ok(outcome);
     }
     let mut rows = Vec::new();
     for h in &histories {
         for l in &h.backups {
             let b = &l.record;
+            let file = match place(&b.file_path, &h.tenant) {
+                Place::Tenant(k) => k.to_string(),
+                Place::Outside(p) => format!("outside the bucket: {p}"),
+                Place::Foreign(p) => format!("{p} (not under {}/)", h.tenant),
+            };
             let mut row = vec![
                 h.tenant.clone(),
                 b.id.to_string(),
-                b.file_path.clone(),
+                file,
                 human_size(b.file_size.max(0) as u64),
                 b.backup_type.clone(),
                 b.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
@@ -67,22 +111,25 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
                     .or_else(|| b.created_by_id.map(|id| id.to_string()))
                     .unwrap_or_else(|| "-".into()),
             ];
-            if let Some(e) = l.exists {
-                row.push(if e { "yes".into() } else { "MISSING".into() });
+            if let Some(state) = l.in_bucket {
+                row.push(match state {
+                    InBucket::Yes => "yes".into(),
+                    InBucket::Missing => "MISSING".into(),
+                    InBucket::Outside => "outside bucket".into(),
+                    InBucket::Foreign => format!("FOREIGN (not under {}/)", h.tenant),
+                });
             }
             rows.push(row);
         }
     }
     if rows.is_empty() {
         eprintln!("no backups recorded");
-        return Ok(Outcome::Done);
+        return Ok(outcome);
     }
-    print!(
-        "{}",
-        table(
-            &["tenant", "id", "file", "size", "type", "created_at", "created_by"],
-            &rows
-        )
-    );
-    Ok(Outcome::Done)
+    let mut headers = vec!["tenant", "id", "file", "size", "type", "created_at", "created_by"];
+    if args.check {
+        headers.push("in bucket");
+    }
+    print!("{}", table(&headers, &rows));
+    Ok(outcome)
 }

@@ -9,6 +9,28 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether django-tenants would accept `name` as a schema name (its `_is_valid_schema_name`:
+/// `^[_a-zA-Z][_a-zA-Z0-9]{,62}$`, and not starting with `pg_` in any case). Such a name is also
+/// one path segment, so no tenant's folder can lie inside another's.
+pub fn is_tenant_schema_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0] == b'_' || b[0].is_ascii_alphabetic())
+        && b.iter().all(|c| *c == b'_' || c.is_ascii_alphanumeric())
+        && !b[..b.len().min(3)].eq_ignore_ascii_case(b"pg_")
+}
+
+/// [`is_tenant_schema_name`] as a usage error that says what django-tenants accepts.
+pub fn check_tenant_schema_name(name: &str) -> Result<(), UsageError> {
+    if is_tenant_schema_name(name) {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "{name:?} is not a schema name django-tenants accepts (a letter or _ first, then letters, digits and _, 63 at most, not starting with pg_): refused, nothing was touched"
+    )))
+}
+
 /// A SQL string literal.
 pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -69,6 +91,28 @@ mod tests {
             r#""x""; DROP SCHEMA public; --""#
         );
         assert_eq!(quote_ident("bienestar"), "\"bienestar\"");
+    }
+
+    #[test]
+    fn tenant_names_follow_django_tenants() {
+        for ok in ["bienestar", "clinica_demo", "_x", "A1", &"a".repeat(63)] {
+            assert!(is_tenant_schema_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "bienestar/x",
+            "1abc",
+            "pg_toast",
+            "PG_x",
+            "a-b",
+            "a b",
+            "ñ",
+            "a\n",
+            &"a".repeat(64),
+            "bienestar\n",
+        ] {
+            assert!(!is_tenant_schema_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! without committing: the live schema is exactly as before. Native json backups load through the
 //! driver instead ([`crate::jsonl`]).
 
+pub mod access;
 pub mod psql;
 pub mod script;
 pub mod source;

@@ -13,7 +13,7 @@ use crate::backup::manifest::Manifest;
 use crate::backup::spool::sha256_file;
 use crate::error::UsageError;
 use crate::pg::catalog::{BackupRecord, Catalog, Tenant};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{place, Place, Storage, StorageError};
 
 /// Which backup to restore.
 #[derive(Clone, Debug)]
@@ -71,6 +71,7 @@ pub async fn resolve(
         (None, Which::Key(k)) => k.clone(),
         (None, _) => unreachable!("ids and latest always resolve to a record"),
     };
+    follow_only_own_folder(&key, history_of, record.as_ref(), storage)?;
     let manifest = match storage.get_bytes(&ObjectKey::manifest_key(&key)).await {
         Ok(bytes) => Some(Manifest::from_bytes(&bytes).with_context(|| format!("reading the manifest of {key}"))?),
         Err(StorageError::NotFound(_)) => None,
@@ -126,6 +127,42 @@ pub async fn resolve(
         format,
         manifest,
     })
+}
+
+/// A row (or `--file`) is followed only into its tenant's own folder; a file outside the bucket
+/// (the old application's `/var/backups/…`) is said to be so, with what to do.
+fn follow_only_own_folder(
+    key: &str,
+    schema: &str,
+    record: Option<&BackupRecord>,
+    storage: &dyn Storage,
+) -> Result<(), UsageError> {
+    let what = match record {
+        Some(r) => format!("backup {} of {schema} ({key})", r.id),
+        None => key.to_string(),
+    };
+    match place(key, schema) {
+        Place::Tenant(_) => Ok(()),
+        Place::Outside(path) => {
+            let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+            Err(UsageError::new(format!(
+                "{what} is not in the configured storage ({}): {path} is a file outside the bucket, as the old application wrote them. \
+                 To use it, copy it into the bucket under {schema}/ (e.g. as {schema}/{name}) and pass --file {schema}/{name}, or point --storage at the storage that holds it",
+                storage.describe()
+            )))
+        }
+        Place::Foreign(_) => {
+            let folder = key.split('/').next().unwrap_or("");
+            let hint = if record.is_none() && crate::pg::sql::is_tenant_schema_name(folder) && folder != schema {
+                format!(": it is a backup of tenant {folder}, not {schema}: add --from-tenant {folder} to restore it into {schema} anyway")
+            } else {
+                ": a row is never followed into another tenant's objects; fix or remove that row".to_string()
+            };
+            Err(UsageError::new(format!(
+                "{what} is not under {schema}/, {schema}'s own folder{hint}"
+            )))
+        }
+    }
 }
 
 /// Downloads the object to a temporary file and checks it against its manifest before anything

@@ -1,26 +1,78 @@
 //! A local directory. Objects appear under their final name only complete: they are written to a
-//! hidden temporary file beside it, synced, then hard-linked into place, which also fails (rather
-//! than overwrites) when the name is taken.
+//! hidden temporary file beside it (`.<name>.<random>.partial`), synced, then hard-linked into
+//! place, which also fails (rather than overwrites) when the name is taken. A crash can leave the
+//! temporary file behind: [`Storage::unfinished`] finds those.
+//!
+//! "Not found" is only said once the directory itself is known to exist: an unmounted volume or a
+//! mistyped path is an error, never a bucket with nothing in it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use tokio::sync::OnceCell;
 
-use super::{check_key, ObjectInfo, Storage, StorageError};
+use super::{check_key, Access, ObjectInfo, Storage, StorageError, Unfinished};
 
 pub struct LocalDir {
     root: PathBuf,
+    /// Whether the directory was seen, checked once.
+    seen: OnceCell<Result<(), String>>,
 }
 
 impl LocalDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalDir { root: root.into() }
+        LocalDir {
+            root: root.into(),
+            seen: OnceCell::new(),
+        }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         check_key(key)?;
         Ok(self.root.join(key))
+    }
+
+    /// The directory exists and can be listed.
+    async fn seen(&self) -> Result<(), StorageError> {
+        let root = self.root.clone();
+        let result = self
+            .seen
+            .get_or_init(|| async move {
+                let problem = match std::fs::metadata(&root) {
+                    Ok(m) if m.is_dir() => match std::fs::read_dir(&root) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => format!("it cannot be listed ({e})"),
+                    },
+                    Ok(_) => "it is not a directory".to_string(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        "it does not exist (is the volume mounted?)".to_string()
+                    }
+                    Err(e) => e.to_string(),
+                };
+                Err(format!(
+                    "cannot see the storage directory {}: {problem}; nothing was deleted or called missing. Fix --storage / BACKUP_STORAGE",
+                    root.display()
+                ))
+            })
+            .await;
+        result.clone().map_err(StorageError::Other)
+    }
+
+    /// `NotFound` for `key`, once the directory is known to be there.
+    async fn absent(&self, key: &str) -> StorageError {
+        match self.seen().await {
+            Ok(()) => StorageError::NotFound(key.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    async fn not_found_or(&self, e: io::Error, key: &str, doing: &str) -> StorageError {
+        if e.kind() == io::ErrorKind::NotFound {
+            self.absent(key).await
+        } else {
+            StorageError::io(format!("{doing} {key}"), e)
+        }
     }
 }
 
@@ -77,6 +129,10 @@ impl Storage for LocalDir {
         self.root.display().to_string()
     }
 
+    async fn probe(&self, _access: Access) -> Result<(), StorageError> {
+        self.seen().await
+    }
+
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
         let dest = self.path(key)?;
         let src = path.to_path_buf();
@@ -104,22 +160,27 @@ impl Storage for LocalDir {
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
         let src = self.path(key)?;
-        tokio::fs::copy(&src, path)
-            .await
-            .map_err(|e| not_found_or(e, key, "reading"))
+        match tokio::fs::copy(&src, path).await {
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.not_found_or(e, key, "reading").await),
+        }
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         let src = self.path(key)?;
-        tokio::fs::read(&src).await.map_err(|e| not_found_or(e, key, "reading"))
+        match tokio::fs::read(&src).await {
+            Ok(b) => Ok(b),
+            Err(e) => Err(self.not_found_or(e, key, "reading").await),
+        }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.seen().await?;
         let root = self.root.clone();
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, &prefix, &mut out)?;
+            walk(&root, &root, &prefix, Want::Objects, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -129,9 +190,10 @@ impl Storage for LocalDir {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(|e| not_found_or(e, key, "deleting"))
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.not_found_or(e, key, "deleting").await),
+        }
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
@@ -139,23 +201,65 @@ impl Storage for LocalDir {
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.seen().await.map(|()| None),
             Err(e) => Err(StorageError::io(format!("checking {key}"), e)),
+        }
+    }
+
+    async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
+        self.seen().await?;
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, &prefix, Want::Partials, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok::<_, StorageError>(out)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))??;
+        Ok(found
+            .into_iter()
+            .map(|o| Unfinished {
+                id: o.key.clone(),
+                key: o.key,
+                started: o.modified,
+            })
+            .collect())
+    }
+
+    async fn discard_unfinished(&self, upload: &Unfinished) -> Result<(), StorageError> {
+        let path = self.path(&upload.id)?;
+        if !is_partial(&upload.id) {
+            return Err(StorageError::Other(format!(
+                "{} is not a temporary upload file: not removed",
+                upload.id
+            )));
+        }
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.not_found_or(e, &upload.id, "removing").await),
         }
     }
 }
 
-fn not_found_or(e: io::Error, key: &str, doing: &str) -> StorageError {
-    if e.kind() == io::ErrorKind::NotFound {
-        StorageError::NotFound(key.to_string())
-    } else {
-        StorageError::io(format!("{doing} {key}"), e)
-    }
+/// One of our own temporary files: `.<name>.<random>.partial`.
+fn is_partial(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with('.') && name.ends_with(".partial")
 }
 
-/// Collects regular files under `dir` whose key starts with `prefix`, skipping our own hidden
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Objects: regular files, hidden ones skipped.
+    Objects,
+    /// Our temporary `.partial` files, which a crash leaves behind.
+    Partials,
+}
+
+/// Collects regular files under `dir` whose key starts with `prefix`: objects, or our own hidden
 /// temporary files.
-fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<(), StorageError> {
+fn walk(root: &Path, dir: &Path, prefix: &str, want: Want, out: &mut Vec<ObjectInfo>) -> Result<(), StorageError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -166,19 +270,19 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
         let path = entry.path();
         let Ok(rel) = path.strip_prefix(root) else { continue };
         let key = rel.to_string_lossy().replace('\\', "/");
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
         let meta = entry
             .metadata()
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
         if meta.is_dir() {
             let dir_key = format!("{key}/");
-            if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
-                walk(root, &path, prefix, out)?;
+            if !hidden && (dir_key.starts_with(prefix) || prefix.starts_with(&dir_key)) {
+                walk(root, &path, prefix, want, out)?;
             }
-        } else if meta.is_file() && key.starts_with(prefix) {
+        } else if meta.is_file() && key.starts_with(prefix) && (hidden == (want == Want::Partials)) {
+            if want == Want::Partials && !is_partial(&key) {
+                continue;
+            }
             let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
             out.push(ObjectInfo {
                 key,

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{check_key, ObjectInfo, Storage, StorageError};
+use super::{check_key, Access, ObjectInfo, Storage, StorageError};
 
 #[derive(Default)]
 pub struct Memory {
@@ -37,6 +37,10 @@ impl Memory {
 impl Storage for Memory {
     fn describe(&self) -> String {
         "memory://".to_string()
+    }
+
+    async fn probe(&self, _access: Access) -> Result<(), StorageError> {
+        Ok(())
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {

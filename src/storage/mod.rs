@@ -3,6 +3,7 @@
 mod fs;
 #[cfg(test)]
 mod memory;
+mod place;
 mod s3;
 mod supabase;
 
@@ -16,6 +17,7 @@ use crate::error::UsageError;
 pub use fs::LocalDir;
 #[cfg(test)]
 pub use memory::Memory;
+pub use place::{place, Place};
 pub use s3::S3;
 pub use supabase::Supabase;
 
@@ -45,12 +47,21 @@ pub fn default_url() -> String {
     }
 }
 
+/// What a backend returns. [`StorageError::NotFound`] (and `Ok(None)` from [`Storage::size`], and
+/// a short listing) is a proven absence: a backend only says so once it has seen that the bucket
+/// exists and that its credentials can list and read it ([`Storage::probe`]); anything else that
+/// could look like absence (an empty answer from a key row-level security blinds, a 404 from a
+/// route that does not exist) is an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("object {0} already exists")]
     AlreadyExists(String),
     #[error("object {0} not found")]
     NotFound(String),
+    /// The storage is configured so it must not be used for this (a key without the rights it
+    /// needs): nothing was touched, and the fix is in the configuration.
+    #[error("{0}")]
+    Refused(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -78,12 +89,37 @@ pub struct ObjectInfo {
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What a caller is about to do, for [`Storage::probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read and list: `list --check`, download, verify, restore.
+    Read,
+    /// Delete too: `cleanup`.
+    Delete,
+}
+
+/// An upload that was started and never finished: an S3 multipart upload, a local `.partial`
+/// file. Its parts take space until they are removed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unfinished {
+    /// The key it was meant for (local: the temporary file's own key).
+    pub key: String,
+    /// The backend's handle on it (the S3 upload id; the key for a local file).
+    pub id: String,
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Keys are relative (`bienestar/backup-sql-….sql.zst`); a backend adds its own prefix.
 /// Writes never overwrite: `put_*` fails with [`StorageError::AlreadyExists`].
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// The storage URL, redacted, for messages.
     fn describe(&self) -> String;
+
+    /// Proves the bucket exists and these credentials can list and read it (and, for
+    /// [`Access::Delete`], that they are meant to delete). Every "not found" a backend returns
+    /// rests on this; callers about to delete call it first to stop before anything is touched.
+    async fn probe(&self, access: Access) -> Result<(), StorageError>;
 
     /// Stores the file's bytes under `key`, atomically: a crash never leaves a partial object
     /// under the final key.
@@ -106,6 +142,30 @@ pub trait Storage: Send + Sync {
 
     /// The object's size, or `None` when it does not exist.
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
+
+    /// Deletes each key; one result per key, in order. Backends with a bulk call use it.
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<(), StorageError>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.delete(key).await);
+        }
+        out
+    }
+
+    /// Uploads under `prefix` that were started and never finished.
+    async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Removes an unfinished upload (aborts it, freeing its parts).
+    async fn discard_unfinished(&self, upload: &Unfinished) -> Result<(), StorageError> {
+        Err(StorageError::Other(format!(
+            "{} cannot remove the unfinished upload {}",
+            self.describe(),
+            upload.key
+        )))
+    }
 }
 
 /// Opens the backend named by a storage URL: a plain path or `file:///abs/path` (local directory),

@@ -129,7 +129,7 @@ fn legacy_rows_and_missing_objects_count_as_deleted_and_a_failing_delete_keeps_i
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("row deleted; the object was already missing"),
+        text(&out.stdout).contains("row deleted; its file /var/backups/clinic/bienestar/bienestar_20250601_030000.sql.gz is outside the bucket and was not touched"),
         "{}",
         text(&out.stdout)
     );
@@ -240,4 +240,145 @@ fn bad_cleanup_input_exits_2_and_touches_nothing() {
     }
     assert_eq!(ids(&db), "1,2");
     assert_eq!(db.objects().len(), 4);
+}
+
+#[test]
+fn tenant_names_django_tenants_would_reject_are_refused() {
+    let db = TestDb::new();
+    db.backup(&["--tenant", "bienestar"]);
+    // A tenant row whose name reaches into bienestar's folder, with a schema of that name.
+    db.sql(
+        "INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) VALUES ('bienestar/x', 'X', 'daily'); \
+         CREATE SCHEMA \"bienestar/x\"; \
+         CREATE TABLE \"bienestar/x\".backups_backuprecord (LIKE bienestar.backups_backuprecord INCLUDING ALL)",
+    );
+    let before = db.objects();
+    for args in [
+        vec!["backup", "--tenant", "bienestar/x"],
+        vec!["list", "--tenant", "bienestar/x"],
+        vec!["cleanup", "--orphans", "--fix", "--tenant", "bienestar/x"],
+        vec!["cleanup", "--days", "1", "--tenant", "bienestar/x"],
+        vec!["cleanup", "--days", "1", "--tenant", "pg_toast"],
+        vec!["cleanup", "--days", "1", "--tenant", "1abc"],
+    ] {
+        let out = db.cmd().args(&args).output().unwrap();
+        assert_fails(&out, 2, "django-tenants");
+    }
+    // Over all tenants it is reported and skipped; the others are cleaned.
+    let out = db.cmd().args(["cleanup", "--orphans", "--fix"]).output().unwrap();
+    assert_fails(&out, 1, "bienestar/x");
+    assert_eq!(db.objects(), before);
+}
+
+#[test]
+fn pre_restore_days_never_drops_a_schema_the_tenant_table_lists() {
+    let db = TestDb::new();
+    let live = "zz__pre_restore_20200101000000";
+    db.sql(&format!(
+        "INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) VALUES ('zz', 'ZZ', 'daily'), ('{live}', 'Live', 'daily'); \
+         CREATE SCHEMA zz; CREATE SCHEMA {live}; CREATE TABLE {live}.patients (id int)"
+    ));
+    for args in [
+        vec!["cleanup", "--pre-restore-days", "30", "--tenant", "zz"],
+        vec!["cleanup", "--pre-restore-days", "30"],
+    ] {
+        let out = db.cmd().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(live), "reported: {}", text(&out.stdout));
+    }
+    assert_eq!(
+        db.sql(&format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{live}'")),
+        "1",
+        "a live tenant's schema is never dropped"
+    );
+}
+
+#[test]
+fn orphans_fix_keeps_manual_legacy_rows_and_its_dry_run_tells_the_truth() {
+    let db = TestDb::new();
+    let b = db.backup(&["--tenant", "bienestar", "--type", "automatic"]);
+    let key = b["key"].as_str().unwrap().to_string();
+    // One row whose object is gone, and the fixture's two old-application rows (1 automatic, 2 manual).
+    let gone = db.backup(&["--tenant", "bienestar", "--type", "automatic"]);
+    std::fs::remove_file(db.storage().join(gone["key"].as_str().unwrap())).unwrap();
+    let rows = |db: &TestDb| db.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM bienestar.backups_backuprecord");
+    let before = rows(&db);
+
+    let plan = |args: &[&str]| -> Vec<(String, String)> {
+        let out = db.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.code().is_some_and(|c| c < 2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["orphans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["action"] == "delete")
+            .map(|o| {
+                (
+                    o["key"].as_str().unwrap().to_string(),
+                    o["result"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let dry = plan(&[
+        "--json",
+        "cleanup",
+        "--orphans",
+        "--fix",
+        "--dry-run",
+        "--tenant",
+        "bienestar",
+    ]);
+    assert_eq!(rows(&db), before, "a dry run touches nothing");
+    let out = db
+        .cmd()
+        .args(["cleanup", "--orphans", "--fix", "--dry-run", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains(&format!("would delete {}", dry.len())),
+        "{}",
+        text(&out.stdout)
+    );
+    let real = plan(&["--json", "cleanup", "--orphans", "--fix", "--tenant", "bienestar"]);
+    let keys = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&dry), keys(&real), "the dry run said exactly what the run did");
+    assert!(dry.iter().all(|(_, r)| r.starts_with("would")), "{dry:?}");
+    assert!(
+        real.iter()
+            .all(|(_, r)| !r.starts_with("would") && !r.starts_with("FAILED")),
+        "{real:?}"
+    );
+    let after = rows(&db);
+    let has = |id: &str| after.split(',').any(|i| i == id);
+    assert!(
+        has("2"),
+        "the manual old-application row stays without --include-manual: {after}"
+    );
+    assert!(!has("1"), "the automatic old-application row goes: {after}");
+    assert!(
+        !has(&gone["id"].to_string()),
+        "the row whose object is gone goes: {after}"
+    );
+    assert!(has(&b["id"].to_string()) && db.objects().contains(&key), "{after}");
+
+    let out = db
+        .cmd()
+        .args([
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--include-manual",
+            "--tenant",
+            "bienestar",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(rows(&db), b["id"].to_string());
 }

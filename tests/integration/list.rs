@@ -46,3 +46,82 @@ fn list_shows_legacy_and_new_rows_as_table_and_json() {
     // One timestamp form across commands: RFC 3339, UTC, microseconds.
     assert_eq!(v[0]["backups"][2]["created_at"], "2025-06-01T03:00:00.000000Z");
 }
+
+#[test]
+fn list_check_has_an_in_bucket_column_and_legacy_rows_say_where_they_are() {
+    let db = TestDb::new();
+    let b = db.backup(&["--tenant", "bienestar"]);
+    let out = db.cmd().args(["list", "--tenant", "bienestar"]).output().unwrap();
+    assert!(
+        text(&out.stdout)
+            .contains("outside the bucket: /var/backups/clinic/bienestar/bienestar_20250603_154512.sql.gz"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = db
+        .cmd()
+        .args(["list", "--check", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].trim_end().ends_with("in bucket"), "{stdout}");
+    assert!(lines[1].trim_end().ends_with("yes"), "{stdout}");
+    assert!(lines[2].trim_end().ends_with("outside bucket"), "{stdout}");
+
+    std::fs::remove_file(db.storage().join(b["key"].as_str().unwrap())).unwrap();
+    let out = db
+        .cmd()
+        .args(["--json", "list", "--check", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing object is a finding: {}",
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = v[0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["in_bucket"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["missing", "outside", "outside"]);
+    let out = db
+        .cmd()
+        .args(["list", "--check", "--tenant", "bienestar"])
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_end()
+        .ends_with("MISSING"));
+}
+
+#[test]
+fn legacy_rows_are_not_in_the_bucket_and_commands_say_what_to_do() {
+    let db = TestDb::new();
+    for args in [
+        vec!["download", "--tenant", "bienestar", "--id", "2", "-o", "-"],
+        vec!["verify", "--tenant", "bienestar", "--id", "2"],
+        vec!["restore", "--tenant", "bienestar", "--id", "2", "--yes"],
+    ] {
+        let out = db.cmd().args(&args).output().unwrap();
+        assert_fails(&out, 2, "is not in the configured storage");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("/var/backups/clinic/bienestar/bienestar_20250603_154512.sql.gz"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("copy it into") && stderr.contains("bienestar/"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("invalid object key"), "{stderr}");
+    }
+}

@@ -18,3 +18,5 @@ mod scheduled;
 mod secrets;
 mod stops;
 mod storage;
+mod storage_supabase;
+mod storage_truth;

@@ -73,6 +73,9 @@ pub enum Fault {
     Gateway(u16),
     /// The connection is closed without an answer.
     Disconnect,
+    /// `{"statusCode":"409","code":"KeyAlreadyExists",…}` (HTTP 400; on TUS routes plain text
+    /// `409 The resource already exists`): someone else stored the name meanwhile.
+    KeyAlreadyExists,
 }
 
 /// Answer requests whose method (any when `None`) and raw path (`/storage/v1/…`, with the query)
@@ -99,6 +102,9 @@ pub struct Faults {
     /// `(method, path suffix)`: matching requests stall until this is cleared, GETs after half
     /// their body, others before they are handled (a storage that hangs mid-transfer).
     pub stall: Option<(String, String)>,
+    /// Bulk deletes answer `200 []` and delete nothing (as a row-level security policy that lets
+    /// the key read objects but not delete them would).
+    pub silent_deletes: bool,
 }
 
 /// What the database row of an object holds besides its bytes.
@@ -150,6 +156,9 @@ pub struct State {
     pub tus_max_size: Option<u64>,
     /// Unfinished uploads expire this long after creation (the server's TUS_URL_EXPIRY_MS: 1 h).
     pub tus_expiry: chrono::Duration,
+    /// When set, TUS create answers with a `Location` on this origin instead of the stub's own
+    /// (a misconfigured or hostile proxy).
+    pub tus_location_origin: Option<String>,
     pub uploads: HashMap<String, TusUpload>,
     pub faults: Faults,
     /// (method, path, had Authorization header) for every request.
@@ -291,6 +300,7 @@ impl SupabaseStub {
             upload_limit,
             tus_max_size: None,
             tus_expiry: chrono::Duration::hours(1),
+            tus_location_origin: None,
             uploads: HashMap::new(),
             faults: Faults::default(),
             log: Vec::new(),
@@ -668,6 +678,7 @@ fn fault_error(f: Fault) -> Option<StorageError> {
         },
         Fault::ResourceLocked => StorageError::new(423, "ResourceLocked", None, "The resource is locked"),
         Fault::InternalError => StorageError::new(500, "InternalError", None, "Internal server error"),
+        Fault::KeyAlreadyExists => key_already_exists(),
         _ => return None,
     })
 }
@@ -1809,7 +1820,7 @@ fn delete_many(st: &mut State, who: &Who, bucket: &str, q: &Value) -> Result<Rep
         ));
     }
     must_be_valid_bucket(bucket)?;
-    if !who.sees_all() || !st.buckets.contains(bucket) {
+    if !who.sees_all() || !st.buckets.contains(bucket) || st.faults.silent_deletes {
         return Ok(json_reply(200, &json!([])));
     }
     let mut seen = HashSet::new();
@@ -2273,6 +2284,7 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
         headers.push(("Upload-Expires", http_date(&(now + st.tus_expiry))));
     }
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&id);
+    let origin = st.tus_location_origin.as_deref().unwrap_or(origin);
     headers.push(("Location", format!("{origin}/storage/v1/upload/resumable/{encoded}")));
     Ok(reply(201, headers, ""))
 }

@@ -8,6 +8,7 @@ use tokio_postgres::{Client, Row};
 use super::Catalog;
 use crate::error::UsageError;
 use crate::pg::connect::pg_context;
+use crate::pg::sql::{check_tenant_schema_name, is_tenant_schema_name};
 
 /// A tenant's `backup_schedule`, as the application defines it (the column has no CHECK, so
 /// anything else is kept as it was read, and never due).
@@ -69,18 +70,48 @@ const TENANT_COLUMNS: &str =
     "id, schema_name::text, name::text, backup_schedule::text, last_backup_at, next_scheduled_backup";
 
 impl Catalog {
-    /// Every tenant but `public`, in one query, ordered by schema name.
+    /// Every tenant but `public`, in one query, ordered by schema name. Rows whose name
+    /// django-tenants would reject are left out (and logged): their folder could lie inside
+    /// another tenant's.
     pub async fn tenants(&self, client: &Client) -> anyhow::Result<Vec<Tenant>> {
+        let (tenants, _) = self.tenants_checked(client).await?;
+        Ok(tenants)
+    }
+
+    /// [`tenants`](Self::tenants), and the names left out.
+    pub async fn tenants_checked(&self, client: &Client) -> anyhow::Result<(Vec<Tenant>, Vec<String>)> {
         let sql = format!(
             "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name <> 'public' ORDER BY schema_name",
             self.tenants_table.quoted()
         );
         let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
-        Ok(rows.iter().map(tenant_from_row).collect())
+        let (good, bad): (Vec<Tenant>, Vec<Tenant>) = rows
+            .iter()
+            .map(tenant_from_row)
+            .partition(|t| is_tenant_schema_name(&t.schema_name));
+        for t in &bad {
+            tracing::error!(
+                "{}: tenant row {} has schema_name {:?}, which django-tenants would reject: skipped (fix or remove that row)",
+                self.tenants_table,
+                t.id,
+                t.schema_name
+            );
+        }
+        Ok((good, bad.into_iter().map(|t| t.schema_name).collect()))
     }
 
-    /// One tenant; an unknown name (or `public`) is a usage error and nothing is touched.
+    /// Every `schema_name` in the tenant table, `public` and rejected names included: schemas that
+    /// are somebody's, whatever they look like.
+    pub async fn listed_schemas(&self, client: &Client) -> anyhow::Result<Vec<String>> {
+        let sql = format!("SELECT schema_name::text FROM {}", self.tenants_table.quoted());
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// One tenant; a name django-tenants would reject, an unknown name (or `public`) is a usage
+    /// error and nothing is touched.
     pub async fn tenant(&self, client: &Client, schema: &str) -> anyhow::Result<Tenant> {
+        check_tenant_schema_name(schema)?;
         let sql = format!(
             "SELECT {TENANT_COLUMNS} FROM {} WHERE schema_name = $1 AND schema_name <> 'public'",
             self.tenants_table.quoted()

@@ -1,8 +1,10 @@
-//! Requests to Supabase Storage: authentication headers, retries on 429/5xx/connection errors,
-//! and errors turned into something a person can act on.
+//! Requests to Supabase Storage: authentication headers, retries on 429/5xx/connection errors
+//! (whether the 5xx is the HTTP status or the `statusCode` inside an HTTP 400's body), and answers
+//! turned into something a person can act on. Redirects are never followed: the client would
+//! carry the `apikey` header (the service_role key) to wherever the redirect points.
 
-use backon::Retryable;
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use backon::BackoffBuilder;
+use reqwest::{Method, RequestBuilder, Response};
 use serde::Deserialize;
 
 use super::Supabase;
@@ -10,11 +12,65 @@ use crate::retry::backoff;
 use crate::secret::redact;
 use crate::storage::StorageError;
 
-/// One attempt's failure that is worth another try.
-enum Attempt {
-    /// 429 or 5xx: handed back as it is when the retries run out.
-    Status(Response),
-    Network(reqwest::Error),
+/// A non-success answer, read whole (error bodies are small).
+pub(super) struct Failure {
+    pub http: u16,
+    pub body: String,
+    pub location: Option<String>,
+}
+
+/// The storage API's own error body: `statusCode` as a string, and (from the server's error
+/// handler) usually a `code`. fastify's bare 404 has a numeric `statusCode` and no `code`; a
+/// gateway or another server answers with something else entirely.
+#[derive(Deserialize)]
+pub(super) struct ApiError {
+    #[serde(rename = "statusCode")]
+    pub status_code: String,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub message: Option<String>,
+}
+
+impl Failure {
+    pub fn api(&self) -> Option<ApiError> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// The real status: the body's `statusCode` for the storage API's errors, else HTTP's.
+    pub fn status(&self) -> u16 {
+        self.api().and_then(|a| a.status_code.parse().ok()).unwrap_or(self.http)
+    }
+
+    /// Worth another try: 429 or 5xx, as the HTTP status or as the body's `statusCode`
+    /// (DatabaseReadOnly and LockTimeout come as HTTP 400 with `"statusCode":"503"`).
+    pub fn transient(&self) -> bool {
+        let s = self.status();
+        s == 429 || s >= 500 || self.http == 429 || self.http >= 500
+    }
+
+    /// How to name it in a log line: `503 DatabaseReadOnly (HTTP 400)`.
+    pub fn label(&self) -> String {
+        match self.api() {
+            Some(a) => {
+                let code = a.code.map(|c| format!(" {c}")).unwrap_or_default();
+                if a.status_code == self.http.to_string() {
+                    format!("{}{code}", a.status_code)
+                } else {
+                    format!("{}{code} (HTTP {})", a.status_code, self.http)
+                }
+            }
+            None => format!("HTTP {}", self.http),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self.api() {
+            Some(a) => format!("{} {}", a.error.unwrap_or_default(), a.message.unwrap_or_default())
+                .trim()
+                .to_string(),
+            None => self.body.trim().chars().take(200).collect(),
+        }
+    }
 }
 
 impl Supabase {
@@ -34,112 +90,137 @@ impl Supabase {
         }
     }
 
-    /// Sends with retries on 429, 5xx and connection errors (the shared backoff).
-    /// `make` builds a fresh request each attempt.
-    pub(super) async fn send(&self, what: &str, make: impl Fn() -> RequestBuilder) -> Result<Response, StorageError> {
-        let attempt = || async {
-            match make().send().await {
-                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
-                    Err(Attempt::Status(r))
+    /// Sends with retries on 429, 5xx and connection errors (the shared backoff); `make` builds
+    /// a fresh request each attempt. A success comes back as the response; anything else, once
+    /// it is not worth another try, as a [`Failure`].
+    pub(super) async fn exchange(
+        &self,
+        what: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Result<Response, Failure>, StorageError> {
+        let mut delays = backoff(self.retries).build();
+        loop {
+            let problem = match make().send().await {
+                Ok(r) if r.status().is_success() => return Ok(Ok(r)),
+                Ok(r) => {
+                    let failure = read_failure(r).await;
+                    if !failure.transient() {
+                        return Ok(Err(failure));
+                    }
+                    Err(failure)
                 }
-                Ok(r) => Ok(r),
-                Err(e) => Err(Attempt::Network(e)),
-            }
-        };
-        let result = attempt
-            .retry(backoff(self.retries))
-            .sleep(tokio::time::sleep)
-            .when(|a| match a {
-                Attempt::Status(_) => true,
-                Attempt::Network(e) => e.is_connect() || e.is_timeout() || e.is_request(),
-            })
-            .notify(|a, delay| match a {
-                Attempt::Status(r) => tracing::warn!(
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => Ok(e),
+                Err(e) => return Err(self.unreachable(what, &e)),
+            };
+            let Some(delay) = delays.next() else {
+                return match problem {
+                    Err(failure) => Ok(Err(failure)),
+                    Ok(e) => Err(self.unreachable(what, &e)),
+                };
+            };
+            match &problem {
+                Err(f) => tracing::warn!(
                     "{what}: Supabase answered {}; retrying in {:.1}s",
-                    r.status(),
+                    f.label(),
                     delay.as_secs_f64()
                 ),
-                Attempt::Network(e) => tracing::warn!(
+                Ok(e) => tracing::warn!(
                     "{what}: {}; retrying in {:.1}s",
                     self.scrub(&e.to_string()),
                     delay.as_secs_f64()
                 ),
-            })
-            .await;
-        match result {
-            Ok(r) | Err(Attempt::Status(r)) => Ok(r),
-            Err(Attempt::Network(e)) => Err(StorageError::Other(format!(
-                "{what}: cannot reach {} ({}): check SUPABASE_URL",
-                redact(&self.base),
-                self.scrub(&e.to_string())
-            ))),
+            }
+            tokio::time::sleep(delay).await;
         }
+    }
+
+    /// [`exchange`](Self::exchange), with a failure turned into the error it means for `key`.
+    pub(super) async fn send(
+        &self,
+        what: &str,
+        key: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, StorageError> {
+        match self.exchange(what, make).await? {
+            Ok(r) => Ok(r),
+            Err(f) => Err(self.fail(key, &f)),
+        }
+    }
+
+    fn unreachable(&self, what: &str, e: &reqwest::Error) -> StorageError {
+        StorageError::Other(format!(
+            "{what}: cannot reach {} ({}): check SUPABASE_URL",
+            redact(&self.base),
+            self.scrub(&e.to_string())
+        ))
     }
 
     pub(super) fn scrub(&self, s: &str) -> String {
         crate::secret::scrub(s, &[self.key.expose()])
     }
 
-    /// Turns a non-success answer into an error a person can act on. The real status is often in
-    /// the JSON body of an HTTP 400.
-    pub(super) async fn fail(&self, key: &str, resp: Response) -> StorageError {
-        let http = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        let parsed: Option<ErrorBody> = serde_json::from_str(&body).ok();
-        let code = parsed
-            .as_ref()
-            .and_then(|b| b.status_code.as_ref())
-            .and_then(|c| c.as_u16())
-            .unwrap_or(http);
-        let message = parsed
-            .as_ref()
-            .map(|b| {
-                format!(
-                    "{} {}",
-                    b.error.clone().unwrap_or_default(),
-                    b.message.clone().unwrap_or_default()
-                )
-            })
-            .unwrap_or(body);
-        let message = self.scrub(message.trim());
-        match code {
-            401 | 403 => StorageError::Other(format!(
-                "Supabase rejected the key ({message}): use the service_role key, not the anon key (SUPABASE_KEY or SUPABASE_SERVICE_ROLE_KEY)"
-            )),
-            404 if message.to_lowercase().contains("bucket") => StorageError::Other(format!(
-                "bucket {:?} does not exist in this Supabase project: create it (Dashboard → Storage → New bucket, private) or set SUPABASE_BUCKET_NAME / --storage supabase://<bucket>",
+    /// What a non-success answer means. The real status is often in the JSON body of an HTTP
+    /// 400; a 404 that is not the storage API's own error (a wrong base URL, a proxy) is a
+    /// failure, never "not found".
+    pub(super) fn fail(&self, key: &str, f: &Failure) -> StorageError {
+        let message = self.scrub(&f.text());
+        if (300..400).contains(&f.http) {
+            let to = f
+                .location
+                .as_deref()
+                .map(|l| format!(" to {}", redact(l)))
+                .unwrap_or_default();
+            return StorageError::Other(format!(
+                "Supabase answered with a redirect{to} (HTTP {}): redirects are not followed, since they would carry the key elsewhere; set SUPABASE_URL to the project's own https://<project>.supabase.co URL",
+                f.http
+            ));
+        }
+        let Some(api) = f.api() else {
+            if f.http == 404 {
+                return StorageError::Other(format!(
+                    "{} answered 404 ({message}), which is not the storage API's answer: check SUPABASE_URL (the project URL, https://<project>.supabase.co, without /storage/v1)",
+                    redact(&self.base)
+                ));
+            }
+            return StorageError::Other(format!(
+                "Supabase storage answered HTTP {} for {key}: {message}",
+                f.http
+            ));
+        };
+        let code = api.code.as_deref().unwrap_or("");
+        match (code, f.status()) {
+            ("NoSuchKey", _) => StorageError::NotFound(key.to_string()),
+            ("NoSuchBucket", _) => StorageError::Other(format!(
+                "bucket {:?} does not exist in this Supabase project, or this key cannot see it: create it (Dashboard → Storage → New bucket, private), set SUPABASE_BUCKET_NAME / --storage supabase://<bucket>, or use the service_role key",
                 self.bucket
             )),
-            404 => StorageError::NotFound(key.to_string()),
-            409 => StorageError::AlreadyExists(key.to_string()),
-            413 => StorageError::Other(format!(
+            ("KeyAlreadyExists" | "ResourceAlreadyExists", _) | (_, 409) => StorageError::AlreadyExists(key.to_string()),
+            ("AccessDenied" | "InvalidJWT", _) | (_, 401 | 403) => StorageError::Other(format!(
+                "Supabase rejected the key ({message}): use the service_role key, not the anon key (SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY)"
+            )),
+            ("EntityTooLarge", _) | (_, 413) => StorageError::Other(format!(
                 "{key} is larger than the Supabase project's upload size limit ({message}): raise the limit (Storage settings; 50 MB on the free plan) or use --max-size to refuse such backups"
             )),
-            _ => StorageError::Other(format!("Supabase storage error {code} for {key}: {message}")),
+            ("InvalidKey", _) => StorageError::Other(format!(
+                "Supabase cannot store the name {key:?} ({message})"
+            )),
+            (_, status) => StorageError::Other(format!(
+                "Supabase storage error {status}{} for {key}: {message}",
+                if code.is_empty() { String::new() } else { format!(" {code}") }
+            )),
         }
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(rename = "statusCode")]
-    status_code: Option<serde_json::Value>,
-    error: Option<String>,
-    message: Option<String>,
-}
-
-trait AsU16 {
-    fn as_u16(&self) -> Option<u16>;
-}
-
-impl AsU16 for serde_json::Value {
-    fn as_u16(&self) -> Option<u16> {
-        match self {
-            serde_json::Value::String(s) => s.parse().ok(),
-            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-            _ => None,
-        }
-    }
+pub(super) async fn read_failure(r: Response) -> Failure {
+    let http = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = r.text().await.unwrap_or_default();
+    Failure { http, body, location }
 }
 
 pub(super) fn header_u64(r: &Response, name: &str) -> Option<u64> {
@@ -153,5 +234,50 @@ pub(super) fn content_type(key: &str) -> &'static str {
         "application/sql"
     } else {
         "application/octet-stream"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(http: u16, body: &str) -> Failure {
+        Failure {
+            http,
+            body: body.into(),
+            location: None,
+        }
+    }
+
+    #[test]
+    fn the_real_status_is_in_the_body() {
+        let read_only = f(
+            400,
+            r#"{"statusCode":"503","error":"DatabaseReadOnly","message":"read-only","code":"DatabaseReadOnly"}"#,
+        );
+        assert!(read_only.transient());
+        assert_eq!(read_only.label(), "503 DatabaseReadOnly (HTTP 400)");
+        let exists = f(
+            400,
+            r#"{"statusCode":"409","error":"Duplicate","message":"The resource already exists","code":"KeyAlreadyExists"}"#,
+        );
+        assert!(!exists.transient());
+        assert_eq!(exists.status(), 409);
+        assert!(f(544, r#"{"statusCode":"544","code":"DatabaseTimeout"}"#).transient());
+        assert!(f(502, "Bad gateway").transient());
+        assert!(!f(
+            404,
+            r#"{"message":"Route GET:/x not found","error":"Not Found","statusCode":404}"#
+        )
+        .transient());
+        assert!(
+            f(
+                404,
+                r#"{"message":"Route GET:/x not found","error":"Not Found","statusCode":404}"#
+            )
+            .api()
+            .is_none(),
+            "fastify's own 404 is not a storage error"
+        );
     }
 }

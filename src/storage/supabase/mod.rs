@@ -1,9 +1,17 @@
-//! Supabase Storage over its REST API, by hand with reqwest (rustls). Follows the server's real
-//! behaviour: errors often arrive as HTTP 400 with the real code in the JSON body ([`http`]);
-//! uploads above 6 MB go through the resumable (TUS) endpoint in 6 MiB chunks ([`tus`]); only JWT
-//! keys go in `Authorization`. This file: opening, the `Storage` operations and listing.
+//! Supabase Storage over its REST API, by hand with reqwest (rustls, no redirects). Follows the
+//! server's real behaviour: errors often arrive as HTTP 400 with the real code in the JSON body
+//! ([`http`]); uploads above 6 MB go through the resumable (TUS) endpoint in 6 MiB chunks
+//! ([`tus`]); only JWT keys go in `Authorization`. This file: opening (names the server cannot
+//! store are refused here), the `Storage` operations and listing.
+//!
+//! The server answers a list or a delete with `200 []` when the bucket does not exist or when the
+//! key is one row-level security blinds (the anon key), so an empty answer proves nothing: before
+//! anything is called missing the bucket itself is fetched (`GET /bucket/<id>`, which answers
+//! only a key that can see it), and an empty delete answer is followed by an existence check.
 
 mod http;
+mod list;
+mod names;
 mod tus;
 
 use std::path::Path;
@@ -12,31 +20,54 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::{Method, Response};
 use serde::Deserialize;
+use tokio::sync::OnceCell;
 
 use http::content_type;
+use names::{bucket_problem, encode_path, encode_segment, is_loopback, role_of, unstorable, Role};
 
-use super::{check_key, stream_to_file, ObjectInfo, Storage, StorageError, StorageOptions};
+use super::{check_key, stream_to_file, Access, ObjectInfo, Storage, StorageError, StorageOptions};
 use crate::error::UsageError;
 use crate::secret::{redact, Secret};
 
 /// Uploads larger than this use TUS.
 pub const STANDARD_UPLOAD_LIMIT: u64 = 6 * 1000 * 1000;
 pub const TUS_CHUNK: usize = 6 * 1024 * 1024;
-const PAGE: usize = 100;
+/// list-v2 pages hold at most 1000 names; v1 pages as many as asked for.
+const PAGE: usize = 1000;
+/// The server deletes at most 1000 names a call.
+const DELETE_BATCH: usize = 1000;
 
 pub struct Supabase {
     http: reqwest::Client,
+    /// `<SUPABASE_URL>/storage/v1`
     base: String,
+    /// `scheme://host:port` of `base`: resumable uploads go nowhere else.
+    origin: String,
     key: Secret<String>,
+    role: Role,
     bucket: String,
     prefix: String,
     retries: u32,
+    /// Whether the bucket was seen with this key, checked once.
+    seen: OnceCell<Result<(), String>>,
+    /// Whether the server has list-v2 (v1.19 and later), found out by the first listing.
+    has_list_v2: OnceCell<bool>,
 }
 
 impl Supabase {
-    /// `supabase://bucket/prefix`, with `SUPABASE_URL` and `SUPABASE_KEY` (or
-    /// `SUPABASE_SERVICE_ROLE_KEY`) from the environment.
+    /// `supabase://bucket/prefix`, with `SUPABASE_URL` and `SUPABASE_SERVICE_ROLE_KEY` (or
+    /// `SUPABASE_KEY`) from the environment. Refuses, before any request, a bucket or prefix the
+    /// server cannot store and a URL that is not https (loopback excepted).
     pub fn open(url: &str, opts: &StorageOptions) -> Result<Supabase, UsageError> {
+        Self::open_with(url, opts, &|k| std::env::var(k).ok())
+    }
+
+    /// [`open`](Self::open) with the environment given.
+    fn open_with(
+        url: &str,
+        opts: &StorageOptions,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Supabase, UsageError> {
         let rest = url.strip_prefix("supabase://").unwrap_or(url);
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -44,39 +75,81 @@ impl Supabase {
                 "{url} names no bucket: use supabase://bucket/prefix"
             )));
         }
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(problem) = bucket_problem(bucket) {
+            return Err(UsageError::new(format!(
+                "{url}: Supabase cannot use the bucket name {bucket:?}: {problem}"
+            )));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.is_empty() {
+            if let Some(problem) = unstorable(prefix) {
+                return Err(UsageError::new(format!(
+                    "{url}: Supabase cannot store objects under the prefix {prefix:?}: {problem}"
+                )));
+            }
+        }
+        let env = |k: &str| var(k).filter(|v| !v.trim().is_empty());
         let project = env("SUPABASE_URL")
             .ok_or_else(|| UsageError::new("supabase:// storage needs SUPABASE_URL (https://<project>.supabase.co)"))?;
-        let key = env("SUPABASE_KEY")
-            .or_else(|| env("SUPABASE_SERVICE_ROLE_KEY"))
+        // The service_role key when both are set: SUPABASE_KEY often holds an app's anon key.
+        let key = env("SUPABASE_SERVICE_ROLE_KEY")
+            .or_else(|| env("SUPABASE_KEY"))
             .ok_or_else(|| {
                 UsageError::new(
-                    "supabase:// storage needs SUPABASE_KEY or SUPABASE_SERVICE_ROLE_KEY (the service_role key)",
+                    "supabase:// storage needs SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY (the service_role key)",
                 )
             })?;
-        if url::Url::parse(&project).is_err() {
-            return Err(UsageError::new(format!(
+        let parsed = url::Url::parse(project.trim()).map_err(|_| {
+            UsageError::new(format!(
                 "SUPABASE_URL {:?} is not a URL: expected https://<project>.supabase.co",
+                redact(&project)
+            ))
+        })?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if is_loopback(&parsed) => {}
+            _ => {
+                return Err(UsageError::new(format!(
+                    "SUPABASE_URL {} must use https (plain http only to this machine: localhost, 127.0.0.1, ::1): the key and the backups would cross the network unencrypted",
+                    redact(&project)
+                )))
+            }
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+            return Err(UsageError::new(format!(
+                "SUPABASE_URL {} cannot carry a query, fragment or user: give https://<project>.supabase.co",
                 redact(&project)
             )));
         }
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15))
             .timeout(Duration::from_secs(600))
             .build()
             .map_err(|e| UsageError::new(format!("setting up HTTPS: {e}")))?;
         Ok(Supabase {
             http,
-            base: format!("{}/storage/v1", project.trim_end_matches('/')),
+            base: format!("{}/storage/v1", parsed.as_str().trim_end_matches('/')),
+            origin: parsed.origin().ascii_serialization(),
+            role: role_of(&key),
             key: Secret::new(key),
             bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
+            prefix: prefix.to_string(),
             retries: opts.retries,
+            seen: OnceCell::new(),
+            has_list_v2: OnceCell::new(),
         })
     }
 
+    /// The object's name in the bucket (the prefix added), refused when the server could not
+    /// store it.
     fn full(&self, key: &str) -> Result<String, StorageError> {
         check_key(key)?;
+        if let Some(problem) = unstorable(key) {
+            return Err(StorageError::Other(format!(
+                "Supabase Storage cannot store {key:?}: {problem}"
+            )));
+        }
         Ok(if self.prefix.is_empty() {
             key.to_string()
         } else {
@@ -84,78 +157,122 @@ impl Supabase {
         })
     }
 
+    fn key_of(&self, name: &str) -> Option<String> {
+        if self.prefix.is_empty() {
+            Some(name.to_string())
+        } else {
+            name.strip_prefix(&format!("{}/", self.prefix)).map(String::from)
+        }
+    }
+
+    /// `/object/<route><bucket>/<name>`, every segment percent-encoded.
+    fn object_path(&self, route: &str, full: &str) -> String {
+        format!("/object/{route}{}/{}", encode_segment(&self.bucket), encode_path(full))
+    }
+
+    /// The bucket exists and this key can see it: `GET /bucket/<id>` answers only such a key.
+    async fn seen(&self) -> Result<(), StorageError> {
+        let result = self
+            .seen
+            .get_or_init(|| async {
+                let path = format!("/bucket/{}", encode_segment(&self.bucket));
+                let outcome = self
+                    .exchange("checking the bucket", || self.request(Method::GET, &path))
+                    .await;
+                let problem = match outcome {
+                    Ok(Ok(r)) => match r.json::<BucketInfo>().await {
+                        Ok(b)
+                            if b.id.as_deref() == Some(self.bucket.as_str())
+                                || b.name.as_deref() == Some(self.bucket.as_str()) =>
+                        {
+                            return Ok(())
+                        }
+                        Ok(_) => "the answer to GET /bucket is not this bucket's".to_string(),
+                        Err(e) => {
+                            format!("the answer to GET /bucket is not the storage API's ({e}): check SUPABASE_URL")
+                        }
+                    },
+                    Ok(Err(f)) => self.fail(&self.bucket, &f).to_string(),
+                    Err(e) => e.to_string(),
+                };
+                Err(format!(
+                    "cannot see {}: {problem}. Nothing was deleted or called missing",
+                    self.describe()
+                ))
+            })
+            .await;
+        result.clone().map_err(StorageError::Other)
+    }
+
+    async fn absent(&self, key: &str) -> StorageError {
+        match self.seen().await {
+            Ok(()) => StorageError::NotFound(key.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    /// `NotFound` only once the bucket is known to be visible.
+    async fn checked(&self, e: StorageError) -> StorageError {
+        match e {
+            StorageError::NotFound(key) => self.absent(&key).await,
+            other => other,
+        }
+    }
+
     /// A standard upload (at most the project's limit; we use it up to 6 MB), never overwriting.
     async fn post_object(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
-        let url = format!("/object/{}/{}", self.bucket, self.full(key)?);
-        let resp = self
-            .send(&format!("uploading {key}"), || {
-                self.request(Method::POST, &url)
-                    .header("Content-Type", content_type(key))
-                    .header("x-upsert", "false")
-                    .body(bytes.clone())
-            })
-            .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(self.fail(key, resp).await)
-        }
+        let path = self.object_path("", &self.full(key)?);
+        self.send(&format!("uploading {key}"), key, || {
+            self.request(Method::POST, &path)
+                .header("Content-Type", content_type(key))
+                .header("x-upsert", "false")
+                .body(bytes.clone())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Starts a download; the body is read by the caller.
     async fn download(&self, key: &str) -> Result<Response, StorageError> {
-        let url = format!("/object/authenticated/{}/{}", self.bucket, self.full(key)?);
+        let path = self.object_path("authenticated/", &self.full(key)?);
+        match self
+            .send(&format!("downloading {key}"), key, || self.request(Method::GET, &path))
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.checked(e).await),
+        }
+    }
+
+    /// One bulk delete (at most [`DELETE_BATCH`] names); the names the server says it deleted.
+    async fn delete_batch(&self, names: &[String]) -> Result<Vec<String>, StorageError> {
+        let path = format!("/object/{}", encode_segment(&self.bucket));
+        let body = serde_json::json!({ "prefixes": names });
+        let what = format!("deleting {} objects", names.len());
         let resp = self
-            .send(&format!("downloading {key}"), || self.request(Method::GET, &url))
+            .send(&what, &self.bucket, || self.request(Method::DELETE, &path).json(&body))
             .await?;
-        if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(self.fail(key, resp).await)
-        }
-    }
-
-    /// One folder level, every page.
-    async fn list_folder(&self, folder: &str) -> Result<Vec<Entry>, StorageError> {
-        let url = format!("/object/list/{}", self.bucket);
-        let mut out = Vec::new();
-        let mut offset = 0;
-        loop {
-            let body = serde_json::json!({
-                "prefix": folder, "limit": PAGE, "offset": offset,
-                "sortBy": {"column": "name", "order": "asc"}
-            });
-            let resp = self
-                .send("listing the bucket", || self.request(Method::POST, &url).json(&body))
-                .await?;
-            if !resp.status().is_success() {
-                return Err(self.fail(folder, resp).await);
-            }
-            let page: Vec<Entry> = resp
-                .json()
-                .await
-                .map_err(|e| StorageError::Other(format!("reading a bucket listing: {e}")))?;
-            let n = page.len();
-            out.extend(page);
-            if n < PAGE {
-                return Ok(out);
-            }
-            offset += n;
-        }
+        let deleted: Vec<Deleted> = resp
+            .json()
+            .await
+            .map_err(|e| StorageError::Other(format!("{what}: reading the answer: {e}")))?;
+        Ok(deleted.into_iter().filter_map(|d| d.name).collect())
     }
 }
 
 #[derive(Deserialize)]
-struct Entry {
-    name: String,
-    /// `null` for folders.
+struct BucketInfo {
     id: Option<String>,
-    updated_at: Option<chrono::DateTime<chrono::Utc>>,
-    metadata: Option<EntryMeta>,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct EntryMeta {
+struct Deleted {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Info {
     size: Option<u64>,
 }
 
@@ -165,6 +282,17 @@ impl Storage for Supabase {
         format!("supabase://{}/{}", self.bucket, self.prefix)
     }
 
+    async fn probe(&self, access: Access) -> Result<(), StorageError> {
+        if access == Access::Delete {
+            if let Role::Other(role) = &self.role {
+                return Err(StorageError::Refused(format!(
+                    "the Supabase key's role is {role:?}, not service_role: row-level security hides objects from it, so its listings and deletes come back empty and prove nothing. Deleting needs the service_role key (SUPABASE_SERVICE_ROLE_KEY); nothing was touched"
+                )));
+            }
+        }
+        self.seen().await
+    }
+
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
         let full = self.full(key)?;
         let size = tokio::fs::metadata(path)
@@ -172,10 +300,7 @@ impl Storage for Supabase {
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?
             .len();
         if size > STANDARD_UPLOAD_LIMIT {
-            // TUS cannot refuse an existing name up front everywhere; ask first.
-            if self.size(key).await?.is_some() {
-                return Err(StorageError::AlreadyExists(key.to_string()));
-            }
+            // The server refuses a taken name when the upload is created ("already exists").
             self.upload_tus(&full, key, path, size).await
         } else {
             // At most 6 MB, so reading it whole is bounded.
@@ -203,73 +328,115 @@ impl Storage for Supabase {
         Ok(resp
             .bytes()
             .await
-            .map_err(|e| StorageError::Other(format!("downloading {key}: {e}")))?
+            .map_err(|e| StorageError::Other(format!("downloading {key}: {}", self.scrub(&e.to_string()))))?
             .to_vec())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let mut out = Vec::new();
-        let root = self.prefix.clone();
-        // Walk folders breadth-first, only into those that can hold keys with this prefix.
-        let mut folders = vec![String::new()];
-        while let Some(rel) = folders.pop() {
-            let folder = match (root.is_empty(), rel.is_empty()) {
-                (true, _) => rel.clone(),
-                (false, true) => root.clone(),
-                (false, false) => format!("{root}/{rel}"),
-            };
-            for e in self.list_folder(&folder).await? {
-                let key = if rel.is_empty() {
-                    e.name.clone()
-                } else {
-                    format!("{rel}/{}", e.name)
-                };
-                if e.id.is_none() {
-                    let dir = format!("{key}/");
-                    if dir.starts_with(prefix) || prefix.starts_with(&dir) {
-                        folders.push(key);
-                    }
-                } else if key.starts_with(prefix) {
-                    out.push(ObjectInfo {
-                        size: e.metadata.and_then(|m| m.size).unwrap_or(0),
-                        modified: e.updated_at,
-                        key,
-                    });
-                }
-            }
-        }
+        self.seen().await?;
+        let v2 = match self.has_list_v2.get() {
+            Some(false) => None,
+            _ => self.list_v2(prefix).await?,
+        };
+        let _ = self.has_list_v2.set(v2.is_some());
+        let mut out = match v2 {
+            Some(objects) => objects,
+            None => self.list_v1(prefix).await?,
+        };
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let full = self.full(key)?;
-        let url = format!("/object/{}", self.bucket);
-        let body = serde_json::json!({ "prefixes": [full] });
-        let resp = self
-            .send(&format!("deleting {key}"), || {
-                self.request(Method::DELETE, &url).json(&body)
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(key, resp).await);
-        }
-        let deleted: Vec<serde_json::Value> = resp.json().await.unwrap_or_default();
-        if deleted.is_empty() {
-            Err(StorageError::NotFound(key.to_string()))
-        } else {
-            Ok(())
-        }
+        self.delete_many(&[key.to_string()])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StorageError::Other(format!("deleting {key}: no answer"))))
     }
 
-    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
-        let full = self.full(key)?;
-        let (folder, name) = full.rsplit_once('/').unwrap_or(("", full.as_str()));
-        Ok(self
-            .list_folder(folder)
-            .await?
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<(), StorageError>> {
+        let mut results: Vec<Option<Result<(), StorageError>>> = keys.iter().map(|_| None).collect();
+        let mut named = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.full(key) {
+                Ok(full) => named.push((i, full)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for chunk in named.chunks(DELETE_BATCH) {
+            let names: Vec<String> = chunk.iter().map(|(_, n)| n.clone()).collect();
+            match self.delete_batch(&names).await {
+                Ok(deleted) => {
+                    for (i, name) in chunk {
+                        if deleted.iter().any(|d| d == name) {
+                            results[*i] = Some(Ok(()));
+                            continue;
+                        }
+                        // Not in the answer: gone already, or this key may not delete it.
+                        let key = &keys[*i];
+                        results[*i] = Some(match self.size(key).await {
+                            Ok(None) => Err(StorageError::NotFound(key.clone())),
+                            Ok(Some(_)) => Err(StorageError::Other(format!(
+                                "Supabase answered the delete of {key} without deleting it, and it is still there (a key or policy that may read but not delete?)"
+                            ))),
+                            Err(e) => Err(e),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    for (i, _) in chunk {
+                        results[*i] = Some(Err(StorageError::Other(text.clone())));
+                    }
+                }
+            }
+        }
+        results
             .into_iter()
-            .find(|e| e.id.is_some() && e.name == name)
-            .map(|e| e.metadata.and_then(|m| m.size).unwrap_or(0)))
+            .map(|r| r.unwrap_or_else(|| Err(StorageError::Other("not attempted".into()))))
+            .collect()
+    }
+
+    /// One request: the object's info (`GET /object/info/authenticated/…`).
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        let path = self.object_path("info/authenticated/", &self.full(key)?);
+        match self
+            .send(&format!("checking {key}"), key, || self.request(Method::GET, &path))
+            .await
+        {
+            Ok(r) => {
+                let info: Info = r
+                    .json()
+                    .await
+                    .map_err(|e| StorageError::Other(format!("checking {key}: unreadable answer ({e})")))?;
+                Ok(Some(info.size.unwrap_or(0)))
+            }
+            Err(StorageError::NotFound(_)) => self.seen().await.map(|()| None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_or_loopback() {
+        let opts = StorageOptions::default();
+        let open = |u: &str| {
+            let var = |k: &str| match k {
+                "SUPABASE_URL" => Some(u.to_string()),
+                "SUPABASE_KEY" => Some("sb_secret_test".to_string()),
+                _ => None,
+            };
+            Supabase::open_with("supabase://backups", &opts, &var).map(|_| ())
+        };
+        assert!(open("https://abc.supabase.co").is_ok());
+        assert!(open("http://127.0.0.1:54321").is_ok());
+        assert!(open("http://localhost:54321").is_ok());
+        assert!(open("http://[::1]:54321").is_ok());
+        assert!(open("http://abc.supabase.co").is_err());
+        assert!(open("ftp://abc.supabase.co").is_err());
     }
 }

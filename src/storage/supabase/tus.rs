@@ -1,5 +1,8 @@
 //! The resumable (TUS) upload: create, then PATCH 6 MiB chunks; a failed chunk is resumed from the
-//! offset the server acknowledged.
+//! offset the server acknowledged. The upload URL the server hands back must be on SUPABASE_URL's
+//! own origin (the chunks and the key go there). A 409 is told apart: "already exists" (someone
+//! stored the name: give up on it at once) from an offset conflict (ask where the server is and go
+//! on). An upload that is given up is cancelled (`DELETE`), so its bytes do not linger.
 
 use std::io::SeekFrom;
 use std::path::Path;
@@ -9,26 +12,63 @@ use base64::Engine as _;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::http::{content_type, header_u64};
+use super::http::{content_type, header_u64, read_failure, Failure};
 use super::{Supabase, TUS_CHUNK};
 use crate::retry::backoff;
+use crate::secret::Secret;
 use crate::storage::StorageError;
 
-/// The TUS termination request of an upload, sent if dropped while still armed.
-struct Terminate(Option<RequestBuilder>);
+/// Cancels the upload if the future driving it is dropped (a stop by a signal): through
+/// `stop::defer`, so the process waits for the cancel before it exits.
+struct CancelOnDrop {
+    armed: Option<(reqwest::Client, String, Secret<String>)>,
+}
 
-impl Drop for Terminate {
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(request) = self.0.take() {
-            crate::stop::defer(async move { request.send().await.is_ok_and(|r| r.status().is_success()) });
+        if let Some((http, url, key)) = self.armed.take() {
+            crate::stop::defer(async move {
+                let mut rb = http
+                    .delete(&url)
+                    .header("Tus-Resumable", "1.0.0")
+                    .header("apikey", key.expose());
+                if key.expose().starts_with("eyJ") {
+                    rb = rb.bearer_auth(key.expose());
+                }
+                rb.send().await.is_ok_and(|r| r.status().is_success())
+            });
         }
     }
+}
+
+fn already_exists(f: &Failure) -> bool {
+    f.status() == 409
+        && (f.body.to_lowercase().contains("already exists")
+            || f.api().and_then(|a| a.code).as_deref() == Some("KeyAlreadyExists"))
 }
 
 impl Supabase {
     /// The resumable protocol: create, then PATCH 6 MiB chunks; a failed chunk is resumed from the
     /// offset the server acknowledged.
     pub(super) async fn upload_tus(&self, full: &str, key: &str, path: &Path, size: u64) -> Result<(), StorageError> {
+        let upload_url = self.tus_create(full, key, size).await?;
+        let mut guard = CancelOnDrop {
+            armed: Some((
+                self.http.clone(),
+                upload_url.clone(),
+                Secret::new(self.key.expose().clone()),
+            )),
+        };
+        let result = self.tus_send(&upload_url, key, path, size).await;
+        guard.armed = None;
+        if result.is_err() {
+            self.tus_cancel(&upload_url, key).await;
+        }
+        result
+    }
+
+    /// Creates the upload; its URL, checked to be on our own origin.
+    async fn tus_create(&self, full: &str, key: &str, size: u64) -> Result<String, StorageError> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let metadata = format!(
             "bucketName {},objectName {},contentType {}",
@@ -36,8 +76,8 @@ impl Supabase {
             b64(full),
             b64(content_type(key))
         );
-        let resp = self
-            .send(&format!("starting the upload of {key}"), || {
+        let answer = self
+            .exchange(&format!("starting the upload of {key}"), || {
                 self.request(Method::POST, "/upload/resumable")
                     .header("Tus-Resumable", "1.0.0")
                     .header("Upload-Length", size.to_string())
@@ -45,29 +85,43 @@ impl Supabase {
                     .header("x-upsert", "false")
             })
             .await?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(self.fail(key, resp).await);
-        }
+        let resp = match answer {
+            Ok(r) if r.status() == StatusCode::CREATED => r,
+            Ok(r) => {
+                return Err(StorageError::Other(format!(
+                    "starting the upload of {key}: Supabase answered {} instead of 201 Created",
+                    r.status()
+                )))
+            }
+            Err(f) if already_exists(&f) || f.status() == 409 => {
+                return Err(StorageError::AlreadyExists(key.to_string()))
+            }
+            Err(f) => return Err(self.tus_fail(key, &f)),
+        };
         let location = resp
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| StorageError::Other("Supabase started a resumable upload without a Location".into()))?
             .to_string();
-        let upload_url = if location.starts_with("http") {
-            location
-        } else {
-            let origin = url::Url::parse(&self.base)
-                .map(|u| u.origin().ascii_serialization())
-                .unwrap_or_default();
-            format!("{origin}{location}")
-        };
-        // Dropped unfinished (an error, or a stop dropping the backup midway), the upload is
-        // terminated, so the server keeps no partial upload.
-        let mut unfinished = Terminate(Some(
-            self.authed(self.http.delete(&upload_url))
-                .header("Tus-Resumable", "1.0.0"),
-        ));
+        let base = url::Url::parse(&self.base).map_err(|e| StorageError::Other(e.to_string()))?;
+        let url = base
+            .join(&location)
+            .map_err(|e| StorageError::Other(format!("the resumable upload's Location is not a URL ({e})")))?;
+        let origin = url.origin().ascii_serialization();
+        if origin != self.origin {
+            // Cancelled where it was made: on our own origin, at the path given.
+            let ours = format!("{}{}", self.origin, url.path());
+            self.tus_cancel(&ours, key).await;
+            return Err(StorageError::Other(format!(
+                "Supabase gave the resumable upload of {key} a URL on another origin ({origin}, not {}): the backup and the key are not sent there. Check SUPABASE_URL and any proxy in front of Supabase",
+                self.origin
+            )));
+        }
+        Ok(url.to_string())
+    }
+
+    async fn tus_send(&self, upload_url: &str, key: &str, path: &Path, size: u64) -> Result<(), StorageError> {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
@@ -83,54 +137,92 @@ impl Supabase {
                 .await
                 .map_err(|e| StorageError::io("reading the spool file", e))?;
             let chunk = buf[..want].to_vec();
-            let result = self
-                .patch(&upload_url)
+            let sent = self
+                .tus_request(Method::PATCH, upload_url)
                 .header("Upload-Offset", offset.to_string())
                 .header("Content-Type", "application/offset+octet-stream")
                 .body(chunk)
                 .send()
                 .await;
-            match result {
+            let problem = match sent {
                 Ok(r) if r.status() == StatusCode::NO_CONTENT || r.status() == StatusCode::OK => {
                     offset = header_u64(&r, "upload-offset").unwrap_or(offset + want as u64);
                     delays = backoff(self.retries).build();
+                    continue;
                 }
-                Ok(r)
-                    if !(r.status().is_server_error()
-                        || r.status() == StatusCode::TOO_MANY_REQUESTS
-                        || r.status() == StatusCode::CONFLICT) =>
-                {
-                    return Err(self.fail(key, r).await);
-                }
-                other => {
-                    let Some(delay) = delays.next() else {
-                        return Err(match other {
-                            Ok(r) => self.fail(key, r).await,
-                            Err(e) => StorageError::Other(format!("uploading {key}: {}", self.scrub(&e.to_string()))),
-                        });
-                    };
-                    tracing::warn!(
-                        "uploading {key}: a chunk at offset {offset} failed; resuming in {:.1}s",
-                        delay.as_secs_f64()
-                    );
-                    tokio::time::sleep(delay).await;
-                    // Ask the server how far it got, and go on from there.
-                    let head = self
-                        .authed(self.http.head(&upload_url))
-                        .header("Tus-Resumable", "1.0.0");
-                    if let Ok(r) = head.send().await {
-                        if let Some(o) = header_u64(&r, "upload-offset") {
-                            offset = o;
-                        }
+                Ok(r) => {
+                    let f = read_failure(r).await;
+                    if already_exists(&f) {
+                        tracing::info!("{key}: the name was taken while uploading; giving this upload up");
+                        return Err(StorageError::AlreadyExists(key.to_string()));
                     }
+                    // An offset conflict: the server has more (or less) than we think.
+                    if !(f.transient() || f.status() == 409) {
+                        return Err(self.tus_fail(key, &f));
+                    }
+                    format!("Supabase answered {}", f.label())
                 }
-            }
+                Err(e) => self.scrub(&e.to_string()),
+            };
+            let Some(delay) = delays.next() else {
+                return Err(StorageError::Other(format!(
+                    "uploading {key}: the chunk at offset {offset} kept failing ({problem}); the upload was given up"
+                )));
+            };
+            tracing::warn!(
+                "uploading {key}: a chunk at offset {offset} failed ({problem}); resuming in {:.1}s",
+                delay.as_secs_f64()
+            );
+            tokio::time::sleep(delay).await;
+            offset = self.tus_offset(upload_url, key).await?.unwrap_or(offset);
         }
-        unfinished.0 = None;
         Ok(())
     }
 
-    fn patch(&self, url: &str) -> RequestBuilder {
-        self.authed(self.http.patch(url)).header("Tus-Resumable", "1.0.0")
+    /// Where the server is with the upload; `None` when it could not be asked this time.
+    async fn tus_offset(&self, upload_url: &str, key: &str) -> Result<Option<u64>, StorageError> {
+        match self.tus_request(Method::HEAD, upload_url).send().await {
+            Ok(r) if r.status().is_success() => Ok(header_u64(&r, "upload-offset")),
+            Ok(r) if r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::GONE => Err(StorageError::Other(
+                format!("uploading {key}: the server no longer has the resumable upload (expired or removed)"),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Cancels an upload that is given up, so its bytes do not stay on the server.
+    async fn tus_cancel(&self, upload_url: &str, key: &str) {
+        match self.tus_request(Method::DELETE, upload_url).send().await {
+            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {}
+            Ok(r) => tracing::warn!("{key}: cancelling the abandoned upload answered {}", r.status()),
+            Err(e) => tracing::warn!(
+                "{key}: could not cancel the abandoned upload ({}); the server expires it",
+                self.scrub(&e.to_string())
+            ),
+        }
+    }
+
+    fn tus_request(&self, method: Method, url: &str) -> RequestBuilder {
+        self.authed(self.http.request(method, url))
+            .header("Tus-Resumable", "1.0.0")
+    }
+
+    /// TUS errors are mostly plain text with the real status; the REST ones are JSON.
+    fn tus_fail(&self, key: &str, f: &Failure) -> StorageError {
+        if f.api().is_some() {
+            return self.fail(key, f);
+        }
+        let text = self.scrub(f.body.trim());
+        match f.http {
+            413 => StorageError::Other(format!(
+                "{key} is larger than the Supabase project's upload size limit ({text}): raise the limit (Storage settings) or use --max-size to refuse such backups"
+            )),
+            401 | 403 => StorageError::Other(format!(
+                "Supabase rejected the key ({text}): use the service_role key, not the anon key (SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY)"
+            )),
+            status => StorageError::Other(format!(
+                "Supabase storage error {status} for {key} (resumable upload): {text}"
+            )),
+        }
     }
 }

@@ -1,0 +1,101 @@
+//! What reading a stored backup needs beyond its bytes: a signature that proves the tool wrote the
+//! manifest (when a signing key is configured) and, for an encrypted object, the tenant's identity,
+//! unwrapped with the master identity. Both are settled before anything is downloaded or run.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use anyhow::Result;
+use tokio_postgres::Client;
+
+use super::source::Source;
+use crate::backup::compress::Compression;
+use crate::crypto::keys::KeyStore;
+use crate::crypto::{sign, KeyConfig};
+use crate::error::UsageError;
+
+/// Signature refused: the manifest is missing, unsigned, or signed with another key.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    #[error(
+        "{0} is not signed, and BACKUP_SIGNING_KEY is set: it was not written by this tool with that key (or predates signing); nothing was read. Pass --allow-unsigned to read it anyway (the old application's backups)"
+    )]
+    Unsigned(String),
+    #[error(
+        "{0}: the manifest's signature does not match BACKUP_SIGNING_KEY: the object or its manifest was changed by someone without the key; nothing was read"
+    )]
+    Mismatch(String),
+}
+
+/// Checks the signature and, for an encrypted object, finds the key that opens it. Returns the
+/// tenant identity to decrypt with, if the object is encrypted.
+pub async fn check_access(
+    source: &Source,
+    keys: &KeyConfig,
+    store: &KeyStore,
+    client: &Client,
+    allow_unsigned: bool,
+) -> Result<Option<age::x25519::Identity>> {
+    if let Some(key) = &keys.signing_key {
+        match source.manifest.as_ref().map(|m| (m, m.signature.as_deref())) {
+            None | Some((_, None)) if allow_unsigned => {
+                tracing::warn!("{} is not signed; reading it anyway (--allow-unsigned)", source.key)
+            }
+            None | Some((_, None)) => return Err(SignatureError::Unsigned(source.key.clone()).into()),
+            Some((m, Some(sig))) => {
+                if !sign::verify(key.expose(), &m.canonical(), sig) {
+                    return Err(SignatureError::Mismatch(source.key.clone()).into());
+                }
+                tracing::debug!("{}: signature ok", source.key);
+            }
+        }
+    }
+    let encrypted = source
+        .manifest
+        .as_ref()
+        .map_or(source.key.ends_with(".age"), |m| m.encryption.is_some());
+    if !encrypted {
+        return Ok(None);
+    }
+    let master = keys.identity.as_ref().ok_or_else(|| {
+        UsageError::new(format!(
+            "{} is encrypted: reading it needs the master identity: set BACKUP_AGE_IDENTITY or pass --identity FILE (a cron job holds only BACKUP_AGE_RECIPIENT, on purpose)",
+            source.key
+        ))
+    })?;
+    let owner = source
+        .manifest
+        .as_ref()
+        .map(|m| m.tenant.as_str())
+        .unwrap_or(source.source_schema.as_str());
+    Ok(Some(store.identity_for(client, owner, master).await?))
+}
+
+/// The stored bytes at `path` as the dump they hold: decrypted (when `decrypt` is given), then
+/// decompressed, streaming.
+pub fn open_plain(
+    path: &Path,
+    compression: Compression,
+    decrypt: Option<&age::x25519::Identity>,
+) -> io::Result<Box<dyn BufRead + Send>> {
+    let file = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+    let clear: Box<dyn BufRead + Send> = match decrypt {
+        None => Box::new(file),
+        Some(id) => Box::new(BufReader::with_capacity(
+            256 * 1024,
+            crate::crypto::stream::decrypting(id, file)?,
+        )),
+    };
+    let plain: Box<dyn Read + Send> = compression.decoder(clear)?;
+    Ok(Box::new(BufReader::with_capacity(256 * 1024, plain)))
+}
+
+/// The stored bytes at `path` decrypted but still compressed (what `download` writes without
+/// `--decompress`).
+pub fn open_decrypted(path: &Path, decrypt: Option<&age::x25519::Identity>) -> io::Result<Box<dyn Read + Send>> {
+    let file = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+    Ok(match decrypt {
+        None => Box::new(file),
+        Some(id) => crate::crypto::stream::decrypting(id, file)?,
+    })
+}

@@ -1,0 +1,345 @@
+//! The Supabase client against a stub that answers as the real server does (issue #13, item 4):
+//! key segments percent-encoded, names the server cannot store refused up front, no redirects,
+//! no Location on another origin, https unless loopback, 503-in-a-400 retried, "already exists"
+//! told from an offset conflict, one request per existence check, listing from the tenant's own
+//! folder, deletes in batches, abandoned resumable uploads cancelled.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use crate::storage_truth::{grow_mindcare, Backend, Kind};
+use crate::support::supabase_stub::Fault;
+use crate::support::*;
+
+/// Requests the stub saw: (method, path).
+fn log(b: &Backend) -> Vec<(String, String)> {
+    b.stub()
+        .state
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .map(|(m, p, _)| (m.clone(), p.clone()))
+        .collect()
+}
+
+fn clear_log(b: &Backend) {
+    b.stub().state.lock().unwrap().log.clear();
+}
+
+/// A server that records every request it gets and answers each with `answer`.
+struct Sink {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sink {
+    fn start(answer: impl Fn() -> String + Send + 'static) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut req = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    req.push_str(&line);
+                }
+                s.lock().unwrap().push(req);
+                let mut out = stream;
+                let _ = out.write_all(answer().as_bytes());
+            }
+        });
+        Sink { url, seen }
+    }
+}
+
+fn not_found() -> String {
+    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+}
+
+#[test]
+fn storage_supabase_keys_are_percent_encoded_segment_by_segment() {
+    let db = TestDb::new();
+    let mut b = Backend::new(Kind::Supabase);
+    // Characters the server stores, several of which mean something in a URL.
+    b.prefix = "exports 2026/a+b&c=d;e,f:g@h$i'(j)*!?k".into();
+    let key = b.backup(&db, "mindcare", &[]);
+    let full = format!("{}/{key}", b.prefix);
+    let stored = b.stub().keys();
+    assert!(stored.contains(&full), "stored under its own name: {stored:?}");
+    assert!(stored.contains(&format!("{full}.manifest.json")), "{stored:?}");
+    assert_eq!(stored.len(), 2, "no strays: {stored:?}");
+    let out = b.run_ok(&db, &["list", "--check", "--tenant", "mindcare"]);
+    assert!(text(&out.stdout).contains("yes"), "{}", text(&out.stdout));
+    b.run_ok(&db, &["verify", "--tenant", "mindcare"]);
+    let out = b.run_ok(&db, &["cleanup", "--orphans", "--tenant", "mindcare"]);
+    assert!(!text(&out.stdout).contains("without"), "{}", text(&out.stdout));
+    db.sql("UPDATE mindcare.backups_backuprecord SET created_at = now() - interval '9 days'");
+    b.run_ok(
+        &db,
+        &[
+            "cleanup",
+            "--days",
+            "1",
+            "--keep-last",
+            "0",
+            "--include-manual",
+            "--tenant",
+            "mindcare",
+        ],
+    );
+    assert!(b.stub().keys().is_empty(), "{:?}", b.stub().keys());
+}
+
+#[test]
+fn storage_supabase_refuses_names_the_server_cannot_store_before_any_request() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    for url in [
+        "supabase://backups/%2e%2e/%2e%2e/other",
+        "supabase://backups/a#b",
+        "supabase://backups/100%",
+        "supabase://backups/clínica",
+        "supabase://backups/a\tb",
+        "supabase://backups/a/../b",
+        "supabase://backups/a//b",
+        "supabase://buck%et",
+    ] {
+        let out = b
+            .cmd(&db)
+            .env("BACKUP_STORAGE", url)
+            .args(["backup", "--tenant", "mindcare"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("cannot"), "{url:?}: {}", text(&out.stderr));
+    }
+    assert!(log(&b).is_empty(), "nothing was sent: {:?}", log(&b));
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_redirects_are_never_followed() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    let elsewhere = Sink::start(not_found);
+    let to = elsewhere.url.clone();
+    let redirector = Sink::start(move || {
+        format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}/storage/v1/object/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    });
+    let out = b
+        .cmd(&db)
+        .env("SUPABASE_URL", &redirector.url)
+        .env("BACKUP_STORAGE_RETRIES", "0")
+        .args(["backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "redirect");
+    assert!(!redirector.seen.lock().unwrap().is_empty());
+    assert!(
+        elsewhere.seen.lock().unwrap().is_empty(),
+        "the key went to another host: {:?}",
+        elsewhere.seen.lock().unwrap()
+    );
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_requires_https_except_on_loopback() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    for url in ["http://example.com", "http://10.0.0.7:8000", "ftp://example.com"] {
+        let out = b
+            .cmd(&db)
+            .env("SUPABASE_URL", url)
+            .args(["backup", "--tenant", "mindcare"])
+            .output()
+            .unwrap();
+        assert_fails(&out, 2, "https");
+    }
+    let port = b.stub().url.rsplit(':').next().unwrap().to_string();
+    let out = b
+        .cmd(&db)
+        .env("SUPABASE_URL", format!("http://localhost:{port}"))
+        .args(["backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loopback over http is fine: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn storage_supabase_resumable_location_on_another_origin_is_refused() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    let elsewhere = Sink::start(not_found);
+    b.stub().state.lock().unwrap().tus_location_origin = Some(elsewhere.url.clone());
+    grow_mindcare(&db, 8);
+    let out = b.run(&db, &["backup", "--tenant", "mindcare", "--compress", "none"]);
+    assert_fails(&out, 1, "another origin");
+    assert!(elsewhere.seen.lock().unwrap().is_empty(), "nothing was sent there");
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_503_inside_an_http_400_is_retried() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.stub().inject(
+        Some("POST"),
+        "/object/backups/mindcare/",
+        Fault::DatabaseReadOnly,
+        Some(2),
+    );
+    b.stub()
+        .inject(Some("GET"), "/object/info/", Fault::LockTimeout, Some(1));
+    let out = b
+        .cmd(&db)
+        .env("BACKUP_STORAGE_RETRIES", "3")
+        .args(["backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("503"),
+        "the retries are logged: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(db.record_count("mindcare"), 1);
+}
+
+#[test]
+fn storage_supabase_already_exists_during_a_resumable_upload_is_not_an_offset_conflict() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // Someone else stores the name while our upload runs: the server says so on the PATCH.
+    b.stub()
+        .inject(Some("PATCH"), "/upload/resumable/", Fault::KeyAlreadyExists, Some(1));
+    grow_mindcare(&db, 8);
+    let started = std::time::Instant::now();
+    let key = b.backup(&db, "mindcare", &["--compress", "none"]);
+    assert!(key.ends_with("-2.sql"), "the next free name is used: {key}");
+    let requests = log(&b);
+    assert!(
+        !requests.iter().any(|(m, _)| m == "HEAD"),
+        "no offset query for a name that is taken: {requests:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "no conflict retries"
+    );
+    assert!(
+        b.stub()
+            .state
+            .lock()
+            .unwrap()
+            .uploads
+            .values()
+            .all(|u| u.data.len() as u64 == u.length),
+        "the abandoned upload was cancelled"
+    );
+}
+
+#[test]
+fn storage_supabase_abandoned_resumable_uploads_are_cancelled() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.stub()
+        .inject(Some("PATCH"), "/upload/resumable/", Fault::InternalError, None);
+    grow_mindcare(&db, 8);
+    let out = b
+        .cmd(&db)
+        .env("BACKUP_STORAGE_RETRIES", "1")
+        .args(["backup", "--tenant", "mindcare", "--compress", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        log(&b)
+            .iter()
+            .any(|(m, p)| m == "DELETE" && p.contains("/upload/resumable/")),
+        "{:?}",
+        log(&b)
+    );
+    assert!(
+        b.stub().state.lock().unwrap().uploads.is_empty(),
+        "no upload left behind"
+    );
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_checks_one_object_per_request_and_lists_only_the_tenant_folder() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    for t in ["mindcare", "mindcare", "bienestar", "clinica_demo"] {
+        b.backup(&db, t, &[]);
+    }
+    clear_log(&b);
+    b.run_ok(&db, &["list", "--check", "--tenant", "mindcare"]);
+    let requests = log(&b);
+    let info = requests.iter().filter(|(_, p)| p.contains("/object/info/")).count();
+    assert_eq!(info, 2, "one request per row: {requests:?}");
+    assert!(
+        !requests.iter().any(|(_, p)| p.contains("/object/list")),
+        "no listing to check one object: {requests:?}"
+    );
+
+    clear_log(&b);
+    b.run_ok(&db, &["cleanup", "--orphans", "--tenant", "mindcare"]);
+    let lists: Vec<_> = log(&b)
+        .into_iter()
+        .filter(|(_, p)| p.contains("/object/list"))
+        .collect();
+    assert_eq!(lists.len(), 1, "one page from mindcare's own folder: {lists:?}");
+}
+
+#[test]
+fn storage_supabase_deletes_in_batches() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    for _ in 0..4 {
+        b.backup(&db, "mindcare", &["--type", "automatic"]);
+    }
+    db.sql("UPDATE mindcare.backups_backuprecord SET created_at = now() - interval '40 days'");
+    clear_log(&b);
+    let out = b.run_ok(
+        &db,
+        &["cleanup", "--days", "30", "--keep-last", "0", "--tenant", "mindcare"],
+    );
+    assert!(text(&out.stdout).contains("deleted 4 backups"), "{}", text(&out.stdout));
+    let deletes = log(&b).into_iter().filter(|(m, _)| m == "DELETE").count();
+    assert!(deletes <= 2, "objects in one call, manifests in another: {deletes}");
+    assert!(b.stub().keys().is_empty());
+}
+
+#[test]
+fn storage_supabase_cleanup_refuses_a_key_that_is_not_service_role() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &["--type", "automatic"]);
+    b.backup(&db, "mindcare", &["--type", "automatic"]);
+    db.sql("UPDATE mindcare.backups_backuprecord SET created_at = now() - interval '40 days'");
+    let anon = b.stub().anon_key.clone();
+    clear_log(&b);
+    let out = b
+        .cmd(&db)
+        .env("SUPABASE_KEY", &anon)
+        .args(["cleanup", "--days", "1", "--keep-last", "0"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 2, "service_role");
+    assert!(!text(&out.stderr).contains(&anon));
+    assert!(!log(&b).iter().any(|(m, _)| m == "DELETE"));
+    assert_eq!(db.record_count("mindcare"), 2);
+}
