@@ -547,7 +547,7 @@ pub struct CleanupArgs {
     pub fix: bool,
     /// With --orphans: how old an object no row points to, or an unfinished upload, must be before
     /// --fix deletes it (a younger one may be a backup in flight)
-    #[arg(long, default_value_t = 24, value_name = "HOURS", requires = "orphans")]
+    #[arg(long, default_value_t = 24, value_name = "HOURS", requires = "orphans", value_parser = in_range::<u32>(0, 876_000))]
     pub grace_hours: u32,
     /// Drop `<tenant>__pre_restore_<time>` schemas older than this many days
     #[arg(long, value_name = "N", value_parser = days())]

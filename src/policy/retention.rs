@@ -206,7 +206,9 @@ pub fn find_orphans(
         .filter(|r| matches!(place(&r.file_path, schema), Place::Tenant(_)))
         .map(|r| r.file_path.as_str())
         .collect();
-    let old = |t: Option<DateTime<Utc>>| t.is_some_and(|w| w <= now - grace);
+    // A grace reaching back before the calendar's start: nothing is that old.
+    let cutoff = now.checked_sub_signed(grace);
+    let old = |t: Option<DateTime<Utc>>| t.zip(cutoff).is_some_and(|(w, cut)| w <= cut);
     let mut out = Vec::new();
     for o in objects {
         let Some(rel) = o.key.strip_prefix(&folder) else {
@@ -387,6 +389,20 @@ mod tests {
             include_manual: false,
         };
         assert_eq!(deleted(&plan("t", &rows, at(NOW), &p)), [1]);
+    }
+
+    #[test]
+    fn a_grace_longer_than_the_calendar_keeps_every_orphan() {
+        let now = at(NOW);
+        let objects = [ObjectInfo {
+            key: "t/old.sql".into(),
+            size: 1,
+            modified: Some(now - Duration::days(3)),
+        }];
+        let grace = Duration::hours(u32::MAX.into());
+        let found = find_orphans("t", &[], &objects, &[], now, grace);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].decide("t", false, grace).0, Action::Keep);
     }
 
     #[test]

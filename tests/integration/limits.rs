@@ -35,6 +35,10 @@ fn extreme_numbers_exit_2_naming_the_range_and_never_panic() {
         (&["cleanup", "--days", "0"], "from 1 to 36500"),
         (&["cleanup", "--pre-restore-days", "100000000"], "from 1 to 36500"),
         (&["cleanup", "--days", "30", "--keep-last", HUGE], "from 0 to 1000000"),
+        (
+            &["cleanup", "--orphans", "--grace-hours", "4294967295"],
+            "from 0 to 876000",
+        ),
         (&["backup", "--all", "--concurrency", HUGE], "from 1 to 64"),
         (&["run-scheduled", "--concurrency", "0"], "from 1 to 64"),
         (&["--storage-retries", HUGE, "list"], "from 0 to 100"),
@@ -75,6 +79,7 @@ fn extreme_numbers_exit_2_naming_the_range_and_never_panic() {
     // In range but extreme: a clean answer (0 done, 1 some work failed, 2 usage), never a panic.
     let extreme: &[(&[&str], Option<i32>)] = &[
         (&["cleanup", "--days", "36500", "--pre-restore-days", "36500", "--keep-last", "1000000"], Some(0)),
+        (&["cleanup", "--orphans", "--fix", "--grace-hours", "876000"], Some(0)),
         (&["restore", "--tenant", "bienestar", "--id", "9223372036854775807", "--yes"], Some(2)),
         (&["download", "--tenant", "bienestar", "--id", "9223372036854775807", "-o", "-"], Some(2)),
         (&["backup", "--tenant", "bienestar", "--created-by", HUGE], Some(2)),
