@@ -1,10 +1,12 @@
 //! A local directory. Objects appear under their final name only complete: they are written to a
 //! hidden temporary file beside it (`.<name>.<random>.partial`), synced, then hard-linked into
-//! place, which also fails (rather than overwrites) when the name is taken. A crash can leave the
-//! temporary file behind: [`Storage::unfinished`] finds those.
+//! place, which also fails (rather than overwrites) when the name is taken. A backup's spool is
+//! written straight into the object's folder ([`Storage::spool_dir`]), so storing it is one fsync
+//! and a link, no copy. A crash can leave the temporary file behind: [`Storage::unfinished`] finds
+//! those.
 //!
-//! "Not found" is only said once the directory itself is known to exist: an unmounted volume or a
-//! mistyped path is an error, never a bucket with nothing in it.
+//! "Not found" is only said once the directory itself is known to be there: an unmounted volume or
+//! a mistyped path is an error, never a bucket with nothing in it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -79,18 +81,24 @@ impl LocalDir {
 /// Links `staged` to `dest` without overwriting, then removes `staged`. Not once a stop is asked
 /// for: the caller would not hear of the object, so nobody would delete it again.
 fn publish(staged: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
+    let result = link_into_place(staged, dest, key);
+    let _ = std::fs::remove_file(staged);
+    result
+}
+
+/// Links the (synced) file `src` to `dest` without overwriting, and syncs the directory so the
+/// name survives a crash. `src` stays.
+fn link_into_place(src: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
     if crate::stop::commit_point().is_err() {
-        let _ = std::fs::remove_file(staged);
         return Err(StorageError::Other(format!("storing {key}: stopped by a signal")));
     }
-    let result = std::fs::hard_link(staged, dest);
-    let _ = std::fs::remove_file(staged);
-    match result {
+    match std::fs::hard_link(src, dest) {
         Ok(()) => {
-            if let Some(dir) = dest.parent() {
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
+            let dir = dest.parent().expect("object paths have a parent");
+            if let Err(e) = sync_dir(dir) {
+                // Not known to survive a crash: not stored.
+                let _ = std::fs::remove_file(dest);
+                return Err(StorageError::io(format!("syncing {}", dir.display()), e));
             }
             Ok(())
         }
@@ -99,13 +107,60 @@ fn publish(staged: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
     }
 }
 
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates the object's folder if needed, durably: a folder made here is synced into its parent.
+fn ensure_dir(dir: &Path) -> Result<(), StorageError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let fail = |e| StorageError::io(format!("creating directory {}", dir.display()), e);
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Whether `file` can be hard-linked into `dir`: the same filesystem.
+fn same_filesystem(file: &Path, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(file), std::fs::metadata(dir)) {
+        (Ok(f), Ok(d)) => f.dev() == d.dev(),
+        _ => false,
+    }
+}
+
+/// Stores `src` under `dest`: on the same filesystem by syncing it and linking it into place (the
+/// object is the caller's file, no copy), else as a synced copy.
+fn store_file(src: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
+    let dir = dest.parent().expect("object paths have a parent");
+    ensure_dir(dir)?;
+    if same_filesystem(src, dir) {
+        let synced = std::fs::File::open(src).and_then(|f| f.sync_all());
+        synced.map_err(|e| StorageError::io(format!("syncing {}", src.display()), e))?;
+        match link_into_place(src, dest, key) {
+            // A filesystem without hard links (or a rename race): copy instead.
+            Err(StorageError::Io { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)) => {}
+            other => return other,
+        }
+    }
+    let staged = stage(dest, key, |out| {
+        crate::stop::copy(&mut std::fs::File::open(src)?, out).map(|_| ())
+    })?;
+    publish(&staged, dest, key)
+}
+
 fn stage(
     dest: &Path,
     key: &str,
     write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
 ) -> Result<PathBuf, StorageError> {
     let dir = dest.parent().expect("object paths have a parent");
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(format!("creating directory {}", dir.display()), e))?;
+    ensure_dir(dir)?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     let staged = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
@@ -137,14 +192,15 @@ impl Storage for LocalDir {
         let dest = self.path(key)?;
         let src = path.to_path_buf();
         let key = key.to_string();
-        crate::stop::blocking(move || {
-            let staged = stage(&dest, &key, |out| {
-                crate::stop::copy(&mut std::fs::File::open(&src)?, out).map(|_| ())
-            })?;
-            publish(&staged, &dest, &key)
-        })
-        .await
-        .map_err(|e| StorageError::Other(e.to_string()))?
+        crate::stop::blocking(move || store_file(&src, &dest, &key))
+            .await
+            .map_err(|e| StorageError::Other(e.to_string()))?
+    }
+
+    fn spool_dir(&self, key: &str) -> Option<PathBuf> {
+        let dir = self.path(key).ok()?.parent()?.to_path_buf();
+        ensure_dir(&dir).ok()?;
+        Some(dir)
     }
 
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {

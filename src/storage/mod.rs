@@ -1,6 +1,7 @@
 //! Where backups live. One trait, one backend per file, chosen once from the storage URL.
 
 mod fs;
+mod growing;
 #[cfg(test)]
 mod memory;
 mod place;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use crate::error::UsageError;
 
 pub use fs::LocalDir;
+pub use growing::{Extent, Grower, GrowingFile};
 #[cfg(test)]
 pub use memory::Memory;
 pub use place::{place, Place};
@@ -68,6 +70,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The file being stored was given up by its writer (the dump failed or was stopped): nothing
+    /// was stored.
+    #[error("the spool {0} was abandoned before it was complete; nothing was stored")]
+    Abandoned(String),
     #[error("{0}")]
     Other(String),
 }
@@ -122,8 +128,29 @@ pub trait Storage: Send + Sync {
     async fn probe(&self, access: Access) -> Result<(), StorageError>;
 
     /// Stores the file's bytes under `key`, atomically: a crash never leaves a partial object
-    /// under the final key.
+    /// under the final key. The caller does not change the file afterwards (a local directory on
+    /// the same filesystem links it into place rather than copy it).
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError>;
+
+    /// Stores a file that is still being written, under `key`: a remote backend uploads it as it
+    /// grows (S3 parts, resumable chunks), and makes the object appear only once the writer has
+    /// declared the file complete; an abandoned file ([`StorageError::Abandoned`]) leaves nothing.
+    /// Taken names fail at once with [`StorageError::AlreadyExists`] where the backend can tell.
+    /// The default waits for the whole file, then [`put_file`](Self::put_file).
+    async fn put_growing(&self, key: &str, file: GrowingFile) -> Result<(), StorageError> {
+        let mut file = file;
+        file.complete().await?;
+        self.put_file(key, file.path()).await
+    }
+
+    /// Where the spool of an object about to be stored under `key` is best written: a local
+    /// directory names the object's own folder, so that [`put_file`](Self::put_file) links the
+    /// spool into place without a copy (and the spool's writes should then be made durable).
+    /// `None`: anywhere (the temporary directory).
+    fn spool_dir(&self, key: &str) -> Option<std::path::PathBuf> {
+        let _ = key;
+        None
+    }
 
     /// Stores a small object (a manifest).
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError>;

@@ -245,7 +245,7 @@ fn storage_supabase_already_exists_during_a_resumable_upload_is_not_an_offset_co
             .unwrap()
             .uploads
             .values()
-            .all(|u| u.data.len() as u64 == u.length),
+            .all(|u| Some(u.data.len() as u64) == u.length),
         "the abandoned upload was cancelled"
     );
 }

@@ -36,7 +36,7 @@
 //! a new-style `sb_…` key is turned into its role's JWT, anything outside `/storage/v1` gets
 //! fastify's plain 404), and the gateway-level knobs below (`fail_uploads`, [`Fault::Gateway`]).
 //! Not modelled: multipart form uploads, Range requests, public buckets, bucket-level size and
-//! MIME limits, TUS deferred length and concatenation, copy / move.
+//! MIME limits, TUS concatenation, copy / move.
 
 #![allow(dead_code)]
 
@@ -124,7 +124,8 @@ pub struct TusUpload {
     pub bucket: String,
     pub name: String,
     pub version: String,
-    pub length: u64,
+    /// `None` while the length is deferred (`Upload-Defer-Length: 1`), until a PATCH declares it.
+    pub length: Option<u64>,
     pub data: Vec<u8>,
     /// Upload-Metadata as given, with `cacheControl` set the way the server's `onCreate` sets it.
     pub metadata: Vec<(String, Option<String>)>,
@@ -133,7 +134,7 @@ pub struct TusUpload {
 
 impl TusUpload {
     fn done(&self) -> bool {
-        self.data.len() as u64 == self.length
+        self.length == Some(self.data.len() as u64)
     }
 }
 
@@ -2225,13 +2226,9 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     if length.is_none() == defer.is_none() {
         return Err(tus_error(400, "Upload-Length or Upload-Defer-Length header required\n"));
     }
-    let Some(length) = length.and_then(|l| l.parse::<u64>().ok()) else {
-        // S3Store takes a deferred length; the stub does not model it.
-        return Err(tus_error(
-            501,
-            "creation-defer-length extension is not (yet) supported.\n",
-        ));
-    };
+    // A deferred length (S3Store and FileStore both have creation-defer-length) is declared by a
+    // later PATCH.
+    let length = length.and_then(|l| l.parse::<u64>().ok());
     let Some(mut metadata) = req.header("upload-metadata").and_then(parse_tus_metadata) else {
         return Err(invalid_request("Metadata header is required"));
     };
@@ -2242,8 +2239,10 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     if !st.buckets.contains(&bucket) {
         return Err(no_such_bucket());
     }
-    if st.tus_max_size.is_some_and(|max| length > max) {
-        return Err(tus_error(413, "Maximum size exceeded\n"));
+    if let (Some(max), Some(length)) = (st.tus_max_size, length) {
+        if length > max {
+            return Err(tus_error(413, "Maximum size exceeded\n"));
+        }
     }
     let upsert = req.header("x-upsert") == Some("true");
     can_upload(st, who, &bucket, &name, upsert)?;
@@ -2269,7 +2268,8 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     let mut headers = tus_headers();
     // creation-with-upload
     if req.header("content-type") == Some("application/offset+octet-stream") && !req.body.is_empty() {
-        if req.body.len() as u64 > length {
+        // calculateMaxBodySize: the length, or (deferred) the maximum size.
+        if length.or(st.tus_max_size).is_some_and(|max| req.body.len() as u64 > max) {
             return Err(tus_error(413, "upload's size exceeded\n"));
         }
         up.data.extend_from_slice(&req.body);
@@ -2324,7 +2324,19 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
     if offset != up.data.len() as u64 {
         return Err(tus_error(409, "Upload-Offset conflict\n"));
     }
-    if offset + req.body.len() as u64 > up.length {
+    // PatchHandler: an Upload-Length declares a deferred length, once, and not below the offset.
+    let mut length = up.length;
+    if let Some(declared) = req.header("upload-length").and_then(|l| l.parse::<u64>().ok()) {
+        if length.is_some() || declared < offset {
+            return Err(tus_error(400, "Upload-Length or Upload-Defer-Length header required\n"));
+        }
+        if st.tus_max_size.is_some_and(|max| declared > max) {
+            return Err(tus_error(413, "Maximum size exceeded\n"));
+        }
+        length = Some(declared);
+        st.uploads.get_mut(&id).unwrap().length = length;
+    }
+    if length.or(st.tus_max_size).is_some_and(|max| offset + req.body.len() as u64 > max) {
         return Err(tus_error(413, "upload's size exceeded\n"));
     }
     if st.faults.break_next_patch {
@@ -2358,7 +2370,11 @@ fn tus_head(st: &State, req: &Request) -> Result<Reply, StorageError> {
     let mut headers = tus_headers();
     headers.push(("Cache-Control", "no-store".into()));
     headers.push(("Upload-Offset", up.data.len().to_string()));
-    headers.push(("Upload-Length", up.length.to_string()));
+    match up.length {
+        Some(length) => headers.push(("Upload-Length", length.to_string())),
+        // As long as the length is not known, HEAD says so.
+        None => headers.push(("Upload-Defer-Length", "1".into())),
+    }
     headers.push(("Upload-Metadata", stringify_tus_metadata(&up.metadata)));
     Ok(reply(200, headers, ""))
 }

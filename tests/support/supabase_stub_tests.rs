@@ -426,3 +426,49 @@ fn storage_stub_tus_create_patch_head_and_cancel_answer_like_tus_server() {
     );
     assert_eq!(unknown.status, 401);
 }
+
+#[test]
+fn storage_stub_tus_deferred_length_is_declared_by_a_patch_like_tus_server() {
+    let s = SupabaseStub::start("sb_secret_stubtest", "backups", 1000);
+    let meta = {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+        format!("bucketName {},objectName {}", b64("backups"), b64("grow.sql"))
+    };
+    let c = s.call_as(
+        &s.key,
+        "POST",
+        "/storage/v1/upload/resumable",
+        &[
+            ("Tus-Resumable", "1.0.0"),
+            ("Upload-Defer-Length", "1"),
+            ("Upload-Metadata", &meta),
+        ],
+        b"",
+    );
+    assert_eq!(c.status, 201, "{}", c.text());
+    let loc = c.header("location").unwrap().to_string();
+    let tus = |method: &str, extra: &[(&str, &str)], body: &[u8]| {
+        let path = loc.strip_prefix(&s.url).unwrap();
+        let mut h = vec![
+            ("Tus-Resumable", "1.0.0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ];
+        h.extend_from_slice(extra);
+        s.call_as(&s.key, method, path, &h, body)
+    };
+    let p = tus("PATCH", &[("Upload-Offset", "0")], b"abcd");
+    assert_eq!((p.status, p.header("tus-complete")), (204, None));
+    let h = tus("HEAD", &[], b"");
+    assert_eq!(
+        (h.header("upload-offset"), h.header("upload-defer-length"), h.header("upload-length")),
+        (Some("4"), Some("1"), None),
+        "the length is not known yet"
+    );
+    assert!(s.keys().is_empty(), "no object before the length is declared");
+    let short = tus("PATCH", &[("Upload-Offset", "4"), ("Upload-Length", "3")], b"x");
+    assert_eq!((short.status, short.text()), (400, "Upload-Length or Upload-Defer-Length header required\n".to_string()));
+    let p = tus("PATCH", &[("Upload-Offset", "4"), ("Upload-Length", "6")], b"ef");
+    assert_eq!((p.status, p.header("tus-complete")), (204, Some("1")));
+    assert_eq!(s.state.lock().unwrap().objects["grow.sql"], b"abcdef");
+}

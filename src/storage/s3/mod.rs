@@ -1,7 +1,8 @@
 //! S3 and S3-compatible services (MinIO, R2, Supabase's S3 endpoint, moto) through `object_store`.
 //! Credentials and endpoint come from the standard `AWS_*` variables. Uploads stream from the spool
-//! file in 8 MiB parts, at most two in flight; downloads stream to a file; nothing holds a whole
-//! object in memory.
+//! file in 8 MiB parts, at most two in flight, each sent as soon as the spool holds it (while the
+//! dump still runs); the upload is completed only once the spool is declared whole. Downloads
+//! stream to a file; nothing holds a whole object in memory.
 //!
 //! A multipart upload that fails is aborted, so its parts do not stay in the bucket (and cost
 //! money) forever; one a crash leaves behind is found by [`Storage::unfinished`] through a signed
@@ -24,7 +25,9 @@ use tokio::sync::OnceCell;
 
 use multipart::AbortOnDrop;
 
-use super::{check_key, stream_to_file, Access, ObjectInfo, Storage, StorageError, StorageOptions, Unfinished};
+use super::{
+    check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions, Unfinished,
+};
 use crate::error::UsageError;
 
 const PART: usize = 8 * 1024 * 1024;
@@ -218,20 +221,28 @@ impl Storage for S3 {
     }
 
     async fn put_file(&self, key: &str, path: &FsPath) -> Result<(), StorageError> {
-        let dest = self.path(key)?;
-        // Never overwrite. (The tenant lock keeps two writers off one key, so head-then-put suffices.)
-        if self.size(key).await?.is_some() {
-            return Err(StorageError::AlreadyExists(key.to_string()));
-        }
         let len = tokio::fs::metadata(path)
             .await
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?
             .len();
-        if len <= PART as u64 {
+        self.put_growing(key, GrowingFile::complete_file(path, len)).await
+    }
+
+    async fn put_growing(&self, key: &str, file: GrowingFile) -> Result<(), StorageError> {
+        let mut file = file;
+        let dest = self.path(key)?;
+        // Never overwrite. (The tenant lock keeps two writers off one key, so head-then-put suffices;
+        // it is asked again before the upload is completed.)
+        if self.size(key).await?.is_some() {
+            return Err(StorageError::AlreadyExists(key.to_string()));
+        }
+        // More than one part, or the whole file: which kind of upload this is.
+        let first = file.wait_for(PART as u64 + 1).await?;
+        if first.complete && first.len <= PART as u64 {
             // One part's worth: a single PUT, which leaves nothing behind when it fails.
-            let bytes = tokio::fs::read(path)
+            let bytes = tokio::fs::read(file.path())
                 .await
-                .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
+                .map_err(|e| StorageError::io(format!("reading {}", file.path().display()), e))?;
             // The object appears with this PUT: a stop waits until the caller has heard of it.
             let _commit = crate::stop::shield().ok_or_else(|| stopped(key))?;
             return self.put_bytes_unchecked(key, &dest, bytes).await;
@@ -242,7 +253,15 @@ impl Storage for S3 {
             path: dest.clone(),
             id: id.clone(),
         };
-        let outcome = match (self.put_parts(&dest, &id, path).await, crate::stop::shield()) {
+        let parts = match self.put_parts(&dest, &id, &mut file).await {
+            Ok(parts) => match self.size(key).await {
+                Ok(None) => Ok(parts),
+                Ok(Some(_)) => Err(StorageError::AlreadyExists(key.to_string())),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let outcome = match (parts, crate::stop::shield()) {
             // The object appears with this: a stop waits until the caller has heard of it.
             (Ok(parts), Some(_commit)) => self
                 .store
@@ -256,7 +275,7 @@ impl Storage for S3 {
         let store = guard.disarm();
         if let (Err(e), Some(store)) = (&outcome, store) {
             match store.abort_multipart(&dest, &id).await {
-                Ok(()) => tracing::info!("{key}: the failed upload was aborted, its parts removed"),
+                Ok(()) => tracing::info!("{key}: the unfinished upload was aborted, its parts removed ({e})"),
                 Err(abort) => tracing::error!(
                     "{key}: the upload failed ({e}) and could not be aborted ({}); `cleanup --orphans --fix` removes it later",
                     self.explain(&abort)

@@ -3,7 +3,7 @@
 //! aborted when anything fails (or, best effort, when the future is dropped). Uploads a crash left
 //! behind are listed with a signed `ListMultipartUploads` request, which object_store does not make.
 
-use std::path::Path as FsPath;
+use std::io::SeekFrom;
 
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
@@ -12,44 +12,44 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{MultipartId, PutPayload};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{PART, S3};
-use crate::storage::StorageError;
+use crate::storage::{GrowingFile, StorageError};
 
 impl S3 {
-    /// Uploads the file's parts, at most two in flight.
+    /// Uploads the file's parts as the file grows, at most two in flight: a part is sent once the
+    /// file holds all of it (or the file is whole and this is its last part).
     pub(super) async fn put_parts(
         &self,
         dest: &Path,
         id: &MultipartId,
-        file: &FsPath,
+        file: &mut GrowingFile,
     ) -> Result<Vec<PartId>, StorageError> {
         let key = dest.as_ref();
-        let mut input = tokio::fs::File::open(file)
-            .await
-            .map_err(|e| StorageError::io(format!("reading {}", file.display()), e))?;
+        let path = file.path().to_path_buf();
+        let read_err = |e| StorageError::io(format!("reading {}", path.display()), e);
+        let mut input = tokio::fs::File::open(&path).await.map_err(read_err)?;
         let mut in_flight = FuturesOrdered::new();
         let mut parts = Vec::new();
-        let mut idx = 0;
-        loop {
-            let mut buf = Vec::with_capacity(PART);
-            let n = (&mut input)
-                .take(PART as u64)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(|e| StorageError::io(format!("reading {}", file.display()), e))?;
-            if n == 0 {
+        let mut offset = 0u64;
+        for idx in 0.. {
+            let seen = file.wait_for(offset + PART as u64).await?;
+            let n = (seen.len - offset).min(PART as u64) as usize;
+            if n == 0 && (idx > 0 || seen.complete) {
                 break;
             }
+            let mut buf = vec![0u8; n];
+            input.seek(SeekFrom::Start(offset)).await.map_err(read_err)?;
+            input.read_exact(&mut buf).await.map_err(read_err)?;
             in_flight.push_back(self.store.put_part(dest, id, idx, PutPayload::from(buf)));
-            idx += 1;
+            offset += n as u64;
             if in_flight.len() >= 2 {
                 if let Some(done) = in_flight.next().await {
                     parts.push(done.map_err(|e| self.err(key, e))?);
                 }
             }
-            if n < PART {
+            if seen.complete && offset == seen.len {
                 break;
             }
         }

@@ -45,7 +45,9 @@ impl Failure {
     /// (DatabaseReadOnly and LockTimeout come as HTTP 400 with `"statusCode":"503"`).
     pub fn transient(&self) -> bool {
         let s = self.status();
-        s == 429 || s >= 500 || self.http == 429 || self.http >= 500
+        // 501: the server lacks the feature (a TUS extension); asking again will not grow it.
+        let missing = s == 501 || self.http == 501;
+        !missing && (s == 429 || s >= 500 || self.http == 429 || self.http >= 500)
     }
 
     /// How to name it in a log line: `503 DatabaseReadOnly (HTTP 400)`.

@@ -1,7 +1,7 @@
 //! Supabase Storage over its REST API, by hand with reqwest (rustls, no redirects). Follows the
 //! server's real behaviour: errors often arrive as HTTP 400 with the real code in the JSON body
-//! ([`http`]); uploads above 6 MB go through the resumable (TUS) endpoint in 6 MiB chunks
-//! ([`tus`]); only JWT keys go in `Authorization`. This file: opening (names the server cannot
+//! ([`http`]); uploads above 6 MB go through the resumable (TUS) endpoint in 6 MiB chunks, sent
+//! while the spool still grows ([`tus`]); only JWT keys go in `Authorization`. This file: opening (names the server cannot
 //! store are refused here), the `Storage` operations and listing.
 //!
 //! The server answers a list or a delete with `200 []` when the bucket does not exist or when the
@@ -25,7 +25,7 @@ use tokio::sync::OnceCell;
 use http::content_type;
 use names::{bucket_problem, encode_path, encode_segment, is_loopback, role_of, unstorable, Role};
 
-use super::{check_key, stream_to_file, Access, ObjectInfo, Storage, StorageError, StorageOptions};
+use super::{check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions};
 use crate::error::UsageError;
 use crate::secret::{redact, Secret};
 
@@ -294,21 +294,26 @@ impl Storage for Supabase {
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
-        let full = self.full(key)?;
         let size = tokio::fs::metadata(path)
             .await
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?
             .len();
-        if size > STANDARD_UPLOAD_LIMIT {
-            // The server refuses a taken name when the upload is created ("already exists").
-            self.upload_tus(&full, key, path, size).await
-        } else {
+        self.put_growing(key, GrowingFile::complete_file(path, size)).await
+    }
+
+    async fn put_growing(&self, key: &str, file: GrowingFile) -> Result<(), StorageError> {
+        let mut file = file;
+        let full = self.full(key)?;
+        let first = file.wait_for(STANDARD_UPLOAD_LIMIT + 1).await?;
+        if first.complete && first.len <= STANDARD_UPLOAD_LIMIT {
             // At most 6 MB, so reading it whole is bounded.
-            let bytes = tokio::fs::read(path)
+            let bytes = tokio::fs::read(file.path())
                 .await
-                .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
-            self.post_object(key, bytes).await
+                .map_err(|e| StorageError::io(format!("reading {}", file.path().display()), e))?;
+            return self.post_object(key, bytes).await;
         }
+        // The server refuses a taken name when the upload is created ("already exists").
+        self.upload_tus(&full, key, &mut file).await
     }
 
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {

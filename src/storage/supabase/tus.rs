@@ -1,11 +1,15 @@
 //! The resumable (TUS) upload: create, then PATCH 6 MiB chunks; a failed chunk is resumed from the
-//! offset the server acknowledged. The upload URL the server hands back must be on SUPABASE_URL's
+//! offset the server acknowledged. A spool still being written is uploaded as it grows: the upload
+//! is created with its length deferred (`Upload-Defer-Length: 1`, which the server's TUS stores
+//! take), each chunk is sent once the spool holds it and more, and the last one, sent once the
+//! spool is whole, declares the length (`Upload-Length`), which is what completes the object: a
+//! spool that is abandoned never becomes one. A server without deferred lengths (501) gets the
+//! upload once the spool is whole. The upload URL the server hands back must be on SUPABASE_URL's
 //! own origin (the chunks and the key go there). A 409 is told apart: "already exists" (someone
 //! stored the name: give up on it at once) from an offset conflict (ask where the server is and go
 //! on). An upload that is given up is cancelled (`DELETE`), so its bytes do not linger.
 
 use std::io::SeekFrom;
-use std::path::Path;
 
 use backon::BackoffBuilder;
 use base64::Engine as _;
@@ -16,7 +20,7 @@ use super::http::{content_type, header_u64, read_failure, Failure};
 use super::{Supabase, TUS_CHUNK};
 use crate::retry::backoff;
 use crate::secret::Secret;
-use crate::storage::StorageError;
+use crate::storage::{GrowingFile, StorageError};
 
 /// Cancels the upload if the future driving it is dropped (a stop by a signal): through
 /// `stop::defer`, so the process waits for the cancel before it exits.
@@ -47,11 +51,32 @@ fn already_exists(f: &Failure) -> bool {
             || f.api().and_then(|a| a.code).as_deref() == Some("KeyAlreadyExists"))
 }
 
+/// What creating an upload gave.
+enum Created {
+    Url(String),
+    /// The server cannot defer the length (TUS 501): create it again once the length is known.
+    NoDeferredLength,
+}
+
 impl Supabase {
-    /// The resumable protocol: create, then PATCH 6 MiB chunks; a failed chunk is resumed from the
-    /// offset the server acknowledged.
-    pub(super) async fn upload_tus(&self, full: &str, key: &str, path: &Path, size: u64) -> Result<(), StorageError> {
-        let upload_url = self.tus_create(full, key, size).await?;
+    /// The resumable protocol: create, then PATCH 6 MiB chunks as the file holds them; a failed
+    /// chunk is resumed from the offset the server acknowledged.
+    pub(super) async fn upload_tus(&self, full: &str, key: &str, file: &mut GrowingFile) -> Result<(), StorageError> {
+        let known = match file.is_complete() {
+            true => Some(file.complete().await?),
+            false => None,
+        };
+        let upload_url = match self.tus_create(full, key, known).await? {
+            Created::Url(url) => url,
+            Created::NoDeferredLength => {
+                tracing::info!("{key}: the server cannot defer an upload's length; uploading once the dump is done");
+                let size = file.complete().await?;
+                match self.tus_create(full, key, Some(size)).await? {
+                    Created::Url(url) => url,
+                    Created::NoDeferredLength => unreachable!("the length was given"),
+                }
+            }
+        };
         let mut guard = CancelOnDrop {
             armed: Some((
                 self.http.clone(),
@@ -59,7 +84,7 @@ impl Supabase {
                 Secret::new(self.key.expose().clone()),
             )),
         };
-        let result = self.tus_send(&upload_url, key, path, size).await;
+        let result = self.tus_send(&upload_url, key, file).await;
         guard.armed = None;
         if result.is_err() {
             self.tus_cancel(&upload_url, key).await;
@@ -67,8 +92,9 @@ impl Supabase {
         result
     }
 
-    /// Creates the upload; its URL, checked to be on our own origin.
-    async fn tus_create(&self, full: &str, key: &str, size: u64) -> Result<String, StorageError> {
+    /// Creates the upload (its length deferred when `None`); its URL, checked to be on our own
+    /// origin.
+    async fn tus_create(&self, full: &str, key: &str, size: Option<u64>) -> Result<Created, StorageError> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let metadata = format!(
             "bucketName {},objectName {},contentType {}",
@@ -78,11 +104,15 @@ impl Supabase {
         );
         let answer = self
             .exchange(&format!("starting the upload of {key}"), || {
-                self.request(Method::POST, "/upload/resumable")
+                let rb = self
+                    .request(Method::POST, "/upload/resumable")
                     .header("Tus-Resumable", "1.0.0")
-                    .header("Upload-Length", size.to_string())
                     .header("Upload-Metadata", metadata.clone())
-                    .header("x-upsert", "false")
+                    .header("x-upsert", "false");
+                match size {
+                    Some(size) => rb.header("Upload-Length", size.to_string()),
+                    None => rb.header("Upload-Defer-Length", "1"),
+                }
             })
             .await?;
         let resp = match answer {
@@ -96,6 +126,7 @@ impl Supabase {
             Err(f) if already_exists(&f) || f.status() == 409 => {
                 return Err(StorageError::AlreadyExists(key.to_string()))
             }
+            Err(f) if size.is_none() && f.http == 501 => return Ok(Created::NoDeferredLength),
             Err(f) => return Err(self.tus_fail(key, &f)),
         };
         let location = resp
@@ -118,35 +149,48 @@ impl Supabase {
                 self.origin
             )));
         }
-        Ok(url.to_string())
+        Ok(Created::Url(url.to_string()))
     }
 
-    async fn tus_send(&self, upload_url: &str, key: &str, path: &Path, size: u64) -> Result<(), StorageError> {
-        let mut file = tokio::fs::File::open(path)
+    /// Sends the file's chunks as it grows. While the upload's length is deferred a chunk goes only
+    /// when the file holds more than it, so that the last chunk, which declares the length, is
+    /// never empty.
+    async fn tus_send(&self, upload_url: &str, key: &str, file: &mut GrowingFile) -> Result<(), StorageError> {
+        let path = file.path().to_path_buf();
+        let mut input = tokio::fs::File::open(&path)
             .await
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
+        let mut declared = file.is_complete();
         let mut offset = 0u64;
         let mut delays = backoff(self.retries).build();
         let mut buf = vec![0u8; TUS_CHUNK];
-        while offset < size {
-            file.seek(SeekFrom::Start(offset))
+        loop {
+            let seen = file.wait_for(offset + TUS_CHUNK as u64 + 1).await?;
+            if seen.complete && offset >= seen.len && declared {
+                return Ok(());
+            }
+            let want = ((seen.len.saturating_sub(offset)) as usize).min(TUS_CHUNK);
+            let last = seen.complete && offset + want as u64 == seen.len;
+            input
+                .seek(SeekFrom::Start(offset))
                 .await
                 .map_err(|e| StorageError::io("seeking the spool file", e))?;
-            let want = ((size - offset) as usize).min(TUS_CHUNK);
-            file.read_exact(&mut buf[..want])
+            input
+                .read_exact(&mut buf[..want])
                 .await
                 .map_err(|e| StorageError::io("reading the spool file", e))?;
-            let chunk = buf[..want].to_vec();
-            let sent = self
+            let mut rb = self
                 .tus_request(Method::PATCH, upload_url)
                 .header("Upload-Offset", offset.to_string())
-                .header("Content-Type", "application/offset+octet-stream")
-                .body(chunk)
-                .send()
-                .await;
+                .header("Content-Type", "application/offset+octet-stream");
+            if last && !declared {
+                rb = rb.header("Upload-Length", seen.len.to_string());
+            }
+            let sent = rb.body(buf[..want].to_vec()).send().await;
             let problem = match sent {
                 Ok(r) if r.status() == StatusCode::NO_CONTENT || r.status() == StatusCode::OK => {
                     offset = header_u64(&r, "upload-offset").unwrap_or(offset + want as u64);
+                    declared |= last;
                     delays = backoff(self.retries).build();
                     continue;
                 }
@@ -174,15 +218,20 @@ impl Supabase {
                 delay.as_secs_f64()
             );
             tokio::time::sleep(delay).await;
-            offset = self.tus_offset(upload_url, key).await?.unwrap_or(offset);
+            if let Some((at, length_known)) = self.tus_offset(upload_url, key).await? {
+                offset = at;
+                // A failed last chunk may have declared the length before its bytes failed.
+                declared |= length_known;
+            }
         }
-        Ok(())
     }
 
-    /// Where the server is with the upload; `None` when it could not be asked this time.
-    async fn tus_offset(&self, upload_url: &str, key: &str) -> Result<Option<u64>, StorageError> {
+    /// Where the server is with the upload, and whether it knows the upload's length; `None` when
+    /// it could not be asked this time.
+    async fn tus_offset(&self, upload_url: &str, key: &str) -> Result<Option<(u64, bool)>, StorageError> {
         match self.tus_request(Method::HEAD, upload_url).send().await {
-            Ok(r) if r.status().is_success() => Ok(header_u64(&r, "upload-offset")),
+            Ok(r) if r.status().is_success() => Ok(header_u64(&r, "upload-offset")
+                .map(|at| (at, r.headers().contains_key("upload-length")))),
             Ok(r) if r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::GONE => Err(StorageError::Other(
                 format!("uploading {key}: the server no longer has the resumable upload (expired or removed)"),
             )),
