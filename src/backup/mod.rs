@@ -7,6 +7,7 @@ pub mod env;
 pub mod format;
 pub mod key;
 pub mod manifest;
+mod pump;
 pub mod runner;
 pub mod spool;
 
@@ -21,11 +22,11 @@ use tokio_postgres::Client;
 
 use crate::backup::key::ObjectKey;
 use crate::backup::manifest::{Encryption, Manifest, MANIFEST_VERSION};
-use crate::backup::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
+use crate::backup::spool::{dump_to_spool, spool_stream, Spool, SpoolError, SpoolOptions, Spooled};
 use crate::jsonl::JsonLinesReader;
 use crate::pg::catalog::{BackupKind, NewRecord, Tenant};
 use crate::pg::tools::{dump_command, PgDumpFormat};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{GrowingFile, Storage, StorageError};
 pub use env::BackupEnv;
 use format::DumpFormat;
 
@@ -76,7 +77,6 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
         ),
         None => None,
     };
-    let spooled = spool(env, client, req, recipient.clone()).await?;
     let ext = format!(
         "{}{}{}",
         env.format.key_name(),
@@ -89,7 +89,7 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
         storage: env.storage.clone(),
         keys: Vec::new(),
     };
-    let key = store_without_overwrite(env.storage.as_ref(), &base, &spooled, &mut unrecorded).await?;
+    let (spooled, key) = spool_and_store(env, client, req, recipient.clone(), &base, &mut unrecorded).await?;
 
     let manifest_key = ObjectKey::manifest_key(&key);
     unrecorded.keys.push(manifest_key.clone());
@@ -173,17 +173,63 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     })
 }
 
-async fn spool(
+/// Dumps into the spool and stores it at the same time: storage follows the spool as it grows (a
+/// remote upload overlaps the dump) and makes the object appear only once the dump is known whole.
+/// The spool is written where storage wants it (a local directory: the object's own folder, so it
+/// becomes the object without a copy), else in the temporary directory.
+async fn spool_and_store(
     env: &BackupEnv,
     client: &Client,
     req: &BackupRequest,
     encrypt: Option<age::x25519::Recipient>,
+    base: &ObjectKey,
+    unrecorded: &mut Unrecorded,
+) -> Result<(Spooled, String)> {
+    let first_key = base.as_key();
+    let object_name = first_key.rsplit('/').next().unwrap_or(&first_key).to_string();
+    let (dir, durable) = match env.storage.spool_dir(&first_key) {
+        Some(dir) => (dir, true),
+        None => (env.spool_dir.clone(), false),
+    };
+    let (spool, growing) = spool::create(&dir, &object_name, durable).map_err(anyhow::Error::new)?;
+    let storage = env.storage.as_ref();
+    let (spooled, stored) = futures::join!(
+        produce(env, client, req, encrypt, spool, &dir),
+        store_without_overwrite(storage, base, growing, unrecorded)
+    );
+    // A failed dump explains more than the abandoned upload it caused.
+    let spooled = spooled?;
+    let key = stored?;
+    let size = storage
+        .size(&key)
+        .await
+        .with_context(|| format!("checking the size of {key}"))?;
+    if size != Some(spooled.size) {
+        remove_quietly(storage, &[&key]).await;
+        unrecorded.keys.clear();
+        anyhow::bail!(
+            "{} holds {size:?} bytes for {key} but {} were written; the object was removed",
+            storage.describe(),
+            spooled.size
+        );
+    }
+    Ok((spooled, key))
+}
+
+/// Runs the dump (pg_dump, or the native dumper) into the spool.
+async fn produce(
+    env: &BackupEnv,
+    client: &Client,
+    req: &BackupRequest,
+    encrypt: Option<age::x25519::Recipient>,
+    spool: Spool,
+    dir: &std::path::Path,
 ) -> Result<Spooled> {
     let Some(pg_dump) = &env.pg_dump else {
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let spooler = spawn_spool(env, req, encrypt.clone(), move |opts| {
-            spool_stream(JsonLinesReader::new(rx), opts)
+        let spooler = spawn_spool(env, req, encrypt, dir, move |opts| {
+            spool_stream(JsonLinesReader::new(rx), spool, opts)
         });
         let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
@@ -205,7 +251,7 @@ async fn spool(
         pg_format,
         env.inserts,
     );
-    spawn_spool(env, req, encrypt.clone(), move |opts| dump_to_spool(cmd, opts))
+    spawn_spool(env, req, encrypt, dir, move |opts| dump_to_spool(cmd, spool, opts))
         .await
         .context("the dump task panicked")?
         .map_err(anyhow::Error::new)
@@ -216,9 +262,10 @@ fn spawn_spool(
     env: &BackupEnv,
     req: &BackupRequest,
     encrypt: Option<age::x25519::Recipient>,
+    dir: &std::path::Path,
     work: impl FnOnce(&SpoolOptions<'_>) -> Result<Spooled, SpoolError> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<Spooled, SpoolError>> {
-    let spool_dir = env.spool_dir.clone();
+    let spool_dir = dir.to_path_buf();
     let (format, compression, max_size, progress) = (env.format, env.compression, req.max_size, req.progress.clone());
     let target = env.dump_target.clone();
     tokio::task::spawn_blocking(move || {
@@ -235,11 +282,13 @@ fn spawn_spool(
     })
 }
 
-/// Stores the spool under the first free name (`…-2`, `…-3` when taken) and checks the stored size.
+/// Stores the spool, as it grows, under the first free name (`…-2`, `…-3` when taken). An upload
+/// that began while the dump ran and failed gets one more try from the finished spool, without
+/// dumping again.
 async fn store_without_overwrite(
     storage: &dyn Storage,
     base: &ObjectKey,
-    spooled: &Spooled,
+    growing: GrowingFile,
     unrecorded: &mut Unrecorded,
 ) -> Result<String> {
     for n in 1..=100u32 {
@@ -248,22 +297,22 @@ async fn store_without_overwrite(
         } else {
             base.with_suffix(n).as_key()
         };
-        match storage.put_file(&key, spooled.file.path()).await {
+        let began_while_dumping = !growing.is_complete();
+        let mut outcome = storage.put_growing(&key, growing.clone()).await;
+        if let Err(e) = &outcome {
+            let retry = began_while_dumping
+                && !matches!(e, StorageError::AlreadyExists(_) | StorageError::Abandoned(_))
+                && crate::stop::requested().is_none();
+            if retry && growing.clone().complete().await.is_ok() {
+                tracing::warn!(
+                    "storing {key} while dumping failed ({e}); storing it again from the finished spool"
+                );
+                outcome = storage.put_file(&key, growing.path()).await;
+            }
+        }
+        match outcome {
             Ok(()) => {
                 unrecorded.keys.push(key.clone());
-                let stored = storage
-                    .size(&key)
-                    .await
-                    .with_context(|| format!("checking the size of {key}"))?;
-                if stored != Some(spooled.size) {
-                    remove_quietly(storage, &[&key]).await;
-                    unrecorded.keys.clear();
-                    anyhow::bail!(
-                        "{} holds {stored:?} bytes for {key} but {} were written; the object was removed",
-                        storage.describe(),
-                        spooled.size
-                    );
-                }
                 return Ok(key);
             }
             Err(StorageError::AlreadyExists(_)) => continue,

@@ -1,11 +1,15 @@
 //! Dump → compress → checksum → temporary file, streaming in fixed-size chunks. pg_dump's output
 //! never sits in memory whole, and the spool lets a failed upload be retried without dumping again.
+//! The spool is created before the dump starts ([`create`]) so that storage can follow it as it
+//! grows ([`GrowingFile`]); it is declared complete only once the dump is known to be whole.
+//! Where storage is a local directory the spool is written in the object's own folder and made
+//! durable as it goes, and becomes the object by a link (see `storage::fs`).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -13,9 +17,10 @@ use tempfile::NamedTempFile;
 
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
-use crate::crypto::stream::Sealing;
+use crate::backup::pump::{pump, widen_pipe, PumpError, Pumped, TooLargeMarker};
 use crate::jsonl::ProducerError;
 use crate::pg::dumpscan::PlainDumpScanner;
+use crate::storage::{Grower, GrowingFile};
 
 const CHUNK: usize = 256 * 1024;
 const STDERR_KEEP: usize = 16 * 1024;
@@ -59,39 +64,6 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
-/// Counts and hashes everything written through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-    limit: Option<u64>,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        if self.limit.is_some_and(|l| self.written > l) {
-            return Err(io::Error::other(TooLargeMarker));
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-#[derive(Debug)]
-struct TooLargeMarker;
-impl std::fmt::Display for TooLargeMarker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("too large")
-    }
-}
-impl std::error::Error for TooLargeMarker {}
-
 pub struct SpoolOptions<'a> {
     pub format: DumpFormat,
     pub compression: Compression,
@@ -105,20 +77,28 @@ pub struct SpoolOptions<'a> {
     pub encrypt: Option<age::x25519::Recipient>,
 }
 
-/// What one pass over the dump stream produced.
-struct Pumped {
-    hashing: HashingWriter<BufWriter<std::fs::File>>,
-    raw: u64,
-    head: Vec<u8>,
-    scanner: Option<PlainDumpScanner>,
+/// A spool file made before the dump starts, and the handle that reports its growth.
+pub struct Spool {
+    file: NamedTempFile,
+    grower: Grower,
+    /// The spool will become the stored object in place: its writes are made durable as they go.
+    durable: bool,
 }
 
-fn new_spool(opts: &SpoolOptions<'_>) -> Result<NamedTempFile, SpoolError> {
-    tempfile::Builder::new()
-        .prefix("tenant-backup-")
-        .suffix(".spool")
-        .tempfile_in(opts.spool_dir)
-        .map_err(|e| write_err(opts, e))
+/// Creates the spool in `dir`, named like the local directory's temporary files
+/// (`.<name>.<random>.partial`, hidden, found by `cleanup` if a crash leaves it), and what storage
+/// follows it through. `durable`: the spool will be the stored object itself.
+pub fn create(dir: &Path, object_name: &str, durable: bool) -> Result<(Spool, GrowingFile), SpoolError> {
+    let file = tempfile::Builder::new()
+        .prefix(&format!(".{object_name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|source| SpoolError::Write {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    let (grower, growing) = GrowingFile::new(file.path());
+    Ok((Spool { file, grower, durable }, growing))
 }
 
 fn write_err(opts: &SpoolOptions<'_>, source: io::Error) -> SpoolError {
@@ -133,81 +113,35 @@ fn write_err(opts: &SpoolOptions<'_>, source: io::Error) -> SpoolError {
     }
 }
 
-/// Reads `input` to its end through compressor and checksum into `file`.
-fn pump(input: &mut dyn Read, file: &NamedTempFile, opts: &SpoolOptions<'_>) -> io::Result<Pumped> {
-    let hashing = HashingWriter {
-        inner: BufWriter::with_capacity(CHUNK, file.as_file().try_clone()?),
-        hasher: Sha256::new(),
-        written: 0,
-        limit: opts.max_size,
-    };
-    let sealing = Sealing::new(opts.encrypt.as_ref(), hashing)?;
-    let mut encoder = opts.compression.encoder(sealing)?;
-    let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
-    let mut head: Vec<u8> = Vec::with_capacity(5);
-    let mut raw: u64 = 0;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let chunk = &buf[..n];
-        if head.len() < 5 {
-            head.extend(chunk.iter().take(5 - head.len()));
-        }
-        if let Some(s) = scanner.as_mut() {
-            s.feed(chunk);
-        }
-        encoder.write_all(chunk)?;
-        raw += n as u64;
-        if let Some(p) = &opts.progress {
-            p.store(raw, Ordering::Relaxed);
-        }
+fn pump_err(opts: &SpoolOptions<'_>, e: PumpError) -> SpoolError {
+    match e {
+        PumpError::Input(e) | PumpError::Output(e) => write_err(opts, e),
     }
-    let mut hashing = encoder.finish()?.finish()?;
-    hashing.flush()?;
-    Ok(Pumped {
-        hashing,
-        raw,
-        head,
-        scanner,
-    })
 }
 
-fn finish(file: NamedTempFile, pumped: Pumped, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
-    let Pumped {
-        hashing, raw, scanner, ..
-    } = pumped;
-    let HashingWriter {
-        inner, hasher, written, ..
-    } = hashing;
-    inner
-        .into_inner()
-        .map_err(|e| write_err(opts, e.into_error()))?
-        .sync_all()
-        .map_err(|e| write_err(opts, e))?;
-    Ok(Spooled {
+/// The spool is whole and valid: storage may make it an object.
+fn finish(file: NamedTempFile, pumped: Pumped) -> Spooled {
+    pumped.grower.complete(pumped.size);
+    Spooled {
         file,
-        size: written,
-        sha256: hex::encode(hasher.finalize()),
-        uncompressed_size: raw,
-        row_counts: scanner.map(PlainDumpScanner::into_counts),
-    })
+        size: pumped.size,
+        sha256: pumped.sha256,
+        uncompressed_size: pumped.raw,
+        row_counts: pumped.scanner.map(PlainDumpScanner::into_counts),
+    }
 }
 
 /// Runs the dump command to completion and returns the finished spool file. Blocking: call it from
-/// `spawn_blocking`.
-pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+/// `spawn_blocking`. On any failure the spool is abandoned (and removed).
+pub fn dump_to_spool(mut cmd: Command, spool: Spool, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = crate::stop::spawn(&mut cmd).map_err(|source| SpoolError::Spawn { program, source })?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
+    widen_pipe(&stdout);
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
-    let file = new_spool(opts)?;
-    let pumped = match pump(&mut stdout, &file, opts) {
+    let Spool { file, grower, durable } = spool;
+    let pumped = match pump(&mut stdout, file.as_file(), grower, durable, opts) {
         Ok(p) => p,
         Err(e) => {
             // Closing our end of the pipe too, so anything the dumper started dies of SIGPIPE.
@@ -215,7 +149,7 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
             let _ = child.kill();
             let _ = child.wait();
             let _ = stderr_reader.join();
-            return Err(write_err(opts, e));
+            return Err(pump_err(opts, e));
         }
     };
     let status = child.wait().map_err(|e| write_err(opts, e))?;
@@ -238,23 +172,22 @@ pub fn dump_to_spool(mut cmd: Command, opts: &SpoolOptions<'_>) -> Result<Spoole
         None if pumped.head != b"PGDMP" => return Err(SpoolError::NotAnArchive),
         _ => {}
     }
-    finish(file, pumped, opts)
+    Ok(finish(file, pumped))
 }
-
 /// Spools a stream our own dumper produces (the native JSON format). An error the producer puts
 /// into the stream fails the spool.
-pub fn spool_stream(mut input: impl Read, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
-    let file = new_spool(opts)?;
-    let pumped = pump(&mut input, &file, opts).map_err(|e| match e.kind() {
-        io::ErrorKind::Other if e.get_ref().is_some_and(|i| i.is::<ProducerError>()) => {
+pub fn spool_stream(mut input: impl Read, spool: Spool, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+    let Spool { file, grower, durable } = spool;
+    let pumped = pump(&mut input, file.as_file(), grower, durable, opts).map_err(|e| match e {
+        PumpError::Input(e) if e.get_ref().is_some_and(|i| i.is::<ProducerError>()) => {
             SpoolError::Producer(e.into_inner().map(|i| i.to_string()).unwrap_or_default())
         }
-        _ => write_err(opts, e),
+        other => pump_err(opts, other),
     })?;
     if pumped.raw == 0 {
         return Err(SpoolError::Empty { stderr: String::new() });
     }
-    finish(file, pumped, opts)
+    Ok(finish(file, pumped))
 }
 
 /// Reads a stream to its end, keeping only its last `keep` bytes (pg_dump's last words matter).
@@ -320,14 +253,23 @@ mod tests {
         }
     }
 
+    fn dump(script: &str, opts: &SpoolOptions<'_>) -> Result<Spooled, SpoolError> {
+        let (spool, _) = create(opts.spool_dir, "x.sql", false).unwrap();
+        dump_to_spool(sh(script), spool, opts)
+    }
+
     #[test]
     fn spools_a_complete_dump_with_its_checksum() {
         let dir = tempfile::tempdir().unwrap();
+        let (spool, mut growing) = create(dir.path(), "x.sql", false).unwrap();
         let s = dump_to_spool(
             sh("printf 'COPY s.t (a) FROM stdin;\\n1\\n2\\n\\\\.\\n-- PostgreSQL database dump complete\\n'"),
+            spool,
             &opts(dir.path()),
         )
         .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(growing.complete()).unwrap(), s.size, "declared complete");
         assert_eq!(s.sha256, sha256_file(s.file.path()).unwrap());
         assert_eq!(s.size, std::fs::metadata(s.file.path()).unwrap().len());
         assert_eq!(s.row_counts.unwrap()["t"], 2);
@@ -336,26 +278,30 @@ mod tests {
     #[test]
     fn failures_are_errors_with_scrubbed_stderr() {
         let dir = tempfile::tempdir().unwrap();
+        let (spool, mut growing) = create(dir.path(), "x.sql", false).unwrap();
         let err = dump_to_spool(
             sh("echo partial; echo 'password hunter2 rejected' >&2; exit 1"),
+            spool,
             &opts(dir.path()),
         )
         .unwrap_err();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(rt.block_on(growing.complete()).is_err(), "a failed dump is abandoned");
         let msg = err.to_string();
         assert!(
             msg.contains("exit code 1") && msg.contains("***") && !msg.contains("hunter2"),
             "{msg}"
         );
         assert!(matches!(
-            dump_to_spool(sh("true"), &opts(dir.path())),
+            dump("true", &opts(dir.path())),
             Err(SpoolError::Empty { .. })
         ));
         assert!(matches!(
-            dump_to_spool(sh("echo 'SET x;'"), &opts(dir.path())),
+            dump("echo 'SET x;'", &opts(dir.path())),
             Err(SpoolError::Truncated { .. })
         ));
         assert!(matches!(
-            dump_to_spool(sh("kill -9 $$"), &opts(dir.path())),
+            dump("kill -9 $$", &opts(dir.path())),
             Err(SpoolError::DumpFailed { .. })
         ));
         // Nothing left behind in the spool directory.
@@ -368,7 +314,7 @@ mod tests {
         let mut o = opts(dir.path());
         o.compression = Compression::None;
         o.max_size = Some(1000);
-        let err = dump_to_spool(sh("head -c 100000 /dev/zero"), &o).unwrap_err();
+        let err = dump("head -c 100000 /dev/zero", &o).unwrap_err();
         assert!(matches!(err, SpoolError::TooLarge { limit: 1000 }), "{err}");
     }
 }

@@ -63,6 +63,16 @@ fn finish(mut child: Child, timeout: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The backup's spool is being written: for a local directory, a hidden `.partial` file in the
+/// tenant's own folder (it becomes the object in place), with nothing in `$TMPDIR`.
+fn spooling(db: &TestDb, tmp: &Path) -> bool {
+    let spool = db
+        .all_files()
+        .iter()
+        .any(|f| f.contains("/.") && f.ends_with(".partial"));
+    spool && files(tmp).is_empty()
+}
+
 fn files(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -171,7 +181,7 @@ fn backup_stopped_by_a_signal_stops_pg_dump_and_leaves_nothing() {
             &["--pg-dump", fake.to_str().unwrap(), "backup", "--tenant", "bienestar"],
         );
         wait_until("the spool file", Duration::from_secs(20), || {
-            pid_file.exists() && files(tmp.path()).iter().any(|f| f.ends_with(".spool"))
+            pid_file.exists() && spooling(&db, tmp.path())
         });
         let dump_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         unsafe { libc::kill(child.id() as i32, signal.0) };
@@ -207,7 +217,7 @@ fn a_second_signal_exits_at_once() {
         &["--pg-dump", fake.to_str().unwrap(), "backup", "--tenant", "bienestar"],
     );
     wait_until("pg_dump", Duration::from_secs(20), || {
-        pid_file.exists() && files(tmp.path()).iter().any(|f| f.ends_with(".spool"))
+        pid_file.exists() && spooling(&db, tmp.path())
     });
     let dump_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -242,11 +252,7 @@ fn run_scheduled_stopped_by_a_signal_leaves_the_tenant_due() {
         wait_until("the dump to wait for the lock", Duration::from_secs(20), || {
             waiting_for_a_lock(&db)
         });
-        assert!(
-            files(tmp.path()).iter().any(|f| f.ends_with(".spool")),
-            "{:?}",
-            files(tmp.path())
-        );
+        assert!(spooling(&db, tmp.path()), "{:?}", db.all_files());
         unsafe { libc::kill(child.id() as i32, signal.0) };
         let out = finish(child, Duration::from_secs(15));
         assert_stopped_cleanly(&db, tmp.path(), &out, signal, &[]);
@@ -472,7 +478,7 @@ fn a_stopped_run_still_pings_fail_and_notifies() {
         &["--pg-dump", fake.to_str().unwrap(), "backup", "--tenant", "bienestar"],
     );
     wait_until("the spool file", Duration::from_secs(20), || {
-        files(tmp.path()).iter().any(|f| f.ends_with(".spool"))
+        spooling(&db, tmp.path())
     });
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = finish(child, Duration::from_secs(15));

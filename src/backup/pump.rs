@@ -1,0 +1,258 @@
+//! The spool's two threads. The reader takes the dump stream in 1 MiB reads (pg_dump's pipe is
+//! widened to 1 MiB so it can run ahead while we are busy), watches it (the first bytes, the
+//! plain-dump scanner, progress) and hands the chunks over a short queue to the compressor thread,
+//! which compresses, encrypts, hashes and writes the spool, saying after each write how far the
+//! file can be read (a remote upload follows it). Compression, the costly part, so never waits
+//! for a read, nor pg_dump for it, while a core is free.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use crate::backup::format::DumpFormat;
+use crate::backup::spool::SpoolOptions;
+use crate::crypto::stream::Sealing;
+use crate::pg::dumpscan::PlainDumpScanner;
+use crate::storage::Grower;
+
+const READ_CHUNK: usize = 1024 * 1024;
+/// Chunks waiting for the compressor: bounds memory (and how far pg_dump may run ahead).
+const QUEUE: usize = 8;
+/// A durable spool starts the kernel's write-back every this many bytes, so the one fsync at the
+/// end finds little left to write.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// What one pass over the dump stream produced.
+pub struct Pumped {
+    pub raw: u64,
+    pub head: Vec<u8>,
+    pub scanner: Option<PlainDumpScanner>,
+    /// Bytes of the stored form, and their checksum.
+    pub size: u64,
+    pub sha256: String,
+    pub grower: Grower,
+}
+
+/// Why a pass failed: the input (reading the dump) or the output (compressing, writing the spool).
+pub enum PumpError {
+    Input(io::Error),
+    Output(io::Error),
+}
+
+enum Piece {
+    /// A buffer and how many of its bytes are the dump's.
+    Data(Vec<u8>, usize),
+    /// The input ended normally; anything else that closes the queue is a failure.
+    End,
+}
+
+/// Reads `input` to its end through compressor, encryption and checksum into the spool file.
+pub fn pump(
+    input: &mut dyn Read,
+    file: &std::fs::File,
+    grower: Grower,
+    durable: bool,
+    opts: &SpoolOptions<'_>,
+) -> Result<Pumped, PumpError> {
+    let out = file.try_clone().map_err(PumpError::Output)?;
+    let (to_compressor, pieces) = mpsc::sync_channel::<Piece>(QUEUE);
+    let (recycle, spare) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let compressor = scope.spawn(move || {
+            let written = SpoolWriter {
+                file: out,
+                grower,
+                len: 0,
+                synced_to: 0,
+                durable,
+            };
+            compress(pieces, recycle, written, opts)
+        });
+        let read = read_all(input, &to_compressor, &spare, opts);
+        // Closing the queue: after `End` the compressor finishes, otherwise it gives up.
+        drop(to_compressor);
+        let compressed = compressor
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the compressor thread panicked")));
+        match (read, compressed) {
+            (Ok(read), Ok((written, size, sha256))) => Ok(Pumped {
+                raw: read.raw,
+                head: read.head,
+                scanner: read.scanner,
+                size,
+                sha256,
+                grower: written.grower,
+            }),
+            // The compressor stopped first (too large, disk full): its error is the cause.
+            (_, Err(e)) => Err(PumpError::Output(e)),
+            (Err(e), Ok(_)) => Err(PumpError::Input(e)),
+        }
+    })
+}
+
+struct ReadSide {
+    raw: u64,
+    head: Vec<u8>,
+    scanner: Option<PlainDumpScanner>,
+}
+
+fn read_all(
+    input: &mut dyn Read,
+    to_compressor: &mpsc::SyncSender<Piece>,
+    spare: &mpsc::Receiver<Vec<u8>>,
+    opts: &SpoolOptions<'_>,
+) -> io::Result<ReadSide> {
+    let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
+    let mut head: Vec<u8> = Vec::with_capacity(5);
+    let mut raw: u64 = 0;
+    loop {
+        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; READ_CHUNK]);
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if head.len() < 5 {
+            head.extend(buf[..n].iter().take(5 - head.len()));
+        }
+        if let Some(s) = scanner.as_mut() {
+            s.feed(&buf[..n]);
+        }
+        raw += n as u64;
+        if let Some(p) = &opts.progress {
+            p.store(raw, Ordering::Relaxed);
+        }
+        if to_compressor.send(Piece::Data(buf, n)).is_err() {
+            // The compressor failed; its error says why.
+            return Err(io::Error::other("the compressor stopped"));
+        }
+    }
+    let _ = to_compressor.send(Piece::End);
+    Ok(ReadSide { raw, head, scanner })
+}
+
+/// The compressor thread: the pieces through compression, encryption and checksum into the spool.
+fn compress(
+    pieces: mpsc::Receiver<Piece>,
+    recycle: mpsc::Sender<Vec<u8>>,
+    out: SpoolWriter,
+    opts: &SpoolOptions<'_>,
+) -> io::Result<(SpoolWriter, u64, String)> {
+    let hashing = HashingWriter {
+        inner: out,
+        hasher: Sha256::new(),
+        written: 0,
+        limit: opts.max_size,
+    };
+    let sealing = Sealing::new(opts.encrypt.as_ref(), hashing)?;
+    let mut encoder = opts.compression.encoder(sealing)?;
+    loop {
+        match pieces.recv() {
+            Ok(Piece::Data(buf, n)) => {
+                encoder.write_all(&buf[..n])?;
+                let _ = recycle.send(buf);
+            }
+            Ok(Piece::End) => break,
+            Err(_) => return Err(io::Error::other("the dump stream failed")),
+        }
+    }
+    let mut hashing = encoder.finish()?.finish()?;
+    hashing.flush()?;
+    let HashingWriter {
+        inner, hasher, written, ..
+    } = hashing;
+    inner.grower.grew(inner.len);
+    Ok((inner, written, hex::encode(hasher.finalize())))
+}
+
+/// Counts and hashes everything written through it; fails once past `limit`.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+    limit: Option<u64>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        if self.limit.is_some_and(|l| self.written > l) {
+            return Err(io::Error::other(TooLargeMarker));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Debug)]
+pub struct TooLargeMarker;
+impl std::fmt::Display for TooLargeMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too large")
+    }
+}
+impl std::error::Error for TooLargeMarker {}
+
+/// The spool file itself: unbuffered (every writer before it hands over whole blocks), each
+/// write then readable by an upload that follows the file.
+struct SpoolWriter {
+    file: std::fs::File,
+    grower: Grower,
+    len: u64,
+    synced_to: u64,
+    durable: bool,
+}
+
+impl Write for SpoolWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.len += n as u64;
+        self.grower.grew(self.len);
+        if self.durable && self.len - self.synced_to >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.synced_to, self.len - self.synced_to);
+            self.synced_to = self.len;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Asks the kernel to start writing a range out now, without waiting for it.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; failure only loses the head start.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
+
+/// Widens a pipe to 1 MiB (Linux; the default 64 KiB makes pg_dump wait for every read).
+pub fn widen_pipe(pipe: &impl std::os::unix::io::AsRawFd) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: fcntl on a descriptor the caller owns; failure leaves the pipe as it was.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, READ_CHUNK as libc::c_int);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pipe;
+}
