@@ -13,6 +13,7 @@ mod help;
 mod limits;
 mod list;
 mod native;
+mod overlap;
 mod restore;
 mod scheduled;
 mod secrets;

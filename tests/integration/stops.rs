@@ -477,9 +477,7 @@ fn a_stopped_run_still_pings_fail_and_notifies() {
         &env,
         &["--pg-dump", fake.to_str().unwrap(), "backup", "--tenant", "bienestar"],
     );
-    wait_until("the spool file", Duration::from_secs(20), || {
-        spooling(&db, tmp.path())
-    });
+    wait_until("the spool file", Duration::from_secs(20), || spooling(&db, tmp.path()));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = finish(child, Duration::from_secs(15));
     assert_stopped_cleanly(&db, tmp.path(), &out, SIGNALS[0], &[]);

@@ -182,11 +182,11 @@ fn unchunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
-fn moto_port() -> u16 {
+pub fn moto_port() -> u16 {
     moto().url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     xml.split(&open)
         .skip(1)
@@ -194,7 +194,7 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
         .collect()
 }
 
-fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {

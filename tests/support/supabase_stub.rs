@@ -2269,7 +2269,10 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     // creation-with-upload
     if req.header("content-type") == Some("application/offset+octet-stream") && !req.body.is_empty() {
         // calculateMaxBodySize: the length, or (deferred) the maximum size.
-        if length.or(st.tus_max_size).is_some_and(|max| req.body.len() as u64 > max) {
+        if length
+            .or(st.tus_max_size)
+            .is_some_and(|max| req.body.len() as u64 > max)
+        {
             return Err(tus_error(413, "upload's size exceeded\n"));
         }
         up.data.extend_from_slice(&req.body);
@@ -2336,7 +2339,10 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
         length = Some(declared);
         st.uploads.get_mut(&id).unwrap().length = length;
     }
-    if length.or(st.tus_max_size).is_some_and(|max| offset + req.body.len() as u64 > max) {
+    if length
+        .or(st.tus_max_size)
+        .is_some_and(|max| offset + req.body.len() as u64 > max)
+    {
         return Err(tus_error(413, "upload's size exceeded\n"));
     }
     if st.faults.break_next_patch {

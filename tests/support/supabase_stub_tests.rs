@@ -461,13 +461,23 @@ fn storage_stub_tus_deferred_length_is_declared_by_a_patch_like_tus_server() {
     assert_eq!((p.status, p.header("tus-complete")), (204, None));
     let h = tus("HEAD", &[], b"");
     assert_eq!(
-        (h.header("upload-offset"), h.header("upload-defer-length"), h.header("upload-length")),
+        (
+            h.header("upload-offset"),
+            h.header("upload-defer-length"),
+            h.header("upload-length")
+        ),
         (Some("4"), Some("1"), None),
         "the length is not known yet"
     );
     assert!(s.keys().is_empty(), "no object before the length is declared");
     let short = tus("PATCH", &[("Upload-Offset", "4"), ("Upload-Length", "3")], b"x");
-    assert_eq!((short.status, short.text()), (400, "Upload-Length or Upload-Defer-Length header required\n".to_string()));
+    assert_eq!(
+        (short.status, short.text()),
+        (
+            400,
+            "Upload-Length or Upload-Defer-Length header required\n".to_string()
+        )
+    );
     let p = tus("PATCH", &[("Upload-Offset", "4"), ("Upload-Length", "6")], b"ef");
     assert_eq!((p.status, p.header("tus-complete")), (204, Some("1")));
     assert_eq!(s.state.lock().unwrap().objects["grow.sql"], b"abcdef");
