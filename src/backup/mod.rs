@@ -304,9 +304,7 @@ async fn store_without_overwrite(
                 && !matches!(e, StorageError::AlreadyExists(_) | StorageError::Abandoned(_))
                 && crate::stop::requested().is_none();
             if retry && growing.clone().complete().await.is_ok() {
-                tracing::warn!(
-                    "storing {key} while dumping failed ({e}); storing it again from the finished spool"
-                );
+                tracing::warn!("storing {key} while dumping failed ({e}); storing it again from the finished spool");
                 outcome = storage.put_file(&key, growing.path()).await;
             }
         }

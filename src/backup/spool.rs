@@ -292,10 +292,7 @@ mod tests {
             msg.contains("exit code 1") && msg.contains("***") && !msg.contains("hunter2"),
             "{msg}"
         );
-        assert!(matches!(
-            dump("true", &opts(dir.path())),
-            Err(SpoolError::Empty { .. })
-        ));
+        assert!(matches!(dump("true", &opts(dir.path())), Err(SpoolError::Empty { .. })));
         assert!(matches!(
             dump("echo 'SET x;'", &opts(dir.path())),
             Err(SpoolError::Truncated { .. })

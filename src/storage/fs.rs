@@ -144,7 +144,10 @@ fn store_file(src: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
         match link_into_place(src, dest, key) {
             // A filesystem without hard links (or a rename race): copy instead.
             Err(StorageError::Io { source, .. })
-                if matches!(source.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)) => {}
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+                ) => {}
             other => return other,
         }
     }

@@ -66,23 +66,14 @@ impl GrowingFile {
     /// A file being written at `path`, and the handle its writer reports through.
     pub fn new(path: impl Into<PathBuf>) -> (Grower, GrowingFile) {
         let (tx, rx) = watch::channel(Growth::Writing(0));
-        (
-            Grower { tx, done: false },
-            GrowingFile {
-                path: path.into(),
-                rx,
-            },
-        )
+        (Grower { tx, done: false }, GrowingFile { path: path.into(), rx })
     }
 
     /// A file that is already whole.
     pub fn complete_file(path: impl Into<PathBuf>, len: u64) -> GrowingFile {
         let (tx, rx) = watch::channel(Growth::Complete(len));
         drop(tx);
-        GrowingFile {
-            path: path.into(),
-            rx,
-        }
+        GrowingFile { path: path.into(), rx }
     }
 
     pub fn path(&self) -> &Path {
@@ -99,7 +90,12 @@ impl GrowingFile {
         loop {
             match *self.rx.borrow_and_update() {
                 Growth::Complete(n) => return Ok(Extent { len: n, complete: true }),
-                Growth::Writing(n) if n >= len => return Ok(Extent { len: n, complete: false }),
+                Growth::Writing(n) if n >= len => {
+                    return Ok(Extent {
+                        len: n,
+                        complete: false,
+                    })
+                }
                 Growth::Abandoned => return Err(abandoned(&self.path)),
                 Growth::Writing(_) => {}
             }
@@ -132,11 +128,23 @@ mod tests {
         let (grower, mut file) = GrowingFile::new("/spool");
         let mut other = file.clone();
         grower.grew(10);
-        assert_eq!(file.wait_for(5).await.unwrap(), Extent { len: 10, complete: false });
+        assert_eq!(
+            file.wait_for(5).await.unwrap(),
+            Extent {
+                len: 10,
+                complete: false
+            }
+        );
         let waiting = tokio::spawn(async move { other.wait_for(100).await });
         grower.grew(50);
         grower.complete(60);
-        assert_eq!(waiting.await.unwrap().unwrap(), Extent { len: 60, complete: true });
+        assert_eq!(
+            waiting.await.unwrap().unwrap(),
+            Extent {
+                len: 60,
+                complete: true
+            }
+        );
         assert_eq!(file.complete().await.unwrap(), 60);
 
         let (grower, mut file) = GrowingFile::new("/spool");

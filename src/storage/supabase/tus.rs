@@ -230,8 +230,9 @@ impl Supabase {
     /// it could not be asked this time.
     async fn tus_offset(&self, upload_url: &str, key: &str) -> Result<Option<(u64, bool)>, StorageError> {
         match self.tus_request(Method::HEAD, upload_url).send().await {
-            Ok(r) if r.status().is_success() => Ok(header_u64(&r, "upload-offset")
-                .map(|at| (at, r.headers().contains_key("upload-length")))),
+            Ok(r) if r.status().is_success() => {
+                Ok(header_u64(&r, "upload-offset").map(|at| (at, r.headers().contains_key("upload-length"))))
+            }
             Ok(r) if r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::GONE => Err(StorageError::Other(
                 format!("uploading {key}: the server no longer has the resumable upload (expired or removed)"),
             )),
