@@ -1,9 +1,11 @@
 //! `cargo bench --bench backup`: builds a tenant schema of realistic rows (default ~1 GB, set
 //! BENCH_SIZE_MB), then measures side by side, at half the size and at full size:
-//!   pg_dump -n S > /dev/null,   pg_dump -n S | gzip > file,   tenant-backup backup (zstd, local dir)
-//! (and `pg_dump | zstd -3`, the encrypted backup) and prints wall time, ratios against raw pg_dump,
-//! and peak RSS. Runs are interleaved (BENCH_ROUNDS rounds, default 5) and the median of each is
-//! printed, so a noisy moment hurts all alike.
+//!   pg_dump -n S > /dev/null,   pg_dump -n S | zstd -3 > file,   pg_dump -n S | gzip > file,
+//!   tenant-backup backup (default settings: zstd 3, local directory), encrypted, and --format json
+//! and prints wall time, ratios against raw pg_dump, and peak RSS, then the stored sizes against
+//! zstd -3's and the two targets of issue #17 (backup ≤ 1.05× pg_dump, stored ≤ 1.05× zstd -3).
+//! Runs are interleaved (BENCH_ROUNDS rounds, default 5) and the median of each is printed, so a
+//! noisy moment hurts all alike.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -50,7 +52,11 @@ fn main() {
         };
         let gz = work.path().join("dump.sql.gz");
         let zst = work.path().join("dump.sql.zst");
-        let store = work.path().join("store");
+        let (store, store_age, store_json) = (
+            work.path().join("store"),
+            work.path().join("store-age"),
+            work.path().join("store-json"),
+        );
         let keys = keys_init(bin);
         let methods: Vec<(&str, MakeCommand)> = vec![
             (
@@ -105,11 +111,11 @@ fn main() {
             (
                 "tenant-backup backup (zstd, age)",
                 Box::new(|| {
-                    let _ = std::fs::remove_dir_all(&store);
+                    let _ = std::fs::remove_dir_all(&store_age);
                     let mut c = Command::new(bin);
                     c.args(["backup", "--tenant", SCHEMA, "--no-progress", "-q"])
                         .env("DATABASE_URL", &url)
-                        .env("BACKUP_STORAGE", &store)
+                        .env("BACKUP_STORAGE", &store_age)
                         .env("PG_DUMP", &pg_dump)
                         .env("BACKUP_AGE_RECIPIENT", &keys.0)
                         .env("BACKUP_SIGNING_KEY", &keys.1)
@@ -120,11 +126,11 @@ fn main() {
             (
                 "tenant-backup --format json (zstd)",
                 Box::new(|| {
-                    let _ = std::fs::remove_dir_all(&store);
+                    let _ = std::fs::remove_dir_all(&store_json);
                     let mut c = Command::new(bin);
                     c.args(["backup", "--tenant", SCHEMA, "--format", "json", "--no-progress", "-q"])
                         .env("DATABASE_URL", &url)
-                        .env("BACKUP_STORAGE", &store)
+                        .env("BACKUP_STORAGE", &store_json)
                         .env("PG_DUMP", &pg_dump)
                         .stdout(Stdio::null());
                     c
@@ -152,12 +158,22 @@ fn main() {
             );
         }
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+        let stored = |dir: &Path| object_size(dir) as f64 / 1048576.0;
+        let zstd3 = size(&zst);
         println!(
-            "{:<9} stored bytes: zstd -3 {:.1} MB, gzip {:.1} MB, tenant-backup json.zst (last run) {:.1} MB",
+            "{:<9} stored: zstd -3 {zstd3:.1} MB, gzip {:.1} MB, tenant-backup sql.zst {:.1} MB ({:.3}x zstd -3), encrypted {:.1} MB, json.zst {:.1} MB",
             "",
-            size(&zst),
             size(&gz),
-            walk_size(&store) as f64 / 1048576.0
+            stored(&store),
+            stored(&store) / zstd3,
+            stored(&store_age),
+            stored(&store_json)
+        );
+        println!(
+            "{:<9} targets: backup / pg_dump {:.3} (≤ 1.05), stored / zstd -3 {:.3} (≤ 1.05)",
+            "",
+            best[3].wall.as_secs_f64() / base,
+            stored(&store) / zstd3
         );
         own_rss.push(best[3].own_rss_kb);
     }
@@ -189,18 +205,24 @@ fn median_run(mut runs: Vec<Run>) -> Run {
     runs.swap_remove(runs.len() / 2)
 }
 
-fn walk_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk_size(&p)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
+/// Bytes of the one backup object (not its manifest) under a local storage directory.
+fn object_size(dir: &Path) -> u64 {
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files
+        .iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".manifest.json"))
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum()
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
 }

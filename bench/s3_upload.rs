@@ -1,27 +1,39 @@
-//! `cargo bench --bench s3_upload`: a large backup (default 2 GB stored, BENCH_UPLOAD_MB) uploaded
-//! to moto's S3 server, reporting the tool's wall time and peak RSS. Needs moto (`.venv/bin/moto_server`
-//! or MOTO_SERVER), as the tests do.
+//! `cargo bench --bench s3_upload`: does the upload overlap the dump? A tenant schema of clinic
+//! rows (default ~512 MB, BENCH_SIZE_MB) is backed up to moto's S3 server through a local proxy
+//! that caps the upload at BENCH_UPLOAD_MBPS (default 20 MB/s, one link shared by all
+//! connections), so the upload takes real time. Interleaved, BENCH_ROUNDS rounds (default 5),
+//! medians, for the default settings (zstd 3) and for `--compress none`:
+//!   dump   = `tenant-backup backup` into a local directory (dump, compress, store: no upload),
+//!   upload = the same object uploaded alone (the tool's own S3 upload, in this process),
+//!   backup = `tenant-backup backup` to S3 through the proxy,
+//! and prints backup / max(dump, upload) (1.00 is perfect overlap, the target is ≤ 1.10) and
+//! backup / (dump + upload) (what uploading after the dump would cost). Needs moto
+//! (`.venv/bin/moto_server` or MOTO_SERVER), as the tests do.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
 mod common;
 use common::*;
 
+use tenant_backup::storage::{self, StorageOptions};
+
 fn main() {
-    let mb: u64 = env_or("BENCH_UPLOAD_MB", 2048);
+    let size_mb: u64 = env_or("BENCH_SIZE_MB", 512);
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
+    let mbps: f64 = env_or("BENCH_UPLOAD_MBPS", 20.0);
     let moto = std::env::var_os("MOTO_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"));
     if !moto.is_file() {
-        die("moto_server not found: python3 -m venv .venv && .venv/bin/pip install 'moto[server]'");
+        die("moto_server not found: python3 -m venv .venv && .venv/bin/pip install 'moto[server]' (or set MOTO_SERVER)");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut moto = Command::new(moto)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -30,61 +42,172 @@ fn main() {
         .unwrap();
     let cluster = bench_cluster();
     let sql = |q: &str| cluster.sql("bench", q).unwrap_or_else(|e| die(&e.to_string()));
-    // Incompressible rows: the stored object is as big as the dump.
-    let rows = mb * 1024 * 1024 / 100;
-    sql(&format!(
-        "CREATE TABLE bench.blob (id bigint PRIMARY KEY, body text); \
-         INSERT INTO bench.blob SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) FROM generate_series(1, {rows}) g"
-    ));
-    // Create the bucket (moto accepts an unsigned PUT).
-    for _ in 0..100 {
-        let ok = Command::new("bash")
-            .arg("-c")
-            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'PUT /bench HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -c 12 <&3 | grep -q 200"))
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    grow_to(&sql, size_mb);
+    sql("VACUUM ANALYZE");
+    create_bucket(port);
+    let proxy = throttle(port, mbps * 1e6);
+    let endpoint = format!("http://127.0.0.1:{proxy}");
+    // For the in-process upload: the same variables the tool reads.
+    std::env::set_var("AWS_ENDPOINT_URL", &endpoint);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let work = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_tenant-backup");
-    let mut c = Command::new(bin);
-    c.args([
-        "backup",
-        "--tenant",
-        SCHEMA,
-        "--compress",
-        "none",
-        "--no-progress",
-        "-q",
-        "--json",
-    ])
-    .env("DATABASE_URL", cluster.url("bench"))
-    .env("BACKUP_STORAGE", "s3://bench/backups")
-    .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-    .env("AWS_ACCESS_KEY_ID", "bench")
-    .env("AWS_SECRET_ACCESS_KEY", "bench")
-    .env("AWS_REGION", "us-east-1")
-    .env("PG_DUMP", cluster.bin("pg_dump"))
-    .stdout(Stdio::piped());
-    let out_path = std::env::temp_dir().join("s3_upload_bench.json");
-    c.stdout(std::fs::File::create(&out_path).unwrap());
-    let run = measure(c, "backup to S3");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap_or_default();
-    let size = json[0]["backup"]["size"].as_u64().unwrap_or(0);
+    let backup = |storage: &str, extra: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(["backup", "--tenant", SCHEMA, "--no-progress", "-q"])
+            .args(extra)
+            .env("DATABASE_URL", cluster.url("bench"))
+            .env("BACKUP_STORAGE", storage)
+            .env("PG_DUMP", cluster.bin("pg_dump"))
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(Stdio::null());
+        c
+    };
+
     println!(
-        "s3 upload bench: {:.0} MB object (no compression) to moto on 127.0.0.1",
-        size as f64 / 1048576.0
+        "s3 upload overlap bench: PostgreSQL {}, {} cores, moto on 127.0.0.1 behind a {mbps} MB/s proxy, median of {rounds}",
+        sql("SHOW server_version"),
+        num_cpus()
     );
     println!(
-        "  tenant-backup backup → s3   {:>7.1} s   peak RSS {:.1} MB (own), {:.1} MB (with pg_dump)",
-        run.wall.as_secs_f64(),
-        run.own_rss_kb as f64 / 1024.0,
-        run.tree_rss_kb as f64 / 1024.0
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>16} {:>16} {:>11}",
+        "settings", "object", "dump", "upload", "backup", "backup/max(d,u)", "backup/(d+u)", "RSS (own)"
     );
+    let mut n = 0;
+    for (label, extra) in [("zstd 3 (default)", &[][..]), ("--compress none", &["--compress", "none"][..])] {
+        let local = work.path().join("local");
+        let (mut dumps, mut uploads, mut backups) = (Vec::new(), Vec::new(), Vec::new());
+        let mut object_size = 0;
+        for _ in 0..rounds {
+            let _ = std::fs::remove_dir_all(&local);
+            dumps.push(measure(backup(local.to_str().unwrap(), extra), "backup to a local directory"));
+            let object = find_object(&local);
+            object_size = std::fs::metadata(&object).unwrap().len();
+            n += 1;
+            let store = storage::open(&format!("s3://bench/upload-{n}"), &StorageOptions::default())
+                .unwrap_or_else(|e| die(&e.to_string()));
+            let started = Instant::now();
+            runtime
+                .block_on(store.put_file("bench/object", &object))
+                .unwrap_or_else(|e| die(&format!("uploading alone: {e}")));
+            uploads.push(started.elapsed());
+            n += 1;
+            backups.push(measure(backup(&format!("s3://bench/backup-{n}"), extra), "backup to S3"));
+        }
+        let d = median(dumps.iter().map(|r| r.wall).collect());
+        let u = median(uploads);
+        let rss = median_by_wall(&backups).own_rss_kb;
+        let b = median(backups.iter().map(|r| r.wall).collect());
+        println!(
+            "{:<16} {:>6.1} MB {:>8.2}s {:>8.2}s {:>8.2}s {:>15.2}x {:>15.2}x {:>8.1} MB",
+            label,
+            object_size as f64 / 1e6,
+            d.as_secs_f64(),
+            u.as_secs_f64(),
+            b.as_secs_f64(),
+            b.as_secs_f64() / d.max(u).as_secs_f64(),
+            b.as_secs_f64() / (d + u).as_secs_f64(),
+            rss as f64 / 1024.0
+        );
+    }
     let _ = moto.kill();
     let _ = moto.wait();
     cluster.stop();
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn median_by_wall(runs: &[Run]) -> Run {
+    let mut v = runs.to_vec();
+    v.sort_by_key(|r| r.wall);
+    v.swap_remove(v.len() / 2)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The one object (not its manifest) a local backup left under `dir`.
+fn find_object(dir: &Path) -> PathBuf {
+    let tenant = dir.join(SCHEMA);
+    std::fs::read_dir(&tenant)
+        .unwrap_or_else(|e| die(&format!("{}: {e}", tenant.display())))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.to_string_lossy().ends_with(".manifest.json"))
+        .unwrap_or_else(|| die("the local backup stored nothing"))
+}
+
+/// Creates the bucket (moto accepts an unsigned PUT), waiting for moto to listen.
+fn create_bucket(port: u16) {
+    for _ in 0..150 {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"PUT /bench HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    die("moto did not start");
+}
+
+/// A TCP proxy to 127.0.0.1:`upstream` whose client-to-server direction (the upload) is one link
+/// of `bytes_per_sec`, shared by all connections; answers pass freely. Returns its port.
+fn throttle(upstream: u16, bytes_per_sec: f64) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // When the link is free again.
+    let link = Arc::new(Mutex::new(Instant::now()));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let link = link.clone();
+            std::thread::spawn(move || pipe(client, server, Some((link, bytes_per_sec))));
+            std::thread::spawn(move || pipe(s2, c2, None));
+        }
+    });
+    port
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<(Arc<Mutex<Instant>>, f64)>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some((link, rate)) = &limit {
+            // Reserve the link for these bytes, then let them through when they have "arrived".
+            let done = {
+                let mut free = link.lock().unwrap();
+                let start = (*free).max(Instant::now());
+                *free = start + Duration::from_secs_f64(n as f64 / rate);
+                *free
+            };
+            if let Some(wait) = done.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    let _ = from.shutdown(Shutdown::Read);
 }

@@ -111,7 +111,7 @@ pub enum Encoder<W: Write> {
 }
 
 /// Input bytes per zstd frame: four of level 3's 2 MiB windows, so a frame's start loses little.
-const ZSTD_FRAME: usize = 8 * 1024 * 1024;
+pub const ZSTD_FRAME: usize = 8 * 1024 * 1024;
 
 /// zstd as independent frames, each compressed whole from one buffer (see the module's comment).
 pub struct ZstdFrames<W: Write> {
@@ -127,17 +127,27 @@ impl<W: Write> ZstdFrames<W> {
         Ok(ZstdFrames {
             out,
             compressor: zstd::bulk::Compressor::new(level)?,
-            input: Vec::with_capacity(ZSTD_FRAME),
-            output: Vec::with_capacity(zstd::zstd_safe::compress_bound(ZSTD_FRAME)),
+            // Allocated when first needed: whole frames handed in are compressed where they are.
+            input: Vec::new(),
+            output: Vec::new(),
             frames: 0,
         })
     }
 
     fn flush_frame(&mut self) -> io::Result<()> {
-        self.output.clear();
-        self.compressor.compress_to_buffer(&self.input[..], &mut self.output)?;
-        self.out.write_all(&self.output)?;
+        let input = std::mem::take(&mut self.input);
+        self.compress(&input)?;
+        self.input = input;
         self.input.clear();
+        Ok(())
+    }
+
+    /// One frame of `input`.
+    fn compress(&mut self, input: &[u8]) -> io::Result<()> {
+        self.output.clear();
+        self.output.reserve(zstd::zstd_safe::compress_bound(input.len()));
+        self.compressor.compress_to_buffer(input, &mut self.output)?;
+        self.out.write_all(&self.output)?;
         self.frames += 1;
         Ok(())
     }
@@ -153,6 +163,13 @@ impl<W: Write> ZstdFrames<W> {
 
 impl<W: Write> Write for ZstdFrames<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.input.is_empty() && buf.len() >= ZSTD_FRAME {
+            self.compress(&buf[..ZSTD_FRAME])?;
+            return Ok(ZSTD_FRAME);
+        }
+        if self.input.capacity() == 0 {
+            self.input.reserve_exact(ZSTD_FRAME);
+        }
         let n = buf.len().min(ZSTD_FRAME - self.input.len());
         self.input.extend_from_slice(&buf[..n]);
         if self.input.len() == ZSTD_FRAME {
@@ -242,6 +259,10 @@ mod tests {
         c.decoder(packed.as_slice()).unwrap().read_to_end(&mut out).unwrap();
         assert_eq!(out.len(), data.len());
         assert!(out == data);
+        // Whole frames handed in at once are compressed where they are: the same stream.
+        let mut enc = c.encoder(Vec::new()).unwrap();
+        enc.write_all(&data).unwrap();
+        assert!(enc.finish().unwrap() == packed);
         assert_eq!(zstd::stream::decode_all(packed.as_slice()).unwrap().len(), data.len());
         // An empty input is still a zstd stream.
         let empty = c.encoder(Vec::new()).unwrap().finish().unwrap();

@@ -1,6 +1,7 @@
 //! The spool's two threads. The reader takes the dump stream in 1 MiB reads (pg_dump's pipe is
-//! widened to 1 MiB so it can run ahead while we are busy), watches it (the first bytes, the
-//! plain-dump scanner, progress) and hands the chunks over a short queue to the compressor thread,
+//! widened to 1 MiB so it can run ahead while we are busy) into 8 MiB pieces, one zstd frame each
+//! (compressed straight from the piece, never copied), watches it (the first bytes, the
+//! plain-dump scanner, progress) and hands the pieces over a short queue to the compressor thread,
 //! which compresses, encrypts, hashes and writes the spool, saying after each write how far the
 //! file can be read (a remote upload follows it). Compression, the costly part, so never waits
 //! for a read, nor pg_dump for it, while a core is free.
@@ -18,8 +19,11 @@ use crate::pg::dumpscan::PlainDumpScanner;
 use crate::storage::Grower;
 
 const READ_CHUNK: usize = 1024 * 1024;
-/// Chunks waiting for the compressor: bounds memory (and how far pg_dump may run ahead).
-const QUEUE: usize = 8;
+/// What the reader hands over at once: one zstd frame's worth.
+const PIECE: usize = crate::backup::compress::ZSTD_FRAME;
+/// Pieces waiting for the compressor: with the one being filled and the one being compressed,
+/// three pieces (24 MiB) at most in memory, and as far as pg_dump may run ahead.
+const QUEUE: usize = 1;
 /// A durable spool starts the kernel's write-back every this many bytes, so the one fsync at the
 /// end finds little left to write.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
@@ -107,25 +111,35 @@ fn read_all(
     let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
     let mut head: Vec<u8> = Vec::with_capacity(5);
     let mut raw: u64 = 0;
-    loop {
-        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; READ_CHUNK]);
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if head.len() < 5 {
-            head.extend(buf[..n].iter().take(5 - head.len()));
+    let mut ended = false;
+    while !ended {
+        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; PIECE]);
+        let mut filled = 0;
+        while filled < PIECE {
+            let end = (filled + READ_CHUNK).min(PIECE);
+            let n = match input.read(&mut buf[filled..end]) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = &buf[filled..filled + n];
+            if head.len() < 5 {
+                head.extend(chunk.iter().take(5 - head.len()));
+            }
+            if let Some(s) = scanner.as_mut() {
+                s.feed(chunk);
+            }
+            filled += n;
+            raw += n as u64;
+            if let Some(p) = &opts.progress {
+                p.store(raw, Ordering::Relaxed);
+            }
         }
-        if let Some(s) = scanner.as_mut() {
-            s.feed(&buf[..n]);
-        }
-        raw += n as u64;
-        if let Some(p) = &opts.progress {
-            p.store(raw, Ordering::Relaxed);
-        }
-        if to_compressor.send(Piece::Data(buf, n)).is_err() {
+        if filled > 0 && to_compressor.send(Piece::Data(buf, filled)).is_err() {
             // The compressor failed; its error says why.
             return Err(io::Error::other("the compressor stopped"));
         }
