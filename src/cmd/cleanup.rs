@@ -101,6 +101,15 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
     Ok(Outcome::from_failures(report.failed))
 }
 
+/// `1 backup`, `2 backups`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     if ctx.output.json {
         ctx.output.json(report)?;
@@ -160,8 +169,8 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     let done = if report.dry_run { "would delete" } else { "deleted" };
     if args.days.is_some() || !args.orphans {
         println!(
-            "{done} {} backups ({}), kept {}, {} failed",
-            report.deleted,
+            "{done} {} ({}), kept {}, {} failed",
+            counted(report.deleted, "backup"),
             human_size(report.bytes_freed),
             report.kept,
             report.failed
@@ -170,16 +179,23 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     if args.orphans {
         let deletable = report.orphans.iter().filter(|o| o.action == Action::Delete).count();
         if args.fix {
+            let rows = report
+                .orphans
+                .iter()
+                .filter(|o| o.result.starts_with("row deleted"))
+                .count();
             println!(
-                "{done} {} orphans of {} found, {} failed",
-                report.orphans_deleted,
+                "{done} {} of {} found ({} and {}), {} failed",
+                counted(report.orphans_deleted, "orphan"),
                 report.orphans.len(),
+                counted(report.orphans_deleted.saturating_sub(rows), "object"),
+                counted(rows, "row"),
                 report.failed
             );
         } else {
             println!(
-                "found {} orphans; --fix would delete {deletable}, {} failed",
-                report.orphans.len(),
+                "found {}; --fix would delete {deletable} (run `tenant-backup cleanup --orphans --fix`), {} failed",
+                counted(report.orphans.len(), "orphan"),
                 report.failed
             );
         }

@@ -62,12 +62,10 @@ pub enum StorageError {
     /// needs): nothing was touched, and the fix is in the configuration.
     #[error("{0}")]
     Refused(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message and deliberately not a `source` (thiserror would make a
+    /// field named `source` one), so an error chain prints it once.
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
     #[error("{0}")]
     Other(String),
 }
@@ -76,7 +74,7 @@ impl StorageError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StorageError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }
