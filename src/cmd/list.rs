@@ -37,6 +37,9 @@ struct Listed {
     exists: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     in_bucket: Option<InBucket>,
+    /// An encrypted backup whose tenant key was forgotten: nobody can read it any more.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    key_forgotten: bool,
 }
 
 pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
@@ -54,6 +57,8 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         // "MISSING" is only said of a bucket the storage has shown it can see.
         ctx.storage.probe(Access::Read).await?;
     }
+    // Tenants whose key exists (one query): an encrypted backup of any other can never be read.
+    let keyed = ctx.key_store.tenants(&client).await?;
     let mut histories = Vec::new();
     for tenant in tenants {
         let schema = tenant.schema_name;
@@ -74,7 +79,9 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
             if matches!(in_bucket, Some(InBucket::Missing | InBucket::Foreign)) {
                 problems += 1;
             }
+            let key_forgotten = record.file_path.ends_with(".age") && !keyed.contains(&schema);
             backups.push(Listed {
+                key_forgotten,
                 record,
                 exists: in_bucket.map(|s| s == InBucket::Yes),
                 in_bucket,
@@ -95,6 +102,7 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         for l in &h.backups {
             let b = &l.record;
             let file = match place(&b.file_path, &h.tenant) {
+                Place::Tenant(k) if l.key_forgotten => format!("{k} (key forgotten: unreadable)"),
                 Place::Tenant(k) => k.to_string(),
                 Place::Outside(p) => format!("outside the bucket: {p}"),
                 Place::Foreign(p) => format!("{p} (not under {}/)", h.tenant),

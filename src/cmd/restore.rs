@@ -14,6 +14,7 @@ use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::catalog::schema_state;
 use crate::pg::lock;
+use crate::restore::access::check_access;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Source, Target, Which};
 use crate::usage;
 
@@ -50,7 +51,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
     let started = Instant::now();
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let source = resolve(
+    let mut source = resolve(
         &ctx.catalog,
         &client,
         ctx.storage.as_ref(),
@@ -59,6 +60,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
         args.from_tenant.as_deref(),
     )
     .await?;
+    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, &client, args.allow_unsigned).await?;
     let target_name = args.into.clone().unwrap_or_else(|| tenant.schema_name.clone());
     let (exists, records_exist) = schema_state(&client, &ctx.catalog, &target_name).await?;
     let target = match &args.into {
@@ -121,7 +123,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
         lock::lock_with_timeout(&session, schema, lock_timeout).await?;
     }
     let Some(tools) = tools else {
-        let input = open_decompressed(file.path(), source.compression)?;
+        let input = open_decompressed(file.path(), &source)?;
         let opts = JsonRestore {
             schema: &target_name,
             catalog: &ctx.catalog,

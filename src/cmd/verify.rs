@@ -12,6 +12,7 @@ use crate::cli::VerifyArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
+use crate::restore::access::check_access;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Target, Which};
 
 #[derive(Serialize)]
@@ -36,7 +37,8 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let which = args.id.map(Which::Id).unwrap_or(Which::Latest);
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
+    let mut source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
+    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, &client, args.allow_unsigned).await?;
     let tools = crate::restore::tools_for(&client, source.format, ctx.pg_dump.as_deref()).await?;
     drop(client);
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
@@ -59,7 +61,7 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
                 verify_only: true,
                 lock_timeout: timeout,
             };
-            crate::jsonl::restore(&session, open_decompressed(file.path(), source.compression)?, &opts)
+            crate::jsonl::restore(&session, open_decompressed(file.path(), &source)?, &opts)
                 .await
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
         }

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result};
 use tempfile::NamedTempFile;
 
+use super::access::open_plain;
 use super::script::{Plan, COUNT_MARK};
 use super::source::Source;
 use crate::backup::compress::Compression;
@@ -31,18 +32,19 @@ pub fn run_psql(
     let mut unpacked: Option<NamedTempFile> = None;
     let mut pg_restore_child = None;
     let stream: Box<dyn Read + Send> = match source.format {
-        DumpFormat::Plain => {
-            let f = std::fs::File::open(dump)?;
-            source.compression.decoder(BufReader::with_capacity(256 * 1024, f))?
-        }
+        DumpFormat::Plain => open_plain(dump, source.compression, source.decrypt.as_ref())?,
         DumpFormat::Json => anyhow::bail!("json backups are restored through the driver, not psql"),
         DumpFormat::Custom => {
-            let archive: PathBuf = if source.compression == Compression::None {
+            // pg_restore needs a file: a compressed or encrypted archive is unpacked into a
+            // private (0600) temporary file, removed on every exit path.
+            let archive: PathBuf = if source.compression == Compression::None && source.decrypt.is_none() {
                 dump.to_path_buf()
             } else {
                 let mut tmp = tempfile::Builder::new().prefix("tenant-backup-archive-").tempfile()?;
-                let f = std::fs::File::open(dump)?;
-                io::copy(&mut source.compression.decoder(BufReader::new(f))?, tmp.as_file_mut())?;
+                io::copy(
+                    &mut open_plain(dump, source.compression, source.decrypt.as_ref())?,
+                    tmp.as_file_mut(),
+                )?;
                 let path = tmp.path().to_path_buf();
                 unpacked = Some(tmp);
                 path
@@ -193,9 +195,7 @@ fn feed(
     Ok(())
 }
 
-/// The decompressed contents of a fetched object, as lines for the json loader.
-pub fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn io::BufRead + Send>> {
-    let f = std::fs::File::open(path)?;
-    let decoder = compression.decoder(BufReader::with_capacity(256 * 1024, f))?;
-    Ok(Box::new(BufReader::with_capacity(256 * 1024, decoder)))
+/// The decrypted, decompressed contents of a fetched object, as lines for the json loader.
+pub fn open_decompressed(path: &Path, source: &Source) -> Result<Box<dyn io::BufRead + Send>> {
+    Ok(open_plain(path, source.compression, source.decrypt.as_ref())?)
 }

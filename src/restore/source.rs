@@ -11,6 +11,7 @@ use crate::backup::format::DumpFormat;
 use crate::backup::key::ObjectKey;
 use crate::backup::manifest::Manifest;
 use crate::backup::spool::sha256_file;
+use crate::crypto::TenantKey;
 use crate::error::UsageError;
 use crate::pg::catalog::{BackupRecord, Catalog, Tenant};
 use crate::storage::{place, Place, Storage, StorageError};
@@ -38,6 +39,9 @@ pub struct Source {
     pub compression: Compression,
     pub size: Option<u64>,
     pub manifest: Option<Manifest>,
+    /// The tenant's key, when the object is encrypted (set by [`super::access::check_access`]).
+    #[serde(skip)]
+    pub decrypt: Option<TenantKey>,
 }
 
 /// Finds the backup and checks it belongs to `tenant` (or to `from_tenant`, when given).
@@ -126,6 +130,7 @@ pub async fn resolve(
         source_schema,
         format,
         manifest,
+        decrypt: None,
     })
 }
 
