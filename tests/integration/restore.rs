@@ -338,3 +338,23 @@ fn verify_passes_on_a_good_backup_fails_on_a_tampered_one_and_leaves_no_trace() 
     assert_fails(&out, 1, "does not match its manifest");
     assert_eq!(schemas(&db), all);
 }
+
+#[test]
+fn two_restores_started_in_the_same_second_both_succeed() {
+    let db = TestDb::new();
+    let (id, _) = backup(&db, "bienestar", &[]);
+    let id = id.to_string();
+    // Start both just after a second begins, so that they start within the same second.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(1_000_000_000 - now.subsec_nanos() as u64 + 20_000_000));
+    let args = ["restore", "--tenant", "bienestar", "--id", &id, "--yes"];
+    let (a, b) = (db.spawn(&args), db.spawn(&args));
+    for (n, child) in [a, b].into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "restore {n}: {}", text(&out.stderr));
+    }
+    let kept = db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bienestar__pre_restore_%'");
+    assert_eq!(kept, "2", "each restore kept its own previous schema");
+}
