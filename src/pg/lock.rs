@@ -20,6 +20,11 @@ pub fn lock_key(schema: &str) -> i64 {
     h as i64
 }
 
+/// `timeout` as a `lock_timeout` setting in milliseconds: PostgreSQL takes at most `i32::MAX`.
+pub fn timeout_ms(timeout: Duration) -> u128 {
+    timeout.as_millis().min(i32::MAX as u128)
+}
+
 /// Takes the tenant's lock if nobody holds it. The lock lives until `client` disconnects (or
 /// [`unlock`]).
 pub async fn try_lock(client: &Client, schema: &str) -> Result<bool> {
@@ -42,12 +47,13 @@ pub async fn unlock(client: &Client, schema: &str) -> Result<()> {
 
 /// Waits up to `timeout` for the tenant's lock; then fails saying who holds it.
 pub async fn lock_with_timeout(client: &Client, schema: &str, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    // (An absurd --lock-timeout means: wait as long as it takes.)
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         if try_lock(client, schema).await? {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             let holder = holder(client, schema).await.unwrap_or(None);
             anyhow::bail!(
                 "tenant {schema} is busy: another backup, restore or cleanup holds its lock{} (waited {}s; raise --lock-timeout to wait longer)",
