@@ -23,8 +23,9 @@ use crate::backup::key::ObjectKey;
 use crate::backup::manifest::{Manifest, MANIFEST_VERSION};
 use crate::backup::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
 use crate::jsonl::JsonLinesReader;
-use crate::pg::catalog::{BackupKind, NewRecord, Tenant};
+use crate::pg::catalog::{BackupKind, InsertError, NewRecord, Tenant};
 use crate::pg::tools::{dump_command, PgDumpFormat};
+use crate::pg::xact::committed;
 use crate::storage::{Storage, StorageError};
 pub use env::BackupEnv;
 use format::DumpFormat;
@@ -103,10 +104,28 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     };
     let id = match env.catalog.insert_record(client, &schema, &record).await {
         Ok(id) => id,
-        Err(e) => {
+        Err(InsertError::Failed(e)) => {
             remove_quietly(env.storage.as_ref(), &[&key, &manifest_key]).await;
             return Err(e.context("the object and manifest were removed again"));
         }
+        // The answer to COMMIT was lost: the server says what happened, and the object follows.
+        Err(InsertError::CommitLost { id, xid, source }) => match committed(&env.dump_target, xid).await {
+            Ok(Some(true)) => {
+                tracing::warn!(
+                    "{schema}: the connection was lost after COMMIT was sent; the server says BackupRecord row {id} committed, so the backup is recorded and its object kept"
+                );
+                id
+            }
+            Ok(Some(false)) => {
+                remove_quietly(env.storage.as_ref(), &[&key, &manifest_key]).await;
+                return Err(source.context("the row was not committed; the object and manifest were removed again"));
+            }
+            _ => {
+                return Err(source.context(format!(
+                    "the connection was lost at COMMIT and the server could not be asked whether BackupRecord row {id} committed: the object {key} and its manifest are kept; check with `tenant-backup list --tenant {schema}` (`cleanup --orphans` finds an object without a row)"
+                )))
+            }
+        },
     };
     if req.kind == BackupKind::Automatic {
         if let Err(e) = env.catalog.mark_backed_up(client, req.tenant.id, env.clock.now()).await {
