@@ -28,7 +28,10 @@ fn list_and_status_report_a_broken_tenant_and_show_the_others() {
     let out = db.cmd().args(["list"]).output().unwrap();
     assert_names_the_broken(&out, "list");
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("bienestar") && stdout.contains("mindcare/backup-sql-mindcare-"), "{stdout}");
+    assert!(
+        stdout.contains("bienestar") && stdout.contains("mindcare/backup-sql-mindcare-"),
+        "{stdout}"
+    );
 
     let out = db.cmd().args(["--json", "list"]).output().unwrap();
     assert_names_the_broken(&out, "list --json");
@@ -74,9 +77,15 @@ fn backup_all_and_run_scheduled_skip_a_broken_tenant_before_dumping_it() {
     assert_eq!(db.record_count("mindcare"), 2);
     let dumped = tool_log(&tools, "pg_dump");
     for broken in ["clinica_demo", "ghost"] {
-        assert!(!dumped.contains(&format!("--schema=\"{broken}\"")), "{broken} was dumped:\n{dumped}");
+        assert!(
+            !dumped.contains(&format!("--schema=\"{broken}\"")),
+            "{broken} was dumped:\n{dumped}"
+        );
     }
-    assert!(db.objects().iter().all(|k| !k.starts_with("clinica_demo/") && !k.starts_with("ghost/")));
+    assert!(db
+        .objects()
+        .iter()
+        .all(|k| !k.starts_with("clinica_demo/") && !k.starts_with("ghost/")));
 }
 
 #[test]
@@ -91,6 +100,11 @@ fn cleanup_reports_a_broken_tenant_and_cleans_the_others() {
     break_two_tenants(&db);
     let out = db.cmd().args(["cleanup", "--days", "30"]).output().unwrap();
     assert_names_the_broken(&out, "cleanup");
-    assert_eq!(db.record_count("mindcare"), 1, "mindcare was cleaned: {}", text(&out.stdout));
+    assert_eq!(
+        db.record_count("mindcare"),
+        1,
+        "mindcare was cleaned: {}",
+        text(&out.stdout)
+    );
     assert!(!db.objects().contains(&old["key"].as_str().unwrap().to_string()));
 }

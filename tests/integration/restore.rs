@@ -151,7 +151,12 @@ fn bad_objects_leave_the_live_schema_untouched() {
             // A dump that fails halfway: a statement that errors in the middle.
             let text_dump = String::from_utf8(original.clone()).unwrap();
             let at = text_dump.find("CREATE TABLE bienestar.appointments_tag").unwrap();
-            let broken = format!("{}SELECT 1/0;\n{}", &text_dump[..at], &text_dump[at..]);
+            // (A statement the dump check lets through: it fails only when it runs.)
+            let broken = format!(
+                "{}CREATE TABLE bienestar.broken (x int DEFAULT 1/0);\nINSERT INTO bienestar.broken DEFAULT VALUES;\n{}",
+                &text_dump[..at],
+                &text_dump[at..]
+            );
             std::fs::write(db.storage().join(&key), broken).unwrap();
             let stderr = try_restore("failing");
             assert!(
@@ -348,7 +353,9 @@ fn two_restores_started_in_the_same_second_both_succeed() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_nanos(1_000_000_000 - now.subsec_nanos() as u64 + 20_000_000));
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - now.subsec_nanos() as u64 + 20_000_000,
+    ));
     let args = ["restore", "--tenant", "bienestar", "--id", &id, "--yes"];
     let (a, b) = (db.spawn(&args), db.spawn(&args));
     for (n, child) in [a, b].into_iter().enumerate() {

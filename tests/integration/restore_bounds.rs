@@ -17,7 +17,10 @@ struct Reader {
 impl Reader {
     fn start(db: &TestDb, table: &str) -> Reader {
         let (stop, slowest) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Duration::ZERO)));
-        let (name, sql) = (db.name.clone(), format!("SET statement_timeout = '40s'; SELECT count(*) FROM {table}"));
+        let (name, sql) = (
+            db.name.clone(),
+            format!("SET statement_timeout = '40s'; SELECT count(*) FROM {table}"),
+        );
         let (s, w) = (stop.clone(), slowest.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
@@ -70,9 +73,22 @@ fn restore_lock_timeout_bounds_the_whole_restore_and_names_the_blocker() {
         };
         // Every other request of the clinic keeps reading meanwhile.
         // (Readers of the table a DROP waits for queue up behind it.)
-        let table = if drop_previous { "appointments_patient" } else { "appointments_appointment" };
+        let table = if drop_previous {
+            "appointments_patient"
+        } else {
+            "appointments_appointment"
+        };
         let reader = Reader::start(&db, &format!("bienestar.{table}"));
-        let mut args = vec!["restore", "--tenant", "bienestar", "--id", &id, "--yes", "--lock-timeout", "2"];
+        let mut args = vec![
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--id",
+            &id,
+            "--yes",
+            "--lock-timeout",
+            "2",
+        ];
         if drop_previous {
             args.push("--drop-previous");
         }
@@ -100,12 +116,38 @@ fn restore_killed_leaves_no_psql_holding_the_transaction() {
     let db = TestDb::new();
     db.backup(&["--tenant", "bienestar"]);
     let live = db.fingerprint("bienestar");
-    let app = AppSession::start(
-        &db,
-        "clinic-app",
-        "BEGIN; LOCK TABLE bienestar.backups_backuprecord IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
-    );
-    let mut tool = db.spawn(&["restore", "--tenant", "bienestar", "--latest", "--yes", "--lock-timeout", "50"]);
+    // Two places to be killed while waiting for a lock: in the tool's own reads (a migration
+    // holds the history table), and in psql (the DROP of --drop-previous waits for a reader).
+    for (sql, drop_previous) in [
+        (
+            "BEGIN; LOCK TABLE bienestar.backups_backuprecord IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+            false,
+        ),
+        (
+            "BEGIN; SELECT count(*) FROM bienestar.appointments_patient; SELECT pg_sleep(60)",
+            true,
+        ),
+    ] {
+        killed_while_waiting(&db, sql, drop_previous);
+    }
+    assert_eq!(db.fingerprint("bienestar"), live);
+}
+
+fn killed_while_waiting(db: &TestDb, sql: &str, drop_previous: bool) {
+    let app = AppSession::start(db, "clinic-app", sql);
+    let mut args = vec![
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--latest",
+        "--yes",
+        "--lock-timeout",
+        "50",
+    ];
+    if drop_previous {
+        args.push("--drop-previous");
+    }
+    let mut tool = db.spawn(&args);
     let ours = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'";
     let deadline = Instant::now() + Duration::from_secs(30);
     while db.sql(ours) == "0" {
@@ -125,5 +167,4 @@ fn restore_killed_leaves_no_psql_holding_the_transaction() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(app);
-    assert_eq!(db.fingerprint("bienestar"), live);
 }

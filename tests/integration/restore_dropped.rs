@@ -45,14 +45,24 @@ fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
         db.sql("DROP SCHEMA bienestar CASCADE");
         let out = restore(&db, &["--tenant", "bienestar", "--latest"]);
         assert!(out.status.success(), "{format} --latest: {}", text(&out.stderr));
-        assert_eq!(data(&db, "bienestar"), at_second, "{format}: --latest is the second backup");
+        assert_eq!(
+            data(&db, "bienestar"),
+            at_second,
+            "{format}: --latest is the second backup"
+        );
         // The dump's own history (the legacy rows and the first backup), and the second backup,
         // which only the bucket's manifests know about.
         let h = history(&db, "bienestar");
-        assert!(h.contains(legacy) && h.contains(&first) && h.contains(&second), "{format}: {h}");
+        assert!(
+            h.contains(legacy) && h.contains(&first) && h.contains(&second),
+            "{format}: {h}"
+        );
         // The next backup gets a fresh id.
         let third = db.backup(&["--tenant", "bienestar", "--format", format]);
-        let max: i64 = db.sql("SELECT max(id) FROM bienestar.backups_backuprecord").parse().unwrap();
+        let max: i64 = db
+            .sql("SELECT max(id) FROM bienestar.backups_backuprecord")
+            .parse()
+            .unwrap();
         assert_eq!(third["id"].as_i64(), Some(max), "{format}");
 
         // Only the history table gone: --file of the first backup.
@@ -72,7 +82,14 @@ fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
         db.sql("DROP SCHEMA clinica_demo CASCADE");
         let out = restore(
             &db,
-            &["--tenant", "clinica_demo", "--file", &mindcare, "--from-tenant", "mindcare"],
+            &[
+                "--tenant",
+                "clinica_demo",
+                "--file",
+                &mindcare,
+                "--from-tenant",
+                "mindcare",
+            ],
         );
         assert!(out.status.success(), "{format} --from-tenant: {}", text(&out.stderr));
         assert_eq!(data(&db, "clinica_demo"), data(&db, "mindcare"), "{format}");
@@ -120,7 +137,9 @@ fn restore_keeps_every_history_row_the_dump_lacks_and_latest_ignores_future_rows
         assert_eq!(data(&db, "bienestar"), backed_up, "{format}");
         assert_eq!(history(&db, "bienestar"), before, "{format}: every history row is kept");
         assert_eq!(
-            db.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM bienestar.backups_backuprecord WHERE id IN (50, 51)"),
+            db.sql(
+                "SELECT string_agg(id::text, ',' ORDER BY id) FROM bienestar.backups_backuprecord WHERE id IN (50, 51)"
+            ),
             "50,51",
             "{format}: kept by id"
         );

@@ -25,7 +25,9 @@ impl Untouched {
     fn take(db: &TestDb) -> Untouched {
         Untouched {
             schemas: db.schemas(),
-            tenants: db.sql("SELECT string_agg(schema_name || ':' || backup_schedule, ',' ORDER BY id) FROM public.tenants_clinic"),
+            tenants: db.sql(
+                "SELECT string_agg(schema_name || ':' || backup_schedule, ',' ORDER BY id) FROM public.tenants_clinic",
+            ),
             bienestar: db.fingerprint("bienestar"),
             mindcare: db.fingerprint("mindcare"),
         }
@@ -34,7 +36,9 @@ impl Untouched {
     fn check(&self, db: &TestDb, what: &str) {
         assert_eq!(db.schemas(), self.schemas, "{what}: schemas changed");
         assert_eq!(
-            db.sql("SELECT string_agg(schema_name || ':' || backup_schedule, ',' ORDER BY id) FROM public.tenants_clinic"),
+            db.sql(
+                "SELECT string_agg(schema_name || ':' || backup_schedule, ',' ORDER BY id) FROM public.tenants_clinic"
+            ),
             self.tenants,
             "{what}: the tenant table changed"
         );
@@ -47,7 +51,15 @@ impl Untouched {
 fn refused(db: &TestDb, key: &str, what: &str, line: usize, before: &Untouched) {
     for args in [
         vec!["restore", "--tenant", "bienestar", "--file", key, "--yes"],
-        vec!["restore", "--tenant", "bienestar", "--file", key, "--yes", "--drop-previous"],
+        vec![
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--file",
+            key,
+            "--yes",
+            "--drop-previous",
+        ],
         vec!["verify", "--tenant", "bienestar"],
     ] {
         let out = db.cmd().args(&args).output().unwrap();
@@ -76,7 +88,11 @@ fn restore_and_verify_refuse_psql_meta_commands_and_run_no_shell() {
     let before = Untouched::take(&db);
     let cases = [
         ("a shell escape", format!("\\! {shell}"), "\\!"),
-        ("a shell escape after a statement", format!("SELECT 1; \\! {shell}"), "SELECT 1;"),
+        (
+            "a shell escape after a statement",
+            format!("SELECT 1; \\! {shell}"),
+            "SELECT 1;",
+        ),
         (
             "the dump's own \\unrestrict, then a shell escape",
             format!("\\unrestrict {dump_key}\n\\! {shell}"),
@@ -89,7 +105,11 @@ fn restore_and_verify_refuse_psql_meta_commands_and_run_no_shell() {
             "\\copy",
         ),
         ("\\o to a local file", format!("\\o '{}'", marker.display()), "\\o"),
-        ("\\gexec", "SELECT 'DROP SCHEMA mindcare CASCADE' \\gexec".to_string(), "\\gexec"),
+        (
+            "\\gexec",
+            "SELECT 'DROP SCHEMA mindcare CASCADE' \\gexec".to_string(),
+            "\\gexec",
+        ),
         ("a psql variable", "SELECT :'USER';".to_string(), ":'USER'"),
     ];
     for (what, lines, needle) in cases {
@@ -213,8 +233,23 @@ fn restore_children_get_a_minimal_environment() {
     run(&["restore", "--tenant", "mindcare", "--latest", "--yes"]);
     for program in ["pg_dump", "psql", "pg_restore"] {
         let log = tool_log(&tools, program);
-        assert!(log.contains("PGHOST="), "{program} never ran with its libpq settings:\n{log}");
-        for bad in ["AWS_", "SUPABASE_", "DATABASE_URL", "BACKUP_", "PGOPTIONS", "secret-value"] {
+        // (pg_restore only writes SQL: it gets no connection settings at all.)
+        let connects = program != "pg_restore";
+        assert!(
+            !log.is_empty() && (log.contains("PGHOST=") || !connects),
+            "{program} never ran with its libpq settings:\n{log}"
+        );
+        if !connects {
+            assert!(!log.contains("PGPASSWORD"), "{program} got the password:\n{log}");
+        }
+        for bad in [
+            "AWS_",
+            "SUPABASE_",
+            "DATABASE_URL",
+            "BACKUP_",
+            "PGOPTIONS",
+            "secret-value",
+        ] {
             assert!(!log.contains(bad), "{program} got {bad}:\n{log}");
         }
     }

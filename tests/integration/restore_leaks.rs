@@ -44,7 +44,11 @@ fn restore_errors_name_the_table_and_line_but_never_row_data() {
             let stderr = text(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{what} {}: {stderr}", args[0]);
             for private in [document, last_name, "SECRET"] {
-                assert!(!stderr.contains(private), "{what} {}: {private:?} leaked:\n{stderr}", args[0]);
+                assert!(
+                    !stderr.contains(private),
+                    "{what} {}: {private:?} leaked:\n{stderr}",
+                    args[0]
+                );
             }
             assert!(
                 stderr.contains("appointments_patient") && stderr.contains(&format!("line {row_line}")),

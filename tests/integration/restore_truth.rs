@@ -16,7 +16,11 @@ fn backup_whose_connection_drops_at_commit_keeps_its_committed_row_and_object() 
         .output()
         .unwrap();
     assert_no_secret(&out);
-    assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "the proxy never cut");
+    assert_eq!(
+        proxy.cuts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the proxy never cut"
+    );
     let stderr = text(&out.stderr);
     // The row committed: the backup happened, and its object must still be there.
     assert_eq!(db.record_count("bienestar"), before + 1, "{stderr}");
@@ -52,7 +56,11 @@ fn restore_whose_connection_drops_at_commit_reports_what_the_server_did() {
             .output()
             .unwrap();
         assert_no_secret(&out);
-        assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "{format}: the proxy never cut");
+        assert_eq!(
+            proxy.cuts.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{format}: the proxy never cut"
+        );
         let stderr = text(&out.stderr);
         // The new data is live: the server committed, so the restore happened.
         let restored: Vec<_> = db
@@ -60,12 +68,22 @@ fn restore_whose_connection_drops_at_commit_reports_what_the_server_did() {
             .into_iter()
             .filter(|(t, _)| t != "backups_backuprecord")
             .collect();
-        let expected: Vec<_> = backed_up.into_iter().filter(|(t, _)| t != "backups_backuprecord").collect();
-        assert_eq!(restored, expected, "{format}: the restore did not commit after all: {stderr}");
+        let expected: Vec<_> = backed_up
+            .into_iter()
+            .filter(|(t, _)| t != "backups_backuprecord")
+            .collect();
+        assert_eq!(
+            restored, expected,
+            "{format}: the restore did not commit after all: {stderr}"
+        );
         assert!(
             out.status.success() && !stderr.contains("unchanged") && !stderr.contains("nothing was changed"),
             "{format}: a committed restore is reported as done:\n{stderr}"
         );
-        assert!(text(&out.stdout).contains("restored bienestar"), "{format}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("restored bienestar"),
+            "{format}: {}",
+            text(&out.stdout)
+        );
     }
 }

@@ -425,7 +425,7 @@ pub struct AppSession {
 
 impl AppSession {
     pub fn start(db: &TestDb, app: &str, sql: &str) -> AppSession {
-        let child = cluster()
+        let mut child = cluster()
             .psql_command(&db.name)
             .env("PGAPPNAME", app)
             .args(["-c", sql])
@@ -448,6 +448,8 @@ impl AppSession {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the application session {app} did not start");
     }
 

@@ -66,7 +66,11 @@ fn relay(mut client: TcpStream, server: TcpStream, armed: &AtomicBool, cuts: &At
     // Client to server: message by message, so a COMMIT is recognised.
     let mut startup = true;
     loop {
-        let message = if startup { read_startup(&mut client) } else { read_typed(&mut client) };
+        let message = if startup {
+            read_startup(&mut client)
+        } else {
+            read_typed(&mut client)
+        };
         let Some(message) = message else { break };
         // Decided before the COMMIT goes out, so that not even a quick answer gets back.
         let cut_now = !startup && is_commit(&message) && armed.swap(false, Ordering::SeqCst);
