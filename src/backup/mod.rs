@@ -23,7 +23,7 @@ use crate::backup::key::ObjectKey;
 use crate::backup::manifest::{Manifest, MANIFEST_VERSION};
 use crate::backup::spool::{dump_to_spool, spool_stream, SpoolError, SpoolOptions, Spooled};
 use crate::jsonl::JsonLinesReader;
-use crate::pg::catalog::{BackupKind, InsertError, NewRecord, Tenant};
+use crate::pg::catalog::{check_backupable, BackupKind, InsertError, NewRecord, Tenant};
 use crate::pg::tools::{dump_command, PgDumpFormat};
 use crate::pg::xact::committed;
 use crate::storage::{Storage, StorageError};
@@ -63,6 +63,8 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     let started = Instant::now();
     let started_at = env.clock.now();
     let schema = req.tenant.schema_name.clone();
+    // A tenant that cannot take its history row is found out before it is dumped.
+    check_backupable(client, &env.catalog, &schema).await?;
 
     let spooled = spool(env, client, req).await?;
     let ext = format!("{}{}", env.format.key_name(), env.compression.ext_suffix());

@@ -14,6 +14,9 @@ use crate::storage::check_key;
 struct TenantHistory {
     tenant: String,
     backups: Vec<Listed>,
+    /// Why the history could not be read (the others are listed all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -34,7 +37,19 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     let mut histories = Vec::new();
     for tenant in tenants {
         let mut backups = Vec::new();
-        for record in ctx.catalog.records(&client, &tenant.schema_name).await? {
+        let records = match ctx.catalog.records(&client, &tenant.schema_name).await {
+            Ok(records) => records,
+            Err(e) => {
+                eprintln!("error: tenant {}: {e:#}", tenant.schema_name);
+                histories.push(TenantHistory {
+                    tenant: tenant.schema_name,
+                    backups,
+                    error: Some(format!("{e:#}")),
+                });
+                continue;
+            }
+        };
+        for record in records {
             let exists = if args.check {
                 Some(check_key(&record.file_path).is_ok() && ctx.storage.size(&record.file_path).await?.is_some())
             } else {
@@ -45,11 +60,13 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         histories.push(TenantHistory {
             tenant: tenant.schema_name,
             backups,
+            error: None,
         });
     }
+    let outcome = Outcome::from_failures(histories.iter().filter(|h| h.error.is_some()).count());
     if ctx.output.json {
         ctx.output.json(&histories)?;
-        return Ok(Outcome::Done);
+        return Ok(outcome);
     }
     let mut rows = Vec::new();
     for h in &histories {
@@ -75,7 +92,7 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     }
     if rows.is_empty() {
         eprintln!("no backups recorded");
-        return Ok(Outcome::Done);
+        return Ok(outcome);
     }
     print!(
         "{}",
@@ -84,5 +101,5 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
             &rows
         )
     );
-    Ok(Outcome::Done)
+    Ok(outcome)
 }

@@ -19,6 +19,9 @@ struct TenantStatus {
     last_automatic_backup: Option<DateTime<Utc>>,
     next_due: Option<DateTime<Utc>>,
     overdue: bool,
+    /// Why its history could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
@@ -27,7 +30,13 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
     let now = ctx.clock.now();
     let mut out = Vec::new();
     for t in ctx.catalog.tenants(&client).await? {
-        let (newest, newest_auto) = ctx.catalog.newest_backups(&client, &t.schema_name).await?;
+        let (newest, newest_auto, error) = match ctx.catalog.newest_backups(&client, &t.schema_name).await {
+            Ok((a, b)) => (a, b, None),
+            Err(e) => {
+                eprintln!("error: tenant {}: {e:#}", t.schema_name);
+                (None, None, Some(format!("{e:#}")))
+            }
+        };
         // last_backup_at is set only after an automatic backup's row exists, so both count.
         let last_automatic = t.last_backup_at.max(newest_auto);
         out.push(TenantStatus {
@@ -38,9 +47,11 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
             newest_backup: newest,
             last_automatic_backup: last_automatic,
             tenant: t.schema_name,
+            error,
         });
     }
     let overdue_count = out.iter().filter(|s| s.overdue).count();
+    let broken = out.iter().filter(|s| s.error.is_some()).count();
     if ctx.output.json {
         ctx.output.json(&out)?;
     } else {
@@ -60,7 +71,13 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
                         Some(t) if t <= now => "now".into(),
                         other => fmt(other),
                     },
-                    if s.overdue { "OVERDUE".into() } else { "ok".into() },
+                    if s.error.is_some() {
+                        "BROKEN".into()
+                    } else if s.overdue {
+                        "OVERDUE".into()
+                    } else {
+                        "ok".into()
+                    },
                 ]
             })
             .collect();
@@ -82,5 +99,8 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
             eprintln!("{overdue_count} tenant(s) overdue");
         }
     }
-    Ok(Outcome::from_failures(overdue_count))
+    if broken > 0 {
+        eprintln!("{broken} tenant(s) whose history cannot be read");
+    }
+    Ok(Outcome::from_failures(overdue_count + broken))
 }

@@ -249,6 +249,40 @@ pub fn insert_history(records: &str, users: &str, from: &str) -> String {
     )
 }
 
+/// Why a tenant cannot be backed up, if it cannot: its schema or history table is missing, or the
+/// tool's role may not use them. Checked before anything is dumped.
+pub async fn check_backupable(client: &Client, catalog: &Catalog, schema: &str) -> anyhow::Result<()> {
+    let rows = client
+        .query_typed(
+            "SELECT n.oid IS NOT NULL, c.oid IS NOT NULL, \
+                    coalesce(has_schema_privilege(n.oid, 'USAGE'), false), \
+                    coalesce(has_table_privilege(c.oid, 'SELECT, INSERT'), false) \
+             FROM (SELECT 1) one \
+             LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1 \
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[(&schema, Type::TEXT), (&catalog.records_table.as_str(), Type::TEXT)],
+        )
+        .await
+        .map_err(pg_context(format!("looking at schema {schema}")))?;
+    let (schema_there, table_there, usage, write): (bool, bool, bool, bool) =
+        (rows[0].get(0), rows[0].get(1), rows[0].get(2), rows[0].get(3));
+    let records = catalog.records_in(schema);
+    if !schema_there {
+        anyhow::bail!(
+            "schema {schema} does not exist, though the tenant table lists it: restore it (`tenant-backup restore --tenant {schema} --latest`) or remove the tenant row"
+        );
+    }
+    if !table_there {
+        anyhow::bail!(
+            "{records} does not exist: run the application's migrations for this tenant (or restore it); nothing was dumped"
+        );
+    }
+    if !usage || !write {
+        anyhow::bail!("the tool's role may not read and write {records}: grant it USAGE on the schema and SELECT, INSERT on the table");
+    }
+    Ok(())
+}
+
 /// Does `schema` exist, and does it hold the history table?
 pub async fn schema_state(client: &Client, catalog: &Catalog, schema: &str) -> anyhow::Result<(bool, bool)> {
     let rows = client
