@@ -109,7 +109,9 @@ impl Dump<'_> {
             DumpFormat::Plain => {
                 let f = std::fs::File::open(&job.dump)?;
                 Ok(Sql {
-                    reader: source.compression.decoder(BufReader::with_capacity(256 * 1024, f))?,
+                    reader: Box::new(ReadAhead::start(
+                        source.compression.decoder(BufReader::with_capacity(256 * 1024, f))?,
+                    )),
                     pg_restore: None,
                 })
             }
@@ -137,11 +139,63 @@ impl Dump<'_> {
                 let err = child.stderr.take().expect("piped");
                 let stderr = std::thread::spawn(move || read_all(err));
                 Ok(Sql {
-                    reader: Box::new(out),
+                    reader: Box::new(ReadAhead::start(Box::new(out))),
                     pg_restore: Some((child, stderr)),
                 })
             }
         }
+    }
+}
+
+/// Reads on a thread of its own, a few chunks ahead, so that decompressing (or pg_restore) runs
+/// beside the check and the feed instead of before them.
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl ReadAhead {
+    fn start(mut inner: Box<dyn Read + Send>) -> ReadAhead {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || loop {
+            let mut chunk = vec![0u8; 256 * 1024];
+            match inner.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.send(Ok(chunk)).is_err() {
+                        break; // the reader is gone
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => (self.chunk, self.at) = (chunk, 0),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 

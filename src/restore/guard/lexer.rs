@@ -5,7 +5,7 @@
 //! up to its `\.` line. What the [`Sink`] decides for each statement is written out, so the same
 //! lexer serves the check and the feed.
 
-use memchr::memchr;
+use memchr::{memchr, memchr_iter, memmem, memrchr};
 
 use super::{Refusal, Stop};
 
@@ -84,6 +84,23 @@ struct CopyState {
     /// a line that is exactly `\.` or `\.\r`.
     len: usize,
     head: [u8; 3],
+}
+
+impl CopyState {
+    /// Takes the current line up to its end, if `bytes` holds it: `(bytes used, it was \.)`.
+    fn piece(&mut self, bytes: &[u8]) -> Option<(usize, bool)> {
+        let end = memchr(b'\n', bytes);
+        let body = &bytes[..end.unwrap_or(bytes.len())];
+        for (k, &b) in body.iter().enumerate().take(3usize.saturating_sub(self.len)) {
+            self.head[self.len + k] = b;
+        }
+        self.len += body.len();
+        let i = end?;
+        let head = &self.head[..self.len.min(3)];
+        let marker = (self.len == 2 && head == b"\\.") || (self.len == 3 && head == b"\\.\r");
+        self.len = 0;
+        Some((i + 1, marker))
+    }
 }
 
 impl Default for Lexer {
@@ -179,33 +196,40 @@ impl Lexer {
         })
     }
 
-    /// COPY data: passed on as it comes, until a line that is exactly `\.`.
+    /// COPY data: passed on as it comes, until a line that is exactly `\.`. Only lines that begin
+    /// with `\.` are looked at; the rest is skipped by a vectorised search.
     fn copy_data<'c>(&mut self, chunk: &'c [u8], sink: &mut dyn Sink) -> Result<&'c [u8], Stop> {
         let state = self.copy.as_mut().expect("in COPY data");
         let mut pos = 0;
         while pos < chunk.len() {
-            let (body, line_end) = match memchr(b'\n', &chunk[pos..]) {
-                Some(j) => (&chunk[pos..pos + j], true),
-                None => (&chunk[pos..], false),
-            };
-            let before = state.len;
-            for (k, &b) in body.iter().enumerate().take(3usize.saturating_sub(before)) {
-                state.head[before + k] = b;
+            if state.len == 0 {
+                let rest = &chunk[pos..];
+                let candidate = if rest.starts_with(b"\\.") {
+                    Some(0)
+                } else {
+                    memmem::find(rest, b"\n\\.").map(|i| i + 1)
+                };
+                let Some(start) = candidate else {
+                    // No line here starts with `\.`: complete lines go by, a partial one is kept track of.
+                    let whole = memrchr(b'\n', rest).map_or(0, |i| i + 1);
+                    self.line += memchr_iter(b'\n', &rest[..whole]).count() as u64;
+                    state.piece(&rest[whole..]);
+                    break;
+                };
+                self.line += memchr_iter(b'\n', &rest[..start]).count() as u64;
+                pos += start;
             }
-            state.len = before + body.len();
-            pos += body.len();
-            if !line_end {
-                break;
-            }
-            pos += 1;
-            let head = &state.head[..state.len.min(3)];
-            let end = (state.len == 2 && head == b"\\.") || (state.len == 3 && head == b"\\.\r");
-            state.len = 0;
-            self.line += 1;
-            if end {
-                self.copy = None;
-                sink.output(&chunk[..pos])?;
-                return Ok(&chunk[pos..]);
+            match state.piece(&chunk[pos..]) {
+                None => break,
+                Some((used, end)) => {
+                    pos += used;
+                    self.line += 1;
+                    if end {
+                        self.copy = None;
+                        sink.output(&chunk[..pos])?;
+                        return Ok(&chunk[pos..]);
+                    }
+                }
             }
         }
         sink.output(chunk)?;

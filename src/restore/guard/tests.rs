@@ -21,17 +21,42 @@ SELECT pg_catalog.setval('bienestar.t_id_seq', 2, true);\n\
 CREATE INDEX t_name ON bienestar.t USING btree (name);\n\
 \n\\unrestrict abc123\n\n--\n-- PostgreSQL database dump complete\n--\n\n";
 
-fn run(dump: &str) -> Result<(Checked, String), CheckError> {
-    let checked = check(dump.as_bytes(), &scope())?;
-    let mut out = Vec::new();
-    // The replay is fed in small pieces: statements and COPY lines cross them.
-    let mut replay = Replay::new(&checked, &mut out);
-    for chunk in dump.as_bytes().chunks(7) {
-        replay.feed(chunk).map_err(CheckError::from)?;
+/// Hands out three bytes at a time: every boundary is crossed.
+struct Trickle<'a>(&'a [u8]);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.len().min(3).min(buf.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
     }
-    let (_, complete) = replay.finish().map_err(CheckError::from)?;
-    assert_eq!(complete, checked.complete);
-    Ok((checked, String::from_utf8(out).unwrap()))
+}
+
+fn run(dump: &str) -> Result<(Checked, String), CheckError> {
+    let checked = check(Trickle(dump.as_bytes()), &scope())?;
+    let whole = check(dump.as_bytes(), &scope())?;
+    assert_eq!(
+        (whole.lines, whole.skipped, whole.complete),
+        (checked.lines, checked.skipped, checked.complete)
+    );
+    // The replay is fed in pieces of every size: statements, COPY lines and `\.` cross them.
+    let mut outs = Vec::new();
+    for size in [1, 2, 3, 5, 7, 64, 4096] {
+        let mut out = Vec::new();
+        let mut replay = Replay::new(&checked, &mut out);
+        for chunk in dump.as_bytes().chunks(size) {
+            replay.feed(chunk).map_err(CheckError::from)?;
+        }
+        let (_, complete) = replay.finish().map_err(CheckError::from)?;
+        assert_eq!(complete, checked.complete);
+        outs.push(String::from_utf8(out).unwrap());
+    }
+    assert!(
+        outs.windows(2).all(|w| w[0] == w[1]),
+        "the same output whatever the pieces"
+    );
+    Ok((checked, outs.pop().unwrap()))
 }
 
 #[test]
