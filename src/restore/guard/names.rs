@@ -36,7 +36,7 @@ const NESTED: &[&str] = &[
     "DeleteStmt",
     "MergeStmt",
     "ReturnStmt",
-    "PLAssignStmt",
+    "PlassignStmt",
     "CallStmt",
 ];
 
@@ -354,8 +354,7 @@ pub fn function_body(body: &Value, ctx: &mut Ctx) -> Result<(), String> {
             Ok(())
         }
         "plpgsql" => {
-            let tree = pg_query::parse_plpgsql(ctx.text)
-                .map_err(|e| format!("a PL/pgSQL body that cannot be parsed ({e})"))?;
+            let tree = plpgsql_tree(ctx.text).map_err(|e| format!("a PL/pgSQL body that cannot be parsed ({e})"))?;
             plpgsql(&tree, ctx)
         }
         other => Err(format!(
@@ -417,4 +416,45 @@ fn plpgsql(v: &Value, ctx: &mut Ctx) -> Result<(), String> {
         Value::Array(items) => items.iter().try_for_each(|i| plpgsql(i, ctx)),
         _ => Ok(()),
     }
+}
+
+/// libpg_query's PL/pgSQL tree, as JSON. libpg_query is called directly rather than through
+/// `pg_query::parse_plpgsql` because it writes broken JSON for the "promise" variables every trigger
+/// function has (`TG_OP`, `NEW`…: an array element `{}}`), which is mended here.
+fn plpgsql_tree(sql: &str) -> Result<Value, String> {
+    use std::ffi::{c_char, c_int, CStr, CString};
+    #[repr(C)]
+    struct PgQueryError {
+        message: *mut c_char,
+        funcname: *mut c_char,
+        filename: *mut c_char,
+        lineno: c_int,
+        cursorpos: c_int,
+        context: *mut c_char,
+    }
+    #[repr(C)]
+    struct PgQueryPlpgsqlParseResult {
+        plpgsql_funcs: *mut c_char,
+        error: *mut PgQueryError,
+    }
+    extern "C" {
+        fn pg_query_parse_plpgsql(input: *const c_char) -> PgQueryPlpgsqlParseResult;
+        fn pg_query_free_plpgsql_parse_result(result: PgQueryPlpgsqlParseResult);
+    }
+    let input = CString::new(sql).map_err(|_| "a NUL byte".to_string())?;
+    // SAFETY: the declarations are libpg_query's own (pg_query.h), which the pg_query crate links
+    // in; the result is read before it is freed, once.
+    let text = unsafe {
+        let result = pg_query_parse_plpgsql(input.as_ptr());
+        let text = if !result.error.is_null() {
+            Err(CStr::from_ptr((*result.error).message).to_string_lossy().into_owned())
+        } else {
+            Ok(CStr::from_ptr(result.plpgsql_funcs).to_string_lossy().into_owned())
+        };
+        pg_query_free_plpgsql_parse_result(result);
+        text
+    }?;
+    // An array element written as `{}}` (legitimately an element is followed by `,` or `]`).
+    let mended = text.replace(",{}}", ",{}").replace("[{}}", "[{}");
+    serde_json::from_str(&mended).map_err(|e| e.to_string())
 }

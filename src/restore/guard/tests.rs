@@ -16,6 +16,8 @@ CREATE TABLE bienestar.t (\n    id bigint NOT NULL,\n    name public.citext,\n  
 ALTER TABLE bienestar.t OWNER TO someone;\n\
 CREATE FUNCTION bienestar.f(x integer) RETURNS integer\n    LANGUAGE plpgsql\n    AS $_$ BEGIN RETURN x + 1; END; $_$;\n\
 CREATE FUNCTION bienestar.g() RETURNS integer LANGUAGE sql\n    BEGIN ATOMIC\n SELECT 1;\nEND;\n\
+CREATE FUNCTION bienestar.log_it() RETURNS trigger LANGUAGE plpgsql AS $$\nDECLARE n integer;\nBEGIN\n  IF TG_OP = 'INSERT' THEN\n    SELECT count(*) INTO n FROM bienestar.t;\n    INSERT INTO bienestar.t (id, note) VALUES (n + 1, 'log');\n  END IF;\n  FOR i IN 1..2 LOOP n := n + i; END LOOP;\n  RETURN NEW;\nEND $$;\n\
+CREATE TRIGGER t_log AFTER INSERT ON bienestar.t FOR EACH ROW EXECUTE FUNCTION bienestar.log_it();\n\
 COPY bienestar.t (id, name, note) FROM stdin;\n1\tAna\t\\N\n2\tx;y\t\\\\.\n\\.\n\
 SELECT pg_catalog.setval('bienestar.t_id_seq', 2, true);\n\
 CREATE INDEX t_name ON bienestar.t USING btree (name);\n\
@@ -107,6 +109,18 @@ fn hostile_statements_are_refused_with_their_line() {
         (
             "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE sql AS 'DELETE FROM public.t';\n",
             "public.t",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS SETOF int LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'SELECT 1'; END $$;\n",
+            "dynamic SQL",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpgsql AS $$ DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE 'SELECT 1'; END $$;\n",
+            "dynamic SQL",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM dblink_exec('x', 'y'); END $$;\n",
+            "dblink_exec",
         ),
         (
             "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpythonu AS 'import os';\n",
