@@ -76,16 +76,26 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
                 continue;
             }
         }
-        if let Some(days) = days {
-            let policy = Policy {
-                days,
-                keep_last: args.keep_last,
-                include_manual: args.include_manual,
-            };
-            run.expire(schema, &policy, &mut report).await?;
+        // One tenant that cannot be cleaned (no history table, no privileges) is reported, and
+        // the others are still cleaned.
+        let cleaned = async {
+            if let Some(days) = days {
+                let policy = Policy {
+                    days,
+                    keep_last: args.keep_last,
+                    include_manual: args.include_manual,
+                };
+                run.expire(schema, &policy, &mut report).await?;
+            }
+            if args.orphans {
+                run.orphans(schema, &orphan_opts, &mut report).await?;
+            }
+            anyhow::Ok(())
         }
-        if args.orphans {
-            run.orphans(schema, &orphan_opts, &mut report).await?;
+        .await;
+        if let Err(e) = cleaned {
+            tracing::error!("cleaning up tenant {schema}: {e:#}");
+            report.failed += 1;
         }
         if !args.dry_run {
             lock::unlock(&session, schema).await?;

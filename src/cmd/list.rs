@@ -14,6 +14,9 @@ use crate::storage::{place, Access, Place};
 struct TenantHistory {
     tenant: String,
     backups: Vec<Listed>,
+    /// Why the history could not be read (the others are listed all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// With `--check`: where a row's object is.
@@ -63,7 +66,19 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     for tenant in tenants {
         let schema = tenant.schema_name;
         let mut backups = Vec::new();
-        for record in ctx.catalog.records(&client, &schema).await? {
+        let records = match ctx.catalog.records(&client, &schema).await {
+            Ok(records) => records,
+            Err(e) => {
+                eprintln!("error: tenant {schema}: {e:#}");
+                histories.push(TenantHistory {
+                    tenant: schema,
+                    backups,
+                    error: Some(format!("{e:#}")),
+                });
+                continue;
+            }
+        };
+        for record in records {
             let in_bucket = if args.check {
                 Some(match place(&record.file_path, &schema) {
                     Place::Tenant(key) => match ctx.storage.size(key).await? {
@@ -90,9 +105,11 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         histories.push(TenantHistory {
             tenant: schema,
             backups,
+            error: None,
         });
     }
-    let outcome = Outcome::from_failures(problems);
+    let broken = histories.iter().filter(|h| h.error.is_some()).count();
+    let outcome = Outcome::from_failures(problems + broken);
     if ctx.output.json {
         ctx.output.json(&histories)?;
         return Ok(outcome);

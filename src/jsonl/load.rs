@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, CopyInSink};
@@ -19,17 +18,20 @@ use super::rebuild::Rebuild;
 use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
 use crate::pg::catalog::{insert_history, Catalog};
 use crate::pg::sql::{literal, qualified, quote_ident};
+use crate::pg::target::DbTarget;
 
 /// What a json restore should do around the load.
 pub struct JsonRestore<'a> {
     pub schema: &'a str,
     pub catalog: &'a Catalog,
-    /// Carry history rows of at least this time over (the backup's own time).
-    pub keep_history_since: Option<DateTime<Utc>>,
+    /// Carry over every row of the live history the dump lacks (by id, whatever its date).
+    pub keep_history: bool,
     /// Verify only: load into temporary copies of the tables, check the foreign keys between them,
     /// and roll back. The live tables are only read (the application keeps working meanwhile).
     pub verify_only: bool,
     pub lock_timeout: Duration,
+    /// Where to ask, on a fresh connection, whether a COMMIT whose answer was lost went through.
+    pub reconnect: Option<&'a DbTarget>,
 }
 
 /// Loads a json dump into the schema's existing tables in one transaction, returning the rows
@@ -42,14 +44,25 @@ pub async fn restore(
     client
         .batch_execute(&format!(
             "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET CONSTRAINTS ALL DEFERRED; {VALUE_SETTINGS}",
-            opts.lock_timeout.as_millis()
+            crate::pg::lock::timeout_ms(opts.lock_timeout)
         ))
         .await?;
+    let xid: i64 = client
+        .query_typed("SELECT pg_catalog.txid_current()", &[])
+        .await?
+        .first()
+        .map(|r| r.get(0))
+        .unwrap_or(0);
     let result = restore_inner(client, input, opts).await;
     match (&result, opts.verify_only) {
-        // The COMMIT and the caller's report are one step for a stop.
+        // The COMMIT and the caller's report are one step for a stop; a COMMIT whose answer was
+        // lost is settled from the server (pg_xact_status), not guessed.
         (Ok(_), false) => match crate::stop::shield() {
-            Some(_commit) => client.batch_execute("COMMIT").await.context("committing the restore")?,
+            Some(_commit) => {
+                if let Err(e) = client.batch_execute("COMMIT").await {
+                    return commit_lost(e, xid, opts).await.map(|()| result.unwrap_or_default());
+                }
+            }
             None => {
                 client.batch_execute("ROLLBACK").await?;
                 return Err(crate::stop::Stopped.into());
@@ -58,6 +71,27 @@ pub async fn restore(
         _ => client.batch_execute("ROLLBACK").await?,
     }
     result
+}
+
+/// COMMIT failed: if the connection was lost rather than the COMMIT refused, the server is asked
+/// what happened.
+async fn commit_lost(e: tokio_postgres::Error, xid: i64, opts: &JsonRestore<'_>) -> Result<()> {
+    let error = anyhow::Error::new(e).context("committing the restore");
+    let Some(target) = opts.reconnect.filter(|_| xid != 0) else {
+        return Err(error);
+    };
+    match crate::pg::xact::committed(target, xid).await {
+        Ok(Some(true)) => {
+            tracing::warn!(
+                "the connection was lost after COMMIT was sent; the server says transaction {xid} committed, so the restore is done"
+            );
+            Ok(())
+        }
+        Ok(Some(false)) => Err(error),
+        _ => Err(error.context(format!(
+            "the connection was lost at COMMIT and the server could not be asked whether transaction {xid} committed: look at the schema before doing anything else"
+        ))),
+    }
 }
 
 /// What the reading thread finds in the dump, rows already turned into COPY text.
@@ -179,9 +213,14 @@ async fn restore_inner(
             }
         }
     }
+    if live.is_empty() {
+        anyhow::bail!(
+            "json backups hold rows, not tables, and {schema} has no tables (was it dropped?): recreate them first by running the application's migrations for this tenant (django-tenants: `python manage.py migrate_schemas --schema={schema}`), then restore again; or restore a sql or custom backup, which recreates the schema itself"
+        );
+    }
     if !problems.is_empty() {
         anyhow::bail!(
-            "the schema does not match the backup ({}): run the application's migrations for this tenant first",
+            "the schema does not match the backup ({}): json backups hold rows, not tables, so run the application's migrations for this tenant first",
             problems.join("; ")
         );
     }
@@ -207,11 +246,10 @@ async fn restore_inner(
         for t in &live {
             dest.insert(t.name.clone(), qualified(schema, &t.name));
         }
-        if let (Some(since), true) = (opts.keep_history_since, has_records) {
+        if opts.keep_history && has_records {
             client
                 .batch_execute(&format!(
-                    "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records} WHERE created_at >= {}::timestamptz",
-                    literal(&since.to_rfc3339())
+                    "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records}"
                 ))
                 .await?;
         }
@@ -296,12 +334,12 @@ async fn restore_inner(
         .create_all(client)
         .await
         .context("rebuilding the indexes and constraints after the load")?;
-    if let (Some(_), true) = (opts.keep_history_since, has_records) {
+    if opts.keep_history && has_records {
         let users = opts.catalog.users_in(schema);
         client
             .batch_execute(&insert_history(&records, &users, "tb_history o"))
             .await
-            .context("carrying the newer history over")?;
+            .context("carrying the history over")?;
     }
     Ok(counts)
 }

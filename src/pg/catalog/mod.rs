@@ -9,7 +9,7 @@ mod tenants;
 use crate::error::UsageError;
 use crate::pg::sql::{qualified, QualifiedName};
 
-pub use records::{insert_history, schema_state, BackupKind, BackupRecord, NewRecord};
+pub use records::{check_backupable, insert_history, schema_state, BackupKind, BackupRecord, InsertError, NewRecord};
 pub use tenants::{Schedule, Tenant};
 
 /// Where the tenant table and the per-schema history table are.
