@@ -219,7 +219,7 @@ fn restore_children_get_a_minimal_environment() {
             .env("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
             .env("SUPABASE_URL", "http://127.0.0.1:9")
             .env("SUPABASE_SERVICE_ROLE_KEY", "supabase-secret-value")
-            .env("BACKUP_SIGNING_KEY", "signing-secret-value")
+            .env("BACKUP_SIGNING_KEY", "signing-secret-value-of-32-bytes-or-more")
             .env("PGOPTIONS", "-c search_path=mindcare")
             .args(args)
             .output()

@@ -61,7 +61,9 @@ fn restore_errors_name_the_table_and_line_but_never_row_data() {
 }
 
 #[test]
-fn restore_and_verify_work_for_awkward_schema_names() {
+fn awkward_schema_names_are_refused_cleanly_and_the_longest_names_work() {
+    // Names django-tenants would reject (a `$tb$` inside, byte 40 inside a multi-byte character)
+    // are refused before anything runs: exit 2, never a panic.
     let long = format!("{}ñb", "a".repeat(39)); // byte 40 is inside the ñ
     for name in ["mind$tb$care", long.as_str()] {
         let db = TestDb::new();
@@ -69,35 +71,41 @@ fn restore_and_verify_work_for_awkward_schema_names() {
             "ALTER SCHEMA mindcare RENAME TO {}; UPDATE public.tenants_clinic SET schema_name = '{name}' WHERE schema_name = 'mindcare'",
             quote(name)
         ));
-        let before = db.fingerprint(name);
-        for format in ["sql", "custom"] {
-            db.backup(&["--tenant", name, "--format", format]);
-            for args in [
-                vec!["verify", "--tenant", name],
-                vec!["restore", "--tenant", name, "--latest", "--yes", "--into", "copy_of_it"],
-                vec!["restore", "--tenant", name, "--latest", "--yes"],
-            ] {
-                let out = db.cmd().args(&args).output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "{name} {format} {}: {}",
-                    args[0],
-                    text(&out.stderr)
-                );
-            }
-            db.sql("DROP SCHEMA copy_of_it CASCADE");
-            assert_eq!(
-                db.fingerprint(name)
-                    .into_iter()
-                    .filter(|(t, _)| t != "backups_backuprecord")
-                    .collect::<Vec<_>>(),
-                before
-                    .iter()
-                    .filter(|(t, _)| t != "backups_backuprecord")
-                    .cloned()
-                    .collect::<Vec<_>>(),
-                "{name} {format}"
-            );
+        for args in [
+            vec!["backup", "--tenant", name],
+            vec!["verify", "--tenant", name],
+            vec!["restore", "--tenant", name, "--latest", "--yes"],
+        ] {
+            let out = db.cmd().args(&args).output().unwrap();
+            assert_fails(&out, 2, "django-tenants");
         }
+    }
+    // The longest name django-tenants accepts: every derived name (the pre-restore copy, the hold
+    // name) is cut to PostgreSQL's 63 bytes, and restores round-trip.
+    let name = "m".repeat(63);
+    let name = name.as_str();
+    let db = TestDb::new();
+    db.sql(&format!(
+        "ALTER SCHEMA mindcare RENAME TO {}; UPDATE public.tenants_clinic SET schema_name = '{name}' WHERE schema_name = 'mindcare'",
+        quote(name)
+    ));
+    let before = db.fingerprint(name);
+    for format in ["sql", "custom"] {
+        db.backup(&["--tenant", name, "--format", format]);
+        for args in [
+            vec!["verify", "--tenant", name],
+            vec!["restore", "--tenant", name, "--latest", "--yes", "--into", "copy_of_it"],
+            vec!["restore", "--tenant", name, "--latest", "--yes"],
+        ] {
+            let out = db.cmd().args(&args).output().unwrap();
+            assert!(out.status.success(), "{format} {}: {}", args[0], text(&out.stderr));
+        }
+        db.sql("DROP SCHEMA copy_of_it CASCADE");
+        let data = |f: Vec<(String, String)>| {
+            f.into_iter()
+                .filter(|(t, _)| t != "backups_backuprecord")
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(data(db.fingerprint(name)), data(before.clone()), "{format}");
     }
 }
