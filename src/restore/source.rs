@@ -51,7 +51,18 @@ pub async fn resolve(
 ) -> Result<Source> {
     let schema = &tenant.schema_name;
     let history_of = from_tenant.unwrap_or(schema);
-    let records = catalog.records(client, history_of).await?;
+    let records = match catalog.records_if_present(client, history_of).await? {
+        Some(records) => records,
+        // A dropped schema took its history with it: the object named is all there is.
+        None if matches!(which, Which::Key(_)) => Vec::new(),
+        None => {
+            return Err(UsageError::new(format!(
+                "{history_of} has no history table {} (was the schema dropped?): name the backup with --file KEY (the objects are under {history_of}/ in the bucket)",
+                catalog.records_in(history_of)
+            ))
+            .into())
+        }
+    };
     let record: Option<BackupRecord> = match which {
         Which::Id(id) => Some(records.iter().find(|r| r.id == *id).cloned().ok_or_else(|| {
             UsageError::new(format!(
