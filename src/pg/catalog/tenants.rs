@@ -79,6 +79,16 @@ impl Catalog {
         Ok(rows.iter().map(tenant_from_row).collect())
     }
 
+    /// How many tenants there are (`public` not counted).
+    pub async fn tenant_count(&self, client: &Client) -> anyhow::Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE schema_name <> 'public'",
+            self.tenants_table.quoted()
+        );
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
+        Ok(rows[0].get::<_, i64>(0).max(0) as u64)
+    }
+
     /// One tenant; an unknown name (or `public`) is a usage error and nothing is touched.
     pub async fn tenant(&self, client: &Client, schema: &str) -> anyhow::Result<Tenant> {
         let sql = format!(
