@@ -31,10 +31,13 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         Some(name) => vec![ctx.catalog.tenant(&client, name).await?],
         None => ctx.catalog.tenants(&client).await?,
     };
+    // Every tenant's history in a few statements, not two queries per tenant.
+    let schemas: Vec<String> = tenants.into_iter().map(|t| t.schema_name).collect();
+    let records = ctx.catalog.histories(&client, &schemas, true).await?;
     let mut histories = Vec::new();
-    for tenant in tenants {
+    for (schema, records) in schemas.into_iter().zip(records) {
         let mut backups = Vec::new();
-        for record in ctx.catalog.records(&client, &tenant.schema_name).await? {
+        for record in records? {
             let exists = if args.check {
                 Some(check_key(&record.file_path).is_ok() && ctx.storage.size(&record.file_path).await?.is_some())
             } else {
@@ -43,7 +46,7 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
             backups.push(Listed { record, exists });
         }
         histories.push(TenantHistory {
-            tenant: tenant.schema_name,
+            tenant: schema,
             backups,
         });
     }

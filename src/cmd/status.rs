@@ -25,9 +25,13 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
     let opts = ScheduleOptions::parse(args.when.daily_at.as_deref(), args.when.timezone.as_deref())?;
     let client = ctx.connect().await?;
     let now = ctx.clock.now();
+    let tenants = ctx.catalog.tenants(&client).await?;
+    // Every tenant's newest backups in a few statements, not one query per tenant.
+    let schemas: Vec<String> = tenants.iter().map(|t| t.schema_name.clone()).collect();
+    let newest = ctx.catalog.newest_backups_of(&client, &schemas).await?;
     let mut out = Vec::new();
-    for t in ctx.catalog.tenants(&client).await? {
-        let (newest, newest_auto) = ctx.catalog.newest_backups(&client, &t.schema_name).await?;
+    for (t, newest) in tenants.into_iter().zip(newest) {
+        let (newest, newest_auto) = newest?;
         // last_backup_at is set only after an automatic backup's row exists, so both count.
         let last_automatic = t.last_backup_at.max(newest_auto);
         out.push(TenantStatus {
