@@ -15,7 +15,7 @@ use crate::pg::lock;
 use crate::pg::sql::quote_ident;
 use crate::policy::retention::{find_orphans, plan, pre_restore_copies, Action, Orphan, Policy};
 use crate::progress::human_size;
-use crate::storage::{check_key, Storage, StorageError};
+use crate::storage::{check_key, ObjectInfo, Storage, StorageError};
 
 #[derive(Serialize, Default)]
 pub struct Report {
@@ -73,6 +73,19 @@ pub struct Cleanup<'a> {
 impl Cleanup<'_> {
     /// Deletes the backups `policy` says go (object, manifest, then row).
     pub async fn expire(&self, schema: &str, policy: &Policy, report: &mut Report) -> Result<()> {
+        let records = self.catalog.records(self.client, schema).await?;
+        self.expire_from(schema, &records, policy, report).await
+    }
+
+    /// [`Cleanup::expire`] with the tenant's history already read (a dry run reads every
+    /// tenant's at once).
+    pub async fn expire_from(
+        &self,
+        schema: &str,
+        records: &[BackupRecord],
+        policy: &Policy,
+        report: &mut Report,
+    ) -> Result<()> {
         let Cleanup {
             storage,
             catalog,
@@ -80,8 +93,7 @@ impl Cleanup<'_> {
             now,
             dry_run,
         } = *self;
-        let records = catalog.records(client, schema).await?;
-        let verdicts = plan(&records, now, policy);
+        let verdicts = plan(records, now, policy);
         if !dry_run {
             // The plan goes to the log before anything is deleted.
             let doomed: Vec<_> = verdicts.iter().filter(|v| v.action == Action::Delete).collect();
@@ -139,6 +151,22 @@ impl Cleanup<'_> {
     /// Objects under the tenant's prefix that no row points to, and rows whose object is missing;
     /// with `fix` (never in a dry run) they are deleted.
     pub async fn orphans(&self, schema: &str, fix: bool, report: &mut Report) -> Result<()> {
+        let records = self.catalog.records(self.client, schema).await?;
+        let objects = self.storage.list(&format!("{schema}/")).await?;
+        self.orphans_from(schema, &records, objects, fix, report).await
+    }
+
+    /// [`Cleanup::orphans`] with the history and the objects under `<schema>/` already read. Only
+    /// a dry run may pass what it read before taking the tenant's lock: a fix must compare what
+    /// it read under the lock, or a backup finishing in between would look like an orphan row.
+    pub async fn orphans_from(
+        &self,
+        schema: &str,
+        records: &[BackupRecord],
+        mut objects: Vec<ObjectInfo>,
+        fix: bool,
+        report: &mut Report,
+    ) -> Result<()> {
         let Cleanup {
             storage,
             catalog,
@@ -147,16 +175,14 @@ impl Cleanup<'_> {
             dry_run,
         } = *self;
         let fix = fix && !dry_run;
-        let records = catalog.records(client, schema).await?;
         // When the backend cannot say when an object was written, its name can.
-        let mut objects = storage.list(&format!("{schema}/")).await?;
         for o in &mut objects {
             let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
             o.modified = o
                 .modified
                 .or_else(|| ObjectKey::parse(base).map(|k| k.created.and_utc()));
         }
-        for orphan in find_orphans(&records, &objects, now, Days::days(1)) {
+        for orphan in find_orphans(records, &objects, now, Days::days(1)) {
             match orphan {
                 Orphan::Object { key, old_enough } => {
                     let result = if !fix {

@@ -1,5 +1,6 @@
 //! `cleanup --days N | --orphans [--fix] | --pre-restore-days N`
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -9,8 +10,10 @@ use crate::app::output::{human_size, table};
 use crate::cleanup::{Cleanup, Report};
 use crate::cli::CleanupArgs;
 use crate::cmd::Outcome;
+use crate::pg::catalog::BackupRecord;
 use crate::pg::lock;
 use crate::policy::retention::{parse_days, Action, Policy};
+use crate::storage::ObjectInfo;
 
 pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
     let days = args.days.as_deref().map(|d| parse_days(d, "--days")).transpose()?;
@@ -40,8 +43,44 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         now,
         dry_run: args.dry_run,
     };
+    // A dry run over many tenants reads every history in a few statements and the bucket in one
+    // listing. A real run reads each tenant's under its lock, as it must.
+    let batch = args.dry_run && tenants.len() > 1 && (days.is_some() || args.orphans);
+    let mut histories: BTreeMap<String, Result<Vec<BackupRecord>>> = BTreeMap::new();
+    let mut listing: BTreeMap<String, Vec<ObjectInfo>> = BTreeMap::new();
+    if batch {
+        let schemas: Vec<String> = tenants.iter().map(|t| t.schema_name.clone()).collect();
+        let read = ctx.catalog.histories(&session, &schemas, false).await?;
+        histories = schemas.into_iter().zip(read).collect();
+        if args.orphans {
+            for o in ctx.storage.list("").await? {
+                if let Some((prefix, _)) = o.key.split_once('/') {
+                    listing.entry(prefix.to_string()).or_default().push(o);
+                }
+            }
+        }
+    }
     for tenant in &tenants {
         let schema = &tenant.schema_name;
+        if batch {
+            let records = match histories.remove(schema) {
+                Some(r) => r?,
+                None => Vec::new(),
+            };
+            if let Some(days) = days {
+                let policy = Policy {
+                    days,
+                    keep_last: args.keep_last,
+                    include_manual: args.include_manual,
+                };
+                run.expire_from(schema, &records, &policy, &mut report).await?;
+            }
+            if args.orphans {
+                let objects = listing.remove(schema).unwrap_or_default();
+                run.orphans_from(schema, &records, objects, false, &mut report).await?;
+            }
+            continue;
+        }
         if !args.dry_run {
             if let Err(e) = lock::lock_with_timeout(&session, schema, timeout).await {
                 tracing::error!("{e:#}");
