@@ -104,7 +104,7 @@ impl Catalog {
             self.add_creators(client, schemas, &has_users, &mut out).await;
         }
         for v in out.iter_mut().flatten() {
-            v.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+            v.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
         }
         Ok(out)
     }
