@@ -6,6 +6,7 @@ mod support;
 mod backup;
 mod cleanup;
 mod failures;
+mod fleet;
 mod list;
 mod native;
 mod restore;
