@@ -58,7 +58,10 @@ fn main() {
     if big <= SMALL {
         die(&format!("BENCH_TENANTS must be above {SMALL}"));
     }
-    let cluster = DevCluster::start().unwrap_or_else(|e| die(&e.to_string()));
+    // A whole-database pg_dump locks every table (15 per tenant, and their sequences); autovacuum,
+    // busy with the new tables, would add its own work to the measurements.
+    let cluster = DevCluster::start_with(&[("max_locks_per_transaction", "2048"), ("autovacuum", "off")])
+        .unwrap_or_else(|e| die(&e.to_string()));
     cluster
         .create_database(DB, None)
         .unwrap_or_else(|e| die(&e.to_string()));
