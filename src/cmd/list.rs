@@ -62,11 +62,13 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     }
     // Tenants whose key exists (one query): an encrypted backup of any other can never be read.
     let keyed = ctx.key_store.tenants(&client).await?;
+    // Every tenant's history in a few statements, not two queries per tenant.
+    let schemas: Vec<String> = tenants.into_iter().map(|t| t.schema_name).collect();
+    let read = ctx.catalog.histories(&client, &schemas, true).await?;
     let mut histories = Vec::new();
-    for tenant in tenants {
-        let schema = tenant.schema_name;
-        let mut backups = Vec::new();
-        let records = match ctx.catalog.records(&client, &schema).await {
+    for (schema, records) in schemas.into_iter().zip(read) {
+        let backups = Vec::new();
+        let records = match records {
             Ok(records) => records,
             Err(e) => {
                 eprintln!("error: tenant {schema}: {e:#}");
@@ -78,6 +80,7 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
                 continue;
             }
         };
+        let mut backups = backups;
         for record in records {
             let in_bucket = if args.check {
                 Some(match place(&record.file_path, &schema) {

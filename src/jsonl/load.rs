@@ -15,7 +15,10 @@ use tokio_postgres::{Client, CopyInSink};
 use super::check::check_foreign_keys;
 use super::codec::RowDecoder;
 use super::rebuild::Rebuild;
-use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
+use super::structure::{create_if_missing, Structure};
+use super::{
+    tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, OLDEST_READABLE_VERSION, VALUE_SETTINGS,
+};
 use crate::pg::catalog::{insert_history, Catalog};
 use crate::pg::sql::{literal, qualified, quote_ident};
 use crate::pg::target::DbTarget;
@@ -97,6 +100,7 @@ async fn commit_lost(e: tokio_postgres::Error, xid: i64, opts: &JsonRestore<'_>)
 /// What the reading thread finds in the dump, rows already turned into COPY text.
 enum Event {
     Header(Header),
+    Structure(Box<Structure>),
     Table(TableSpec),
     Rows { copy: Vec<u8>, rows: u64 },
     Sequences(Vec<SequenceValue>),
@@ -143,6 +147,7 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
                     decoder = Some(RowDecoder::new(&spec.columns));
                     Event::Table(spec)
                 }
+                "structure" => Event::Structure(Box::new(serde_json::from_value(marker.1)?)),
                 "sequences" => Event::Sequences(serde_json::from_value(marker.1)?),
                 "end" => Event::End {
                     rows: marker.1["rows"].as_u64().context("an end marker without a row count")?,
@@ -190,14 +195,24 @@ async fn restore_inner(
     if header.format != FORMAT {
         anyhow::bail!("unsupported dump format {:?}", header.format);
     }
-    if header.format_version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
         anyhow::bail!(
-            "this dump is in json format version {}, written by tenant-backup {}; this version reads version {FORMAT_VERSION} only: restore it with tenant-backup {}",
+            "this dump is in json format version {}, written by tenant-backup {}; this version reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} only: restore it with tenant-backup {}",
             header.format_version,
             header.tool_version,
             header.tool_version
         );
     }
+    // Version 3 carries the structure: a schema that is gone is created again (before the load
+    // only what the rows need; keys, indexes and foreign keys after it).
+    let structure = match header.format_version {
+        2 => None,
+        _ => match rx.recv().await.context("the dump ends after its header")?? {
+            Event::Structure(s) => Some(s),
+            _ => anyhow::bail!("the dump has no structure section after its header: it is damaged"),
+        },
+    };
+    let created = create_if_missing(client, &header.schema, structure.as_deref(), opts).await?;
     // The tables must be there, with every column the dump holds.
     let live = tables(client, schema).await?;
     let mut problems = Vec::new();
@@ -313,7 +328,9 @@ async fn restore_inner(
                 }
                 ended = true;
             }
-            Event::Header(_) | Event::Rows { .. } => anyhow::bail!("a second header in the dump"),
+            Event::Header(_) | Event::Structure(_) | Event::Rows { .. } => {
+                anyhow::bail!("a second header in the dump")
+            }
         }
     }
     reader.await.context("the dump reader panicked")?;
@@ -334,6 +351,9 @@ async fn restore_inner(
         .create_all(client)
         .await
         .context("rebuilding the indexes and constraints after the load")?;
+    if let (true, Some(s)) = (created, &structure) {
+        s.create_post_data(client, schema).await?;
+    }
     if opts.keep_history && has_records {
         let users = opts.catalog.users_in(schema);
         client

@@ -9,6 +9,7 @@ mod cleanup;
 mod download;
 mod encryption;
 mod failures;
+mod fleet;
 mod help;
 mod isolation;
 mod limits;

@@ -208,6 +208,23 @@ impl Catalog {
             .collect())
     }
 
+    /// The history, or None when the tenant has no history table (its schema was dropped): a
+    /// restore from a named object needs no history.
+    pub async fn records_if_present(&self, client: &Client, schema: &str) -> anyhow::Result<Option<Vec<BackupRecord>>> {
+        let exists: bool = client
+            .query_typed(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[(&self.records_in(schema), Type::TEXT)],
+            )
+            .await
+            .map_err(pg_context(format!("looking for {}", self.records_in(schema))))?[0]
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        self.records(client, schema).await.map(Some)
+    }
+
     /// The newest backup of each type: `(newest any, newest automatic)`.
     pub async fn newest_backups(
         &self,
