@@ -585,7 +585,7 @@ fn a_version_2_dump_still_loads_into_the_existing_tables() {
         .args(["restore", "--tenant", "bienestar", "--file", &key, "--yes"])
         .output()
         .unwrap();
-    assert_fails(&out, 1, "run the application's migrations");
+    assert_fails(&out, 1, "the application's migrations");
 }
 
 #[test]

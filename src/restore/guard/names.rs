@@ -38,6 +38,9 @@ const NESTED: &[&str] = &[
     "ReturnStmt",
     "PlassignStmt",
     "CallStmt",
+    // `ALTER TABLE … REPLICA IDENTITY USING INDEX i`, as pg_dump writes it: names an index of the
+    // same table.
+    "ReplicaIdentityStmt",
 ];
 
 /// Functions whose names say they reach outside the schema: files, server and sessions, settings,
