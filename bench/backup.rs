@@ -117,8 +117,8 @@ fn main() {
                         .env("DATABASE_URL", &url)
                         .env("BACKUP_STORAGE", &store_age)
                         .env("PG_DUMP", &pg_dump)
-                        .env("BACKUP_AGE_RECIPIENT", &keys.0)
-                        .env("BACKUP_SIGNING_KEY", &keys.1)
+                        .env("BACKUP_AGE_RECIPIENT", &keys.recipient)
+                        .env("BACKUP_SIGNING_KEY", &keys.signing)
                         .stdout(Stdio::null());
                     c
                 }),
@@ -184,25 +184,6 @@ fn main() {
         own_rss[1] as f64 / own_rss[0].max(1) as f64
     );
     cluster.stop();
-}
-
-/// (recipient, signing key) from `tenant-backup keys init`.
-fn keys_init(bin: &str) -> (String, String) {
-    let out = Command::new(bin).args(["keys", "init"]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| die("keys init printed no keys"))
-            .to_string()
-    };
-    (get("BACKUP_AGE_RECIPIENT"), get("BACKUP_SIGNING_KEY"))
-}
-
-/// The run with the median wall time.
-fn median_run(mut runs: Vec<Run>) -> Run {
-    runs.sort_by_key(|r| r.wall);
-    runs.swap_remove(runs.len() / 2)
 }
 
 /// Bytes of the one backup object (not its manifest) under a local storage directory.

@@ -125,3 +125,32 @@ SELECT p.id, now() + (p.id % 5000 + k) * interval '37 minutes', 50, (ARRAY['book
        CASE WHEN k % 3 = 0 THEN NULL ELSE jsonb_build_object('room', k, 'note', md5(p.id::text || k)) END
 FROM p, generate_series(1, 5) k;
 "#;
+
+/// The three lines of `tenant-backup keys init`.
+pub struct Keys {
+    pub identity: String,
+    pub recipient: String,
+    pub signing: String,
+}
+
+pub fn keys_init(bin: &str) -> Keys {
+    let out = Command::new(bin).args(["keys", "init"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| die("keys init printed no keys"))
+            .to_string()
+    };
+    Keys {
+        identity: get("BACKUP_AGE_IDENTITY"),
+        recipient: get("BACKUP_AGE_RECIPIENT"),
+        signing: get("BACKUP_SIGNING_KEY"),
+    }
+}
+
+/// The run with the median wall time.
+pub fn median_run(mut runs: Vec<Run>) -> Run {
+    runs.sort_by_key(|r| r.wall);
+    runs.swap_remove(runs.len() / 2)
+}

@@ -1,7 +1,8 @@
 //! `cargo bench --bench restore`: restore time of a tenant schema (default ~1 GB, BENCH_SIZE_MB)
 //! with `tenant-backup restore` (zstd object: download, checksum, decompress, rename aside, load,
 //! carry the history over, drop the old schema, one transaction) against `psql -1 -f` of the same
-//! plain dump into a fresh database, side by side, best of BENCH_ROUNDS (default 2).
+//! plain dump into a fresh database, side by side: the sql backup, the same backup encrypted (age,
+//! signed), and the json backup. Runs are interleaved, BENCH_ROUNDS rounds (default 5), medians.
 
 use std::process::{Command, Stdio};
 
@@ -11,7 +12,7 @@ use common::*;
 
 fn main() {
     let size_mb: u64 = env_or("BENCH_SIZE_MB", 1024);
-    let rounds: usize = env_or("BENCH_ROUNDS", 2);
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
     let cluster = bench_cluster();
     let sql = |q: &str| cluster.sql("bench", q).unwrap_or_else(|e| die(&e.to_string()));
     grow_to(&sql, size_mb);
@@ -19,7 +20,8 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_tenant-backup");
     let url = cluster.url("bench");
     let store = work.path().join("store");
-    let tool = |args: &[&str]| {
+    let keys = keys_init(bin);
+    let tool = |args: &[&str], encrypted: bool| {
         let mut c = Command::new(bin);
         c.args(args)
             .args(["--no-progress", "-q"])
@@ -27,16 +29,23 @@ fn main() {
             .env("BACKUP_STORAGE", &store)
             .env("PG_DUMP", cluster.bin("pg_dump"))
             .stdout(Stdio::null());
+        if encrypted {
+            c.env("BACKUP_AGE_RECIPIENT", &keys.recipient)
+                .env("BACKUP_AGE_IDENTITY", &keys.identity)
+                .env("BACKUP_SIGNING_KEY", &keys.signing);
+        }
         c
     };
-    measure(tool(&["backup", "--tenant", SCHEMA]), "backup");
-    let sql_id = cluster
-        .sql("bench", "SELECT max(id) FROM bench.backups_backuprecord")
-        .unwrap_or_else(|e| die(&e.to_string()));
-    measure(tool(&["backup", "--tenant", SCHEMA, "--format", "json"]), "json backup");
-    let json_id = cluster
-        .sql("bench", "SELECT max(id) FROM bench.backups_backuprecord")
-        .unwrap_or_else(|e| die(&e.to_string()));
+    let newest = || sql("SELECT max(id) FROM bench.backups_backuprecord");
+    measure(tool(&["backup", "--tenant", SCHEMA], false), "backup");
+    let sql_id = newest();
+    measure(tool(&["backup", "--tenant", SCHEMA], true), "encrypted backup");
+    let age_id = newest();
+    measure(
+        tool(&["backup", "--tenant", SCHEMA, "--format", "json"], false),
+        "json backup",
+    );
+    let json_id = newest();
     let dump = work.path().join("dump.sql");
     let status = Command::new(cluster.bin("pg_dump"))
         .args(["-n", SCHEMA, "--no-owner", "--no-privileges", "-f"])
@@ -53,7 +62,13 @@ fn main() {
     }
     let dump_mb = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
 
-    let (mut ours, mut theirs, mut json) = (None::<Run>, None::<Run>, None::<Run>);
+    let names = [
+        "psql -1 -f dump.sql (fresh database)",
+        "tenant-backup restore (sql, --drop-previous)",
+        "tenant-backup restore (sql, age, signed)",
+        "tenant-backup restore of the json backup",
+    ];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); names.len()];
     for round in 0..rounds {
         let db = format!("plain_{round}");
         cluster
@@ -61,55 +76,39 @@ fn main() {
             .unwrap_or_else(|e| die(&e.to_string()));
         let mut c = cluster.psql_command(&db);
         c.args(["-1", "-f"]).arg(&dump).stdout(Stdio::null());
-        let r = measure(c, "psql -1 -f");
-        if theirs.as_ref().is_none_or(|b| r.wall < b.wall) {
-            theirs = Some(r);
-        }
+        runs[0].push(measure(c, names[0]));
         let _ = cluster.sql("postgres", &format!("DROP DATABASE {db}"));
-
-        let r = measure(
-            tool(&[
-                "restore",
-                "--tenant",
-                SCHEMA,
-                "--id",
-                &sql_id,
-                "--yes",
-                "--drop-previous",
-            ]),
-            "restore",
-        );
-        if ours.as_ref().is_none_or(|b| r.wall < b.wall) {
-            ours = Some(r);
-        }
-        let r = measure(
-            tool(&["restore", "--tenant", SCHEMA, "--id", &json_id, "--yes"]),
-            "json restore",
-        );
-        if json.as_ref().is_none_or(|b| r.wall < b.wall) {
-            json = Some(r);
-        }
+        let restore = ["restore", "--tenant", SCHEMA, "--yes", "--drop-previous", "--id"];
+        runs[1].push(measure(
+            tool(&[&restore[..], &[sql_id.as_str()]].concat(), false),
+            names[1],
+        ));
+        runs[2].push(measure(
+            tool(&[&restore[..], &[age_id.as_str()]].concat(), true),
+            names[2],
+        ));
+        runs[3].push(measure(
+            tool(&["restore", "--tenant", SCHEMA, "--id", &json_id, "--yes"], false),
+            names[3],
+        ));
     }
-    let (o, t, j) = (ours.unwrap(), theirs.unwrap(), json.unwrap());
+    let medians: Vec<Run> = runs.into_iter().map(median_run).collect();
     println!(
-        "restore bench: {dump_mb:.0} MB plain dump of schema {SCHEMA}, {} cores, best of {rounds}",
+        "restore bench: {dump_mb:.0} MB plain dump of schema {SCHEMA}, {} cores, median of {rounds}",
         num_cpus()
     );
+    let base = medians[0].wall.as_secs_f64();
+    for (name, r) in names.iter().zip(&medians) {
+        println!(
+            "  {name:<46} {:>7.2} s   {:.2}x   peak RSS {:.1} MB",
+            r.wall.as_secs_f64(),
+            r.wall.as_secs_f64() / base,
+            r.own_rss_kb as f64 / 1024.0
+        );
+    }
     println!(
-        "  psql -1 -f dump.sql (fresh database)         {:>7.2} s",
-        t.wall.as_secs_f64()
-    );
-    println!(
-        "  tenant-backup restore (sql, --drop-previous)  {:>5.2} s   {:.2}x   peak RSS {:.1} MB",
-        o.wall.as_secs_f64(),
-        o.wall.as_secs_f64() / t.wall.as_secs_f64(),
-        o.own_rss_kb as f64 / 1024.0
-    );
-    println!(
-        "  tenant-backup restore of the json backup      {:>5.2} s   {:.2}x   peak RSS {:.1} MB",
-        j.wall.as_secs_f64(),
-        j.wall.as_secs_f64() / t.wall.as_secs_f64(),
-        j.own_rss_kb as f64 / 1024.0
+        "  encryption overhead on restore: {:.1}%",
+        (medians[2].wall.as_secs_f64() / medians[1].wall.as_secs_f64() - 1.0) * 100.0
     );
     cluster.stop();
 }

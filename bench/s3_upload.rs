@@ -31,7 +31,9 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"));
     if !moto.is_file() {
-        die("moto_server not found: python3 -m venv .venv && .venv/bin/pip install 'moto[server]' (or set MOTO_SERVER)");
+        die(
+            "moto_server not found: python3 -m venv .venv && .venv/bin/pip install 'moto[server]' (or set MOTO_SERVER)",
+        );
     }
     let port = free_port();
     let mut moto = Command::new(moto)
@@ -81,13 +83,19 @@ fn main() {
         "settings", "object", "dump", "upload", "backup", "backup/max(d,u)", "backup/(d+u)", "RSS (own)"
     );
     let mut n = 0;
-    for (label, extra) in [("zstd 3 (default)", &[][..]), ("--compress none", &["--compress", "none"][..])] {
+    for (label, extra) in [
+        ("zstd 3 (default)", &[][..]),
+        ("--compress none", &["--compress", "none"][..]),
+    ] {
         let local = work.path().join("local");
         let (mut dumps, mut uploads, mut backups) = (Vec::new(), Vec::new(), Vec::new());
         let mut object_size = 0;
         for _ in 0..rounds {
             let _ = std::fs::remove_dir_all(&local);
-            dumps.push(measure(backup(local.to_str().unwrap(), extra), "backup to a local directory"));
+            dumps.push(measure(
+                backup(local.to_str().unwrap(), extra),
+                "backup to a local directory",
+            ));
             let object = find_object(&local);
             object_size = std::fs::metadata(&object).unwrap().len();
             n += 1;
@@ -99,7 +107,10 @@ fn main() {
                 .unwrap_or_else(|e| die(&format!("uploading alone: {e}")));
             uploads.push(started.elapsed());
             n += 1;
-            backups.push(measure(backup(&format!("s3://bench/backup-{n}"), extra), "backup to S3"));
+            backups.push(measure(
+                backup(&format!("s3://bench/backup-{n}"), extra),
+                "backup to S3",
+            ));
         }
         let d = median(dumps.iter().map(|r| r.wall).collect());
         let u = median(uploads);
@@ -173,7 +184,9 @@ fn throttle(upstream: u16, bytes_per_sec: f64) -> u16 {
     let link = Arc::new(Mutex::new(Instant::now()));
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());

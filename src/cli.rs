@@ -486,6 +486,10 @@ pub struct WhenArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "latest", "file"])))]
 pub struct RestoreArgs {
+    /// Read a backup whose manifest is not signed although BACKUP_SIGNING_KEY is set (the old
+    /// application's backups, or ones made before signing was turned on)
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Tenant schema to restore
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -588,6 +592,10 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "latest", "file"])))]
 pub struct DownloadArgs {
+    /// Read a backup whose manifest is not signed although BACKUP_SIGNING_KEY is set (the old
+    /// application's backups, or ones made before signing was turned on)
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -610,6 +618,10 @@ pub struct DownloadArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Read a backup whose manifest is not signed although BACKUP_SIGNING_KEY is set (the old
+    /// application's backups, or ones made before signing was turned on)
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,

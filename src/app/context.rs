@@ -87,7 +87,7 @@ impl Context {
 
     /// What a run of backups shares, with the format and tools settled against the server.
     pub async fn backup_env(&self, client: &Client, req: &DumpRequest) -> Result<BackupEnv> {
-        let tools = choose_tools(client, req, self.pg_dump.as_deref()).await?;
+        let tools = choose_tools(client, req, self.pg_dump.as_deref(), &self.catalog).await?;
         Ok(BackupEnv {
             storage: self.storage.clone(),
             catalog: self.catalog.clone(),

@@ -24,8 +24,9 @@ use crate::backup::key::ObjectKey;
 use crate::backup::manifest::{Encryption, Manifest, MANIFEST_VERSION};
 use crate::backup::spool::{dump_to_spool, spool_stream, Spool, SpoolError, SpoolOptions, Spooled};
 use crate::jsonl::JsonLinesReader;
-use crate::pg::catalog::{BackupKind, NewRecord, Tenant};
+use crate::pg::catalog::{check_backupable, BackupKind, InsertError, NewRecord, Tenant};
 use crate::pg::tools::{dump_command, PgDumpFormat};
+use crate::pg::xact::committed;
 use crate::storage::{GrowingFile, Storage, StorageError};
 pub use env::BackupEnv;
 use format::DumpFormat;
@@ -66,6 +67,8 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     let started = Instant::now();
     let started_at = env.clock.now();
     let schema = req.tenant.schema_name.clone();
+    // A tenant that cannot take its history row is found out before it is dumped.
+    check_backupable(client, &env.catalog, &schema).await?;
 
     // The tenant's key before the dump starts: a key table the role cannot create fails fast.
     let recipient = match &env.seal {
@@ -140,11 +143,29 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     };
     let id = match env.catalog.insert_record(client, &schema, &record).await {
         Ok(id) => id,
-        Err(e) => {
+        Err(InsertError::Failed(e)) => {
             remove_quietly(env.storage.as_ref(), &[&key, &manifest_key]).await;
             unrecorded.keys.clear();
             return Err(e.context("the object and manifest were removed again"));
         }
+        // The answer to COMMIT was lost: the server says what happened, and the object follows.
+        Err(InsertError::CommitLost { id, xid, source }) => match committed(&env.dump_target, xid).await {
+            Ok(Some(true)) => {
+                tracing::warn!(
+                    "{schema}: the connection was lost after COMMIT was sent; the server says BackupRecord row {id} committed, so the backup is recorded and its object kept"
+                );
+                id
+            }
+            Ok(Some(false)) => {
+                remove_quietly(env.storage.as_ref(), &[&key, &manifest_key]).await;
+                return Err(source.context("the row was not committed; the object and manifest were removed again"));
+            }
+            _ => {
+                return Err(source.context(format!(
+                    "the connection was lost at COMMIT and the server could not be asked whether BackupRecord row {id} committed: the object {key} and its manifest are kept; check with `tenant-backup list --tenant {schema}` (`cleanup --orphans` finds an object without a row)"
+                )))
+            }
+        },
     };
     unrecorded.keys.clear();
     if req.kind == BackupKind::Automatic {

@@ -1,12 +1,17 @@
-//! Runs backups of many tenants with bounded concurrency, each on its own session connection that
-//! holds the tenant's advisory lock. One tenant's failure never stops the others.
+//! Runs backups of many tenants with bounded concurrency. Each worker keeps one session connection
+//! for the whole run (a connection costs more than a small tenant's dump: authentication, a new
+//! server process, its cold catalog caches) and holds each tenant's advisory lock on it while that
+//! tenant is backed up, releasing it before the next. One tenant's failure never stops the others;
+//! a connection that failed is dropped, which releases whatever it held, and the next tenant gets a
+//! new one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
+use tokio_postgres::Client;
 
 use crate::backup::{back_up_tenant, BackupEnv, BackupOutcome, BackupRequest};
 use crate::pg::catalog::Schedule;
@@ -73,10 +78,20 @@ pub async fn run_backups(
     policy: LockPolicy,
     progress: &dyn ProgressSink,
 ) -> Vec<TenantResult> {
+    let idle = Connections::default();
+    let idle = &idle;
     stream::iter(jobs)
         .map(|job| async move {
             let tenant = job.tenant.schema_name.clone();
-            let status = match run_one(env, session, job, policy, progress).await {
+            let status = match idle.take(session).await {
+                Ok(client) => {
+                    let result = run_one(env, &client, job, policy, progress).await;
+                    idle.give_back(client, result.is_ok()).await;
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            let status = match status {
                 Ok(status) => status,
                 Err(error) => TenantStatus::Failed {
                     error: error.context(format!("backing up tenant {tenant}")),
@@ -97,19 +112,45 @@ pub async fn run_backups(
         .await
 }
 
+/// The run's session connections between tenants.
+#[derive(Default)]
+struct Connections(Mutex<Vec<Client>>);
+
+impl Connections {
+    async fn take(&self, session: &DbTarget) -> Result<Client> {
+        let idle = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => session.connect().await,
+        }
+    }
+
+    /// Keeps the connection for the next tenant once it holds nothing: no transaction, no lock.
+    /// After a failure the connection is dropped instead, which releases everything for sure.
+    async fn give_back(&self, client: Client, ok: bool) {
+        if !ok || client.is_closed() {
+            return;
+        }
+        if let Err(e) = client.batch_execute("SELECT pg_advisory_unlock_all()").await {
+            tracing::debug!("dropping a connection that could not release its locks: {e}");
+            return;
+        }
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(client);
+    }
+}
+
 async fn run_one(
     env: &BackupEnv,
-    session: &DbTarget,
+    client: &Client,
     mut job: BackupRequest,
     policy: LockPolicy,
     progress: &dyn ProgressSink,
 ) -> Result<TenantStatus> {
     let schema = job.tenant.schema_name.clone();
-    let client = session.connect().await?;
     match policy {
-        LockPolicy::Wait(timeout) => lock::lock_with_timeout(&client, &schema, timeout).await?,
+        LockPolicy::Wait(timeout) => lock::lock_with_timeout(client, &schema, timeout).await?,
         LockPolicy::SkipIfBusy(opts) => {
-            if !lock::try_lock(&client, &schema).await? {
+            if !lock::try_lock(client, &schema).await? {
                 return Ok(TenantStatus::Skipped {
                     reason: "another worker holds its lock".into(),
                 });
@@ -117,7 +158,7 @@ async fn run_one(
             // Re-read under the lock: a worker that finished a moment ago has updated the row.
             let fresh = env
                 .catalog
-                .tenant(&client, &schema)
+                .tenant(client, &schema)
                 .await
                 .context("re-reading the tenant row")?;
             let decision = is_due(&fresh, env.clock.now(), &opts);
@@ -133,7 +174,7 @@ async fn run_one(
     tracing::info!("{schema}: backup started");
     let tracker = progress.start(&schema, "dumped", None);
     job.progress = Some(tracker.counter());
-    let outcome = back_up_tenant(env, &client, &job).await;
+    let outcome = back_up_tenant(env, client, &job).await;
     drop(tracker);
     Ok(TenantStatus::BackedUp { backup: outcome? })
 }

@@ -76,16 +76,26 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
                 continue;
             }
         }
-        if let Some(days) = days {
-            let policy = Policy {
-                days,
-                keep_last: args.keep_last,
-                include_manual: args.include_manual,
-            };
-            run.expire(schema, &policy, &mut report).await?;
+        // One tenant that cannot be cleaned (no history table, no privileges) is reported, and
+        // the others are still cleaned.
+        let cleaned = async {
+            if let Some(days) = days {
+                let policy = Policy {
+                    days,
+                    keep_last: args.keep_last,
+                    include_manual: args.include_manual,
+                };
+                run.expire(schema, &policy, &mut report).await?;
+            }
+            if args.orphans {
+                run.orphans(schema, &orphan_opts, &mut report).await?;
+            }
+            anyhow::Ok(())
         }
-        if args.orphans {
-            run.orphans(schema, &orphan_opts, &mut report).await?;
+        .await;
+        if let Err(e) = cleaned {
+            tracing::error!("cleaning up tenant {schema}: {e:#}");
+            report.failed += 1;
         }
         if !args.dry_run {
             lock::unlock(&session, schema).await?;
@@ -99,6 +109,15 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
     }
     print(ctx, &report, &args)?;
     Ok(Outcome::from_failures(report.failed))
+}
+
+/// `1 backup`, `2 backups`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
@@ -160,8 +179,8 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     let done = if report.dry_run { "would delete" } else { "deleted" };
     if args.days.is_some() || !args.orphans {
         println!(
-            "{done} {} backups ({}), kept {}, {} failed",
-            report.deleted,
+            "{done} {} ({}), kept {}, {} failed",
+            counted(report.deleted, "backup"),
             human_size(report.bytes_freed),
             report.kept,
             report.failed
@@ -170,16 +189,23 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     if args.orphans {
         let deletable = report.orphans.iter().filter(|o| o.action == Action::Delete).count();
         if args.fix {
+            let rows = report
+                .orphans
+                .iter()
+                .filter(|o| o.result.starts_with("row deleted"))
+                .count();
             println!(
-                "{done} {} orphans of {} found, {} failed",
-                report.orphans_deleted,
+                "{done} {} of {} found ({} and {}), {} failed",
+                counted(report.orphans_deleted, "orphan"),
                 report.orphans.len(),
+                counted(report.orphans_deleted.saturating_sub(rows), "object"),
+                counted(rows, "row"),
                 report.failed
             );
         } else {
             println!(
-                "found {} orphans; --fix would delete {deletable}, {} failed",
-                report.orphans.len(),
+                "found {}; --fix would delete {deletable} (run `tenant-backup cleanup --orphans --fix`), {} failed",
+                counted(report.orphans.len(), "orphan"),
                 report.failed
             );
         }

@@ -1,6 +1,6 @@
 //! `download --tenant S (--id N | --latest | --file KEY) [-o PATH] [--decompress]`
 
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -9,6 +9,7 @@ use crate::app::context::Context;
 use crate::app::output::human_size;
 use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
+use crate::restore::access::{check_access, open_decrypted, open_plain};
 use crate::restore::{fetch_verified, resolve, Which};
 use crate::{stop, usage};
 
@@ -22,12 +23,15 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     let to_stdout = args.output.as_deref().is_some_and(|p| p.as_os_str() == "-");
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
+    let mut source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
+    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, &client, args.allow_unsigned).await?;
     drop(client);
     let dest: Option<PathBuf> = if to_stdout {
         None
     } else {
         let name = source.key.rsplit('/').next().unwrap_or(&source.key);
+        // Written decrypted: the name loses `.age` (and the compression's suffix with --decompress).
+        let name = name.trim_end_matches(".age");
         let name = if args.decompress {
             name.trim_end_matches(".zst").trim_end_matches(".gz")
         } else {
@@ -43,20 +47,23 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     // Downloaded to a temporary file and checked against the manifest before anything is written.
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
     let (src, compression, decompress) = (file.path().to_path_buf(), source.compression, args.decompress);
-    // What the written file must hold: the object, or what the dumper produced.
+    let decrypt = source.decrypt.clone();
+    // What the written file must hold: the object, or what the dumper produced (an encrypted
+    // object's decrypted size is not recorded; age itself refuses a truncated or altered one).
     let expected = if decompress {
         source.manifest.as_ref().map(|m| m.uncompressed_size)
+    } else if decrypt.is_some() {
+        None
     } else {
         Some(file.as_file().metadata().context("reading the downloaded file")?.len())
     };
     let dest2 = dest.clone();
     // The rename into place and the report below are one step for a stop (stop::commit_point).
     let written = stop::blocking(move || -> Result<u64> {
-        let input = BufReader::new(std::fs::File::open(&src)?);
         let mut reader: Box<dyn Read> = if decompress {
-            compression.decoder(input)?
+            open_plain(&src, compression, decrypt.as_ref())?
         } else {
-            Box::new(input)
+            open_decrypted(&src, decrypt.as_ref())?
         };
         match &dest2 {
             Some(path) => write_complete(&mut reader, path, expected),

@@ -14,6 +14,9 @@ use crate::storage::{place, Access, Place};
 struct TenantHistory {
     tenant: String,
     backups: Vec<Listed>,
+    /// Why the history could not be read (the others are listed all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// With `--check`: where a row's object is.
@@ -37,6 +40,9 @@ struct Listed {
     exists: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     in_bucket: Option<InBucket>,
+    /// An encrypted backup whose tenant key was forgotten: nobody can read it any more.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    key_forgotten: bool,
 }
 
 pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
@@ -54,11 +60,28 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         // "MISSING" is only said of a bucket the storage has shown it can see.
         ctx.storage.probe(Access::Read).await?;
     }
+    // Tenants whose key exists (one query): an encrypted backup of any other can never be read.
+    let keyed = ctx.key_store.tenants(&client).await?;
+    // Every tenant's history in a few statements, not two queries per tenant.
+    let schemas: Vec<String> = tenants.into_iter().map(|t| t.schema_name).collect();
+    let read = ctx.catalog.histories(&client, &schemas, true).await?;
     let mut histories = Vec::new();
-    for tenant in tenants {
-        let schema = tenant.schema_name;
-        let mut backups = Vec::new();
-        for record in ctx.catalog.records(&client, &schema).await? {
+    for (schema, records) in schemas.into_iter().zip(read) {
+        let backups = Vec::new();
+        let records = match records {
+            Ok(records) => records,
+            Err(e) => {
+                eprintln!("error: tenant {schema}: {e:#}");
+                histories.push(TenantHistory {
+                    tenant: schema,
+                    backups,
+                    error: Some(format!("{e:#}")),
+                });
+                continue;
+            }
+        };
+        let mut backups = backups;
+        for record in records {
             let in_bucket = if args.check {
                 Some(match place(&record.file_path, &schema) {
                     Place::Tenant(key) => match ctx.storage.size(key).await? {
@@ -74,7 +97,9 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
             if matches!(in_bucket, Some(InBucket::Missing | InBucket::Foreign)) {
                 problems += 1;
             }
+            let key_forgotten = record.file_path.ends_with(".age") && !keyed.contains(&schema);
             backups.push(Listed {
+                key_forgotten,
                 record,
                 exists: in_bucket.map(|s| s == InBucket::Yes),
                 in_bucket,
@@ -83,9 +108,11 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         histories.push(TenantHistory {
             tenant: schema,
             backups,
+            error: None,
         });
     }
-    let outcome = Outcome::from_failures(problems);
+    let broken = histories.iter().filter(|h| h.error.is_some()).count();
+    let outcome = Outcome::from_failures(problems + broken);
     if ctx.output.json {
         ctx.output.json(&histories)?;
         return Ok(outcome);
@@ -95,6 +122,7 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         for l in &h.backups {
             let b = &l.record;
             let file = match place(&b.file_path, &h.tenant) {
+                Place::Tenant(k) if l.key_forgotten => format!("{k} (key forgotten: unreadable)"),
                 Place::Tenant(k) => k.to_string(),
                 Place::Outside(p) => format!("outside the bucket: {p}"),
                 Place::Foreign(p) => format!("{p} (not under {}/)", h.tenant),

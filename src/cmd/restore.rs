@@ -12,9 +12,11 @@ use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
-use crate::pg::catalog::schema_state;
 use crate::pg::lock;
-use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Source, Target, Which};
+use crate::restore::access::check_access;
+use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
+use crate::restore::state::{read_facts, schema_exists};
+use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
 use crate::usage;
 
 #[derive(Serialize)]
@@ -48,22 +50,44 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
         _ => return Err(usage!("say which backup: --id N, --latest or --file KEY")),
     };
     let started = Instant::now();
-    let client = ctx.connect().await?;
-    let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let source = resolve(
+    let lock_timeout = Duration::from_secs(args.lock_timeout);
+    // One session connection for everything (never a transaction pooler): it holds the tenant's
+    // lock, and its statements, like the dump's, wait for a lock no longer than --lock-timeout.
+    let mark = new_mark();
+    let client = ctx.connect_session().await?;
+    prepare_session(&client, &mark, lock_timeout).await?;
+    let watch = Watch::start(&ctx.dump, &application_name(&mark), lock_timeout).await;
+    restore(args, ctx, &client, &watch, &mark, which, started)
+        .await
+        .map_err(|e| watch.explain(e))
+}
+
+async fn restore(
+    args: RestoreArgs,
+    ctx: &Context,
+    client: &tokio_postgres::Client,
+    watch: &Watch,
+    mark: &str,
+    which: Which,
+    started: Instant,
+) -> Result<Outcome> {
+    let lock_timeout = Duration::from_secs(args.lock_timeout);
+    let tenant = ctx.catalog.tenant(client, &args.tenant).await?;
+    let mut source = resolve_at(
         &ctx.catalog,
-        &client,
+        client,
         ctx.storage.as_ref(),
         &tenant,
         &which,
         args.from_tenant.as_deref(),
+        ctx.clock.now(),
     )
     .await?;
+    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow_unsigned).await?;
     let target_name = args.into.clone().unwrap_or_else(|| tenant.schema_name.clone());
-    let (exists, records_exist) = schema_state(&client, &ctx.catalog, &target_name).await?;
     let target = match &args.into {
         Some(into) => {
-            if exists {
+            if schema_exists(client, into).await? {
                 return Err(usage!("schema {into:?} already exists: --into needs a new name"));
             }
             if *into == source.source_schema {
@@ -75,7 +99,6 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
         }
         None => Target::Replace {
             schema: target_name.clone(),
-            exists,
             drop_previous: args.drop_previous,
         },
     };
@@ -86,22 +109,22 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             source.key
         ));
     }
-    let tools = crate::restore::tools_for(&client, source.format, ctx.pg_dump.as_deref()).await?;
-    drop(client);
+    let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
 
     // Checked before anything runs.
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
 
-    let lock_timeout = Duration::from_secs(args.lock_timeout);
-    let now = ctx.clock.now();
-    let sql = plan(&source, &target, &ctx.catalog, records_exist, lock_timeout, now);
-    describe(
-        &tenant.schema_name,
-        &target_name,
+    // What the plan will be; read again, for real, once the tenant's lock is held.
+    let facts = read_facts(
+        client,
+        &ctx.catalog,
+        ctx.storage.as_ref(),
         &source,
         &target,
-        sql.kept_as.as_deref(),
-    );
+        ctx.clock.now(),
+    )
+    .await?;
+    describe(&tenant.schema_name, &target_name, &source, &target, &facts);
     if args.dry_run {
         report(ctx, &tenant.schema_name, &target_name, &source, None, true, started)?;
         return Ok(Outcome::Done);
@@ -110,43 +133,49 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
         confirm(&target_name)?;
     }
 
-    // Hold the tenants' locks on a session connection for the whole restore: no backup or cleanup
-    // of them can run meanwhile.
-    let session = ctx.connect_session().await?;
+    // Hold the tenants' locks for the whole restore: no backup, cleanup or other restore of them
+    // can run meanwhile.
+    let session = client;
     let mut locked = vec![tenant.schema_name.clone()];
     if source.source_schema != tenant.schema_name {
         locked.push(source.source_schema.clone());
     }
     for schema in &locked {
-        lock::lock_with_timeout(&session, schema, lock_timeout).await?;
+        lock::lock_with_timeout(session, schema, lock_timeout).await?;
     }
+    let facts = read_facts(
+        session,
+        &ctx.catalog,
+        ctx.storage.as_ref(),
+        &source,
+        &target,
+        ctx.clock.now(),
+    )
+    .await?;
     let Some(tools) = tools else {
-        let input = open_decompressed(file.path(), source.compression)?;
+        let input = open_decompressed(file.path(), &source)?;
         let opts = JsonRestore {
             schema: &target_name,
             catalog: &ctx.catalog,
-            keep_history_since: records_exist.then_some(source.created_at),
+            keep_history: facts.records_exist,
             verify_only: false,
             lock_timeout,
+            reconnect: Some(&ctx.dump),
         };
-        crate::jsonl::restore(&session, input, &opts)
+        crate::jsonl::restore(session, input, &opts)
             .await
             .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-        drop(session);
         report(ctx, &tenant.schema_name, &target_name, &source, None, false, started)?;
         return Ok(Outcome::Done);
     };
-    let (psql, pg_restore) = (tools.sibling("psql"), tools.sibling("pg_restore"));
-    let dump_target = ctx.dump.clone();
-    let path = file.path().to_path_buf();
-    let src = source.clone();
+    let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
     let kept = sql.kept_as.clone();
-    // Its COMMIT and the report below are one step for a stop (stop::commit_point).
-    crate::stop::blocking(move || run_psql(&psql, &pg_restore, &dump_target, &path, &src, &sql))
+    let ran = through_psql(&tools, &ctx.dump, session, file.path(), &source, sql, true, watch)
         .await
-        .context("the restore task panicked")?
         .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
-    drop(session);
+    if let Some(note) = &ran.note {
+        tracing::warn!("{note}");
+    }
     report(
         ctx,
         &tenant.schema_name,
@@ -159,7 +188,7 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, kept_as: Option<&str>) {
+fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &Facts) {
     let id = source.record_id.map(|i| format!("id {i}, ")).unwrap_or_default();
     let size = source.size.map(human_size).unwrap_or_else(|| "unknown size".into());
     eprintln!("restore plan:");
@@ -171,18 +200,26 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, kept_as:
     if source.source_schema != tenant {
         eprintln!("  from     tenant {} (--from-tenant)", source.source_schema);
     }
+    let history = if facts.records_exist {
+        "every history row the backup lacks is carried over".to_string()
+    } else {
+        format!(
+            "there is no history table: the backup's history, plus {} backup(s) the bucket's manifests know of",
+            facts.bucket_rows.len()
+        )
+    };
     match plan {
         _ if source.format == DumpFormat::Json => eprintln!(
-            "  target   {target}: its tables are emptied and loaded from the json backup in one transaction (history rows newer than the backup are carried over)"
+            "  target   {target}: its tables are emptied and loaded from the json backup in one transaction (every history row the backup lacks is carried over)"
         ),
-        Target::Replace { exists: true, drop_previous: true, .. } => {
-            eprintln!("  target   {target}: the current schema is replaced and DROPPED in the same transaction")
+        Target::Replace { drop_previous: true, .. } if facts.target_exists => {
+            eprintln!("  target   {target}: the current schema is replaced and DROPPED in the same transaction ({history})")
         }
-        Target::Replace { exists: true, .. } => eprintln!(
-            "  target   {target}: the current schema is renamed to {} and kept (history rows newer than the backup are carried over)",
-            kept_as.unwrap_or("?")
+        Target::Replace { .. } if facts.target_exists => eprintln!(
+            "  target   {target}: the current schema is renamed to {} and kept ({history})",
+            facts.previous.as_deref().unwrap_or("?")
         ),
-        Target::Replace { .. } => eprintln!("  target   {target}: does not exist yet; it is created"),
+        Target::Replace { .. } => eprintln!("  target   {target}: does not exist; it is created ({history})"),
         Target::Into { .. } => eprintln!("  target   new schema {target}; tenant {tenant} is left as it is"),
         Target::Scratch => {}
     }

@@ -20,6 +20,9 @@ struct TenantStatus {
     last_automatic_backup: Option<DateTime<Utc>>,
     next_due: Option<DateTime<Utc>>,
     overdue: bool,
+    /// Why its history could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
@@ -34,9 +37,20 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
     };
     let client = ctx.connect().await?;
     let now = ctx.clock.now();
+    let tenants = ctx.catalog.tenants(&client).await?;
+    // Every tenant's newest backups in a few statements, not one query per tenant.
+    let schemas: Vec<String> = tenants.iter().map(|t| t.schema_name.clone()).collect();
+    let newest = ctx.catalog.newest_backups_of(&client, &schemas).await?;
     let mut out = Vec::new();
-    for t in ctx.catalog.tenants(&client).await? {
-        let (newest, newest_auto) = ctx.catalog.newest_backups(&client, &t.schema_name).await?;
+    for (t, newest) in tenants.into_iter().zip(newest) {
+        // One broken tenant (no history table, no privileges) is reported; the others go on.
+        let (newest, newest_auto, error) = match newest {
+            Ok((a, b)) => (a, b, None),
+            Err(e) => {
+                eprintln!("error: tenant {}: {e:#}", t.schema_name);
+                (None, None, Some(format!("{e:#}")))
+            }
+        };
         // The tick decides from last_backup_at alone, so `overdue` does too; the history's newest
         // automatic row is shown when the tenant row has none (e.g. rows restored from elsewhere).
         let last_automatic = t.last_backup_at.or(newest_auto);
@@ -48,12 +62,14 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
             newest_backup: newest,
             last_automatic_backup: last_automatic,
             tenant: t.schema_name,
+            error,
         });
     }
     for s in out.iter().filter(|s| s.overdue) {
         ctx.note_overdue(&s.tenant);
     }
     let overdue_count = out.iter().filter(|s| s.overdue).count();
+    let broken = out.iter().filter(|s| s.error.is_some()).count();
     if ctx.output.json {
         ctx.output.json(&out)?;
     } else {
@@ -74,7 +90,13 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
                         Some(t) if t <= now => "now".into(),
                         other => fmt(other),
                     },
-                    if s.overdue { "OVERDUE".into() } else { "ok".into() },
+                    if s.error.is_some() {
+                        "BROKEN".into()
+                    } else if s.overdue {
+                        "OVERDUE".into()
+                    } else {
+                        "ok".into()
+                    },
                 ]
             })
             .collect();
@@ -96,5 +118,8 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
             eprintln!("{overdue_count} tenant(s) overdue");
         }
     }
-    Ok(Outcome::from_failures(overdue_count))
+    if broken > 0 {
+        eprintln!("{broken} tenant(s) whose history cannot be read");
+    }
+    Ok(Outcome::from_failures(overdue_count + broken))
 }

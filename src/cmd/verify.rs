@@ -12,7 +12,10 @@ use crate::cli::VerifyArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
-use crate::restore::{fetch_verified, open_decompressed, plan, resolve, run_psql, Target, Which};
+use crate::restore::access::check_access;
+use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
+use crate::restore::state::read_facts;
+use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
 
 #[derive(Serialize)]
 struct TableCheck {
@@ -34,11 +37,38 @@ struct Verified {
 
 pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
     let which = args.id.map(Which::Id).unwrap_or(Which::Latest);
-    let client = ctx.connect().await?;
-    let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
-    let tools = crate::restore::tools_for(&client, source.format, ctx.pg_dump.as_deref()).await?;
-    drop(client);
+    let timeout = Duration::from_secs(args.lock_timeout);
+    let mark = new_mark();
+    let client = ctx.connect_session().await?;
+    prepare_session(&client, &mark, timeout).await?;
+    let watch = Watch::start(&ctx.dump, &application_name(&mark), timeout).await;
+    verify(args, ctx, &client, &watch, &mark, which)
+        .await
+        .map_err(|e| watch.explain(e))
+}
+
+async fn verify(
+    args: VerifyArgs,
+    ctx: &Context,
+    client: &tokio_postgres::Client,
+    watch: &Watch,
+    mark: &str,
+    which: Which,
+) -> Result<Outcome> {
+    let timeout = Duration::from_secs(args.lock_timeout);
+    let tenant = ctx.catalog.tenant(client, &args.tenant).await?;
+    let mut source = resolve_at(
+        &ctx.catalog,
+        client,
+        ctx.storage.as_ref(),
+        &tenant,
+        &which,
+        None,
+        ctx.clock.now(),
+    )
+    .await?;
+    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow_unsigned).await?;
+    let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
     let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
     let checksum = if source.manifest.is_some() {
         "ok"
@@ -46,34 +76,40 @@ pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
         "none (no manifest)"
     };
 
-    let session = ctx.connect_session().await?;
-    let timeout = Duration::from_secs(args.lock_timeout);
-    lock::lock_with_timeout(&session, &source.source_schema, timeout).await?;
+    let session = client;
+    lock::lock_with_timeout(session, &source.source_schema, timeout).await?;
     let counts = match tools {
         // A json backup loads into temporary copies of the tenant's tables, in a rolled-back transaction.
         None => {
             let opts = JsonRestore {
                 schema: &source.source_schema,
                 catalog: &ctx.catalog,
-                keep_history_since: None,
+                keep_history: false,
                 verify_only: true,
                 lock_timeout: timeout,
+                reconnect: None,
             };
-            crate::jsonl::restore(&session, open_decompressed(file.path(), source.compression)?, &opts)
+            crate::jsonl::restore(session, open_decompressed(file.path(), &source)?, &opts)
                 .await
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
         }
         Some(tools) => {
-            let sql = plan(&source, &Target::Scratch, &ctx.catalog, false, timeout, ctx.clock.now());
-            let (psql, pg_restore) = (tools.sibling("psql"), tools.sibling("pg_restore"));
-            let (target, path, src) = (ctx.dump.clone(), file.path().to_path_buf(), source.clone());
-            tokio::task::spawn_blocking(move || run_psql(&psql, &pg_restore, &target, &path, &src, &sql))
+            let facts = read_facts(
+                session,
+                &ctx.catalog,
+                ctx.storage.as_ref(),
+                &source,
+                &Target::Scratch,
+                ctx.clock.now(),
+            )
+            .await?;
+            let sql = plan(&source, &Target::Scratch, &ctx.catalog, &facts, timeout, mark);
+            through_psql(&tools, &ctx.dump, session, file.path(), &source, sql, false, watch)
                 .await
-                .context("the verify task panicked")?
                 .with_context(|| format!("restoring {} into a scratch transaction", source.key))?
+                .counts
         }
     };
-    drop(session);
 
     let expected = source.manifest.as_ref().and_then(|m| m.row_counts.clone());
     let mut names: Vec<String> = counts.keys().cloned().collect();

@@ -75,6 +75,16 @@ impl MasterIdentity {
     }
 }
 
+/// A tenant's identity, unwrapped to read its backups. Prints as `***`.
+#[derive(Clone)]
+pub struct TenantKey(pub age::x25519::Identity);
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantKey(***)")
+    }
+}
+
 /// What the run knows of keys, from the environment (and `--identity`).
 #[derive(Clone, Default)]
 pub struct KeyConfig {

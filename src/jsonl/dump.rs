@@ -9,11 +9,13 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::codec::RowEncoder;
-use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
+use super::objects::{SchemaObjects, Scope};
+use super::structure::Structure;
+use super::tables::tables_of;
+use super::{Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
 use crate::pg::sql::{qualified, quote_ident};
 
 /// An error of the dumper, carried to the spool (`backup::spool::spool_stream`) through `io::Error`,
@@ -64,9 +66,19 @@ async fn dump_inner(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {VALUE_SETTINGS}"
         ))
         .await?;
-    let specs = tables(client, schema).await.context("reading the schema's tables")?;
+    let Some(objects) = SchemaObjects::read(client, schema, Scope::Structure).await? else {
+        anyhow::bail!("schema {schema:?} does not exist");
+    };
+    let specs = tables_of(&objects);
     if specs.is_empty() {
-        anyhow::bail!("schema {schema:?} has no tables (does it exist?)");
+        anyhow::bail!("schema {schema:?} has no tables");
+    }
+    let structure = Structure::from_objects(schema, &objects);
+    if !structure.not_carried.is_empty() {
+        tracing::warn!(
+            "{schema}: the json backup holds the data of every table, but it cannot create the schema again if it is dropped: it does not carry {}",
+            structure.not_carried.join(", ")
+        );
     }
     let header = Header {
         format: FORMAT.into(),
@@ -83,6 +95,7 @@ async fn dump_inner(
             .map_err(|_| anyhow::anyhow!("the spool stopped"))
     };
     send(Piece::Line(line(&header))).await?;
+    send(Piece::Line(line(&("structure", &structure)))).await?;
     let mut counts = BTreeMap::new();
     let mut total = 0u64;
     for t in &specs {
@@ -114,20 +127,19 @@ async fn dump_inner(
         total += rows;
         counts.insert(t.name.clone(), rows);
     }
-    let seqs = client
-        .query_typed(
-            "SELECT sequencename::text, last_value, last_value IS NOT NULL FROM pg_sequences WHERE schemaname = $1 ORDER BY 1",
-            &[(&schema, Type::TEXT)],
-        )
-        .await?;
-    let seqs: Vec<SequenceValue> = seqs
+    // Read with the rest of the catalog, in the same snapshot.
+    let mut seqs: Vec<SequenceValue> = objects
+        .sequences
         .iter()
-        .map(|r| SequenceValue {
-            name: r.get(0),
-            last_value: r.get(1),
-            is_called: r.get(2),
+        .filter_map(|q| {
+            Some(SequenceValue {
+                name: objects.relation(q.oid)?.name.clone(),
+                last_value: q.last_value,
+                is_called: q.last_value.is_some(),
+            })
         })
         .collect();
+    seqs.sort_by(|a, b| a.name.cmp(&b.name));
     send(Piece::Line(line(&("sequences", &seqs)))).await?;
     send(Piece::Line(line(&(
         "end",

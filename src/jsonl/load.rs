@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, CopyInSink};
@@ -16,20 +15,26 @@ use tokio_postgres::{Client, CopyInSink};
 use super::check::check_foreign_keys;
 use super::codec::RowDecoder;
 use super::rebuild::Rebuild;
-use super::{tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
+use super::structure::{create_if_missing, Structure};
+use super::{
+    tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, OLDEST_READABLE_VERSION, VALUE_SETTINGS,
+};
 use crate::pg::catalog::{insert_history, Catalog};
 use crate::pg::sql::{literal, qualified, quote_ident};
+use crate::pg::target::DbTarget;
 
 /// What a json restore should do around the load.
 pub struct JsonRestore<'a> {
     pub schema: &'a str,
     pub catalog: &'a Catalog,
-    /// Carry history rows of at least this time over (the backup's own time).
-    pub keep_history_since: Option<DateTime<Utc>>,
+    /// Carry over every row of the live history the dump lacks (by id, whatever its date).
+    pub keep_history: bool,
     /// Verify only: load into temporary copies of the tables, check the foreign keys between them,
     /// and roll back. The live tables are only read (the application keeps working meanwhile).
     pub verify_only: bool,
     pub lock_timeout: Duration,
+    /// Where to ask, on a fresh connection, whether a COMMIT whose answer was lost went through.
+    pub reconnect: Option<&'a DbTarget>,
 }
 
 /// Loads a json dump into the schema's existing tables in one transaction, returning the rows
@@ -42,14 +47,25 @@ pub async fn restore(
     client
         .batch_execute(&format!(
             "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET CONSTRAINTS ALL DEFERRED; {VALUE_SETTINGS}",
-            opts.lock_timeout.as_millis()
+            crate::pg::lock::timeout_ms(opts.lock_timeout)
         ))
         .await?;
+    let xid: i64 = client
+        .query_typed("SELECT pg_catalog.txid_current()", &[])
+        .await?
+        .first()
+        .map(|r| r.get(0))
+        .unwrap_or(0);
     let result = restore_inner(client, input, opts).await;
     match (&result, opts.verify_only) {
-        // The COMMIT and the caller's report are one step for a stop.
+        // The COMMIT and the caller's report are one step for a stop; a COMMIT whose answer was
+        // lost is settled from the server (pg_xact_status), not guessed.
         (Ok(_), false) => match crate::stop::shield() {
-            Some(_commit) => client.batch_execute("COMMIT").await.context("committing the restore")?,
+            Some(_commit) => {
+                if let Err(e) = client.batch_execute("COMMIT").await {
+                    return commit_lost(e, xid, opts).await.map(|()| result.unwrap_or_default());
+                }
+            }
             None => {
                 client.batch_execute("ROLLBACK").await?;
                 return Err(crate::stop::Stopped.into());
@@ -60,9 +76,31 @@ pub async fn restore(
     result
 }
 
+/// COMMIT failed: if the connection was lost rather than the COMMIT refused, the server is asked
+/// what happened.
+async fn commit_lost(e: tokio_postgres::Error, xid: i64, opts: &JsonRestore<'_>) -> Result<()> {
+    let error = anyhow::Error::new(e).context("committing the restore");
+    let Some(target) = opts.reconnect.filter(|_| xid != 0) else {
+        return Err(error);
+    };
+    match crate::pg::xact::committed(target, xid).await {
+        Ok(Some(true)) => {
+            tracing::warn!(
+                "the connection was lost after COMMIT was sent; the server says transaction {xid} committed, so the restore is done"
+            );
+            Ok(())
+        }
+        Ok(Some(false)) => Err(error),
+        _ => Err(error.context(format!(
+            "the connection was lost at COMMIT and the server could not be asked whether transaction {xid} committed: look at the schema before doing anything else"
+        ))),
+    }
+}
+
 /// What the reading thread finds in the dump, rows already turned into COPY text.
 enum Event {
     Header(Header),
+    Structure(Box<Structure>),
     Table(TableSpec),
     Rows { copy: Vec<u8>, rows: u64 },
     Sequences(Vec<SequenceValue>),
@@ -109,6 +147,7 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
                     decoder = Some(RowDecoder::new(&spec.columns));
                     Event::Table(spec)
                 }
+                "structure" => Event::Structure(Box::new(serde_json::from_value(marker.1)?)),
                 "sequences" => Event::Sequences(serde_json::from_value(marker.1)?),
                 "end" => Event::End {
                     rows: marker.1["rows"].as_u64().context("an end marker without a row count")?,
@@ -156,14 +195,24 @@ async fn restore_inner(
     if header.format != FORMAT {
         anyhow::bail!("unsupported dump format {:?}", header.format);
     }
-    if header.format_version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
         anyhow::bail!(
-            "this dump is in json format version {}, written by tenant-backup {}; this version reads version {FORMAT_VERSION} only: restore it with tenant-backup {}",
+            "this dump is in json format version {}, written by tenant-backup {}; this version reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} only: restore it with tenant-backup {}",
             header.format_version,
             header.tool_version,
             header.tool_version
         );
     }
+    // Version 3 carries the structure: a schema that is gone is created again (before the load
+    // only what the rows need; keys, indexes and foreign keys after it).
+    let structure = match header.format_version {
+        2 => None,
+        _ => match rx.recv().await.context("the dump ends after its header")?? {
+            Event::Structure(s) => Some(s),
+            _ => anyhow::bail!("the dump has no structure section after its header: it is damaged"),
+        },
+    };
+    let created = create_if_missing(client, &header.schema, structure.as_deref(), opts).await?;
     // The tables must be there, with every column the dump holds.
     let live = tables(client, schema).await?;
     let mut problems = Vec::new();
@@ -179,9 +228,14 @@ async fn restore_inner(
             }
         }
     }
+    if live.is_empty() {
+        anyhow::bail!(
+            "json backups hold rows, not tables, and {schema} has no tables (was it dropped?): recreate them first by running the application's migrations for this tenant (django-tenants: `python manage.py migrate_schemas --schema={schema}`), then restore again; or restore a sql or custom backup, which recreates the schema itself"
+        );
+    }
     if !problems.is_empty() {
         anyhow::bail!(
-            "the schema does not match the backup ({}): run the application's migrations for this tenant first",
+            "the schema does not match the backup ({}): json backups hold rows, not tables, so run the application's migrations for this tenant first",
             problems.join("; ")
         );
     }
@@ -207,11 +261,10 @@ async fn restore_inner(
         for t in &live {
             dest.insert(t.name.clone(), qualified(schema, &t.name));
         }
-        if let (Some(since), true) = (opts.keep_history_since, has_records) {
+        if opts.keep_history && has_records {
             client
                 .batch_execute(&format!(
-                    "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records} WHERE created_at >= {}::timestamptz",
-                    literal(&since.to_rfc3339())
+                    "CREATE TEMP TABLE tb_history ON COMMIT DROP AS SELECT * FROM {records}"
                 ))
                 .await?;
         }
@@ -275,7 +328,9 @@ async fn restore_inner(
                 }
                 ended = true;
             }
-            Event::Header(_) | Event::Rows { .. } => anyhow::bail!("a second header in the dump"),
+            Event::Header(_) | Event::Structure(_) | Event::Rows { .. } => {
+                anyhow::bail!("a second header in the dump")
+            }
         }
     }
     reader.await.context("the dump reader panicked")?;
@@ -296,12 +351,15 @@ async fn restore_inner(
         .create_all(client)
         .await
         .context("rebuilding the indexes and constraints after the load")?;
-    if let (Some(_), true) = (opts.keep_history_since, has_records) {
+    if let (true, Some(s)) = (created, &structure) {
+        s.create_post_data(client, schema).await?;
+    }
+    if opts.keep_history && has_records {
         let users = opts.catalog.users_in(schema);
         client
             .batch_execute(&insert_history(&records, &users, "tb_history o"))
             .await
-            .context("carrying the newer history over")?;
+            .context("carrying the history over")?;
     }
     Ok(counts)
 }

@@ -1,9 +1,10 @@
 //! The native `json` format: no pg_dump at all, only the driver. One consistent snapshot
-//! (`REPEATABLE READ READ ONLY`) of every table of the schema, each streamed with
+//! (`REPEATABLE READ READ ONLY`) of the schema's structure and of every table, each streamed with
 //! `COPY (SELECT …) TO STDOUT` and written as JSON Lines:
 //!
 //! ```text
-//! {"format":"tenant-backup-jsonl","format_version":2,…,"tables":[{"name":…,"columns":[…]}…]}   header
+//! {"format":"tenant-backup-jsonl","format_version":3,…,"tables":[{"name":…,"columns":[…]}…]}   header
+//! ["structure",{"pre_data":[{"object":…,"sql":…}…],"post_data":[…]}]                        how to create it (v3)
 //! ["table",{"name":"appointments_patient","columns":[{"name":"id","type":"bigint"},…]}]       a table starts
 //! {"id":1,"first_name":"Ana","birth_date":"1980-02-29",…}                                     its rows
 //! ["sequences",[{"name":…,"last_value":…,"is_called":…}]]
@@ -11,15 +12,22 @@
 //! ```
 //!
 //! Rows are objects and markers are arrays, so no column name can be mistaken for a marker. How
-//! values are spelled is in [`codec`]. Restore loads into the existing tables (the application's
+//! values are spelled is in [`codec`]; what the structure holds in [`structure`], read from the
+//! catalog through indexes only ([`objects`]), so a dump costs the same in a database of ten
+//! tenants as in one of ten thousand. Restore loads into the existing tables (the application's
 //! migrations define them, as with `loaddata`) in one transaction, with COPY, rebuilding the
-//! schema's indexes and foreign keys after the load ([`rebuild`]).
+//! schema's indexes and foreign keys after the load ([`rebuild`]); when the schema does not exist,
+//! a version 3 dump creates it first (tables without keys and indexes), loads it, then creates
+//! keys, indexes, foreign keys and triggers, all in the same transaction. Version 2 dumps (data
+//! only) still load into existing tables.
 
 mod check;
 mod codec;
 mod dump;
 mod load;
+mod objects;
 mod rebuild;
+mod structure;
 mod tables;
 
 use chrono::{DateTime, Utc};
@@ -27,11 +35,15 @@ use serde::{Deserialize, Serialize};
 
 pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
 pub use load::{restore, JsonRestore};
+pub use structure::{Ddl, Structure};
 pub use tables::tables;
 
 pub const FORMAT: &str = "tenant-backup-jsonl";
-/// 2: values in PostgreSQL's text form (see [`codec`]); 1 (row_to_json) is no longer read.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: a structure section (see [`structure`]); 2: values in PostgreSQL's text form (see
+/// [`codec`]), still read; 1 (row_to_json) is no longer read.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest version this one restores.
+pub const OLDEST_READABLE_VERSION: u32 = 2;
 /// How the server prints and reads values in both directions: pg_dump's settings, and UTC.
 pub(crate) const VALUE_SETTINGS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; SET LOCAL TimeZone = 'UTC'";

@@ -28,8 +28,10 @@ pub struct Rebuild {
 
 const PLAN: &str = r#"
 WITH tabs AS (
-  SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-  WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT c.relispartition),
+  SELECT c.oid FROM pg_class c
+  WHERE c.oid = ANY (ARRAY(SELECT d.objid FROM pg_depend d WHERE d.refclassid = 'pg_namespace'::regclass
+                      AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND d.classid = 'pg_class'::regclass))
+    AND c.relkind = 'r' AND NOT c.relispartition),
 fks AS (
   SELECT k.oid, k.conrelid, k.conname FROM pg_constraint k
   WHERE k.contype = 'f' AND k.conparentid = 0
@@ -42,15 +44,20 @@ keys AS (
     AND NOT i.indisclustered AND NOT i.indisreplident AND ic.reltablespace = 0
     AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = k.oid AND d.classoid = 'pg_constraint'::regclass)
     AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = ic.oid AND d.classoid = 'pg_class'::regclass)
-    AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = k.conindid
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_constraint f ON f.oid = d.objid
+                    WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = k.conindid
+                      AND d.classid = 'pg_constraint'::regclass AND f.contype = 'f'
                       AND f.oid NOT IN (SELECT oid FROM fks))),
 idx AS (
   SELECT i.indexrelid, i.indrelid FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
   WHERE i.indrelid IN (SELECT oid FROM tabs) AND i.indisvalid AND i.indisready
     AND NOT i.indisclustered AND NOT i.indisreplident AND ic.reltablespace = 0
-    AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x'))
+    AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = i.indrelid AND k.conindid = i.indexrelid
+                      AND k.contype IN ('p', 'u', 'x'))
     AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = ic.oid AND d.classoid = 'pg_class'::regclass)
-    AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_constraint f ON f.oid = d.objid
+                    WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indexrelid
+                      AND d.classid = 'pg_constraint'::regclass AND f.contype = 'f'
                       AND f.oid NOT IN (SELECT oid FROM fks)))
 SELECT 1, format('ALTER TABLE %s DROP CONSTRAINT %I', k.conrelid::regclass, k.conname),
        format('ALTER TABLE %s ADD CONSTRAINT %I %s', k.conrelid::regclass, k.conname, pg_get_constraintdef(k.oid))
@@ -69,14 +76,20 @@ impl Rebuild {
     /// Reads what can be dropped and created again. Run it inside the restore's transaction, after
     /// the tables are locked, so that nothing changes between this and the drops.
     pub async fn plan(client: &Client, schema: &str) -> Result<Rebuild> {
-        // regclass prints names qualified only when they are not on the search path.
-        client.batch_execute("SET LOCAL search_path = pg_catalog").await?;
+        // regclass prints names qualified only when they are not on the search path. The schema's
+        // tables are found through pg_depend, and the plan kept on indexes, so the cost does not
+        // grow with the other tenants' catalog rows.
+        client
+            .batch_execute("SET LOCAL search_path = pg_catalog; SET LOCAL enable_seqscan = off")
+            .await?;
         let rows = client
             .query_typed(PLAN, &[(&schema, Type::TEXT)])
             .await
             .context("reading the schema's indexes and constraints")?;
         // The definitions are fully qualified now; triggers and defaults run with the usual path.
-        client.batch_execute("SET LOCAL search_path = DEFAULT").await?;
+        client
+            .batch_execute("SET LOCAL search_path = DEFAULT; SET LOCAL enable_seqscan = DEFAULT")
+            .await?;
         Ok(Rebuild {
             objects: rows
                 .iter()

@@ -3,43 +3,49 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
+use super::objects::{SchemaObjects, Scope};
 use super::{Column, TableSpec};
 
 /// The schema's base tables in foreign-key order (referenced first), with their non-generated
 /// columns. A partitioned table's rows are read and written through the partitioned table itself,
-/// so its partitions are not listed.
+/// so its partitions are not listed. Read through indexes only (see [`super::objects`]); an empty
+/// list when the schema does not exist.
 pub async fn tables(client: &Client, schema: &str) -> Result<Vec<TableSpec>> {
-    let rows = client
-        .query_typed(
-            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname, a.attnum",
-            &[(&schema, Type::TEXT)],
-        )
-        .await?;
+    Ok(SchemaObjects::read(client, schema, Scope::Tables)
+        .await?
+        .map(|o| tables_of(&o))
+        .unwrap_or_default())
+}
+
+/// [`tables`] from objects already read.
+pub fn tables_of(objects: &SchemaObjects) -> Vec<TableSpec> {
     let mut specs: BTreeMap<String, Vec<Column>> = BTreeMap::new();
-    for r in rows {
-        specs.entry(r.get(0)).or_default().push(Column {
-            name: r.get(1),
-            type_name: r.get(2),
-        });
+    let mut names: BTreeMap<u32, String> = BTreeMap::new();
+    for r in objects.relations.iter().filter(|r| r.holds_data()) {
+        names.insert(r.oid, r.name.clone());
+        specs.insert(
+            r.name.clone(),
+            objects
+                .columns_of(r.oid)
+                .filter(|a| a.generated.is_empty())
+                .map(|a| Column {
+                    name: a.name.clone(),
+                    type_name: a.type_name.clone(),
+                })
+                .collect(),
+        );
     }
-    let deps = client
-        .query_typed(
-            "SELECT c.relname::text, r.relname::text FROM pg_constraint k \
-             JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class r ON r.oid = k.confrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_namespace rn ON rn.oid = r.relnamespace \
-             WHERE k.contype = 'f' AND n.nspname = $1 AND rn.nspname = $1 AND c.oid <> r.oid",
-            &[(&schema, Type::TEXT)],
-        )
-        .await?;
     let mut needs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for d in deps {
-        needs.entry(d.get(0)).or_default().push(d.get(1));
+    for k in objects
+        .constraints
+        .iter()
+        .filter(|k| k.kind == "f" && k.rel != k.references)
+    {
+        if let (Some(c), Some(r)) = (names.get(&k.rel), names.get(&k.references)) {
+            needs.entry(c.clone()).or_default().push(r.clone());
+        }
     }
     // Kahn's order; tables in a cycle (rare, and their keys are deferrable in Django) go last.
     let mut done: Vec<String> = Vec::new();
@@ -58,11 +64,10 @@ pub async fn tables(client: &Client, schema: &str) -> Result<Vec<TableSpec>> {
         left.retain(|t| !next.contains(t));
         done.extend(next);
     }
-    Ok(done
-        .into_iter()
+    done.into_iter()
         .map(|name| TableSpec {
             columns: specs.remove(&name).unwrap_or_default(),
             name,
         })
-        .collect())
+        .collect()
 }

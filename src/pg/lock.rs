@@ -20,6 +20,11 @@ pub fn lock_key(schema: &str) -> i64 {
     h as i64
 }
 
+/// `timeout` as a `lock_timeout` setting in milliseconds: PostgreSQL takes at most `i32::MAX`.
+pub fn timeout_ms(timeout: Duration) -> u128 {
+    timeout.as_millis().min(i32::MAX as u128)
+}
+
 /// Takes the tenant's lock if nobody holds it. The lock lives until `client` disconnects (or
 /// [`unlock`]).
 pub async fn try_lock(client: &Client, schema: &str) -> Result<bool> {

@@ -9,3 +9,4 @@ pub mod sql;
 pub mod target;
 pub mod tls;
 pub mod tools;
+pub mod xact;

@@ -30,7 +30,9 @@ pub enum FindError {
 impl PgDump {
     /// Runs `pg_dump --version` and reads `pg_dump (PostgreSQL) 15.18 (Debian …)`.
     pub fn probe(path: &Path) -> Option<PgDump> {
-        let out = Command::new(path).arg("--version").stdin(Stdio::null()).output().ok()?;
+        let mut cmd = Command::new(path);
+        base_env(&mut cmd);
+        let out = cmd.arg("--version").stdin(Stdio::null()).output().ok()?;
         if !out.status.success() {
             return None;
         }
@@ -180,19 +182,45 @@ pub fn dump_command(pg_dump: &PgDump, target: &DbTarget, schema: &str, format: P
     cmd
 }
 
-/// Clears inherited libpq settings that could redirect the program, then sets ours.
+/// A minimal environment for pg_dump, psql and pg_restore: nothing of ours (no `DATABASE_URL`,
+/// `AWS_*`, `SUPABASE_*`, `BACKUP_*`, no inherited `PG*` that could redirect the program), only
+/// what a program needs to run (`PATH`, `HOME`, locale, time zone) and the libpq settings of
+/// `target`.
 pub fn apply_env(cmd: &mut Command, target: &DbTarget) {
-    for var in [
-        "PGSERVICE",
-        "PGSERVICEFILE",
-        "PGOPTIONS",
-        "PGHOSTADDR",
-        "PGPASSFILE",
-        "PGSSLROOTCERT",
-    ] {
-        cmd.env_remove(var);
-    }
+    base_env(cmd);
     cmd.envs(target.libpq_env());
+}
+
+/// [`apply_env`] without any connection settings, for a program that does not connect
+/// (`pg_restore -f -`).
+pub fn base_env(cmd: &mut Command) {
+    cmd.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let keep = name
+            .to_str()
+            .is_some_and(|n| matches!(n, "PATH" | "HOME" | "LANG" | "LANGUAGE" | "TZ") || n.starts_with("LC_"));
+        if keep {
+            cmd.env(name, value);
+        }
+    }
+}
+
+/// psql's `\restrict` and pg_restore's `--restrict-key` came with 13.22, 14.19, 15.14, 16.10, 17.6
+/// and 18.
+pub fn knows_restrict(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match major {
+        0..=12 => false,
+        13 => minor >= 22,
+        14 => minor >= 19,
+        15 => minor >= 14,
+        16 => minor >= 10,
+        17 => minor >= 6,
+        _ => true,
+    }
 }
 
 /// The pg_dump (and so the psql and pg_restore beside it) for the server `client` is connected to,
@@ -347,6 +375,20 @@ exit 1
         let chosen = PgDump::choose(probe_until(paths.clone(), Some(15)), 15).unwrap();
         assert_eq!(chosen.version, "15.4");
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "15.4\n", "16 is never run");
+    }
+
+    #[test]
+    fn restrict_arrived_in_these_minor_releases() {
+        for (v, yes) in [
+            ("15.18", true),
+            ("15.13", false),
+            ("17.6", true),
+            ("16.9", false),
+            ("18beta1", true),
+            ("12.22", false),
+        ] {
+            assert_eq!(knows_restrict(v), yes, "{v}");
+        }
     }
 
     #[test]

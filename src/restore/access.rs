@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use super::source::Source;
 use crate::backup::compress::Compression;
 use crate::crypto::keys::KeyStore;
-use crate::crypto::{sign, KeyConfig};
+use crate::crypto::{sign, KeyConfig, TenantKey};
 use crate::error::UsageError;
 
 /// Signature refused: the manifest is missing, unsigned, or signed with another key.
@@ -35,7 +35,7 @@ pub async fn check_access(
     store: &KeyStore,
     client: &Client,
     allow_unsigned: bool,
-) -> Result<Option<age::x25519::Identity>> {
+) -> Result<Option<TenantKey>> {
     if let Some(key) = &keys.signing_key {
         match source.manifest.as_ref().map(|m| (m, m.signature.as_deref())) {
             None | Some((_, None)) if allow_unsigned => {
@@ -68,7 +68,7 @@ pub async fn check_access(
         .as_ref()
         .map(|m| m.tenant.as_str())
         .unwrap_or(source.source_schema.as_str());
-    Ok(Some(store.identity_for(client, owner, master).await?))
+    Ok(Some(TenantKey(store.identity_for(client, owner, master).await?)))
 }
 
 /// The stored bytes at `path` as the dump they hold: decrypted (when `decrypt` is given), then
@@ -76,14 +76,14 @@ pub async fn check_access(
 pub fn open_plain(
     path: &Path,
     compression: Compression,
-    decrypt: Option<&age::x25519::Identity>,
+    decrypt: Option<&TenantKey>,
 ) -> io::Result<Box<dyn BufRead + Send>> {
     let file = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
     let clear: Box<dyn BufRead + Send> = match decrypt {
         None => Box::new(file),
         Some(id) => Box::new(BufReader::with_capacity(
             256 * 1024,
-            crate::crypto::stream::decrypting(id, file)?,
+            crate::crypto::stream::decrypting(&id.0, file)?,
         )),
     };
     let plain: Box<dyn Read + Send> = compression.decoder(clear)?;
@@ -92,10 +92,10 @@ pub fn open_plain(
 
 /// The stored bytes at `path` decrypted but still compressed (what `download` writes without
 /// `--decompress`).
-pub fn open_decrypted(path: &Path, decrypt: Option<&age::x25519::Identity>) -> io::Result<Box<dyn Read + Send>> {
+pub fn open_decrypted(path: &Path, decrypt: Option<&TenantKey>) -> io::Result<Box<dyn Read + Send>> {
     let file = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
     Ok(match decrypt {
         None => Box::new(file),
-        Some(id) => crate::crypto::stream::decrypting(id, file)?,
+        Some(k) => crate::crypto::stream::decrypting(&k.0, file)?,
     })
 }

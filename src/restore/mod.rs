@@ -2,24 +2,32 @@
 //!
 //! * [`source`]: which backup (id, latest, key), fetched to a temporary file and checked against its
 //!   manifest before anything runs.
-//! * [`script`]: the SQL around the dump (rename aside, history carry-over, COMMIT or ROLLBACK).
-//! * [`psql`]: driving psql (and pg_restore for custom archives) with that script and the dump.
+//! * [`guard`]: what a dump may execute (its own SQL, on its own schema), checked before psql starts.
+//! * [`state`] and [`script`]: what is there (read under the tenant's lock), and the SQL around the
+//!   dump (rename aside, history carry-over, COMMIT or ROLLBACK) decided from it.
+//! * [`psql`], [`child`], [`errors`], [`run`]: driving a restricted psql (and pg_restore for
+//!   custom archives) that dies with the tool, and telling what happened, truthfully.
 //!
 //! The whole restore is one psql session fed on stdin: `BEGIN`, rename the live schema aside, the
-//! dump (which recreates the schema), carry over the newer history rows, `COMMIT`. psql runs with
-//! `ON_ERROR_STOP`, and `COMMIT` is sent only once the whole dump has streamed through complete, so
-//! any failure (a bad statement, a truncated or corrupt object, a lock timeout) ends the session
-//! without committing: the live schema is exactly as before. Native json backups load through the
-//! driver instead ([`crate::jsonl`]).
+//! dump (which recreates the schema), carry over the history rows the dump lacks, `COMMIT`. psql
+//! runs with `ON_ERROR_STOP`, and `COMMIT` is sent only once the whole dump has streamed through
+//! complete, so any failure (a bad statement, a truncated or corrupt object, a lock timeout) ends
+//! the session without committing: the live schema is exactly as before. Native json backups load
+//! through the driver instead ([`crate::jsonl`]).
 
 pub mod access;
+pub mod child;
+pub mod errors;
+pub mod guard;
 pub mod psql;
+pub mod run;
 pub mod script;
 pub mod source;
+pub mod state;
 
-pub use psql::{open_decompressed, run_psql, Counts};
-pub use script::{plan, Plan, Target};
-pub use source::{fetch_verified, resolve, Source, Which};
+pub use psql::{open_decompressed, Counts, PsqlJob};
+pub use script::{plan, Facts, Plan, Target};
+pub use source::{fetch_verified, resolve, resolve_at, Source, Which};
 
 use std::path::Path;
 

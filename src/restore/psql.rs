@@ -1,201 +1,370 @@
-//! Runs a restore through psql (custom archives through pg_restore first), fed the script and the dump.
+//! Runs a restore through psql (custom archives through pg_restore first): the whole dump is checked
+//! by [`guard`](super::guard) before psql starts, then fed to a restricted psql between the tool's
+//! own prologue and epilogue.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use super::access::open_plain;
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result};
 use tempfile::NamedTempFile;
 
-use super::script::{Plan, COUNT_MARK};
+use super::child::Owned;
+use super::guard::{self, CheckError, Checked, Replay, Scope, Stop};
+use super::script::Plan;
 use super::source::Source;
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
-use crate::pg::dumpscan::PlainDumpScanner;
 use crate::pg::target::DbTarget;
-use crate::pg::tools::apply_env;
+use crate::pg::tools::{apply_env, base_env};
 
 /// Row counts printed by a `Target::Scratch` run.
 pub type Counts = std::collections::BTreeMap<String, u64>;
 
-/// Runs the restore: psql on the session target, fed prologue, dump, epilogue. Blocking.
-pub fn run_psql(
-    psql: &Path,
-    pg_restore: &Path,
-    target: &DbTarget,
-    dump: &Path,
-    source: &Source,
-    plan: &Plan,
-) -> Result<Counts> {
-    // A custom archive becomes SQL through pg_restore; compressed ones are unpacked first.
-    let mut unpacked: Option<NamedTempFile> = None;
-    let mut pg_restore_child = None;
-    let stream: Box<dyn Read + Send> = match source.format {
-        DumpFormat::Plain => {
-            let f = std::fs::File::open(dump)?;
-            source.compression.decoder(BufReader::with_capacity(256 * 1024, f))?
+/// Everything one psql run needs.
+pub struct PsqlJob {
+    pub psql: PathBuf,
+    pub pg_restore: PathBuf,
+    /// psql and pg_restore know `\restrict` (15.14, 16.10, 17.6 and later).
+    pub restrict: bool,
+    pub target: DbTarget,
+    /// psql's application_name, so that its session can be found (who blocks it).
+    pub application_name: String,
+    pub dump: PathBuf,
+    pub source: Source,
+    pub plan: Plan,
+    pub scope: Scope,
+}
+
+/// How psql ended. Whether anything committed is for the caller to find out when psql failed.
+pub struct PsqlRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// Lines the tool sent before the dump (psql's line numbers minus these are the dump's).
+    pub prologue_lines: u64,
+    /// The whole epilogue (with its COMMIT) was sent.
+    pub epilogue_sent: bool,
+    pub checked: Checked,
+}
+
+impl PsqlRun {
+    /// The transaction id the prologue printed.
+    pub fn xid(&self, mark: &str) -> Option<i64> {
+        let prefix = format!("{mark}|xid|");
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|x| x.trim().parse().ok())
+    }
+
+    pub fn counts(&self, mark: &str) -> Counts {
+        let prefix = format!("{mark}|count|");
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|r| {
+                let (t, n) = r.rsplit_once('|')?;
+                Some((t.to_string(), n.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// The dump as SQL text: a decompressed plain dump, or what pg_restore makes of an archive.
+struct Sql {
+    reader: Box<dyn Read + Send>,
+    pg_restore: Option<(Owned, std::thread::JoinHandle<String>)>,
+}
+
+impl Sql {
+    /// pg_restore's exit, once its output has been read to the end.
+    fn finish(self, key: &str) -> Result<()> {
+        let Some((mut child, stderr)) = self.pg_restore else {
+            return Ok(());
+        };
+        drop(self.reader);
+        let status = child.wait()?;
+        let stderr = stderr.join().unwrap_or_default();
+        if !status.success() {
+            let first = stderr.lines().next().unwrap_or("").trim();
+            anyhow::bail!("pg_restore could not read {key}: {first}; nothing was restored");
         }
-        DumpFormat::Json => anyhow::bail!("json backups are restored through the driver, not psql"),
-        DumpFormat::Custom => {
-            let archive: PathBuf = if source.compression == Compression::None {
-                dump.to_path_buf()
-            } else {
-                let mut tmp = tempfile::Builder::new().prefix("tenant-backup-archive-").tempfile()?;
-                let f = std::fs::File::open(dump)?;
-                io::copy(&mut source.compression.decoder(BufReader::new(f))?, tmp.as_file_mut())?;
-                let path = tmp.path().to_path_buf();
-                unpacked = Some(tmp);
-                path
-            };
-            let mut child = crate::stop::spawn(
-                Command::new(pg_restore)
-                    .args(["--no-owner", "--no-privileges", "-f", "-"])
-                    .arg(&archive)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped()),
-            )
-            .with_context(|| format!("starting {}", pg_restore.display()))?;
-            let out = child.stdout.take().expect("piped");
-            pg_restore_child = Some(child);
-            Box::new(out)
+        Ok(())
+    }
+}
+
+struct Dump<'a> {
+    job: &'a PsqlJob,
+    /// A compressed custom archive, unpacked once for both reads.
+    unpacked: Option<NamedTempFile>,
+    key: Option<String>,
+}
+
+impl Dump<'_> {
+    fn open(&mut self) -> Result<Sql> {
+        let job = self.job;
+        let source = &job.source;
+        match source.format {
+            DumpFormat::Plain => Ok(Sql {
+                reader: Box::new(ReadAhead::start(open_plain(
+                    &job.dump,
+                    source.compression,
+                    source.decrypt.as_ref(),
+                )?)),
+                pg_restore: None,
+            }),
+            DumpFormat::Json => anyhow::bail!("json backups are restored through the driver, not psql"),
+            DumpFormat::Custom => {
+                // pg_restore needs a file: a compressed or encrypted archive is unpacked into a
+                // private (0600) temporary file, removed on every exit path.
+                let packed = source.compression != Compression::None || source.decrypt.is_some();
+                if packed && self.unpacked.is_none() {
+                    let mut tmp = tempfile::Builder::new().prefix("tenant-backup-archive-").tempfile()?;
+                    io::copy(
+                        &mut open_plain(&job.dump, source.compression, source.decrypt.as_ref())?,
+                        tmp.as_file_mut(),
+                    )?;
+                    self.unpacked = Some(tmp);
+                }
+                let archive: &Path = self.unpacked.as_ref().map(|t| t.path()).unwrap_or(&job.dump);
+                let mut cmd = Command::new(&job.pg_restore);
+                cmd.args(["--no-owner", "--no-privileges"]);
+                if let Some(k) = &self.key {
+                    // The same key both times, so that both reads see the very same text.
+                    cmd.arg(format!("--restrict-key={k}"));
+                }
+                cmd.args(["-f", "-"]).arg(archive);
+                base_env(&mut cmd);
+                cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+                let mut child =
+                    Owned::spawn(&mut cmd).with_context(|| format!("starting {}", job.pg_restore.display()))?;
+                let out = child.stdout.take().expect("piped");
+                let err = child.stderr.take().expect("piped");
+                let stderr = std::thread::spawn(move || read_all(err));
+                Ok(Sql {
+                    reader: Box::new(ReadAhead::start(Box::new(out))),
+                    pg_restore: Some((child, stderr)),
+                })
+            }
+        }
+    }
+}
+
+/// Reads on a thread of its own, a few chunks ahead, so that decompressing (or pg_restore) runs
+/// beside the check and the feed instead of before them.
+struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl ReadAhead {
+    fn start(mut inner: Box<dyn Read + Send>) -> ReadAhead {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || loop {
+            let mut chunk = vec![0u8; 256 * 1024];
+            match inner.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    if tx.send(Ok(chunk)).is_err() {
+                        break; // the reader is gone
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => (self.chunk, self.at) = (chunk, 0),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn read_all(r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = BufReader::new(r).read_to_string(&mut s);
+    s
+}
+
+/// A random key of letters and digits (for `\restrict`).
+pub fn random_key(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Checks the dump, then runs psql on it. Blocking.
+pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
+    let key = job.restrict.then(|| random_key(32));
+    let mut dump = Dump {
+        job,
+        unpacked: None,
+        key: key.clone(),
+    };
+    let where_ = match job.source.format {
+        DumpFormat::Custom => "of the SQL pg_restore makes of the archive",
+        _ => "of the dump",
+    };
+    // 1. The whole dump, checked before anything runs.
+    let sql = dump.open()?;
+    let checked = match guard::check(BufReader::with_capacity(256 * 1024, sql.reader), &job.scope) {
+        Ok(c) => c,
+        Err(CheckError::Refused(r)) => anyhow::bail!(
+            "{} is refused, nothing was run: line {} {where_}: {}",
+            job.source.key,
+            r.line,
+            r.reason
+        ),
+        Err(CheckError::Read(e)) => {
+            return Err(anyhow::Error::new(e).context("reading the dump (corrupt or truncated object); nothing was run"))
         }
     };
+    // (The reader was moved into the check; pg_restore's exit is checked here.)
+    Sql {
+        reader: Box::new(io::empty()),
+        pg_restore: sql.pg_restore,
+    }
+    .finish(&job.source.key)?;
+    if !checked.complete {
+        anyhow::bail!("the dump is truncated (no closing line); nothing was run");
+    }
+    if checked.skipped > 0 {
+        tracing::info!(
+            "{} ownership and privilege statements of the dump are left out: the restored objects belong to the restoring role",
+            checked.skipped
+        );
+    }
 
-    let mut cmd = Command::new(psql);
-    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
-    apply_env(&mut cmd, target);
+    // 2. psql, restricted, fed prologue, dump, epilogue.
+    let mut cmd = Command::new(&job.psql);
+    cmd.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-v",
+        "VERBOSITY=verbose",
+        "-f",
+        "-",
+    ]);
+    apply_env(&mut cmd, &job.target);
+    cmd.env("PGAPPNAME", &job.application_name).env("LC_MESSAGES", "C");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = crate::stop::spawn(&mut cmd).with_context(|| format!("starting {}", psql.display()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let (ready_to_commit, ready) = std::sync::mpsc::channel();
-    let out_reader = std::thread::spawn(move || {
-        let (mut out, mut line, mut stdout) = (String::new(), Vec::new(), BufReader::new(stdout));
-        while matches!(stdout.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-            let text = String::from_utf8_lossy(&line);
-            if text.trim_end() == READY_MARK {
-                let _ = ready_to_commit.send(());
-            } else {
-                out.push_str(&text);
-            }
-            line.clear();
-        }
-        out
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut s);
-        s
-    });
+    let mut child = Owned::spawn(&mut cmd).with_context(|| format!("starting {}", job.psql.display()))?;
+    let stdin = child.stdin.take().expect("piped");
+    let (stdout, stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let out_reader = std::thread::spawn(move || read_all(stdout));
+    let err_reader = std::thread::spawn(move || read_all(stderr));
 
-    let fed = feed(
-        &mut stdin,
-        stream,
-        source.format == DumpFormat::Plain || pg_restore_child.is_some(),
-        plan,
-        &ready,
-    );
+    let prologue = match &key {
+        Some(k) => format!("\\restrict {k}\n{}", job.plan.prologue),
+        None => job.plan.prologue.clone(),
+    };
+    let prologue_lines = prologue.matches('\n').count() as u64;
+    let mut stdin = BufWriter::with_capacity(256 * 1024, stdin);
+    let fed = feed(&mut stdin, &mut dump, &checked, &prologue, &job.plan.epilogue);
     drop(stdin);
     let status = child.wait()?;
     let stdout = out_reader.join().unwrap_or_default();
-    let stderr = target.scrub(&err_reader.join().unwrap_or_default());
-    if let Some(mut c) = pg_restore_child {
-        let st = c.wait()?;
-        let mut e = String::new();
-        if let Some(mut s) = c.stderr.take() {
-            let _ = s.read_to_string(&mut e);
-        }
-        if !st.success() {
-            anyhow::bail!(
-                "pg_restore could not read {}: {}; nothing was restored",
-                source.key,
-                e.trim()
-            );
-        }
-    }
-    drop(unpacked);
-    match fed {
+    let stderr = job.target.scrub(&err_reader.join().unwrap_or_default());
+    let epilogue_sent = match fed {
+        Ok(sent) => sent,
+        // psql still running fine means the tool stopped feeding: nothing was committed.
         Err(e) if status.success() => return Err(e.context("nothing was restored (the transaction was not committed)")),
-        _ => {}
-    }
-    if !status.success() {
-        let detail = stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect::<Vec<_>>()
-            .join("\n");
-        anyhow::bail!("the restore failed and was rolled back; the live schema is unchanged:\n{detail}");
-    }
-    fed?;
-    let counts = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix(COUNT_MARK).and_then(|r| r.strip_prefix('|')))
-        .filter_map(|r| {
-            let (t, n) = r.rsplit_once('|')?;
-            Some((t.to_string(), n.parse().ok()?))
-        })
-        .collect();
-    Ok(counts)
+        Err(e) => {
+            tracing::debug!("feeding psql stopped: {e:#}");
+            false
+        }
+    };
+    Ok(PsqlRun {
+        success: status.success(),
+        stdout,
+        stderr,
+        prologue_lines,
+        epilogue_sent,
+        checked,
+    })
 }
 
-/// What psql prints once it has run everything but the COMMIT.
-const READY_MARK: &str = "tenant-backup-ready-to-commit";
-const COMMIT: &str = "COMMIT;\n";
-
-/// Streams prologue, dump and (only if the dump arrived whole) epilogue into psql.
-fn feed(
-    stdin: &mut impl Write,
-    mut stream: Box<dyn Read + Send>,
-    check_trailer: bool,
-    plan: &Plan,
-    ready: &std::sync::mpsc::Receiver<()>,
-) -> Result<()> {
-    stdin
-        .write_all(plan.prologue.as_bytes())
-        .context("psql stopped early")?;
-    let mut scanner = PlainDumpScanner::default();
+/// Streams prologue, dump and (only if the dump arrived whole, as checked) epilogue into psql.
+/// `Ok(false)` when psql stopped reading (its stderr says why).
+fn feed(stdin: &mut impl Write, dump: &mut Dump, checked: &Checked, prologue: &str, epilogue: &str) -> Result<bool> {
+    if stdin.write_all(prologue.as_bytes()).is_err() {
+        return Ok(false);
+    }
+    let sql = dump.open()?;
+    let mut reader = sql.reader;
+    let mut replay = Replay::new(checked, &mut *stdin);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = match stream.read(&mut buf) {
+        let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(anyhow::Error::new(e).context("reading the dump (corrupt or truncated object)")),
         };
-        scanner.feed(&buf[..n]);
-        if stdin.write_all(&buf[..n]).is_err() {
-            // psql stopped on an error; its stderr says which.
-            return Ok(());
+        match replay.feed(&buf[..n]) {
+            Ok(()) => {}
+            Err(Stop::Write(_)) => return Ok(false),
+            Err(Stop::Refused(r)) => anyhow::bail!("the dump changed between its check and its restore ({r})"),
         }
     }
-    if check_trailer && !scanner.is_complete() {
+    let complete = match replay.finish() {
+        Ok((_, complete)) => complete,
+        Err(Stop::Write(_)) => return Ok(false),
+        Err(Stop::Refused(r)) => anyhow::bail!("the dump changed between its check and its restore ({r})"),
+    };
+    Sql {
+        reader: Box::new(io::empty()),
+        pg_restore: sql.pg_restore,
+    }
+    .finish(&dump.job.source.key)?;
+    if !complete {
         anyhow::bail!("the dump is truncated (no closing line)");
     }
-    // The COMMIT goes alone, once psql has run everything before it: a stop that comes earlier
-    // rolls back; one that comes later waits for the COMMIT and its report (stop::commit_point).
-    let Some(before_commit) = plan.epilogue.strip_suffix(COMMIT) else {
-        stdin
-            .write_all(plan.epilogue.as_bytes())
-            .context("psql stopped early")?;
-        return Ok(());
-    };
-    stdin
-        .write_all(format!("{before_commit}SELECT '{READY_MARK}';\n").as_bytes())
-        .context("psql stopped early")?;
-    if ready.recv().is_err() {
-        // psql stopped on an error; its stderr says which.
-        return Ok(());
-    }
+    // From here the epilogue (history carry-over, COMMIT) and the report are one step for a stop:
+    // one that came earlier rolls back, one that comes later waits for them (stop::commit_point).
     crate::stop::commit_point().context("stopped by a signal before COMMIT")?;
-    stdin.write_all(COMMIT.as_bytes()).context("psql stopped early")?;
-    Ok(())
+    if stdin
+        .write_all(epilogue.as_bytes())
+        .and_then(|_| stdin.flush())
+        .is_err()
+    {
+        return Ok(false);
+    }
+    Ok(true)
 }
 
-/// The decompressed contents of a fetched object, as lines for the json loader.
-pub fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn io::BufRead + Send>> {
-    let f = std::fs::File::open(path)?;
-    let decoder = compression.decoder(BufReader::with_capacity(256 * 1024, f))?;
-    Ok(Box::new(BufReader::with_capacity(256 * 1024, decoder)))
+/// The decrypted, decompressed contents of a fetched object, as lines for the json loader.
+pub fn open_decompressed(path: &Path, source: &Source) -> Result<Box<dyn io::BufRead + Send>> {
+    Ok(open_plain(path, source.compression, source.decrypt.as_ref())?)
 }

@@ -1,27 +1,58 @@
-//! The SQL around the dump: every name quoted, the backup time a literal we format ourselves.
+//! The SQL around the dump. Every name is quoted in Rust and every decision (does the schema
+//! exist, which name does the previous one get) is taken in Rust, under the tenant's lock, from
+//! [`Facts`]: no name is ever spliced into a dollar-quoted block, so any schema name works.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::source::Source;
-use crate::pg::catalog::{insert_history, Catalog};
+use crate::pg::catalog::{insert_history, BackupKind, Catalog};
 use crate::pg::sql::{literal, quote_ident};
-use crate::policy::retention::pre_restore_name;
 
 /// Where the restored schema goes.
 #[derive(Clone, Debug)]
 pub enum Target {
     /// Replace the tenant's schema; the old one is renamed aside (and dropped when asked).
-    Replace {
-        schema: String,
-        exists: bool,
-        drop_previous: bool,
-    },
+    Replace { schema: String, drop_previous: bool },
     /// A new schema, leaving everything else untouched.
     Into { schema: String },
     /// Restore, count every table's rows, roll back: `verify`.
     Scratch,
+}
+
+impl Target {
+    /// The schema that exists after the restore (none for verify).
+    pub fn schema(&self) -> Option<&str> {
+        match self {
+            Target::Replace { schema, .. } | Target::Into { schema } => Some(schema),
+            Target::Scratch => None,
+        }
+    }
+}
+
+/// What is there, read under the tenant's lock just before the restore starts.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub target_exists: bool,
+    /// The target schema holds its history table.
+    pub records_exist: bool,
+    /// The schema the dump creates exists now (it is held aside for the duration).
+    pub source_exists: bool,
+    /// The free `…__pre_restore_<time>` name the live schema gets.
+    pub previous: Option<String>,
+    /// Backups of the target the bucket's manifests know of: the history of a tenant whose
+    /// history table is gone.
+    pub bucket_rows: Vec<BucketRow>,
+}
+
+/// A history row rebuilt from a manifest.
+#[derive(Clone, Debug)]
+pub struct BucketRow {
+    pub key: String,
+    pub size: u64,
+    pub kind: BackupKind,
+    pub created_at: DateTime<Utc>,
 }
 
 pub struct Plan {
@@ -29,79 +60,89 @@ pub struct Plan {
     pub epilogue: String,
     /// The renamed previous schema, when one is kept.
     pub kept_as: Option<String>,
+    /// Starts every line the scripts print, so nothing the dump prints can pass for one.
+    pub mark: String,
 }
 
-pub(super) const COUNT_MARK: &str = "tenant-backup-count";
+/// `s`, cut at a character boundary so that `s` + `suffix` fits PostgreSQL's 63 bytes.
+pub fn with_suffix(s: &str, suffix: &str) -> String {
+    let mut cut = 63usize.saturating_sub(suffix.len()).min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &s[..cut])
+}
 
-/// The SQL around the dump. Every name is quoted; the backup time is a literal we format ourselves.
 pub fn plan(
     source: &Source,
     target: &Target,
     catalog: &Catalog,
-    records_exist: bool,
+    facts: &Facts,
     lock_timeout: Duration,
-    now: DateTime<Utc>,
+    mark: &str,
 ) -> Plan {
     let s = &source.source_schema;
-    let hold = format!("{}__restore_hold", &s[..s.len().min(40)]);
     let q_s = quote_ident(s);
-    let mut pro = format!("BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n", lock_timeout.as_millis());
-    let mut epi = String::from("\n");
+    let hold = with_suffix(s, "__restore_hold");
+    let rename = |from: &str, to: &str| format!("ALTER SCHEMA {} RENAME TO {};\n", quote_ident(from), quote_ident(to));
+    // Names are resolved in pg_catalog only, whatever search_path the dump left behind.
+    let reset_path = "SELECT pg_catalog.set_config('search_path', '', true);\n";
+    let mut pro = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nSET LOCAL standard_conforming_strings = on;\n{reset_path}\
+         SELECT '{mark}|xid|' || pg_catalog.txid_current();\n\
+         SELECT pg_catalog.set_config('client_connection_check_interval', '1000', true) \
+         WHERE pg_catalog.current_setting('server_version_num')::int >= 140000;\n",
+        crate::pg::lock::timeout_ms(lock_timeout)
+    );
+    let mut epi = format!("\n{reset_path}");
     let mut kept_as = None;
-    // If the dump creates a schema other than the target, move the live one of that name aside
-    // for the duration, and give the restored one the target's name.
-    let rename_result = |target: &str, epi: &mut String| {
-        if target != s {
-            epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(target)));
-            epi.push_str(&rename_if_exists(&hold, s));
+    let previous = match target {
+        Target::Replace { .. } if facts.target_exists => {
+            Some(facts.previous.clone().expect("a free name for the previous schema"))
         }
+        _ => None,
     };
-    let hold_source = |target: &str, pro: &mut String| {
-        if target != s {
-            pro.push_str(&rename_if_exists(s, &hold));
-        }
-    };
+    if let (Some(p), Some(t)) = (&previous, target.schema()) {
+        pro.push_str(&rename(t, p));
+    }
+    // The dump recreates `s`: a live `s` (another tenant, or the tenant itself for --into and
+    // verify) waits aside meanwhile.
+    let held = facts.source_exists && target.schema() != Some(s.as_str());
+    if held {
+        pro.push_str(&rename(s, &hold));
+    }
     match target {
         Target::Replace {
             schema: t,
-            exists,
             drop_previous,
         } => {
-            let old = pre_restore_name(t, now);
-            if *exists {
-                pro.push_str(&format!(
-                    "ALTER SCHEMA {} RENAME TO {};\n",
-                    quote_ident(t),
-                    quote_ident(&old)
-                ));
+            if t != s {
+                epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(t)));
             }
-            hold_source(t, &mut pro);
-            rename_result(t, &mut epi);
-            if *exists && records_exist {
-                epi.push_str(&carry_history(catalog, t, &old, source, t != s));
+            if held {
+                epi.push_str(&rename(&hold, s));
             }
-            if *exists {
+            epi.push_str(&history(catalog, t, previous.as_deref(), source, facts));
+            if let Some(p) = previous {
                 if *drop_previous {
-                    epi.push_str(&format!("DROP SCHEMA {} CASCADE;\n", quote_ident(&old)));
+                    epi.push_str(&format!("DROP SCHEMA {} CASCADE;\n", quote_ident(&p)));
                 } else {
-                    kept_as = Some(old);
+                    kept_as = Some(p);
                 }
             }
             epi.push_str("COMMIT;\n");
         }
         Target::Into { schema: t } => {
-            hold_source(t, &mut pro);
-            if t == s {
-                unreachable!("--into names a new schema");
+            epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(t)));
+            if held {
+                epi.push_str(&rename(&hold, s));
             }
-            rename_result(t, &mut epi);
             epi.push_str("COMMIT;\n");
         }
         Target::Scratch => {
-            pro.push_str(&rename_if_exists(s, &hold));
             epi.push_str(&format!(
-                "SELECT '{COUNT_MARK}|' || c.relname || '|' || (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relkind IN ('r', 'p') ORDER BY 1;\n",
+                "SELECT '{mark}|count|' || c.relname || '|' || (pg_catalog.xpath('/row/n/text()', pg_catalog.query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relkind IN ('r', 'p') ORDER BY 1;\n",
                 literal(s)
             ));
             epi.push_str("ROLLBACK;\n");
@@ -111,37 +152,66 @@ pub fn plan(
         prologue: pro,
         epilogue: epi,
         kept_as,
+        mark: mark.to_string(),
     }
 }
 
-/// Copies into the restored history every row of the previous one that is newer than the backup
-/// (all of them when the backup came from another tenant), dropping `created_by_id`s whose user
-/// does not exist in the restored users table, and moves the identity past them.
-fn carry_history(catalog: &Catalog, target: &str, old: &str, source: &Source, cross_tenant: bool) -> String {
-    let new_t = catalog.records_in(target);
-    let old_t = catalog.records_in(old);
-    let users = catalog.users_in(target);
-    let since = source.created_at.format("%Y-%m-%d %H:%M:%S%.6f+00");
+/// The restored history: the dump's rows, plus every row of the previous history the dump lacks
+/// (by id, whatever its date) — or, when there was no history table, every backup of the tenant
+/// the bucket's manifests know and the dump's history does not. A backup of another tenant
+/// (`--from-tenant`) brings that tenant's history, which is replaced by the target's own.
+fn history(catalog: &Catalog, target: &str, previous: Option<&str>, source: &Source, facts: &Facts) -> String {
+    let restored = catalog.records_in(target);
     let mut sql = String::new();
-    let filter = if cross_tenant {
-        sql.push_str(&format!("DELETE FROM {new_t};\n"));
-        String::new()
-    } else {
-        format!("WHERE o.created_at >= '{since}'::timestamptz")
-    };
-    sql.push_str(&insert_history(&new_t, &users, &format!("{old_t} o {filter}")));
+    if source.source_schema != target {
+        sql.push_str(&format!("DELETE FROM {restored};\n"));
+    }
+    match previous {
+        Some(old) if facts.records_exist => {
+            let users = catalog.users_in(target);
+            sql.push_str(&insert_history(
+                &restored,
+                &users,
+                &format!("{} o", catalog.records_in(old)),
+            ));
+        }
+        _ if !facts.bucket_rows.is_empty() => {
+            let rows: Vec<String> = facts
+                .bucket_rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "({}, {}, {}::bigint, {}, {}::timestamptz)",
+                        literal(r.key.rsplit('/').next().unwrap_or(&r.key)),
+                        literal(&r.key),
+                        r.size,
+                        literal(r.kind.as_db()),
+                        literal(&r.created_at.to_rfc3339())
+                    )
+                })
+                .collect();
+            sql.push_str(&format!(
+                "INSERT INTO {restored} (file_name, file_path, file_size, backup_type, created_at) \
+                 SELECT v.* FROM (VALUES {}) v (file_name, file_path, file_size, backup_type, created_at) \
+                 WHERE NOT EXISTS (SELECT 1 FROM {restored} r WHERE r.file_path = v.file_path);\n",
+                rows.join(", ")
+            ));
+        }
+        _ => {}
+    }
     sql
 }
 
-/// `ALTER SCHEMA from RENAME TO to`, when `from` exists.
-fn rename_if_exists(from: &str, to: &str) -> String {
-    format!(
-        "DO $tb$ BEGIN IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {}) THEN EXECUTE {}; END IF; END $tb$;\n",
-        literal(from),
-        literal(&format!(
-            "ALTER SCHEMA {} RENAME TO {}",
-            quote_ident(from),
-            quote_ident(to)
-        ))
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_cut_names_at_character_boundaries() {
+        let long = format!("{}ñb", "a".repeat(48));
+        let held = with_suffix(&long, "__restore_hold");
+        assert!(held.len() <= 63 && held.ends_with("__restore_hold"), "{held}");
+        assert!(held.starts_with(&"a".repeat(48)));
+        assert_eq!(with_suffix("bienestar", "__restore_hold"), "bienestar__restore_hold");
+    }
 }

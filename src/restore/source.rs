@@ -6,13 +6,15 @@ use serde::Serialize;
 use tempfile::NamedTempFile;
 use tokio_postgres::Client;
 
+use super::state::bucket_backups;
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
 use crate::backup::key::ObjectKey;
 use crate::backup::manifest::Manifest;
 use crate::backup::spool::sha256_file;
+use crate::crypto::TenantKey;
 use crate::error::UsageError;
-use crate::pg::catalog::{BackupRecord, Catalog, Tenant};
+use crate::pg::catalog::{schema_state, BackupRecord, Catalog, Tenant};
 use crate::storage::{place, Place, Storage, StorageError};
 
 /// Which backup to restore.
@@ -38,9 +40,12 @@ pub struct Source {
     pub compression: Compression,
     pub size: Option<u64>,
     pub manifest: Option<Manifest>,
+    /// The tenant's key, when the object is encrypted (set by [`super::access::check_access`]).
+    #[serde(skip)]
+    pub decrypt: Option<TenantKey>,
 }
 
-/// Finds the backup and checks it belongs to `tenant` (or to `from_tenant`, when given).
+/// [`resolve_at`] now.
 pub async fn resolve(
     catalog: &Catalog,
     client: &Client,
@@ -49,27 +54,77 @@ pub async fn resolve(
     which: &Which,
     from_tenant: Option<&str>,
 ) -> Result<Source> {
+    resolve_at(catalog, client, storage, tenant, which, from_tenant, Utc::now()).await
+}
+
+/// Finds the backup and checks it belongs to `tenant` (or to `from_tenant`, when given). The
+/// history is read if it is there; when it is not (the schema or its history table was dropped),
+/// `--latest` is the newest backup the bucket's manifests know of. A row dated after `now` is never
+/// "the latest".
+pub async fn resolve_at(
+    catalog: &Catalog,
+    client: &Client,
+    storage: &dyn Storage,
+    tenant: &Tenant,
+    which: &Which,
+    from_tenant: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Source> {
     let schema = &tenant.schema_name;
     let history_of = from_tenant.unwrap_or(schema);
-    let records = catalog.records(client, history_of).await?;
-    let record: Option<BackupRecord> = match which {
-        Which::Id(id) => Some(records.iter().find(|r| r.id == *id).cloned().ok_or_else(|| {
+    let (_, has_history) = schema_state(client, catalog, history_of).await?;
+    let records = if has_history {
+        Some(catalog.records(client, history_of).await?)
+    } else {
+        None
+    };
+    let record: Option<BackupRecord> = match (which, &records) {
+        (Which::Id(id), Some(records)) => Some(records.iter().find(|r| r.id == *id).cloned().ok_or_else(|| {
             UsageError::new(format!(
                 "backup id {id} not found in {history_of}'s history: run `tenant-backup list --tenant {history_of}`"
             ))
         })?),
-        Which::Latest => Some(
-            records
-                .first()
-                .cloned()
-                .ok_or_else(|| UsageError::new(format!("{history_of} has no backups yet: nothing to restore")))?,
-        ),
-        Which::Key(key) => records.iter().find(|r| &r.file_path == key).cloned(),
+        (Which::Id(_), None) => {
+            return Err(UsageError::new(format!(
+                "{history_of} has no {} table (was its schema dropped?), so there are no ids to choose from: restore with --latest (the newest backup the bucket holds for it) or --file KEY",
+                catalog.records_table
+            ))
+            .into())
+        }
+        (Which::Latest, Some(records)) => {
+            let latest = records.iter().find(|r| r.created_at <= now).cloned();
+            if latest.is_none() {
+                let why = if records.is_empty() { "has no backups yet" } else { "has only backups dated in the future" };
+                return Err(UsageError::new(format!("{history_of} {why}: nothing to restore (choose one with --file KEY)")).into());
+            }
+            latest
+        }
+        (Which::Latest, None) => None,
+        (Which::Key(key), Some(records)) => records.iter().find(|r| &r.file_path == key).cloned(),
+        (Which::Key(_), None) => None,
     };
     let key = match (&record, which) {
         (Some(r), _) => r.file_path.clone(),
         (None, Which::Key(k)) => k.clone(),
-        (None, _) => unreachable!("ids and latest always resolve to a record"),
+        (None, _) => {
+            let newest = bucket_backups(storage, history_of)
+                .await?
+                .into_iter()
+                .find(|m| m.started_at <= now)
+                .ok_or_else(|| {
+                    UsageError::new(format!(
+                        "{history_of} has no {} table and the bucket ({}) holds no backup of it with a manifest: restore one with --file KEY",
+                        catalog.records_table,
+                        storage.describe()
+                    ))
+                })?;
+            tracing::info!(
+                "{history_of} has no {} table: the newest backup in the bucket is {}",
+                catalog.records_table,
+                newest.key
+            );
+            newest.key
+        }
     };
     follow_only_own_folder(&key, history_of, record.as_ref(), storage)?;
     let manifest = match storage.get_bytes(&ObjectKey::manifest_key(&key)).await {
@@ -126,6 +181,7 @@ pub async fn resolve(
         source_schema,
         format,
         manifest,
+        decrypt: None,
     })
 }
 

@@ -143,7 +143,7 @@ fn store_file(src: &Path, dest: &Path, key: &str) -> Result<(), StorageError> {
         synced.map_err(|e| StorageError::io(format!("syncing {}", src.display()), e))?;
         match link_into_place(src, dest, key) {
             // A filesystem without hard links (or a rename race): copy instead.
-            Err(StorageError::Io { source, .. })
+            Err(StorageError::Io { error: source, .. })
                 if matches!(
                     source.raw_os_error(),
                     Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)

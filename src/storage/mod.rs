@@ -64,12 +64,10 @@ pub enum StorageError {
     /// needs): nothing was touched, and the fix is in the configuration.
     #[error("{0}")]
     Refused(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message and deliberately not a `source` (thiserror would make a
+    /// field named `source` one), so an error chain prints it once.
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
     /// The file being stored was given up by its writer (the dump failed or was stopped): nothing
     /// was stored.
     #[error("the spool {0} was abandoned before it was complete; nothing was stored")]
@@ -82,7 +80,7 @@ impl StorageError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StorageError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -82,7 +82,6 @@ fn data_without_history(db: &TestDb, schema: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-#[ignore = "the read side of encryption is being wired in"]
 fn no_stored_object_holds_a_patient_name() {
     let db = TestDb::new();
     let k = keys_init(&db);
@@ -112,7 +111,6 @@ fn no_stored_object_holds_a_patient_name() {
 }
 
 #[test]
-#[ignore = "the read side of encryption is being wired in"]
 fn encrypted_backups_round_trip_in_every_format() {
     let db = TestDb::new();
     let k = keys_init(&db);
@@ -161,7 +159,6 @@ fn encrypted_backups_round_trip_in_every_format() {
 }
 
 #[test]
-#[ignore = "the read side of encryption is being wired in"]
 fn a_cron_job_with_only_the_recipient_backs_up_but_cannot_read() {
     let db = TestDb::new();
     let k = keys_init(&db);
@@ -178,7 +175,6 @@ fn a_cron_job_with_only_the_recipient_backs_up_but_cannot_read() {
 }
 
 #[test]
-#[ignore = "the read side of encryption is being wired in"]
 fn forgetting_a_tenant_erases_its_backups_and_spares_the_others() {
     let db = TestDb::new();
     let k = keys_init(&db);
@@ -212,7 +208,6 @@ fn forgetting_a_tenant_erases_its_backups_and_spares_the_others() {
 }
 
 #[test]
-#[ignore = "the read side of encryption is being wired in"]
 fn a_forged_object_with_a_recomputed_checksum_is_refused() {
     let db = TestDb::new();
     let k = keys_init(&db);
@@ -254,7 +249,6 @@ fn a_forged_object_with_a_recomputed_checksum_is_refused() {
 }
 
 #[test]
-#[ignore = "the read side of encryption is being wired in"]
 fn rotation_keeps_old_backups_readable_with_the_new_identity_only() {
     let db = TestDb::new();
     let k = keys_init(&db);

@@ -229,3 +229,21 @@ fn bad_flags_exit_2() {
     }
     assert!(db.objects().is_empty());
 }
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let db = TestDb::new();
+    std::fs::create_dir_all(db.storage()).unwrap();
+    std::fs::write(db.storage().join("mindcare"), b"in the way").unwrap();
+    let out = db
+        .cmd()
+        .args(["backup", "--tenant", "mindcare", "--no-progress"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for line in stderr.lines().filter(|l| l.contains("(os error")) {
+        assert_eq!(line.matches("(os error").count(), 1, "{line}");
+    }
+    assert!(stderr.contains("(os error"), "{stderr}");
+}

@@ -362,3 +362,268 @@ fn pg_dump_is_chosen_among_fakes_on_path_reporting_older_and_newer_versions() {
         "{v}"
     );
 }
+
+/// What a Django schema may hold beyond the fixture's tables: an enum, a standalone sequence owned
+/// by a column, a serial, a generated column, a collation, a NOT VALID check, expression and
+/// partial indexes, a cluster mark, comments everywhere, functions (one parsed at creation, over
+/// a row type), triggers (one disabled), views over views, a materialized view with an index, a
+/// rule, extended statistics and a replica identity.
+const EXTRAS: &str = r#"
+CREATE TYPE mindcare.mood AS ENUM ('calm', 'anxious', 'it''s complicated');
+COMMENT ON TYPE mindcare.mood IS 'how the patient feels';
+CREATE SEQUENCE mindcare.invoice_number AS integer START 1000 INCREMENT 5 CACHE 3;
+SELECT nextval('mindcare.invoice_number');
+CREATE TABLE mindcare.billing_invoice (
+  id serial PRIMARY KEY,
+  number integer NOT NULL DEFAULT nextval('mindcare.invoice_number'),
+  patient_id bigint NOT NULL REFERENCES mindcare.appointments_patient (id) DEFERRABLE INITIALLY DEFERRED,
+  amount numeric(10,2) NOT NULL CHECK (amount >= 0),
+  total_with_tax numeric(12,2) GENERATED ALWAYS AS (amount * 1.21) STORED,
+  mood mindcare.mood,
+  code text COLLATE "C" UNIQUE,
+  issued_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz
+) WITH (fillfactor = 80);
+ALTER SEQUENCE mindcare.invoice_number OWNED BY mindcare.billing_invoice.number;
+ALTER TABLE mindcare.billing_invoice ADD CONSTRAINT amount_sane CHECK (amount < 1000000) NOT VALID;
+CREATE INDEX billing_invoice_lower_code ON mindcare.billing_invoice (lower(code)) WHERE code IS NOT NULL;
+CREATE INDEX billing_invoice_issued ON mindcare.billing_invoice (issued_at DESC);
+ALTER TABLE mindcare.billing_invoice CLUSTER ON billing_invoice_issued;
+COMMENT ON TABLE mindcare.billing_invoice IS 'invoices, one per visit';
+COMMENT ON COLUMN mindcare.billing_invoice.amount IS 'before tax';
+COMMENT ON INDEX mindcare.billing_invoice_issued IS 'for the monthly report';
+COMMENT ON CONSTRAINT amount_sane ON mindcare.billing_invoice IS 'nobody pays that much';
+CREATE FUNCTION mindcare.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
+COMMENT ON FUNCTION mindcare.touch_updated_at() IS 'keeps updated_at current';
+CREATE TRIGGER billing_invoice_touch BEFORE UPDATE ON mindcare.billing_invoice FOR EACH ROW EXECUTE FUNCTION mindcare.touch_updated_at();
+CREATE TRIGGER billing_invoice_quiet AFTER INSERT ON mindcare.billing_invoice FOR EACH ROW EXECUTE FUNCTION mindcare.touch_updated_at();
+ALTER TABLE mindcare.billing_invoice DISABLE TRIGGER billing_invoice_quiet;
+COMMENT ON TRIGGER billing_invoice_touch ON mindcare.billing_invoice IS 'updated_at';
+CREATE FUNCTION mindcare.patient_total(p mindcare.appointments_patient) RETURNS numeric LANGUAGE sql STABLE
+  BEGIN ATOMIC SELECT coalesce(sum(amount), 0) FROM mindcare.billing_invoice WHERE patient_id = p.id; END;
+CREATE VIEW mindcare.invoice_totals AS SELECT patient_id, sum(amount) AS total, count(*) AS n FROM mindcare.billing_invoice GROUP BY patient_id;
+CREATE VIEW mindcare.big_spenders WITH (security_barrier = true) AS SELECT * FROM mindcare.invoice_totals WHERE total > 100;
+COMMENT ON VIEW mindcare.big_spenders IS 'for the front desk';
+CREATE MATERIALIZED VIEW mindcare.monthly AS SELECT date_trunc('month', issued_at) AS month, sum(amount) AS total FROM mindcare.billing_invoice GROUP BY 1;
+CREATE UNIQUE INDEX monthly_month ON mindcare.monthly (month);
+CREATE RULE no_delete_vip AS ON DELETE TO mindcare.appointments_tag WHERE old.name = 'vip' DO INSTEAD NOTHING;
+COMMENT ON SCHEMA mindcare IS 'the Mindcare clinic';
+COMMENT ON COLUMN mindcare.appointments_patient.notes IS 'free text; may hold health data';
+CREATE STATISTICS mindcare.patient_names (dependencies) ON first_name, last_name FROM mindcare.appointments_patient;
+ALTER TABLE mindcare.appointments_tag REPLICA IDENTITY FULL;
+INSERT INTO mindcare.billing_invoice (patient_id, amount, mood, code)
+  SELECT id, id * 10, 'calm', 'INV-' || id FROM mindcare.appointments_patient;
+REFRESH MATERIALIZED VIEW mindcare.monthly;
+"#;
+
+/// The schema's structure as the catalog describes it, one line per object, sorted: columns
+/// (position, type, NOT NULL, default, identity, generation, collation), constraints, indexes,
+/// comments, sequences (definition and owner; values apart), views, functions, triggers, rules,
+/// types, statistics and relation options. Equal strings, equal structures.
+fn catalog_fingerprint(db: &TestDb, schema: &str) -> String {
+    let s = format!("'{}'", schema.replace('\'', "''"));
+    db.sql(&format!(
+        r#"SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+  SELECT format('rel %s kind=%s persistence=%s options=%s replident=%s rls=%s', c.relname, c.relkind,
+      c.relpersistence, c.reloptions, c.relreplident, c.relrowsecurity) AS x
+    FROM pg_class c WHERE c.relnamespace = {s}::regnamespace
+  UNION ALL SELECT format('column %s.%s #%s %s notnull=%s default=%s identity=%s generated=%s collation=%s',
+      c.relname, a.attname, row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum), format_type(a.atttypid, a.atttypmod),
+      a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated, a.attcollation::regcollation)
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relnamespace = {s}::regnamespace AND c.relkind NOT IN ('S', 'i')
+  UNION ALL SELECT format('constraint %s %s %s valid=%s', conrelid::regclass, conname, pg_get_constraintdef(oid), convalidated)
+    FROM pg_constraint WHERE connamespace = {s}::regnamespace
+  UNION ALL SELECT format('index %s clustered=%s replident=%s', pg_get_indexdef(i.indexrelid), i.indisclustered, i.indisreplident)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = {s}::regnamespace
+  UNION ALL SELECT format('comment %s: %s', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description)
+    FROM pg_description d WHERE pg_describe_object(d.classoid, d.objoid, d.objsubid) LIKE '%' || {s} || '.%'
+       OR (d.classoid = 'pg_namespace'::regclass AND d.objoid = {s}::regnamespace)
+  UNION ALL SELECT format('sequence %s %s start=%s inc=%s min=%s max=%s cache=%s cycle=%s owned=%s', c.relname,
+      format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcache, q.seqcycle,
+      (SELECT format('%s.%s %s', d.refobjid::regclass, d.refobjsubid, d.deptype) FROM pg_depend d
+        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))
+    FROM pg_sequence q JOIN pg_class c ON c.oid = q.seqrelid WHERE c.relnamespace = {s}::regnamespace
+  UNION ALL SELECT format('view %s %s populated=%s', c.relname, pg_get_viewdef(c.oid), c.relispopulated)
+    FROM pg_class c WHERE c.relnamespace = {s}::regnamespace AND c.relkind IN ('v', 'm')
+  UNION ALL SELECT format('function %s', pg_get_functiondef(p.oid)) FROM pg_proc p WHERE p.pronamespace = {s}::regnamespace
+  UNION ALL SELECT format('trigger %s enabled=%s', pg_get_triggerdef(t.oid), t.tgenabled) FROM pg_trigger t
+    JOIN pg_class c ON c.oid = t.tgrelid WHERE c.relnamespace = {s}::regnamespace AND NOT t.tgisinternal
+  UNION ALL SELECT format('rule %s', pg_get_ruledef(r.oid)) FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+    WHERE c.relnamespace = {s}::regnamespace AND r.rulename <> '_RETURN'
+  UNION ALL SELECT format('type %s %s', t.typname, ARRAY(SELECT enumlabel FROM pg_enum WHERE enumtypid = t.oid ORDER BY enumsortorder))
+    FROM pg_type t WHERE t.typnamespace = {s}::regnamespace AND t.typtype = 'e'
+  UNION ALL SELECT format('statistics %s', pg_get_statisticsobjdef(x.oid)) FROM pg_statistic_ext x WHERE x.stxnamespace = {s}::regnamespace
+) q"#
+    ))
+}
+
+/// Every sequence's value but the history's (the backups themselves move that one).
+fn sequence_values(db: &TestDb, schema: &str) -> String {
+    db.sql(&format!(
+        "SELECT string_agg(sequencename || '=' || coalesce(last_value::text, '-'), ' ' ORDER BY sequencename) \
+         FROM pg_sequences WHERE schemaname = '{schema}' AND sequencename <> 'backups_backuprecord_id_seq'"
+    ))
+}
+
+/// More tenants than `--format auto` dumps with pg_dump (rows only: nothing touches their schemas).
+fn grow_past_the_auto_threshold(db: &TestDb) {
+    db.sql(
+        "INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) \
+         SELECT 'ghost_' || g, 'Ghost ' || g, 'disabled' FROM generate_series(1, 120) g",
+    );
+}
+
+fn restore_file(db: &TestDb, tenant: &str, key: &str) {
+    let out = db
+        .cmd()
+        .args(["--no-progress", "restore", "--tenant", tenant, "--file", key, "--yes"])
+        .output()
+        .unwrap();
+    assert_no_secret(&out);
+    assert!(out.status.success(), "restore {key}: {}", text(&out.stderr));
+}
+
+#[test]
+fn a_dropped_schema_restores_from_the_default_format_with_the_structure_pg_dump_gives() {
+    let db = TestDb::new();
+    db.sql(EXTRAS);
+    grow_past_the_auto_threshold(&db);
+    let structure = catalog_fingerprint(&db, "mindcare");
+    for needle in [
+        "view big_spenders",
+        "trigger CREATE TRIGGER billing_invoice_quiet",
+        "enabled=D",
+        "statistics CREATE",
+    ] {
+        assert!(structure.contains(needle), "{needle}: {structure}");
+    }
+    let rows = data(&db, "mindcare");
+    let values = sequence_values(&db, "mindcare");
+
+    // The default format at this size is the native one, and it says so.
+    let out = db
+        .cmd()
+        .args(["--json", "--no-progress", "backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("using the native json format: 123 tenants"),
+        "{}",
+        text(&out.stderr)
+    );
+    let native: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let native = native[0]["backup"]["key"].as_str().unwrap().to_string();
+    assert!(native.contains("/backup-json-mindcare-"), "{native}");
+    let dumped = String::from_utf8(decompress(&db.storage().join(&native))).unwrap();
+    let header: Value = serde_json::from_str(dumped.lines().next().unwrap()).unwrap();
+    assert_eq!(header["format_version"], 3);
+    let sql = db.backup(&["--tenant", "mindcare", "--format", "sql"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The disaster: the schema is gone, its history with it.
+    db.sql("DROP SCHEMA mindcare CASCADE");
+    restore_file(&db, "mindcare", &native);
+    let from_native = catalog_fingerprint(&db, "mindcare");
+    assert_eq!(
+        from_native, structure,
+        "the native format gives the schema back as it was"
+    );
+    assert_eq!(data(&db, "mindcare"), rows);
+    assert_eq!(sequence_values(&db, "mindcare"), values);
+    // It behaves, too: defaults, the identity and the triggers work; the keys hold.
+    db.sql("INSERT INTO mindcare.billing_invoice (patient_id, amount) SELECT min(id), 5 FROM mindcare.appointments_patient");
+    assert_eq!(
+        db.sql("SELECT number > 1000 AND total_with_tax = 6.05 FROM mindcare.billing_invoice WHERE amount = 5"),
+        "t"
+    );
+    assert!(db
+        .try_sql("INSERT INTO mindcare.billing_invoice (patient_id, amount) VALUES (999999, 1)")
+        .is_err());
+
+    db.sql("DROP SCHEMA mindcare CASCADE");
+    restore_file(&db, "mindcare", &sql);
+    assert_eq!(
+        catalog_fingerprint(&db, "mindcare"),
+        from_native,
+        "pg_dump's dump gives the same structure as the native format"
+    );
+    assert_eq!(data(&db, "mindcare"), rows);
+}
+
+#[test]
+fn a_version_2_dump_still_loads_into_the_existing_tables() {
+    let db = TestDb::new();
+    let before = data(&db, "bienestar");
+    let b = json_backup(&db, "bienestar", &["--compress", "none"]);
+    let key = b["key"].as_str().unwrap().to_string();
+    // Version 2 is version 3 without the structure line.
+    let v3 = std::fs::read_to_string(db.storage().join(&key)).unwrap();
+    let mut lines = v3.lines();
+    let mut header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    header["format_version"] = 2.into();
+    assert!(lines.next().unwrap().starts_with("[\"structure\","));
+    let v2: String = std::iter::once(header.to_string())
+        .chain(lines.map(str::to_string))
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(db.storage().join(&key), v2).unwrap();
+    std::fs::remove_file(db.storage().join(format!("{key}.manifest.json"))).unwrap();
+
+    db.sql("DELETE FROM bienestar.appointments_appointment WHERE id % 3 = 0; UPDATE bienestar.appointments_patient SET notes = 'x'");
+    restore_file(&db, "bienestar", &key);
+    assert_eq!(data(&db, "bienestar"), before);
+
+    // It cannot create a dropped schema: it says what to do instead.
+    db.sql("DROP SCHEMA bienestar CASCADE");
+    let out = db
+        .cmd()
+        .args(["restore", "--tenant", "bienestar", "--file", &key, "--yes"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "the application's migrations");
+}
+
+#[test]
+fn a_schema_holding_what_the_native_format_cannot_create_is_refused_once_dropped() {
+    let db = TestDb::new();
+    db.sql("CREATE DOMAIN mindcare.positive AS integer CHECK (VALUE > 0)");
+    let out = db
+        .cmd()
+        .args([
+            "--json",
+            "--no-progress",
+            "backup",
+            "--tenant",
+            "mindcare",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not carry domain mindcare.positive"),
+        "{}",
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = v[0]["backup"]["key"].as_str().unwrap().to_string();
+    // Into the existing schema it loads as ever.
+    restore_file(&db, "mindcare", &key);
+    db.sql("DROP SCHEMA mindcare CASCADE");
+    let out = db
+        .cmd()
+        .args(["restore", "--tenant", "mindcare", "--file", &key, "--yes"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "does not carry domain mindcare.positive");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'mindcare'"),
+        "0"
+    );
+}

@@ -151,7 +151,12 @@ fn bad_objects_leave_the_live_schema_untouched() {
             // A dump that fails halfway: a statement that errors in the middle.
             let text_dump = String::from_utf8(original.clone()).unwrap();
             let at = text_dump.find("CREATE TABLE bienestar.appointments_tag").unwrap();
-            let broken = format!("{}SELECT 1/0;\n{}", &text_dump[..at], &text_dump[at..]);
+            // (A statement the dump check lets through: it fails only when it runs.)
+            let broken = format!(
+                "{}CREATE TABLE bienestar.broken (x int DEFAULT 1/0);\nINSERT INTO bienestar.broken DEFAULT VALUES;\n{}",
+                &text_dump[..at],
+                &text_dump[at..]
+            );
             std::fs::write(db.storage().join(&key), broken).unwrap();
             let stderr = try_restore("failing");
             assert!(
@@ -337,4 +342,26 @@ fn verify_passes_on_a_good_backup_fails_on_a_tampered_one_and_leaves_no_trace() 
     let out = db.cmd().args(["verify", "--tenant", "bienestar"]).output().unwrap();
     assert_fails(&out, 1, "does not match its manifest");
     assert_eq!(schemas(&db), all);
+}
+
+#[test]
+fn two_restores_started_in_the_same_second_both_succeed() {
+    let db = TestDb::new();
+    let (id, _) = backup(&db, "bienestar", &[]);
+    let id = id.to_string();
+    // Start both just after a second begins, so that they start within the same second.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - now.subsec_nanos() as u64 + 20_000_000,
+    ));
+    let args = ["restore", "--tenant", "bienestar", "--id", &id, "--yes"];
+    let (a, b) = (db.spawn(&args), db.spawn(&args));
+    for (n, child) in [a, b].into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "restore {n}: {}", text(&out.stderr));
+    }
+    let kept = db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bienestar__pre_restore_%'");
+    assert_eq!(kept, "2", "each restore kept its own previous schema");
 }

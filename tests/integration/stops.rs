@@ -84,13 +84,13 @@ fn files(dir: &Path) -> Vec<String> {
 
 /// This database's sessions of the tool (its own connections, and psql and pg_dump it started).
 fn tool_sessions(db: &TestDb) -> i64 {
-    db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tenant-backup'")
+    db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%'")
         .parse()
         .unwrap()
 }
 
 fn waiting_for_a_lock(db: &TestDb) -> bool {
-    db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tenant-backup' AND wait_event_type = 'Lock'") != "0"
+    db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'") != "0"
 }
 
 fn alive(pid: i32) -> bool {
@@ -121,7 +121,7 @@ fn assert_stopped_cleanly(db: &TestDb, tmp: &Path, out: &Output, signal: (i32, &
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        db.sql("SELECT coalesce(string_agg(state || ' ' || coalesce(wait_event, '') || ': ' || query, E'\\n'), '') FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'tenant-backup'"),
+        db.sql("SELECT coalesce(string_agg(state || ' ' || coalesce(wait_event, '') || ': ' || query, E'\\n'), '') FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%'"),
         "",
         "sessions left after {}",
         signal.1

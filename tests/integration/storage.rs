@@ -121,7 +121,11 @@ fn suite(env: Vec<(String, String)>) {
         "--tenant",
         "mindcare",
     ]));
-    assert!(text(&out.stdout).contains("deleted 1 backups"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("deleted 1 backup ("),
+        "{}",
+        text(&out.stdout)
+    );
     let out = c(&["download", "--tenant", "mindcare", "--file", mindcare_key, "-o", "-"])
         .output()
         .unwrap();

@@ -82,6 +82,28 @@ impl TestDb {
         cmd
     }
 
+    /// The binary started in the background, with the same environment as [`TestDb::cmd`].
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenant-backup"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("DATABASE_URL", self.url())
+            .env("BACKUP_STORAGE", self.storage())
+            .current_dir(self.dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Every schema but the system ones, comma-separated, sorted.
+    pub fn schemas(&self) -> String {
+        self.sql("SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' AND nspname <> 'information_schema'")
+    }
+
     /// Objects (not hidden temporaries) under the bucket directory, as relative keys, sorted.
     pub fn objects(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -426,4 +448,133 @@ fn http(method: &str, port: u16, path: &str) -> Option<u16> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[path = "proxy.rs"]
+pub mod proxy;
+
+/// A stored object's text, decompressed by its extension.
+pub fn object_text(db: &TestDb, key: &str) -> String {
+    String::from_utf8(decompress(&db.storage().join(key))).unwrap()
+}
+
+/// Replaces a stored object with `bytes` and fixes up its manifest's size and sha256 to match, as
+/// anyone who can write to the bucket could: the checksum then proves nothing.
+pub fn tamper(db: &TestDb, key: &str, bytes: &[u8]) {
+    use sha2::Digest;
+    std::fs::write(db.storage().join(key), bytes).unwrap();
+    let manifest = db.storage().join(format!("{key}.manifest.json"));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["size"] = bytes.len().into();
+    m["sha256"] = hex::encode(sha2::Sha256::digest(bytes)).into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// `dump` with `lines` inserted after the first line that starts with `after`.
+pub fn insert_after(dump: &str, after: &str, lines: &str) -> String {
+    let at = dump
+        .find(&format!("\n{after}"))
+        .unwrap_or_else(|| panic!("no line starting with {after:?}"))
+        + 1;
+    let end = at + dump[at..].find('\n').unwrap() + 1;
+    format!("{}{lines}\n{}", &dump[..end], &dump[end..])
+}
+
+/// The 1-based number of the first line of `text` that contains `needle`.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).unwrap()].matches('\n').count() + 1
+}
+
+/// A directory holding PostgreSQL's client programs as wrappers that append their environment
+/// (one `NAME=value` a line, then `--`) and arguments to `<dir>/<program>.log`, then run the
+/// real program. Returns the wrapper pg_dump, for `PG_DUMP`: psql and pg_restore are found beside it.
+pub fn recording_tools(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let tools = dir.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    for program in ["pg_dump", "psql", "pg_restore"] {
+        let log = tools.join(format!("{program}.log"));
+        let real = cluster().bin(program);
+        let path = tools.join(program);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n{{ env; echo \"-- $*\"; }} >> '{}'\nexec '{}' \"$@\"\n",
+                log.display(),
+                real.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    tools.join("pg_dump")
+}
+
+/// What a recording tool's log holds so far (empty if it never ran).
+pub fn tool_log(pg_dump: &Path, program: &str) -> String {
+    std::fs::read_to_string(pg_dump.with_file_name(format!("{program}.log"))).unwrap_or_default()
+}
+
+/// An application session: psql running `sql` on the test database under `application_name`
+/// (say `BEGIN; LOCK …; SELECT pg_sleep(30)`), killed when dropped.
+pub struct AppSession {
+    child: std::process::Child,
+    app: String,
+    db: String,
+}
+
+impl AppSession {
+    pub fn start(db: &TestDb, app: &str, sql: &str) -> AppSession {
+        let mut child = cluster()
+            .psql_command(&db.name)
+            .env("PGAPPNAME", app)
+            .args(["-c", sql])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Until the session is there and holds what it asked for (it is then sleeping).
+        for _ in 0..100 {
+            let busy = db.sql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = '{app}' AND wait_event = 'PgSleep'"
+            ));
+            if busy == "1" {
+                return AppSession {
+                    child,
+                    app: app.to_string(),
+                    db: db.name.clone(),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the application session {app} did not start");
+    }
+
+    pub fn pid(&self) -> String {
+        self.on_server("pid")
+    }
+
+    fn on_server(&self, what: &str) -> String {
+        cluster()
+            .sql(
+                "postgres",
+                &format!(
+                    "SELECT {what} FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{}'",
+                    self.db, self.app
+                ),
+            )
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AppSession {
+    fn drop(&mut self) {
+        // Killing psql alone would leave its backend asleep, still holding the lock.
+        self.on_server("pg_terminate_backend(pid)");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

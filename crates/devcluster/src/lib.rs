@@ -109,6 +109,12 @@ fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<(), DevClusterError> {
 impl DevCluster {
     /// initdb + postgres, waiting until it accepts connections (password auth over TCP on 127.0.0.1).
     pub fn start() -> Result<DevCluster, DevClusterError> {
+        DevCluster::start_with(&[])
+    }
+
+    /// [`DevCluster::start`] with more server settings (`-c name=value`), e.g. a bench's
+    /// `max_locks_per_transaction` for a pg_dump of 100,000 tables, or `autovacuum=off`.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<DevCluster, DevClusterError> {
         let bin_dir = find_bin_dir()?;
         let user = server_user()?;
         let base = tempfile::Builder::new()
@@ -153,7 +159,7 @@ impl DevCluster {
         let log = base.join("postgres.log");
         let script = format!(
             r#"{postgres} -D {data} -p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off \
--c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB >{log} 2>&1 &
+-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB{extra} >{log} 2>&1 &
 pg=$!
 while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.3; done
 kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
@@ -162,6 +168,10 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
             base = sh_quote(&base),
             log = sh_quote(&log),
             parent = std::process::id(),
+            extra = settings
+                .iter()
+                .map(|(k, v)| format!(" -c {}", sh_quote(Path::new(&format!("{k}={v}")))))
+                .collect::<String>(),
         );
         let mut watcher = Command::new("sh");
         watcher

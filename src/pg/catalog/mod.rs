@@ -1,15 +1,17 @@
 //! The tenant table and each tenant's `BackupRecord` history, exactly as Django's migrations made
-//! them: where they are ([`Catalog`]), the tenant rows ([`tenants`]) and the history rows
-//! ([`records`]). Every statement is unnamed (`query_typed`), so it works through a transaction
+//! them: where they are ([`Catalog`]), the tenant rows ([`tenants`]), the history rows
+//! ([`records`]), and every tenant's history at once ([`histories`]). Every statement is unnamed (`query_typed`), so it works through a transaction
 //! pooler.
 
+mod histories;
 mod records;
 mod tenants;
 
 use crate::error::UsageError;
 use crate::pg::sql::{qualified, QualifiedName};
 
-pub use records::{insert_history, schema_state, BackupKind, BackupRecord, NewRecord};
+pub use histories::{Newest, CHUNK as HISTORY_CHUNK};
+pub use records::{check_backupable, insert_history, schema_state, BackupKind, BackupRecord, InsertError, NewRecord};
 pub use tenants::{Schedule, Tenant};
 
 /// Where the tenant table and the per-schema history table are.

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::Catalog;
 use crate::error::UsageError;
-use crate::pg::connect::pg_context;
+use crate::pg::connect::{describe_pg_error, pg_context};
 use crate::pg::sql::literal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,17 @@ impl BackupKind {
             _ => None,
         }
     }
+}
+
+/// Why a BackupRecord row may not be there.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    /// Certainly not written.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+    /// COMMIT was sent and no answer came back: row `id` may or may not exist.
+    #[error("{source:#}")]
+    CommitLost { id: i64, xid: i64, source: anyhow::Error },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -96,7 +107,9 @@ impl Catalog {
         }
     }
 
-    pub async fn insert_record(&self, client: &Client, schema: &str, rec: &NewRecord<'_>) -> anyhow::Result<i64> {
+    /// Writes the row in a transaction of its own. When the connection is lost at COMMIT, the
+    /// caller learns the row's id and transaction ([`InsertError::CommitLost`]) to ask the server.
+    pub async fn insert_record(&self, client: &Client, schema: &str, rec: &NewRecord<'_>) -> Result<i64, InsertError> {
         let sql = format!(
             "INSERT INTO {} (file_name, file_path, file_size, backup_type, created_at, created_by_id) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -104,7 +117,18 @@ impl Catalog {
         );
         let kind = rec.kind.as_db();
         // A transaction so the deferred foreign key on created_by_id is checked at COMMIT, here.
-        client.batch_execute("BEGIN").await?;
+        let failed = |e: tokio_postgres::Error| {
+            InsertError::Failed(anyhow::anyhow!(
+                "writing the BackupRecord row: {}",
+                describe_pg_error(&e)
+            ))
+        };
+        client.batch_execute("BEGIN").await.map_err(failed)?;
+        let xid: i64 = client
+            .query_typed("SELECT pg_catalog.txid_current()", &[])
+            .await
+            .map_err(failed)?[0]
+            .get(0);
         let result = client
             .query_typed(
                 &sql,
@@ -122,18 +146,26 @@ impl Catalog {
             Ok(rows) => rows[0].get::<_, i64>(0),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                anyhow::bail!(
+                return Err(InsertError::Failed(anyhow::anyhow!(
                     "writing the BackupRecord row into {}: {}",
                     self.records_in(schema),
-                    crate::pg::connect::describe_pg_error(&e)
-                );
+                    describe_pg_error(&e)
+                )));
             }
         };
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(pg_context("committing the BackupRecord row"))?;
-        Ok(id)
+        match client.batch_execute("COMMIT").await {
+            Ok(()) => Ok(id),
+            // The server answered: it refused (a deferred foreign key), nothing was written.
+            Err(e) if e.as_db_error().is_some() => Err(InsertError::Failed(anyhow::anyhow!(
+                "committing the BackupRecord row: {}",
+                describe_pg_error(&e)
+            ))),
+            Err(e) => Err(InsertError::CommitLost {
+                id,
+                xid,
+                source: anyhow::anyhow!("committing the BackupRecord row: {}", describe_pg_error(&e)),
+            }),
+        }
     }
 
     /// The tenant's history, newest first, with the creator's email when the users table is there.
@@ -176,6 +208,23 @@ impl Catalog {
             .collect())
     }
 
+    /// The history, or None when the tenant has no history table (its schema was dropped): a
+    /// restore from a named object needs no history.
+    pub async fn records_if_present(&self, client: &Client, schema: &str) -> anyhow::Result<Option<Vec<BackupRecord>>> {
+        let exists: bool = client
+            .query_typed(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[(&self.records_in(schema), Type::TEXT)],
+            )
+            .await
+            .map_err(pg_context(format!("looking for {}", self.records_in(schema))))?[0]
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        self.records(client, schema).await.map(Some)
+    }
+
     /// The newest backup of each type: `(newest any, newest automatic)`.
     pub async fn newest_backups(
         &self,
@@ -215,6 +264,40 @@ pub fn insert_history(records: &str, users: &str, from: &str) -> String {
          SELECT setval(pg_get_serial_sequence({}, 'id'), GREATEST((SELECT max(id) FROM {records}), 1));\n",
         literal(records)
     )
+}
+
+/// Why a tenant cannot be backed up, if it cannot: its schema or history table is missing, or the
+/// tool's role may not use them. Checked before anything is dumped.
+pub async fn check_backupable(client: &Client, catalog: &Catalog, schema: &str) -> anyhow::Result<()> {
+    let rows = client
+        .query_typed(
+            "SELECT n.oid IS NOT NULL, c.oid IS NOT NULL, \
+                    coalesce(has_schema_privilege(n.oid, 'USAGE'), false), \
+                    coalesce(has_table_privilege(c.oid, 'SELECT, INSERT'), false) \
+             FROM (SELECT 1) one \
+             LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1 \
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[(&schema, Type::TEXT), (&catalog.records_table.as_str(), Type::TEXT)],
+        )
+        .await
+        .map_err(pg_context(format!("looking at schema {schema}")))?;
+    let (schema_there, table_there, usage, write): (bool, bool, bool, bool) =
+        (rows[0].get(0), rows[0].get(1), rows[0].get(2), rows[0].get(3));
+    let records = catalog.records_in(schema);
+    if !schema_there {
+        anyhow::bail!(
+            "schema {schema} does not exist, though the tenant table lists it: restore it (`tenant-backup restore --tenant {schema} --latest`) or remove the tenant row"
+        );
+    }
+    if !table_there {
+        anyhow::bail!(
+            "{records} does not exist: run the application's migrations for this tenant (or restore it); nothing was dumped"
+        );
+    }
+    if !usage || !write {
+        anyhow::bail!("the tool's role may not read and write {records}: grant it USAGE on the schema and SELECT, INSERT on the table");
+    }
+    Ok(())
 }
 
 /// Does `schema` exist, and does it hold the history table?

@@ -100,6 +100,16 @@ impl Catalog {
         Ok((good, bad.into_iter().map(|t| t.schema_name).collect()))
     }
 
+    /// How many tenants there are (`public` not counted).
+    pub async fn tenant_count(&self, client: &Client) -> anyhow::Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE schema_name <> 'public'",
+            self.tenants_table.quoted()
+        );
+        let rows = client.query_typed(&sql, &[]).await.map_err(|e| self.table_error(e))?;
+        Ok(rows[0].get::<_, i64>(0).max(0) as u64)
+    }
+
     /// Every `schema_name` in the tenant table, `public` and rejected names included: schemas that
     /// are somebody's, whatever they look like.
     pub async fn listed_schemas(&self, client: &Client) -> anyhow::Result<Vec<String>> {

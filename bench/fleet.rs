@@ -1,0 +1,500 @@
+//! `cargo bench --bench fleet`: what tenants cost as a database grows from 10 tenants to
+//! BENCH_TENANTS (default 1,000; `BENCH_TENANTS=10000` for the big one). The tenants are the
+//! fixture's three plus copies of its `mindcare` schema (15 tables, a few dozen rows), built from
+//! its structure with one generated script per psql session. At each size it prints, side by side,
+//! wall time (medians of interleaved runs) and the server's CPU time (means):
+//!
+//! 1. one tenant's backup: `pg_dump -n S > /dev/null` against `tenant-backup backup --tenant S`
+//!    with `--format sql`, `--format json` and the default `auto` (BENCH_REPEAT runs, default 5);
+//! 2. the whole fleet: `backup --all` and a `run-scheduled` tick with every tenant due, against one
+//!    whole-database `pg_dump | zstd` (BENCH_FLEET_REPEAT runs, default 3), with the peak RSS;
+//! 3. `list`, `status` and `cleanup --dry-run --days 30 --orphans` against
+//!    `psql -c 'select count(*) from public.tenants_clinic'` (BENCH_REPEAT runs).
+//!
+//! Then the growth: each figure at the big size over the same at 10 tenants. BENCH_SQL_ALL=1 adds
+//! `backup --all --format sql` to the fleet runs (pg_dump per tenant: slow at 1,000 tenants).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use devcluster::DevCluster;
+
+#[path = "common.rs"]
+mod common;
+use common::{die, env_or, measure, num_cpus};
+
+const DB: &str = "fleet";
+/// The tenant measured alone: a copy, the same at every size.
+const ONE: &str = "clinic_00001";
+const SMALL: usize = 10;
+
+/// Wall time and server CPU of one run.
+#[derive(Clone, Copy)]
+struct Cost {
+    wall: Duration,
+    server: Duration,
+    rss_kb: u64,
+}
+
+struct Bench<'a> {
+    cluster: &'a DevCluster,
+    bin: &'a str,
+    url: String,
+    work: &'a Path,
+    postmaster: i32,
+    /// The bucket of the last fleet run, kept for `cleanup --orphans` to list.
+    bucket: PathBuf,
+    /// Tenants now.
+    size: usize,
+}
+
+fn main() {
+    let big: usize = env_or("BENCH_TENANTS", 1000);
+    let repeat: usize = env_or("BENCH_REPEAT", 5);
+    let fleet_repeat: usize = env_or("BENCH_FLEET_REPEAT", 3);
+    let sql_all = std::env::var("BENCH_SQL_ALL").is_ok_and(|v| v == "1");
+    if big <= SMALL {
+        die(&format!("BENCH_TENANTS must be above {SMALL}"));
+    }
+    // A whole-database pg_dump locks every table (15 per tenant, and their sequences); autovacuum,
+    // busy with the new tables, would add its own work to the measurements.
+    let cluster = DevCluster::start_with(&[("max_locks_per_transaction", "2048"), ("autovacuum", "off")])
+        .unwrap_or_else(|e| die(&e.to_string()));
+    cluster
+        .create_database(DB, None)
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_tenants.sql");
+    cluster.load_file(DB, &fixture).unwrap_or_else(|e| die(&e.to_string()));
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = cluster
+        .sql(DB, "SELECT current_setting('data_directory')")
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let postmaster = std::fs::read_to_string(Path::new(&data_dir).join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or_else(|| die("cannot read the server's pid"));
+    let bench = Bench {
+        cluster: &cluster,
+        bin: env!("CARGO_BIN_EXE_tenant-backup"),
+        url: cluster.url(DB),
+        work: work.path(),
+        postmaster,
+        bucket: work.path().join("none"),
+        size: 0,
+    };
+    let template = bench.template();
+    let version = bench.sql("SHOW server_version");
+    println!(
+        "fleet bench: PostgreSQL {version}, {} cores; tenants = the fixture's 3 + copies of mindcare (15 tables each)",
+        num_cpus()
+    );
+    println!("medians of {repeat} interleaved runs ({fleet_repeat} for whole fleets); the machine may be shared, so look at ratios within one size");
+
+    let mut bench = bench;
+    let mut results: Vec<(usize, Vec<(&'static str, Cost)>)> = Vec::new();
+    for n in [SMALL, big] {
+        let built = bench.grow(&template, n);
+        bench.size = n;
+        println!(
+            "\n== {n} tenants ({} relations; built in {:.0} s)",
+            bench.sql("SELECT count(*) FROM pg_class"),
+            built.as_secs_f64()
+        );
+        let mut r = Vec::new();
+        bench.single(repeat, &mut r);
+        bench.fleet(fleet_repeat, sql_all, &mut r);
+        bench.listings(repeat, &mut r);
+        results.push((n, r));
+    }
+
+    let (small, big_r) = (&results[0].1, &results[1].1);
+    println!("\n== growth from {SMALL} to {big} tenants (the big size's median over the small size's)");
+    println!(
+        "{:<52} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8}",
+        "", "wall", "", "", "server CPU", "", ""
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8}",
+        "measure", SMALL, big, "growth", SMALL, big, "growth"
+    );
+    for (name, b) in big_r {
+        let Some((_, s)) = small.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        println!(
+            "{:<52} {:>10} {:>10} {:>7.2}x {:>12} {:>12} {:>7.2}x",
+            name,
+            secs(s.wall),
+            secs(b.wall),
+            b.wall.as_secs_f64() / s.wall.as_secs_f64().max(1e-6),
+            secs(s.server),
+            secs(b.server),
+            b.server.as_secs_f64() / s.server.as_secs_f64().max(1e-6),
+        );
+    }
+    cluster.stop();
+}
+
+fn secs(d: Duration) -> String {
+    if d.as_secs_f64() < 10.0 {
+        format!("{:.3} s", d.as_secs_f64())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// The median wall time; the server's CPU as a mean (the kernel counts it in 10 ms ticks, so a
+/// median of short runs would be mostly rounding).
+fn median(mut v: Vec<Cost>) -> Cost {
+    v.sort_by_key(|c| c.wall);
+    let server = v.iter().map(|c| c.server).sum::<Duration>() / v.len().max(1) as u32;
+    let mid = v[v.len() / 2];
+    Cost {
+        server,
+        rss_kb: v.iter().map(|c| c.rss_kb).max().unwrap_or(0),
+        ..mid
+    }
+}
+
+impl Bench<'_> {
+    fn sql(&self, q: &str) -> String {
+        self.cluster.sql(DB, q).unwrap_or_else(|e| die(&e.to_string()))
+    }
+
+    fn libpq(&self, c: &mut Command) {
+        c.env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.cluster.port.to_string())
+            .env("PGUSER", "postgres")
+            .env("PGPASSWORD", &self.cluster.password)
+            .env("PGDATABASE", DB);
+    }
+
+    /// mindcare's structure as pg_dump prints it, to be copied under other names.
+    fn template(&self) -> String {
+        let mut c = Command::new(self.cluster.bin("pg_dump"));
+        c.args(["-n", "mindcare", "--schema-only", "--no-owner", "--no-privileges"]);
+        self.libpq(&mut c);
+        let out = c.output().unwrap_or_else(|e| die(&e.to_string()));
+        if !out.status.success() {
+            die(&String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                !l.starts_with('\\')
+                    && !l.starts_with("--")
+                    && !l.starts_with("SET ")
+                    && !l.starts_with("SELECT pg_catalog.set_config")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Copies of mindcare (structure, rows, sequence values, a tenant row) until there are `n`
+    /// tenants, two psql sessions at once; then the catalogs are analyzed, as autovacuum would.
+    fn grow(&self, template: &str, n: usize) -> Duration {
+        let start = Instant::now();
+        let have: usize = self
+            .sql("SELECT count(*) FROM public.tenants_clinic WHERE schema_name <> 'public'")
+            .parse()
+            .unwrap();
+        let tables: Vec<String> = self
+            .sql("SELECT tablename FROM pg_tables WHERE schemaname = 'mindcare' ORDER BY 1")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let clones: Vec<usize> = (have - 2..=n - 3).collect();
+        let sessions: Vec<_> = clones
+            .chunks(clones.len().div_ceil(2).max(1))
+            .map(|part| {
+                let mut script = String::from("SET client_min_messages = warning;\n");
+                for i in part {
+                    let s = format!("clinic_{i:05}");
+                    script.push_str("BEGIN;\n");
+                    script.push_str(&template.replace("mindcare.", &format!("{s}.")).replace("SCHEMA mindcare;", &format!("SCHEMA {s};")));
+                    script.push('\n');
+                    for t in &tables {
+                        script.push_str(&format!("INSERT INTO {s}.{t} OVERRIDING SYSTEM VALUE SELECT * FROM mindcare.{t};\n"));
+                    }
+                    script.push_str(&format!(
+                        "SELECT setval(format('%I.%I', '{s}', sequencename), last_value) FROM pg_sequences WHERE schemaname = 'mindcare' AND last_value IS NOT NULL;\n\
+                         INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) VALUES ('{s}', 'Clinic {i}', 'daily');\nCOMMIT;\n"
+                    ));
+                }
+                let mut c = self.cluster.psql_command(DB);
+                c.stdin(Stdio::piped()).stdout(Stdio::null());
+                let mut child = c.spawn().unwrap_or_else(|e| die(&e.to_string()));
+                let mut stdin = child.stdin.take().unwrap();
+                let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+                (child, writer)
+            })
+            .collect();
+        for (mut child, writer) in sessions {
+            writer.join().unwrap().unwrap_or_else(|e| die(&e.to_string()));
+            if !child.wait().unwrap().success() {
+                die("building the tenants failed");
+            }
+        }
+        self.sql("ANALYZE pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalog.pg_depend, pg_catalog.pg_constraint, pg_catalog.pg_index, pg_catalog.pg_type, pg_catalog.pg_namespace, pg_catalog.pg_attrdef, pg_catalog.pg_sequence, pg_catalog.pg_description, public.tenants_clinic");
+        start.elapsed()
+    }
+
+    /// The server's CPU time so far: the postmaster's, its finished children's, its live ones'.
+    fn server_cpu(&self) -> Duration {
+        let ticks = |fields: &[&str], from: usize, n: usize| -> u64 {
+            fields[from..from + n]
+                .iter()
+                .filter_map(|f| f.parse::<u64>().ok())
+                .sum()
+        };
+        let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let fields = |s: &str| -> Vec<String> {
+            // After the command name, which may hold spaces: state is field 3.
+            let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+            rest.split_whitespace().map(str::to_string).collect()
+        };
+        let mut total = 0u64;
+        if let Some(s) = stat(&self.postmaster.to_string()) {
+            let f = fields(&s);
+            let f: Vec<&str> = f.iter().map(String::as_str).collect();
+            // utime stime cutime cstime are fields 14-17, i.e. 11-14 after the name.
+            total += ticks(&f, 11, 4);
+        }
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Some(s) = stat(&name) else { continue };
+            let f = fields(&s);
+            if f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(self.postmaster) {
+                let f: Vec<&str> = f.iter().map(String::as_str).collect();
+                total += ticks(&f, 11, 2);
+            }
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_micros(total * 1_000_000 / hz)
+    }
+
+    fn tool(&self, args: &[&str], store: &Path) -> Command {
+        let mut c = Command::new(self.bin);
+        c.args(["-q", "--no-progress"])
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .env("BACKUP_STORAGE", store)
+            .env("TMPDIR", self.work)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs a command to its end (exit codes up to `ok_up_to` count as success).
+    fn run(&mut self, mut c: Command, ok_up_to: i32) -> Cost {
+        let before = self.server_cpu();
+        let start = Instant::now();
+        let out = c.output().unwrap_or_else(|e| die(&e.to_string()));
+        let wall = start.elapsed();
+        let server = self.server_cpu().saturating_sub(before);
+        if out.status.code().is_none_or(|code| code > ok_up_to) {
+            die(&format!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Cost {
+            wall,
+            server,
+            rss_kb: 0,
+        }
+    }
+
+    /// Like `run`, with the peak RSS of the process (and its children).
+    fn run_measured(&mut self, mut c: Command, name: &str) -> Cost {
+        c.stderr(Stdio::null());
+        let before = self.server_cpu();
+        let r = measure(c, name);
+        Cost {
+            wall: r.wall,
+            server: self.server_cpu().saturating_sub(before),
+            rss_kb: r.own_rss_kb,
+        }
+    }
+
+    fn single(&mut self, repeat: usize, out: &mut Vec<(&'static str, Cost)>) {
+        let store = self.work.join("single");
+        let names: [&'static str; 4] = [
+            "one tenant: pg_dump -n S > /dev/null",
+            "one tenant: backup --format sql",
+            "one tenant: backup --format json",
+            "one tenant: backup (auto)",
+        ];
+        let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); names.len()];
+        for _ in 0..repeat {
+            let mut c = Command::new(self.cluster.bin("pg_dump"));
+            c.args(["-n", ONE, "--no-owner", "--no-privileges"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            self.libpq(&mut c);
+            costs[0].push(self.run(c, 0));
+            costs[1].push(self.run(self.tool(&["backup", "--tenant", ONE, "--format", "sql"], &store), 0));
+            costs[2].push(self.run(self.tool(&["backup", "--tenant", ONE, "--format", "json"], &store), 0));
+            costs[3].push(self.run(self.tool(&["backup", "--tenant", ONE], &store), 0));
+        }
+        let base = median(costs[0].clone());
+        println!(
+            "{:<52} {:>10} {:>8} {:>12}",
+            "one tenant's backup", "wall", "ratio", "server CPU"
+        );
+        for (name, c) in names.iter().zip(costs) {
+            let m = median(c);
+            println!(
+                "{:<52} {:>10} {:>7.2}x {:>12}",
+                name,
+                secs(m.wall),
+                m.wall.as_secs_f64() / base.wall.as_secs_f64(),
+                secs(m.server)
+            );
+            out.push((name, m));
+        }
+        let _ = std::fs::remove_dir_all(&store);
+    }
+
+    /// One whole-database `pg_dump | zstd -3` into a file: the floor for backing everyone up.
+    fn whole_dump(&mut self) -> Cost {
+        let file = self.work.join("whole.sql.zst");
+        let before = self.server_cpu();
+        let start = Instant::now();
+        let mut c = Command::new(self.cluster.bin("pg_dump"));
+        c.args(["--no-owner", "--no-privileges"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        self.libpq(&mut c);
+        let mut child = c.spawn().unwrap_or_else(|e| die(&e.to_string()));
+        let mut stdout = child.stdout.take().unwrap();
+        let dest = std::fs::File::create(&file).unwrap();
+        zstd::stream::copy_encode(&mut stdout, dest, 3).unwrap_or_else(|e| die(&e.to_string()));
+        if !child.wait().unwrap().success() {
+            die("the whole-database pg_dump failed");
+        }
+        let wall = start.elapsed();
+        let _ = std::fs::remove_file(&file);
+        Cost {
+            wall,
+            server: self.server_cpu().saturating_sub(before),
+            rss_kb: 0,
+        }
+    }
+
+    fn fleet(&mut self, repeat: usize, sql_all: bool, out: &mut Vec<(&'static str, Cost)>) {
+        let mut names: Vec<&'static str> = vec![
+            "fleet: pg_dump (whole database) | zstd",
+            "fleet: backup --all (auto)",
+            "fleet: run-scheduled, every tenant due",
+        ];
+        if sql_all {
+            names.push("fleet: backup --all --format sql");
+        }
+        let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); names.len()];
+        for round in 0..repeat {
+            costs[0].push(self.whole_dump());
+            let store = self.work.join(format!("all-{}-{round}", self.size));
+            costs[1].push(self.run_measured(self.tool(&["backup", "--all"], &store), "backup --all"));
+            let _ = std::fs::remove_dir_all(&store);
+            self.sql("UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = NULL");
+            let store = self.work.join(format!("tick-{}-{round}", self.size));
+            costs[2].push(self.run_measured(self.tool(&["run-scheduled"], &store), "run-scheduled"));
+            let due = self.sql(
+                "SELECT count(*) FROM public.tenants_clinic WHERE last_backup_at IS NULL AND schema_name <> 'public'",
+            );
+            if due != "0" {
+                die(&format!("{due} tenants were not backed up by the tick"));
+            }
+            // The last tick's objects stay for cleanup --orphans to list.
+            let _ = std::fs::remove_dir_all(&self.bucket);
+            self.bucket = store;
+            if sql_all {
+                let store = self.work.join(format!("sql-{}-{round}", self.size));
+                costs[3].push(self.run_measured(
+                    self.tool(&["backup", "--all", "--format", "sql"], &store),
+                    "backup --all sql",
+                ));
+                let _ = std::fs::remove_dir_all(&store);
+            }
+        }
+        let base = median(costs[0].clone());
+        println!(
+            "{:<52} {:>10} {:>8} {:>12} {:>10}",
+            "every tenant", "wall", "ratio", "server CPU", "peak RSS"
+        );
+        for (name, c) in names.iter().zip(costs) {
+            let m = median(c);
+            println!(
+                "{:<52} {:>10} {:>7.2}x {:>12} {:>10}",
+                name,
+                secs(m.wall),
+                m.wall.as_secs_f64() / base.wall.as_secs_f64(),
+                secs(m.server),
+                if m.rss_kb > 0 {
+                    format!("{:.1} MB", m.rss_kb as f64 / 1024.0)
+                } else {
+                    "-".into()
+                }
+            );
+            out.push((name, m));
+        }
+    }
+
+    fn listings(&mut self, repeat: usize, out: &mut Vec<(&'static str, Cost)>) {
+        let store = self.bucket.clone();
+        let names: [&'static str; 4] = [
+            "all tenants: psql -c 'select count(*) …'",
+            "all tenants: list",
+            "all tenants: status",
+            "all tenants: cleanup --dry-run --days 30 --orphans",
+        ];
+        let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); names.len()];
+        for _ in 0..repeat {
+            let mut c = self.cluster.psql_command(DB);
+            c.args(["-c", "select count(*) from public.tenants_clinic"])
+                .stdout(Stdio::null());
+            costs[0].push(self.run(c, 0));
+            costs[1].push(self.run(self.tool(&["list"], &store), 0));
+            costs[2].push(self.run(self.tool(&["status"], &store), 1));
+            costs[3].push(self.run(
+                self.tool(&["cleanup", "--dry-run", "--days", "30", "--orphans"], &store),
+                1,
+            ));
+        }
+        let base = median(costs[0].clone());
+        println!(
+            "{:<52} {:>10} {:>8} {:>12}",
+            "over all tenants", "wall", "ratio", "server CPU"
+        );
+        for (name, c) in names.iter().zip(costs) {
+            let m = median(c);
+            println!(
+                "{:<52} {:>10} {:>7.2}x {:>12}",
+                name,
+                secs(m.wall),
+                m.wall.as_secs_f64() / base.wall.as_secs_f64(),
+                secs(m.server)
+            );
+            out.push((name, m));
+        }
+        let objects = walk_count(&store);
+        println!("  (the bucket: a local directory holding {objects} objects)");
+    }
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += walk_count(&p);
+        } else {
+            n += 1;
+        }
+    }
+    n
+}

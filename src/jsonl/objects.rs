@@ -1,0 +1,525 @@
+//! What the catalog holds for one schema, read only through indexes, so that the cost does not grow
+//! with the number of schemas in the database: `pg_class` has no index on `relnamespace` alone, so
+//! a filter on it scans every relation of every tenant. Instead the schema's oid comes first, then
+//! the objects that depend on it (`pg_depend_reference_index`), then each per-relation catalog by
+//! the relations' oids (`attrelid`, `conrelid`, `indrelid`, `tgrelid`, `seqrelid`, `ev_class`: all
+//! indexed). The first query finds the objects; the rest go out pipelined, in one round trip.
+//!
+//! Definitions come from the server's own deparsers (`pg_get_indexdef`, `pg_get_constraintdef`,
+//! `pg_get_viewdef`, `pg_get_functiondef`, `pg_get_triggerdef`, `pg_get_expr`, `format_type`) with
+//! only `pg_catalog` on the search path, so every other name comes out qualified, as in pg_dump's
+//! output.
+
+use anyhow::{Context as _, Result};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row};
+
+#[derive(Clone, Debug, Default)]
+pub struct SchemaObjects {
+    pub comment: Option<String>,
+    /// Tables, views, materialized views and sequences, by oid.
+    pub relations: Vec<Relation>,
+    pub columns: Vec<Attribute>,
+    pub constraints: Vec<Constraint>,
+    pub indexes: Vec<Index>,
+    pub triggers: Vec<Trigger>,
+    pub sequences: Vec<Sequence>,
+    pub functions: Vec<Function>,
+    pub enums: Vec<EnumType>,
+    pub extensions: Vec<String>,
+    pub rules: Vec<Rule>,
+    pub statistics: Vec<String>,
+    /// `(view, view it reads)`, both in the schema.
+    pub view_deps: Vec<(u32, u32)>,
+    /// Objects the native structure does not carry, described by the server.
+    pub unsupported: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Relation {
+    pub oid: u32,
+    pub name: String,
+    /// `r` table, `p` partitioned table, `v` view, `m` materialized view, `S` sequence, …
+    pub kind: String,
+    pub unlogged: bool,
+    pub options: Vec<String>,
+    pub is_partition: bool,
+    /// A typed table (`OF type`) or an inheritance child: carried as data only.
+    pub inherits: bool,
+    pub row_security: bool,
+    pub force_row_security: bool,
+    /// `d`, `n`, `f`, `i`.
+    pub replica_identity: String,
+    pub populated: bool,
+    pub comment: Option<String>,
+    pub view_def: Option<String>,
+    pub tablespace: Option<String>,
+}
+
+impl Relation {
+    /// A table whose rows the dump carries (a partitioned table's through the parent).
+    pub fn holds_data(&self) -> bool {
+        matches!(self.kind.as_str(), "r" | "p") && !self.is_partition
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Attribute {
+    pub rel: u32,
+    pub num: i16,
+    pub name: String,
+    pub type_name: String,
+    pub not_null: bool,
+    /// `a` (always), `d` (by default) or empty.
+    pub identity: String,
+    /// `s` (stored) or empty.
+    pub generated: String,
+    pub default: Option<String>,
+    pub collation: Option<String>,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Constraint {
+    pub rel: u32,
+    pub name: String,
+    /// `p`, `u`, `x`, `c`, `f`, `t`.
+    pub kind: String,
+    pub def: String,
+    pub validated: bool,
+    pub local: bool,
+    pub references: u32,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub rel: u32,
+    pub name: String,
+    pub def: String,
+    pub clustered: bool,
+    pub replica_identity: bool,
+    /// Made by a primary key, unique or exclusion constraint (created with it).
+    pub of_constraint: bool,
+    pub valid: bool,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Trigger {
+    pub rel: u32,
+    pub name: String,
+    pub def: String,
+    /// `O` (origin, the default), `D` disabled, `R` replica, `A` always.
+    pub enabled: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sequence {
+    pub oid: u32,
+    pub type_name: String,
+    pub start: i64,
+    pub increment: i64,
+    pub max: i64,
+    pub min: i64,
+    pub cache: i64,
+    pub cycle: bool,
+    pub last_value: Option<i64>,
+    /// The column that owns it: `(table oid, column number, 'a' OWNED BY | 'i' identity)`.
+    pub owner: Option<(u32, i32, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Function {
+    pub name: String,
+    pub kind: String,
+    pub identity_args: String,
+    pub def: Option<String>,
+    /// Its body is parsed at creation (`BEGIN ATOMIC`), or its signature uses a row type of the
+    /// schema: it can only be created once the tables are there.
+    pub needs_tables: bool,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EnumType {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub rel: u32,
+    pub name: String,
+    pub def: String,
+    pub comment: Option<String>,
+}
+
+const OBJECTS: &str = "\
+SELECT n.oid, obj_description(n.oid, 'pg_namespace'), current_setting('server_version_num')::int, \
+  ARRAY(SELECT d.objid FROM pg_depend d WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid \
+        AND d.classid = 'pg_class'::regclass AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid \
+        AND e.objid = d.objid AND e.deptype = 'e') ORDER BY 1), \
+  ARRAY(SELECT d.objid FROM pg_depend d WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid \
+        AND d.classid = 'pg_proc'::regclass AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid \
+        AND e.objid = d.objid AND e.deptype = 'e') ORDER BY 1), \
+  ARRAY(SELECT d.objid FROM pg_depend d WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid \
+        AND d.classid = 'pg_type'::regclass AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid \
+        AND e.objid = d.objid AND e.deptype = 'e') ORDER BY 1), \
+  ARRAY(SELECT d.objid FROM pg_depend d WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid \
+        AND d.classid = 'pg_statistic_ext'::regclass ORDER BY 1), \
+  ARRAY(SELECT x.extname::text FROM pg_depend d JOIN pg_extension x ON x.oid = d.objid \
+        WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.classid = 'pg_extension'::regclass ORDER BY 1), \
+  ARRAY(SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d \
+        WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid \
+        AND d.classid NOT IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_type'::regclass, \
+                              'pg_statistic_ext'::regclass, 'pg_extension'::regclass) \
+        AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e') \
+        ORDER BY 1) \
+FROM pg_namespace n WHERE n.nspname = $1";
+
+const RELATIONS: &str = "\
+SELECT c.oid, c.relname::text, c.relkind::text, c.relpersistence = 'u', coalesce(c.reloptions::text[], '{}'), \
+  c.relispartition, c.reloftype <> 0 OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), \
+  c.relrowsecurity, c.relforcerowsecurity, c.relreplident::text, c.relispopulated, obj_description(c.oid, 'pg_class'), \
+  CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END, \
+  (SELECT t.spcname::text FROM pg_tablespace t WHERE t.oid = c.reltablespace) \
+FROM pg_class c WHERE c.oid = ANY($1) ORDER BY c.oid";
+
+const COLUMNS: &str = "\
+SELECT a.attrelid, a.attnum, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity::text, \
+  a.attgenerated::text, \
+  (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum), \
+  (SELECT format('%I.%I', (SELECT cn.nspname FROM pg_namespace cn WHERE cn.oid = co.collnamespace), co.collname) \
+     FROM pg_collation co WHERE co.oid = a.attcollation \
+     AND a.attcollation <> (SELECT t.typcollation FROM pg_type t WHERE t.oid = a.atttypid)), \
+  col_description(a.attrelid, a.attnum) \
+FROM pg_attribute a WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum";
+
+const CONSTRAINTS: &str = "\
+SELECT k.conrelid, k.conname::text, k.contype::text, pg_get_constraintdef(k.oid), k.convalidated, k.conislocal, \
+  k.confrelid, obj_description(k.oid, 'pg_constraint') \
+FROM pg_constraint k WHERE k.conrelid = ANY($1) ORDER BY k.conrelid, k.conname";
+
+const INDEXES: &str = "\
+SELECT i.indrelid, (SELECT c.relname::text FROM pg_class c WHERE c.oid = i.indexrelid), pg_get_indexdef(i.indexrelid), \
+  i.indisclustered, i.indisreplident, \
+  EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = i.indrelid AND k.conindid = i.indexrelid \
+          AND k.contype IN ('p', 'u', 'x')), \
+  i.indisvalid, obj_description(i.indexrelid, 'pg_class') \
+FROM pg_index i WHERE i.indrelid = ANY($1) ORDER BY 2";
+
+const TRIGGERS: &str = "\
+SELECT t.tgrelid, t.tgname::text, pg_get_triggerdef(t.oid), t.tgenabled::text, obj_description(t.oid, 'pg_trigger') \
+FROM pg_trigger t WHERE t.tgrelid = ANY($1) AND NOT t.tgisinternal ORDER BY 1, 2";
+
+const SEQUENCES: &str = "\
+SELECT s.seqrelid, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmax, s.seqmin, s.seqcache, s.seqcycle, \
+  CASE WHEN has_sequence_privilege(s.seqrelid, 'SELECT,USAGE') THEN pg_sequence_last_value(s.seqrelid) END, \
+  o.refobjid, o.refobjsubid, o.deptype::text \
+FROM pg_sequence s LEFT JOIN LATERAL ( \
+  SELECT d.refobjid, d.refobjsubid, d.deptype FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+    AND d.objid = s.seqrelid AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') LIMIT 1) o ON true \
+WHERE s.seqrelid = ANY($1) ORDER BY s.seqrelid";
+
+/// `{body}` is `p.prosqlbody IS NOT NULL` from PostgreSQL 14 on, `false` before.
+const FUNCTIONS: &str = "\
+SELECT p.proname::text, p.prokind::text, pg_get_function_identity_arguments(p.oid), \
+  CASE WHEN p.prokind IN ('f', 'p', 'w') THEN pg_get_functiondef(p.oid) END, \
+  {body} OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_type t ON t.oid = d.refobjid \
+    WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.refclassid = 'pg_type'::regclass \
+    AND t.typnamespace = p.pronamespace AND t.typtype <> 'e' \
+    AND (t.typrelid <> 0 OR (SELECT e.typrelid FROM pg_type e WHERE e.oid = t.typelem) <> 0)), \
+  obj_description(p.oid, 'pg_proc') \
+FROM pg_proc p WHERE p.oid = ANY($1) ORDER BY p.oid";
+
+const TYPES: &str = "\
+SELECT t.typname::text, t.typtype::text, \
+  ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder), \
+  obj_description(t.oid, 'pg_type'), format_type(t.oid, NULL) \
+FROM pg_type t WHERE t.oid = ANY($1) ORDER BY t.oid";
+
+const RULES: &str = "\
+SELECT r.ev_class, r.rulename::text, pg_get_ruledef(r.oid), obj_description(r.oid, 'pg_rewrite') \
+FROM pg_rewrite r WHERE r.ev_class = ANY($1) AND r.rulename <> '_RETURN' ORDER BY 1, 2";
+
+const VIEW_DEPS: &str = "\
+SELECT DISTINCT r.ev_class, d.refobjid FROM pg_rewrite r \
+JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+WHERE r.ev_class = ANY($1) AND d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY($1) AND d.refobjid <> r.ev_class";
+
+const POLICIES: &str = "\
+SELECT format('policy %I on %s', p.polname, p.polrelid::regclass) FROM pg_policy p WHERE p.polrelid = ANY($1) ORDER BY 1";
+
+const STATISTICS: &str =
+    "SELECT pg_get_statisticsobjdef(s.oid) FROM pg_statistic_ext s WHERE s.oid = ANY($1) ORDER BY s.oid";
+
+/// Catalog reads that must stay on indexes, whatever the planner thinks of the catalogs' sizes.
+/// Set inside the caller's transaction and put back afterwards (the data is read with seq scans).
+const INDEXES_ONLY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
+const INDEXES_ONLY_END: &str =
+    "SET LOCAL enable_seqscan TO DEFAULT; SET LOCAL enable_bitmapscan TO DEFAULT; SET LOCAL search_path TO DEFAULT";
+
+/// How much of the schema to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Tables, their columns and foreign keys: enough to load data.
+    Tables,
+    /// Everything the native format carries.
+    Structure,
+}
+
+async fn query(client: &Client, sql: &str, oids: &Vec<u32>) -> Result<Vec<Row>> {
+    Ok(client
+        .query_typed(sql, &[(oids as &(dyn ToSql + Sync), Type::OID_ARRAY)])
+        .await?)
+}
+
+impl SchemaObjects {
+    /// Reads the schema's objects inside the caller's transaction (a dump's snapshot). None when
+    /// the schema does not exist. The planner settings and search path it needs are put back
+    /// afterwards.
+    pub async fn read(client: &Client, schema: &str, scope: Scope) -> Result<Option<SchemaObjects>> {
+        client
+            .batch_execute(&format!("SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}"))
+            .await?;
+        let result = Self::read_inner(client, schema, scope).await;
+        client.batch_execute(INDEXES_ONLY_END).await?;
+        result.with_context(|| format!("reading the catalog of schema {schema}"))
+    }
+
+    async fn read_inner(client: &Client, schema: &str, scope: Scope) -> Result<Option<SchemaObjects>> {
+        let rows = client.query_typed(OBJECTS, &[(&schema, Type::TEXT)]).await?;
+        let Some(top) = rows.first() else {
+            return Ok(None);
+        };
+        let version: i32 = top.get(2);
+        let rels: Vec<u32> = top.get(3);
+        let procs: Vec<u32> = top.get(4);
+        let types: Vec<u32> = top.get(5);
+        let stats: Vec<u32> = top.get(6);
+        let mut out = SchemaObjects {
+            comment: top.get(1),
+            extensions: top.get(7),
+            unsupported: top.get(8),
+            ..Default::default()
+        };
+
+        out.relations = query(client, RELATIONS, &rels).await?.iter().map(relation).collect();
+        let with_columns: Vec<u32> = out.relations.iter().filter(|r| r.kind != "S").map(|r| r.oid).collect();
+        if scope == Scope::Tables {
+            let (columns, constraints) = futures::try_join!(
+                query(client, COLUMNS, &with_columns),
+                query(client, CONSTRAINTS, &with_columns)
+            )?;
+            out.columns = columns.iter().map(attribute).collect();
+            out.constraints = constraints.iter().map(constraint).collect();
+            return Ok(Some(out));
+        }
+        let seqs: Vec<u32> = out.relations.iter().filter(|r| r.kind == "S").map(|r| r.oid).collect();
+        let tables: Vec<u32> = out
+            .relations
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "r" | "p"))
+            .map(|r| r.oid)
+            .collect();
+        let views: Vec<u32> = out
+            .relations
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "v" | "m"))
+            .map(|r| r.oid)
+            .collect();
+        let functions = FUNCTIONS.replace(
+            "{body}",
+            if version >= 140000 {
+                "p.prosqlbody IS NOT NULL"
+            } else {
+                "false"
+            },
+        );
+        // One round trip: the driver pipelines queries that are awaited together.
+        let (columns, constraints, indexes, triggers, sequences, procs, types, rules, view_deps, policies, stats) = futures::try_join!(
+            query(client, COLUMNS, &with_columns),
+            query(client, CONSTRAINTS, &with_columns),
+            query(client, INDEXES, &with_columns),
+            query(client, TRIGGERS, &with_columns),
+            query(client, SEQUENCES, &seqs),
+            query(client, &functions, &procs),
+            query(client, TYPES, &types),
+            query(client, RULES, &tables),
+            query(client, VIEW_DEPS, &views),
+            query(client, POLICIES, &tables),
+            query(client, STATISTICS, &stats),
+        )?;
+        out.columns = columns.iter().map(attribute).collect();
+        out.constraints = constraints.iter().map(constraint).collect();
+        out.indexes = indexes.iter().map(index).collect();
+        out.triggers = triggers.iter().map(trigger).collect();
+        out.sequences = sequences.iter().map(sequence).collect();
+        for p in &procs {
+            let kind: String = p.get(1);
+            let name: String = p.get(0);
+            let def: Option<String> = p.get(3);
+            if def.is_none() {
+                let args: String = p.get(2);
+                out.unsupported.push(format!("aggregate {name}({args})"));
+                continue;
+            }
+            out.functions.push(Function {
+                name,
+                kind,
+                identity_args: p.get(2),
+                def,
+                needs_tables: p.get(4),
+                comment: p.get(5),
+            });
+        }
+        for t in &types {
+            let typtype: String = t.get(1);
+            if typtype == "e" {
+                out.enums.push(EnumType {
+                    name: t.get(0),
+                    labels: t.get(2),
+                    comment: t.get(3),
+                });
+            } else {
+                let what = match typtype.as_str() {
+                    "d" => "domain",
+                    "c" => "composite type",
+                    "r" => "range type",
+                    "m" => "multirange type",
+                    _ => "type",
+                };
+                let name: String = t.get(4);
+                out.unsupported.push(format!("{what} {name}"));
+            }
+        }
+        out.rules = rules
+            .iter()
+            .map(|r| Rule {
+                rel: r.get(0),
+                name: r.get(1),
+                def: r.get(2),
+                comment: r.get(3),
+            })
+            .collect();
+        out.view_deps = view_deps.iter().map(|r| (r.get(0), r.get(1))).collect();
+        out.unsupported.extend(policies.iter().map(|r| r.get::<_, String>(0)));
+        out.statistics = stats.iter().map(|r| r.get(0)).collect();
+        for r in &out.relations {
+            let what = match r.kind.as_str() {
+                "p" => Some("partitioned table"),
+                "f" => Some("foreign table"),
+                "c" => Some("composite type"),
+                _ if r.is_partition => Some("partition"),
+                _ if r.inherits => Some("typed or inheriting table"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                out.unsupported.push(format!("{what} {}", r.name));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    pub fn relation(&self, oid: u32) -> Option<&Relation> {
+        self.relations.iter().find(|r| r.oid == oid)
+    }
+
+    pub fn columns_of(&self, rel: u32) -> impl Iterator<Item = &Attribute> {
+        self.columns.iter().filter(move |a| a.rel == rel)
+    }
+}
+
+fn relation(r: &Row) -> Relation {
+    Relation {
+        oid: r.get(0),
+        name: r.get(1),
+        kind: r.get(2),
+        unlogged: r.get(3),
+        options: r.get(4),
+        is_partition: r.get(5),
+        inherits: r.get(6),
+        row_security: r.get(7),
+        force_row_security: r.get(8),
+        replica_identity: r.get(9),
+        populated: r.get(10),
+        comment: r.get(11),
+        view_def: r.get(12),
+        tablespace: r.get(13),
+    }
+}
+
+fn attribute(r: &Row) -> Attribute {
+    Attribute {
+        rel: r.get(0),
+        num: r.get(1),
+        name: r.get(2),
+        type_name: r.get(3),
+        not_null: r.get(4),
+        identity: r.get(5),
+        generated: r.get(6),
+        default: r.get(7),
+        collation: r.get(8),
+        comment: r.get(9),
+    }
+}
+
+fn constraint(r: &Row) -> Constraint {
+    Constraint {
+        rel: r.get(0),
+        name: r.get(1),
+        kind: r.get(2),
+        def: r.get(3),
+        validated: r.get(4),
+        local: r.get(5),
+        references: r.get(6),
+        comment: r.get(7),
+    }
+}
+
+fn index(r: &Row) -> Index {
+    Index {
+        rel: r.get(0),
+        name: r.get(1),
+        def: r.get(2),
+        clustered: r.get(3),
+        replica_identity: r.get(4),
+        of_constraint: r.get(5),
+        valid: r.get(6),
+        comment: r.get(7),
+    }
+}
+
+fn trigger(r: &Row) -> Trigger {
+    Trigger {
+        rel: r.get(0),
+        name: r.get(1),
+        def: r.get(2),
+        enabled: r.get(3),
+        comment: r.get(4),
+    }
+}
+
+fn sequence(r: &Row) -> Sequence {
+    let owner_rel: Option<u32> = r.get(9);
+    let owner_col: Option<i32> = r.get(10);
+    let owner_kind: Option<String> = r.get(11);
+    Sequence {
+        oid: r.get(0),
+        type_name: r.get(1),
+        start: r.get(2),
+        increment: r.get(3),
+        max: r.get(4),
+        min: r.get(5),
+        cache: r.get(6),
+        cycle: r.get(7),
+        last_value: r.get(8),
+        owner: match (owner_rel, owner_col, owner_kind) {
+            (Some(rel), Some(col), Some(kind)) => Some((rel, col, kind)),
+            _ => None,
+        },
+    }
+}

