@@ -2,7 +2,8 @@
 //! (`app::progress`) decides whether that becomes a bar, a periodic log line or nothing.
 
 use std::any::Any;
-use std::sync::atomic::AtomicU64;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub trait ProgressSink: Send + Sync {
@@ -31,6 +32,57 @@ impl Tracker {
     }
 }
 
+/// Where one piece of work is shown: a sink, and the label its displays carry (the tenant).
+#[derive(Clone)]
+pub struct Shown {
+    sink: Arc<dyn ProgressSink>,
+    label: String,
+}
+
+impl Shown {
+    pub fn new(sink: Arc<dyn ProgressSink>, label: impl Into<String>) -> Self {
+        Shown {
+            sink,
+            label: label.into(),
+        }
+    }
+
+    pub fn silent() -> Self {
+        Shown::new(Arc::new(Silent), "")
+    }
+
+    /// A display of `what` is done with the bytes (`total` when known); see [`ProgressSink::start`].
+    pub fn start(&self, what: &str, total: Option<u64>) -> Tracker {
+        self.sink.start(&self.label, what, total)
+    }
+}
+
+/// A reader that adds the bytes it reads to a [`Tracker`]'s counter; the display lasts as long
+/// as the reader.
+pub struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+    _tracker: Tracker,
+}
+
+impl<R> Counting<R> {
+    pub fn new(inner: R, tracker: Tracker) -> Self {
+        Counting {
+            inner,
+            counter: tracker.counter(),
+            _tracker: tracker,
+        }
+    }
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Shows nothing.
 pub struct Silent;
 
@@ -55,6 +107,16 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counting_counts_what_was_read() {
+        let tracker = Silent.start("t", "read", None);
+        let counter = tracker.counter();
+        let mut r = Counting::new(&b"hello world"[..], tracker);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(counter.load(Ordering::Relaxed), 11);
+    }
 
     #[test]
     fn sizes_read_like_the_application() {

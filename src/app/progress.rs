@@ -4,7 +4,7 @@
 //! (see `app::logging`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
@@ -24,15 +24,40 @@ pub struct Progress {
     mode: ProgressMode,
 }
 
-/// What keeps one display going; dropping it stops the ticker and clears the bar.
+/// What keeps one display going; dropping it stops the ticker and clears the bar. The ticker is a
+/// thread of its own, so a display can be started anywhere (a blocking restore, a task).
 struct Display {
     bar: Option<ProgressBar>,
-    ticker: tokio::task::JoinHandle<()>,
+    stop: Option<mpsc::Sender<()>>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Display {
+    /// Calls `tick` every `every` until the display is dropped.
+    fn ticking(bar: Option<ProgressBar>, every: Duration, mut tick: impl FnMut() + Send + 'static) -> Display {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let ticker = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    tick();
+                }
+            })
+            .ok();
+        Display {
+            bar,
+            stop: Some(stop),
+            ticker,
+        }
+    }
 }
 
 impl Drop for Display {
     fn drop(&mut self) {
-        self.ticker.abort();
+        drop(self.stop.take());
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
@@ -81,31 +106,29 @@ impl ProgressSink for Progress {
                 bar.set_prefix(label.to_string());
                 bar.enable_steady_tick(Duration::from_millis(120));
                 let (c, b) = (counter.clone(), bar.clone());
-                let ticker = tokio::spawn(async move {
-                    loop {
-                        b.set_position(c.load(Ordering::Relaxed));
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                });
-                Some(Display { bar: Some(bar), ticker })
+                Some(Display::ticking(Some(bar), Duration::from_millis(200), move || {
+                    b.set_position(c.load(Ordering::Relaxed))
+                }))
             }
             ProgressMode::Lines => {
                 let (c, label, what) = (counter.clone(), label.to_string(), what.to_string());
-                let ticker = tokio::spawn(async move {
-                    let start = Instant::now();
-                    loop {
-                        tokio::time::sleep(LINE_EVERY).await;
-                        let bytes = c.load(Ordering::Relaxed);
-                        let rate = bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
-                        let of = total.map(|t| format!(" of {}", human_size(t))).unwrap_or_default();
-                        tracing::info!(
-                            "{label}: {}{of} {what} ({}/s)",
-                            human_size(bytes),
-                            human_size(rate as u64)
-                        );
-                    }
-                });
-                Some(Display { bar: None, ticker })
+                let start = Instant::now();
+                Some(Display::ticking(None, LINE_EVERY, move || {
+                    let bytes = c.load(Ordering::Relaxed);
+                    let rate = bytes as f64 / start.elapsed().as_secs_f64().max(0.001);
+                    let of = total.map(|t| format!(" of {}", human_size(t))).unwrap_or_default();
+                    let eta = match total {
+                        Some(t) if rate >= 1.0 && t > bytes => {
+                            format!(", about {} s left", ((t - bytes) as f64 / rate).ceil() as u64)
+                        }
+                        _ => String::new(),
+                    };
+                    tracing::info!(
+                        "{label}: {}{of} {what} ({}/s{eta})",
+                        human_size(bytes),
+                        human_size(rate as u64)
+                    );
+                }))
             }
         };
         Tracker::new(counter, display.map(|d| Box::new(d) as Box<dyn std::any::Any + Send>))

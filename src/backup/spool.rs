@@ -212,8 +212,8 @@ fn keep_tail(mut r: impl Read, keep: usize) -> String {
 }
 
 /// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+/// The sha256 of everything `f` reads, in hex.
+pub fn sha256_of(mut f: impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -270,7 +270,10 @@ mod tests {
         .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert_eq!(rt.block_on(growing.complete()).unwrap(), s.size, "declared complete");
-        assert_eq!(s.sha256, sha256_file(s.file.path()).unwrap());
+        assert_eq!(
+            s.sha256,
+            sha256_of(std::fs::File::open(s.file.path()).unwrap()).unwrap()
+        );
         assert_eq!(s.size, std::fs::metadata(s.file.path()).unwrap().len());
         assert_eq!(s.row_counts.unwrap()["t"], 2);
     }

@@ -8,16 +8,19 @@ use serde::Serialize;
 
 use crate::app::context::Context;
 use crate::app::output::human_size;
+use crate::app::progress::Progress;
 use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
+use crate::progress::Shown;
 use crate::restore::access::check_access;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
 use crate::usage;
+use std::sync::Arc;
 
 #[derive(Serialize)]
 struct Restored<'a> {
@@ -112,7 +115,8 @@ async fn restore(
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
 
     // Checked before anything runs.
-    let file = fetch_verified(ctx.storage.as_ref(), &source).await?;
+    let shown = Shown::new(Arc::new(Progress::new(ctx.output.progress)), &source.source_schema);
+    let file = fetch_verified(ctx.storage.as_ref(), &source, &shown).await?;
 
     // What the plan will be; read again, for real, once the tenant's lock is held.
     let facts = read_facts(
@@ -153,7 +157,7 @@ async fn restore(
     )
     .await?;
     let Some(tools) = tools else {
-        let input = open_decompressed(file.path(), &source)?;
+        let input = open_decompressed(file.path(), &source, &shown)?;
         let opts = JsonRestore {
             schema: &target_name,
             catalog: &ctx.catalog,
@@ -170,9 +174,19 @@ async fn restore(
     };
     let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
     let kept = sql.kept_as.clone();
-    let ran = through_psql(&tools, &ctx.dump, session, file.path(), &source, sql, true, watch)
-        .await
-        .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
+    let ran = through_psql(
+        &tools,
+        &ctx.dump,
+        session,
+        file.path(),
+        &source,
+        sql,
+        true,
+        watch,
+        &shown,
+    )
+    .await
+    .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
     if let Some(note) = &ran.note {
         tracing::warn!("{note}");
     }

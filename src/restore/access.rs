@@ -78,7 +78,16 @@ pub fn open_plain(
     compression: Compression,
     decrypt: Option<&TenantKey>,
 ) -> io::Result<Box<dyn BufRead + Send>> {
-    let file = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+    read_plain(std::fs::File::open(path)?, compression, decrypt)
+}
+
+/// `stored` (an object's bytes) as the dump they hold; see [`open_plain`].
+pub fn read_plain(
+    stored: impl Read + Send + 'static,
+    compression: Compression,
+    decrypt: Option<&TenantKey>,
+) -> io::Result<Box<dyn BufRead + Send>> {
+    let file = BufReader::with_capacity(256 * 1024, stored);
     let clear: Box<dyn BufRead + Send> = match decrypt {
         None => Box::new(file),
         Some(id) => Box::new(BufReader::with_capacity(

@@ -2,7 +2,7 @@
 //! by [`guard`](super::guard) before psql starts, then fed to a restricted psql between the tool's
 //! own prologue and epilogue.
 
-use super::access::open_plain;
+use super::access::read_plain;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +18,7 @@ use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
 use crate::pg::target::DbTarget;
 use crate::pg::tools::{apply_env, base_env};
+use crate::progress::{Counting, Shown};
 
 /// Row counts printed by a `Target::Scratch` run.
 pub type Counts = std::collections::BTreeMap<String, u64>;
@@ -35,6 +36,8 @@ pub struct PsqlJob {
     pub source: Source,
     pub plan: Plan,
     pub scope: Scope,
+    /// Where the check and the restore show how far they are.
+    pub progress: Shown,
 }
 
 /// How psql ended. Whether anything committed is for the caller to find out when psql failed.
@@ -103,13 +106,19 @@ struct Dump<'a> {
 }
 
 impl Dump<'_> {
-    fn open(&mut self) -> Result<Sql> {
+    /// The dump's SQL, shown as `what` (the stored object's bytes read, of its size).
+    fn open(&mut self, what: &str) -> Result<Sql> {
         let job = self.job;
         let source = &job.source;
+        let stored = |what: &str| -> io::Result<_> {
+            let file = std::fs::File::open(&job.dump)?;
+            let size = file.metadata()?.len();
+            Ok(Counting::new(file, job.progress.start(what, Some(size))))
+        };
         match source.format {
             DumpFormat::Plain => Ok(Sql {
-                reader: Box::new(ReadAhead::start(open_plain(
-                    &job.dump,
+                reader: Box::new(ReadAhead::start(read_plain(
+                    stored(what)?,
                     source.compression,
                     source.decrypt.as_ref(),
                 )?)),
@@ -123,7 +132,7 @@ impl Dump<'_> {
                 if packed && self.unpacked.is_none() {
                     let mut tmp = tempfile::Builder::new().prefix("tenant-backup-archive-").tempfile()?;
                     io::copy(
-                        &mut open_plain(&job.dump, source.compression, source.decrypt.as_ref())?,
+                        &mut read_plain(stored("unpacked")?, source.compression, source.decrypt.as_ref())?,
                         tmp.as_file_mut(),
                     )?;
                     self.unpacked = Some(tmp);
@@ -143,6 +152,8 @@ impl Dump<'_> {
                 let out = child.stdout.take().expect("piped");
                 let err = child.stderr.take().expect("piped");
                 let stderr = std::thread::spawn(move || read_all(err));
+                // The archive's SQL has no known length: its bytes are shown as they come.
+                let out = Counting::new(out, job.progress.start(what, None));
                 Ok(Sql {
                     reader: Box::new(ReadAhead::start(Box::new(out))),
                     pg_restore: Some((child, stderr)),
@@ -233,7 +244,7 @@ pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
         _ => "of the dump",
     };
     // 1. The whole dump, checked before anything runs.
-    let sql = dump.open()?;
+    let sql = dump.open("checked")?;
     let checked = match guard::check(BufReader::with_capacity(256 * 1024, sql.reader), &job.scope) {
         Ok(c) => c,
         Err(CheckError::Refused(r)) => anyhow::bail!(
@@ -321,7 +332,7 @@ fn feed(stdin: &mut impl Write, dump: &mut Dump, checked: &Checked, prologue: &s
     if stdin.write_all(prologue.as_bytes()).is_err() {
         return Ok(false);
     }
-    let sql = dump.open()?;
+    let sql = dump.open("restored")?;
     let mut reader = sql.reader;
     let mut replay = Replay::new(checked, &mut *stdin);
     let mut buf = vec![0u8; 256 * 1024];
@@ -364,7 +375,11 @@ fn feed(stdin: &mut impl Write, dump: &mut Dump, checked: &Checked, prologue: &s
     Ok(true)
 }
 
-/// The decrypted, decompressed contents of a fetched object, as lines for the json loader.
-pub fn open_decompressed(path: &Path, source: &Source) -> Result<Box<dyn io::BufRead + Send>> {
-    Ok(open_plain(path, source.compression, source.decrypt.as_ref())?)
+/// The decrypted, decompressed contents of a fetched object, as lines for the json loader, shown
+/// as restored.
+pub fn open_decompressed(path: &Path, source: &Source, progress: &Shown) -> Result<Box<dyn io::BufRead + Send>> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let stored = Counting::new(file, progress.start("restored", Some(size)));
+    Ok(read_plain(stored, source.compression, source.decrypt.as_ref())?)
 }

@@ -173,6 +173,7 @@ pub async fn through_psql(
     plan: super::Plan,
     commits: bool,
     watch: &Watch,
+    progress: &crate::progress::Shown,
 ) -> Result<Ran> {
     let scope = super::guard::Scope::load(
         client,
@@ -190,6 +191,7 @@ pub async fn through_psql(
         source: source.clone(),
         plan,
         scope,
+        progress: progress.clone(),
     };
     execute(job, session, commits, watch).await
 }

@@ -11,10 +11,11 @@ use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
 use crate::backup::key::ObjectKey;
 use crate::backup::manifest::Manifest;
-use crate::backup::spool::sha256_file;
+use crate::backup::spool::sha256_of;
 use crate::crypto::TenantKey;
 use crate::error::UsageError;
 use crate::pg::catalog::{schema_state, BackupRecord, Catalog, Tenant};
+use crate::progress::{Counting, Shown};
 use crate::storage::{place, Place, Storage, StorageError};
 
 /// Which backup to restore.
@@ -223,7 +224,7 @@ fn follow_only_own_folder(
 
 /// Downloads the object to a temporary file and checks it against its manifest before anything
 /// runs. Backups without a manifest (made by the old application) pass with a warning.
-pub async fn fetch_verified(storage: &dyn Storage, source: &Source) -> Result<NamedTempFile> {
+pub async fn fetch_verified(storage: &dyn Storage, source: &Source, progress: &Shown) -> Result<NamedTempFile> {
     let file = tempfile::Builder::new()
         .prefix("tenant-backup-restore-")
         .tempfile()
@@ -234,8 +235,11 @@ pub async fn fetch_verified(storage: &dyn Storage, source: &Source) -> Result<Na
         .with_context(|| format!("downloading {} from {}", source.key, storage.describe()))?;
     match &source.manifest {
         Some(m) => {
-            let path = file.path().to_path_buf();
-            let sha = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
+            let stored = Counting::new(
+                std::fs::File::open(file.path())?,
+                progress.start("checksummed", Some(size)),
+            );
+            let sha = tokio::task::spawn_blocking(move || sha256_of(stored)).await??;
             if size != m.size || sha != m.sha256 {
                 anyhow::bail!(
                     "{} does not match its manifest (size {size} vs {}, sha256 {sha} vs {}): the object is corrupt or was changed; nothing was restored",

@@ -16,6 +16,7 @@ mod limits;
 mod list;
 mod native;
 mod overlap;
+mod progress;
 mod restore;
 mod restore_bounds;
 mod restore_dropped;
