@@ -74,7 +74,9 @@ pub async fn holder(client: &Client, schema: &str) -> Result<Option<String>> {
             "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'), \
                     to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 LIMIT 1",
+             WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 LIMIT 1",
             &[(&classid, Type::OID), (&objid, Type::OID)],
         )
         .await?;

@@ -140,9 +140,15 @@ struct HeldLock {
 
 impl HeldLock {
     fn take(db: &TestDb, schema: &str) -> HeldLock {
+        HeldLock::take_as(db, schema, "psql")
+    }
+
+    /// Held by a session named `application_name`.
+    fn take_as(db: &TestDb, schema: &str, application_name: &str) -> HeldLock {
         let key = tenant_backup::pg::lock::lock_key(schema);
         let mut child = cluster()
             .psql_command(&db.name)
+            .env("PGAPPNAME", application_name)
             .args([
                 "-c",
                 &format!("SELECT pg_advisory_lock({key})"),
@@ -234,6 +240,30 @@ fn locked_tenants_are_skipped_by_ticks_and_waited_for_by_manual_backups() {
         text(&out.stdout).contains("1 due, 1 backed up"),
         "{}",
         text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_busy_tenant_names_the_holder_in_its_own_database_never_one_in_another() {
+    // Advisory locks belong to a database: the same tenant name in other databases of the cluster
+    // (staging, another deployment) is locked there, and those sessions are none of this one's business.
+    let others: Vec<TestDb> = (0..3).map(|_| TestDb::new()).collect();
+    let _held_elsewhere: Vec<HeldLock> = others
+        .iter()
+        .map(|o| HeldLock::take_as(o, "bienestar", "holder-in-another-database"))
+        .collect();
+    let db = TestDb::new();
+    let _held = HeldLock::take(&db, "bienestar");
+    let out = db
+        .cmd()
+        .args(["backup", "--tenant", "bienestar", "--lock-timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("tenant bienestar is busy") && stderr.contains("psql") && !stderr.contains("another-database"),
+        "names this database's holder only: {stderr}"
     );
 }
 
