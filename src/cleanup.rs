@@ -113,7 +113,14 @@ enum ObjectGone {
 impl Cleanup<'_> {
     /// Deletes the backups `policy` says go: their objects (in bulk), then their manifests, then
     /// the rows of those whose object is gone. A row whose object could not be deleted stays.
-    pub async fn expire(&self, schema: &str, policy: &Policy, report: &mut Report) -> Result<()> {
+    /// `records` is the tenant's history (read under its lock, unless this is a dry run).
+    pub async fn expire(
+        &self,
+        schema: &str,
+        records: &[BackupRecord],
+        policy: &Policy,
+        report: &mut Report,
+    ) -> Result<()> {
         let Cleanup {
             catalog,
             client,
@@ -121,8 +128,7 @@ impl Cleanup<'_> {
             dry_run,
             ..
         } = *self;
-        let records = catalog.records(client, schema).await?;
-        let verdicts = plan(schema, &records, now, policy);
+        let verdicts = plan(schema, records, now, policy);
         let doomed: Vec<&BackupRecord> = verdicts
             .iter()
             .filter(|v| v.action == Action::Delete)
@@ -247,15 +253,17 @@ impl Cleanup<'_> {
     /// Objects in the tenant's folder that no row points to, rows whose object is not in the
     /// bucket, unfinished uploads; with `fix` (and not a dry run) those `decide` says go are
     /// deleted. A dry run reports exactly what the run would do.
-    pub async fn orphans(&self, schema: &str, opts: &OrphanOptions, report: &mut Report) -> Result<()> {
+    /// `records` is the tenant's history as it is now (after [`Cleanup::expire`], if that ran).
+    pub async fn orphans(
+        &self,
+        schema: &str,
+        records: &[BackupRecord],
+        opts: &OrphanOptions,
+        report: &mut Report,
+    ) -> Result<()> {
         let Cleanup {
-            storage,
-            catalog,
-            client,
-            now,
-            dry_run,
+            storage, now, dry_run, ..
         } = *self;
-        let records = catalog.records(client, schema).await?;
         let folder = format!("{schema}/");
         let mut objects = storage.list(&folder).await?;
         // When the backend cannot say when an object was written, its name can.
@@ -266,7 +274,7 @@ impl Cleanup<'_> {
                 .or_else(|| ObjectKey::parse(base).map(|k| k.created.and_utc()));
         }
         let unfinished = storage.unfinished(&folder).await?;
-        for orphan in find_orphans(schema, &records, &objects, &unfinished, now, opts.grace) {
+        for orphan in find_orphans(schema, records, &objects, &unfinished, now, opts.grace) {
             let (action, reason) = orphan.decide(schema, opts.include_manual, opts.grace);
             let result = match (&action, opts.fix, dry_run) {
                 (Action::Refuse, _, _) => {

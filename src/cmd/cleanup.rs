@@ -35,11 +35,20 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         }
     };
     let listed = ctx.catalog.listed_schemas(&client).await?;
-    drop(client);
-
     // Nothing is called missing, and nothing deleted, before the storage has shown it can see
     // the bucket (and, to delete, that its key is meant to).
     let touches_storage = days.is_some() || args.orphans;
+    // A dry run reads every tenant's history in a few statements; a real run reads each one
+    // under that tenant's lock, as it is when it is cleaned.
+    let mut prefetched = match args.dry_run && touches_storage {
+        true => {
+            let schemas: Vec<String> = tenants.iter().map(|t| t.schema_name.clone()).collect();
+            Some(ctx.catalog.histories(&client, &schemas, false).await?.into_iter())
+        }
+        false => None,
+    };
+    drop(client);
+
     if touches_storage {
         let access = if days.is_some() || args.fix {
             Access::Delete
@@ -78,17 +87,26 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         }
         // One tenant that cannot be cleaned (no history table, no privileges) is reported, and
         // the others are still cleaned.
+        let read = prefetched.as_mut().map(|p| p.next().expect("one history per tenant"));
         let cleaned = async {
+            let mut records = match read {
+                Some(read) => read?,
+                None => ctx.catalog.records(&session, schema).await?,
+            };
             if let Some(days) = days {
                 let policy = Policy {
                     days,
                     keep_last: args.keep_last,
                     include_manual: args.include_manual,
                 };
-                run.expire(schema, &policy, &mut report).await?;
+                run.expire(schema, &records, &policy, &mut report).await?;
+                if !args.dry_run {
+                    // What expiring left.
+                    records = ctx.catalog.records(&session, schema).await?;
+                }
             }
             if args.orphans {
-                run.orphans(schema, &orphan_opts, &mut report).await?;
+                run.orphans(schema, &records, &orphan_opts, &mut report).await?;
             }
             anyhow::Ok(())
         }

@@ -49,8 +49,11 @@ fn statements(db: &TestDb, f: impl FnOnce()) -> (usize, Vec<String>) {
     let _one_at_a_time = LOG.lock().unwrap_or_else(|e| e.into_inner());
     let database = quote(&db.name);
     db.sql(&format!("ALTER DATABASE {database} SET log_statement = 'all'"));
+    // Each call's marks are its own (the log holds every earlier call's too).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mark = |what: &str| {
-        let m = format!("tb-mark-{what}-{}-{}", db.name, std::process::id());
+        let m = format!("tb-mark-{what}-{}-{}-{call}", db.name, std::process::id());
         db.sql(&format!("SELECT '{m}'"));
         m
     };
@@ -87,8 +90,10 @@ fn ok(out: &std::process::Output) {
 }
 
 #[test]
-fn list_and_status_read_all_tenants_in_a_few_statements_not_a_few_per_tenant() {
+fn list_status_and_cleanups_plan_read_all_tenants_in_a_few_statements_not_a_few_per_tenant() {
     let db = TestDb::new();
+    // A bucket cleanup can see (it proves that before it reads any tenant).
+    std::fs::create_dir_all(db.storage()).unwrap();
     let run = |args: &[&str]| {
         let mut cmd = db.cmd();
         cmd.args(args);
@@ -97,9 +102,11 @@ fn list_and_status_read_all_tenants_in_a_few_statements_not_a_few_per_tenant() {
             assert!(out.status.code().is_some_and(|c| c <= 1), "{}", text(&out.stderr));
         }
     };
-    // (cleanup --dry-run's batched reading was written against the cleanup before its storage
-    // hardening and is not merged yet: it still reads one tenant at a time.)
-    let commands: [&[&str]; 2] = [&["--json", "list"], &["--json", "status"]];
+    let commands: [&[&str]; 3] = [
+        &["--json", "list"],
+        &["--json", "status"],
+        &["--json", "cleanup", "--dry-run", "--days", "30", "--orphans"],
+    ];
     let few: Vec<usize> = commands.iter().map(|c| statements(&db, run(c)).0).collect();
     let listed_few: Value =
         serde_json::from_slice(&db.cmd().args(["--json", "list"]).output().unwrap().stdout).unwrap();
