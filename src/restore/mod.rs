@@ -2,7 +2,8 @@
 //!
 //! * [`source`]: which backup (id, latest, key), fetched to a temporary file and checked against its
 //!   manifest before anything runs.
-//! * [`guard`]: what a dump may execute (its own SQL, on its own schema), checked before psql starts.
+//! * [`guard`]: what a dump may execute (its own SQL, on its own schema), each statement checked
+//!   before psql gets it.
 //! * [`state`] and [`script`]: what is there (read under the tenant's lock), and the SQL around the
 //!   dump (rename aside, history carry-over, COMMIT or ROLLBACK) decided from it.
 //! * [`psql`], [`child`], [`errors`], [`run`]: driving a restricted psql (and pg_restore for

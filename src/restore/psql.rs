@@ -1,6 +1,6 @@
-//! Runs a restore through psql (custom archives through pg_restore first): the whole dump is checked
-//! by [`guard`](super::guard) before psql starts, then fed to a restricted psql between the tool's
-//! own prologue and epilogue.
+//! Runs a restore through psql (custom archives through pg_restore first): the dump is fed to a
+//! restricted psql between the tool's own prologue and epilogue, each statement checked by
+//! [`guard`](super::guard) before psql gets it; the epilogue's COMMIT only after all of it passed.
 
 use super::access::read_plain;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use tempfile::NamedTempFile;
 
 use super::child::Owned;
-use super::guard::{self, CheckError, Checked, Replay, Scope, Stop};
+use super::guard::{self, CheckError, Checked, Scope};
 use super::script::Plan;
 use super::source::Source;
 use crate::backup::compress::Compression;
@@ -231,7 +231,8 @@ pub fn random_key(len: usize) -> String {
         .collect()
 }
 
-/// Checks the dump, then runs psql on it. Blocking.
+/// Runs psql on the dump, checking each statement before psql gets it ([`guard::stream`]).
+/// Blocking.
 pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
     let key = job.restrict.then(|| random_key(32));
     let mut dump = Dump {
@@ -239,41 +240,6 @@ pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
         unpacked: None,
         key: key.clone(),
     };
-    let where_ = match job.source.format {
-        DumpFormat::Custom => "of the SQL pg_restore makes of the archive",
-        _ => "of the dump",
-    };
-    // 1. The whole dump, checked before anything runs.
-    let sql = dump.open("checked")?;
-    let checked = match guard::check(BufReader::with_capacity(256 * 1024, sql.reader), &job.scope) {
-        Ok(c) => c,
-        Err(CheckError::Refused(r)) => anyhow::bail!(
-            "{} is refused, nothing was run: line {} {where_}: {}",
-            job.source.key,
-            r.line,
-            r.reason
-        ),
-        Err(CheckError::Read(e)) => {
-            return Err(anyhow::Error::new(e).context("reading the dump (corrupt or truncated object); nothing was run"))
-        }
-    };
-    // (The reader was moved into the check; pg_restore's exit is checked here.)
-    Sql {
-        reader: Box::new(io::empty()),
-        pg_restore: sql.pg_restore,
-    }
-    .finish(&job.source.key)?;
-    if !checked.complete {
-        anyhow::bail!("the dump is truncated (no closing line); nothing was run");
-    }
-    if checked.skipped > 0 {
-        tracing::info!(
-            "{} ownership and privilege statements of the dump are left out: the restored objects belong to the restoring role",
-            checked.skipped
-        );
-    }
-
-    // 2. psql, restricted, fed prologue, dump, epilogue.
     let mut cmd = Command::new(&job.psql);
     cmd.args([
         "-X",
@@ -302,20 +268,23 @@ pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
     };
     let prologue_lines = prologue.matches('\n').count() as u64;
     let mut stdin = BufWriter::with_capacity(256 * 1024, stdin);
-    let fed = feed(&mut stdin, &mut dump, &checked, &prologue, &job.plan.epilogue);
+    let (checked, fed) = feed(&mut stdin, &mut dump, &prologue, &job.plan.epilogue);
+    if fed.is_err() {
+        // Refused, unreadable or stopped: psql's session goes before it could commit anything
+        // (the tool never sent COMMIT; killing it also stops a COPY the dump was cut in).
+        let _ = child.kill();
+    }
     drop(stdin);
     let status = child.wait()?;
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = job.target.scrub(&err_reader.join().unwrap_or_default());
-    let epilogue_sent = match fed {
-        Ok(sent) => sent,
-        // psql still running fine means the tool stopped feeding: nothing was committed.
-        Err(e) if status.success() => return Err(e.context("nothing was restored (the transaction was not committed)")),
-        Err(e) => {
-            tracing::debug!("feeding psql stopped: {e:#}");
-            false
-        }
-    };
+    let epilogue_sent = fed?;
+    if checked.skipped > 0 {
+        tracing::info!(
+            "{} ownership and privilege statements of the dump were left out: the restored objects belong to the restoring role",
+            checked.skipped
+        );
+    }
     Ok(PsqlRun {
         success: status.success(),
         stdout,
@@ -326,53 +295,65 @@ pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
     })
 }
 
-/// Streams prologue, dump and (only if the dump arrived whole, as checked) epilogue into psql.
-/// `Ok(false)` when psql stopped reading (its stderr says why).
-fn feed(stdin: &mut impl Write, dump: &mut Dump, checked: &Checked, prologue: &str, epilogue: &str) -> Result<bool> {
+/// Streams prologue, dump (each statement checked before psql gets it) and, only if the whole
+/// dump passed and arrived complete, the epilogue with its COMMIT into psql. `Ok(false)` when
+/// psql stopped reading (its stderr says why); an error when the dump was refused or could not be
+/// read, and then nothing was committed.
+fn feed(stdin: &mut impl Write, dump: &mut Dump, prologue: &str, epilogue: &str) -> (Checked, Result<bool>) {
     if stdin.write_all(prologue.as_bytes()).is_err() {
-        return Ok(false);
+        return (Checked::default(), Ok(false));
     }
-    let sql = dump.open("restored")?;
-    let mut reader = sql.reader;
-    let mut replay = Replay::new(checked, &mut *stdin);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(anyhow::Error::new(e).context("reading the dump (corrupt or truncated object)")),
-        };
-        match replay.feed(&buf[..n]) {
-            Ok(()) => {}
-            Err(Stop::Write(_)) => return Ok(false),
-            Err(Stop::Refused(r)) => anyhow::bail!("the dump changed between its check and its restore ({r})"),
-        }
-    }
-    let complete = match replay.finish() {
-        Ok((_, complete)) => complete,
-        Err(Stop::Write(_)) => return Ok(false),
-        Err(Stop::Refused(r)) => anyhow::bail!("the dump changed between its check and its restore ({r})"),
+    let job = dump.job;
+    let where_ = match job.source.format {
+        DumpFormat::Custom => "of the SQL pg_restore makes of the archive",
+        _ => "of the dump",
     };
-    Sql {
+    let sql = match dump.open("restored") {
+        Ok(sql) => sql,
+        Err(e) => return (Checked::default(), Err(e)),
+    };
+    let (checked, streamed) = guard::stream(
+        BufReader::with_capacity(256 * 1024, sql.reader),
+        &job.scope,
+        &mut *stdin,
+    );
+    let nothing = "the transaction was rolled back, nothing was committed";
+    let outcome = match streamed {
+        Ok(()) => Ok(()),
+        Err(CheckError::Write(_)) => return (checked, Ok(false)),
+        Err(CheckError::Refused(r)) => Err(anyhow::anyhow!(
+            "{} is refused: line {} {where_}: {}; {nothing}",
+            job.source.key,
+            r.line,
+            r.reason
+        )),
+        Err(CheckError::Read(e)) => {
+            Err(anyhow::Error::new(e).context(format!("reading the dump (corrupt or truncated object); {nothing}")))
+        }
+    };
+    // pg_restore's exit, once its output was read to the end (or given up on: then the reason we
+    // stopped is the one to tell).
+    let finished = Sql {
         reader: Box::new(io::empty()),
         pg_restore: sql.pg_restore,
     }
-    .finish(&dump.job.source.key)?;
-    if !complete {
-        anyhow::bail!("the dump is truncated (no closing line)");
+    .finish(&job.source.key);
+    if let Err(e) = outcome.and(finished) {
+        return (checked, Err(e));
+    }
+    if !checked.complete {
+        return (
+            checked,
+            Err(anyhow::anyhow!("the dump is truncated (no closing line); {nothing}")),
+        );
     }
     // From here the epilogue (history carry-over, COMMIT) and the report are one step for a stop:
     // one that came earlier rolls back, one that comes later waits for them (stop::commit_point).
-    crate::stop::commit_point().context("stopped by a signal before COMMIT")?;
-    if stdin
-        .write_all(epilogue.as_bytes())
-        .and_then(|_| stdin.flush())
-        .is_err()
-    {
-        return Ok(false);
+    if let Err(e) = crate::stop::commit_point().context("stopped by a signal before COMMIT") {
+        return (checked, Err(e));
     }
-    Ok(true)
+    let sent = stdin.write_all(epilogue.as_bytes()).and_then(|_| stdin.flush()).is_ok();
+    (checked, Ok(sent))
 }
 
 /// The decrypted, decompressed contents of a fetched object, as lines for the json loader, shown

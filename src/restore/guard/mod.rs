@@ -1,23 +1,25 @@
 //! What a restored dump may execute: only its own SQL, on its own schema.
 //!
 //! The bucket is not trusted (anyone who can write an object can rewrite its manifest), so every
-//! plain dump, and the SQL pg_restore makes of a custom archive, is read twice:
+//! plain dump, and the SQL pg_restore makes of a custom archive, is checked statement by statement
+//! as it is fed to psql ([`stream`]): the [`lexer`] splits the text as psql would; each statement is
+//! parsed by PostgreSQL's own parser (`pg_query`) and held against [`rules`], and only then written
+//! to psql, as the check decided (the dump's `SET lock_timeout` rewritten to the tool's, ownership
+//! and privilege statements left out, pg_dump's `\restrict` lines dropped for the tool's own). A
+//! psql meta-command other than pg_dump's own `\restrict`/`\unrestrict`, transaction control, a
+//! statement kind pg_dump does not write for one schema, or a name in another schema refuses the
+//! dump, naming the line: the refused statement never reaches psql, and what went before it is in
+//! the restore's one transaction, which is then never committed (COMMIT is sent only after a
+//! whole dump passed, closing line included). Reading the dump once, not once to check and once
+//! to feed, is what keeps a restore as fast as psql alone.
 //!
-//! 1. [`check`], before psql starts: the [`lexer`] splits the text as psql would; each statement is
-//!    parsed by PostgreSQL's own parser (`pg_query`) and held against [`rules`]. A psql
-//!    meta-command other than pg_dump's own `\restrict`/`\unrestrict`, transaction control, a
-//!    statement kind pg_dump does not write for one schema, or a name in another schema refuses
-//!    the whole dump, naming the line. Nothing has run at that point.
-//! 2. [`Replay`], while feeding psql: the same lexer over the same bytes, applying what the check
-//!    decided (the dump's `SET lock_timeout` rewritten to the tool's, ownership and privilege
-//!    statements left out, pg_dump's `\restrict` lines dropped for the tool's own) without parsing
-//!    again.
+//! [`check`] is the same without a psql: it reads the whole dump and runs nothing.
 
 mod lexer;
 mod names;
 mod rules;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 
 use anyhow::{Context as _, Result};
@@ -104,11 +106,9 @@ const EXTENSION_MEMBERS: &str = "SELECT nspname::text, '' FROM pg_catalog.pg_nam
      ) x JOIN pg_catalog.pg_depend d ON d.classid = x.cls AND d.objid = x.oid AND d.deptype = 'e' \
      JOIN pg_catalog.pg_namespace n ON n.oid = x.ns";
 
-/// What the check decided, for the replay.
+/// What the check found.
 #[derive(Debug, Default)]
 pub struct Checked {
-    /// Statements (by their number in the dump) that are not passed on as they are.
-    verdicts: HashMap<u64, Verdict>,
     /// Ownership and privilege statements left out.
     pub skipped: usize,
     /// pg_dump's closing line was seen.
@@ -143,30 +143,45 @@ fn copy_table(parsed: &pg_query::ParseResult) -> String {
 }
 
 /// Reads the whole dump and checks every statement. Nothing is executed.
-pub fn check(mut input: impl Read, scope: &Scope) -> Result<Checked, CheckError> {
+pub fn check(input: impl Read, scope: &Scope) -> Result<Checked, CheckError> {
+    let (checked, outcome) = run(input, scope, None);
+    outcome.map(|()| checked)
+}
+
+/// Checks the dump statement by statement, writing each one to `out` (psql's stdin) only once it
+/// has passed, as the check decided. What was found comes back whatever happened (it names the
+/// dump's lines in psql's errors); the outcome says whether the whole dump passed and was written.
+/// A dump without its closing line passes here: `complete` says so, and the caller must not commit.
+pub fn stream(input: impl Read, scope: &Scope, out: &mut dyn Write) -> (Checked, Result<(), CheckError>) {
+    run(input, scope, Some(out))
+}
+
+fn run(mut input: impl Read, scope: &Scope, out: Option<&mut dyn Write>) -> (Checked, Result<(), CheckError>) {
     let mut lexer = Lexer::default();
     let mut checker = Checker {
         scope,
         own_first: false,
-        index: 0,
         restrict: None,
         unrestricted: false,
         checked: Checked::default(),
+        out,
     };
     let mut buf = vec![0u8; 256 * 1024];
-    loop {
+    let outcome = loop {
         let n = match input.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => break lexer.finish(&mut checker).map_err(CheckError::from),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CheckError::Read(e)),
+            Err(e) => break Err(CheckError::Read(e)),
         };
-        lexer.feed(&buf[..n], &mut checker).map_err(CheckError::from)?;
-    }
-    lexer.finish(&mut checker).map_err(CheckError::from)?;
-    checker.checked.complete = lexer.is_complete();
-    checker.checked.lines = lexer.lines();
-    Ok(checker.checked)
+        if let Err(e) = lexer.feed(&buf[..n], &mut checker) {
+            break Err(CheckError::from(e));
+        }
+    };
+    let mut checked = checker.checked;
+    checked.complete = lexer.is_complete();
+    checked.lines = lexer.lines();
+    (checked, outcome)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,30 +190,33 @@ pub enum CheckError {
     Refused(Refusal),
     #[error("reading the dump (corrupt or truncated object): {0}")]
     Read(std::io::Error),
+    /// psql stopped reading (its own error says why).
+    #[error("psql stopped reading the dump: {0}")]
+    Write(std::io::Error),
 }
 
 impl From<Stop> for CheckError {
     fn from(s: Stop) -> Self {
         match s {
             Stop::Refused(r) => CheckError::Refused(r),
-            Stop::Write(e) => CheckError::Read(e),
+            Stop::Write(e) => CheckError::Write(e),
         }
     }
 }
 
-struct Checker<'s> {
+struct Checker<'s, 'o> {
     scope: &'s Scope,
     /// The current search_path starts with the dump's own schema (unqualified names created go there).
     own_first: bool,
-    index: u64,
     restrict: Option<String>,
     unrestricted: bool,
     checked: Checked,
+    /// Where what passed is written (psql), if anywhere.
+    out: Option<&'o mut dyn Write>,
 }
 
-impl Sink for Checker<'_> {
+impl Sink for Checker<'_, '_> {
     fn statement(&mut self, text: &[u8], line: u64, last_line: u64) -> Result<Verdict, Stop> {
-        self.index += 1;
         let refuse = |reason: String| Stop::Refused(Refusal { line, reason });
         if self.unrestricted {
             return Err(refuse("SQL after the dump's closing \\unrestrict".into()));
@@ -236,9 +254,6 @@ impl Sink for Checker<'_> {
         if verdict == Verdict::CopyIn {
             self.checked.copies.push((last_line, copy_table(&parsed)));
         }
-        if verdict != Verdict::Forward {
-            self.checked.verdicts.insert(self.index, verdict.clone());
-        }
         Ok(verdict)
     }
 
@@ -260,60 +275,11 @@ impl Sink for Checker<'_> {
         Ok(())
     }
 
-    fn output(&mut self, _: &[u8]) -> Result<(), Stop> {
-        Ok(())
-    }
-}
-
-/// Feeds a checked dump to `out` (psql's stdin), applying the check's verdicts. The bytes must be
-/// the very ones [`check`] read.
-pub struct Replay<'c, W: Write> {
-    lexer: Lexer,
-    sink: Replayer<'c, W>,
-}
-
-struct Replayer<'c, W: Write> {
-    checked: &'c Checked,
-    index: u64,
-    out: W,
-}
-
-impl<'c, W: Write> Replay<'c, W> {
-    pub fn new(checked: &'c Checked, out: W) -> Self {
-        Replay {
-            lexer: Lexer::default(),
-            sink: Replayer { checked, index: 0, out },
-        }
-    }
-
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Stop> {
-        self.lexer.feed(chunk, &mut self.sink)
-    }
-
-    /// The end of the dump: the writer back, and whether pg_dump's closing line went by.
-    pub fn finish(mut self) -> Result<(W, bool), Stop> {
-        self.lexer.finish(&mut self.sink)?;
-        Ok((self.sink.out, self.lexer.is_complete()))
-    }
-}
-
-impl<W: Write> Sink for Replayer<'_, W> {
-    fn statement(&mut self, _: &[u8], _: u64, _: u64) -> Result<Verdict, Stop> {
-        self.index += 1;
-        Ok(self
-            .checked
-            .verdicts
-            .get(&self.index)
-            .cloned()
-            .unwrap_or(Verdict::Forward))
-    }
-
-    fn meta(&mut self, _: Meta, _: u64) -> Result<(), Stop> {
-        Ok(())
-    }
-
     fn output(&mut self, bytes: &[u8]) -> Result<(), Stop> {
-        self.out.write_all(bytes).map_err(Stop::Write)
+        match self.out.as_mut() {
+            Some(out) => out.write_all(bytes).map_err(Stop::Write),
+            None => Ok(()),
+        }
     }
 }
 

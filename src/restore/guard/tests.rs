@@ -23,12 +23,12 @@ SELECT pg_catalog.setval('bienestar.t_id_seq', 2, true);\n\
 CREATE INDEX t_name ON bienestar.t USING btree (name);\n\
 \n\\unrestrict abc123\n\n--\n-- PostgreSQL database dump complete\n--\n\n";
 
-/// Hands out three bytes at a time: every boundary is crossed.
-struct Trickle<'a>(&'a [u8]);
+/// Hands out a few bytes at a time: every boundary is crossed.
+struct Trickle<'a>(&'a [u8], usize);
 
 impl std::io::Read for Trickle<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.0.len().min(3).min(buf.len());
+        let n = self.0.len().min(self.1).min(buf.len());
         buf[..n].copy_from_slice(&self.0[..n]);
         self.0 = &self.0[n..];
         Ok(n)
@@ -36,22 +36,19 @@ impl std::io::Read for Trickle<'_> {
 }
 
 fn run(dump: &str) -> Result<(Checked, String), CheckError> {
-    let checked = check(Trickle(dump.as_bytes()), &scope())?;
+    let checked = check(Trickle(dump.as_bytes(), 3), &scope())?;
     let whole = check(dump.as_bytes(), &scope())?;
     assert_eq!(
         (whole.lines, whole.skipped, whole.complete),
         (checked.lines, checked.skipped, checked.complete)
     );
-    // The replay is fed in pieces of every size: statements, COPY lines and `\.` cross them.
+    // The stream is read in pieces of every size: statements, COPY lines and `\.` cross them.
     let mut outs = Vec::new();
     for size in [1, 2, 3, 5, 7, 64, 4096] {
         let mut out = Vec::new();
-        let mut replay = Replay::new(&checked, &mut out);
-        for chunk in dump.as_bytes().chunks(size) {
-            replay.feed(chunk).map_err(CheckError::from)?;
-        }
-        let (_, complete) = replay.finish().map_err(CheckError::from)?;
-        assert_eq!(complete, checked.complete);
+        let (streamed, outcome) = stream(Trickle(dump.as_bytes(), size), &scope(), &mut out);
+        outcome?;
+        assert_eq!(streamed.complete, checked.complete);
         outs.push(String::from_utf8(out).unwrap());
     }
     assert!(
@@ -140,6 +137,24 @@ fn hostile_statements_are_refused_with_their_line() {
         let r = refused(&dump);
         assert_eq!(r.line, line, "{bad:?}: {r}");
         assert!(r.reason.contains(why), "{bad:?}: {r}");
+        // Streamed to psql, the refused statement never reaches it: what psql got is what the
+        // clean dump gives up to that point (in the transaction that is then never committed).
+        let (_, clean) = run(DUMP).unwrap();
+        for size in [1, 7, 4096] {
+            let mut out = Vec::new();
+            let (_, outcome) = stream(Trickle(dump.as_bytes(), size), &scope(), &mut out);
+            assert!(matches!(outcome, Err(CheckError::Refused(_))), "{bad:?}");
+            let out = String::from_utf8(out).unwrap();
+            // (A COPY that passed was sent; what follows it on its line is what is refused.)
+            let out = match out.rsplit_once("COPY bienestar.t FROM stdin;") {
+                Some((before, "")) if bad.starts_with("COPY bienestar.t FROM stdin;") => before.to_string(),
+                _ => out,
+            };
+            assert!(
+                clean.starts_with(&out) && out.contains("setval") && out.len() <= clean.find("CREATE INDEX").unwrap(),
+                "{bad:?} (pieces of {size}): psql got more than what passed before it:\n{out}"
+            );
+        }
     }
 }
 
