@@ -23,8 +23,10 @@ use crate::crypto::MasterRecipient;
 use crate::error::UsageError;
 use crate::pg::catalog::Catalog;
 
-/// Above this many tenants `--format auto` writes the native format: pg_dump's catalog read has
-/// grown past half of a small tenant's whole backup there (measured: `cargo bench --bench fleet`).
+/// Above this many tenants `--format auto` writes the native format. pg_dump's catalog read costs
+/// about 0.6 ms per tenant in the database (`cargo bench --bench fleet`: `pg_dump -n` takes 0.06 s
+/// at 10 tenants, 0.68 s at 1,000), so up to 100 tenants a plain SQL backup stays within 1.5x of
+/// what it costs at 10 tenants (0.14 s), and past that it only grows.
 pub const NATIVE_ABOVE_TENANTS: u64 = 100;
 use crate::pg::target::DbTarget;
 use crate::pg::tools::{server_version, PgDump};

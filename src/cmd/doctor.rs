@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::app::context::Context;
+use crate::backup::env::NATIVE_ABOVE_TENANTS;
 use crate::cmd::Outcome;
 use crate::pg::tools::server_version;
 use crate::pg::tools::PgDump;
@@ -20,6 +21,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
     let mut add = |check: &'static str, ok: bool, detail: String| checks.push(Check { check, ok, detail });
 
     let mut major = None;
+    let mut tenants = 0u64;
     match ctx.connect().await {
         Ok(client) => {
             match server_version(&client).await {
@@ -34,11 +36,14 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
                 Err(e) => add("database", false, format!("{e:#}")),
             }
             match ctx.catalog.tenants(&client).await {
-                Ok(t) => add(
-                    "tenants",
-                    true,
-                    format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
-                ),
+                Ok(t) => {
+                    tenants = t.len() as u64;
+                    add(
+                        "tenants",
+                        true,
+                        format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
+                    )
+                }
                 Err(e) => add("tenants", false, format!("{e:#}")),
             }
         }
@@ -86,6 +91,15 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
     add("pg_dump found", true, listed);
     if let Some(m) = major {
         match PgDump::find(ctx.pg_dump.as_deref(), m) {
+            Ok(d) if tenants > NATIVE_ABOVE_TENANTS => add(
+                "pg_dump used",
+                true,
+                format!(
+                    "{} ({}) for --format sql and custom; --format auto makes native json dumps ({tenants} tenants, more than {NATIVE_ABOVE_TENANTS})",
+                    d.path.display(),
+                    d.version,
+                ),
+            ),
             Ok(d) => add(
                 "pg_dump used",
                 true,
