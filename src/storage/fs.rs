@@ -239,7 +239,7 @@ impl Storage for LocalDir {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, &prefix, Want::Objects, &mut out)?;
+            walk(&root, &start(&root, &prefix), &prefix, Want::Objects, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -271,7 +271,7 @@ impl Storage for LocalDir {
         let prefix = prefix.to_string();
         let found = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, &prefix, Want::Partials, &mut out)?;
+            walk(&root, &start(&root, &prefix), &prefix, Want::Partials, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok::<_, StorageError>(out)
         })
@@ -318,6 +318,22 @@ enum Want {
 
 /// Collects regular files under `dir` whose key starts with `prefix`: objects, or our own hidden
 /// temporary files.
+/// Where a listing of `prefix` starts: the deepest folder the prefix names (`t/` lists `root/t`
+/// alone, not every tenant's folder in turn: cleanup lists each tenant's folder, and walking the
+/// whole bucket for each was quadratic in the number of tenants). A prefix with a hidden or odd
+/// segment starts at the root, where `walk` applies its rules.
+fn start(root: &Path, prefix: &str) -> PathBuf {
+    let Some((folders, _)) = prefix.rsplit_once('/') else {
+        return root.to_path_buf();
+    };
+    let plain = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('\\');
+    if folders.split('/').all(plain) {
+        root.join(folders)
+    } else {
+        root.to_path_buf()
+    }
+}
+
 fn walk(root: &Path, dir: &Path, prefix: &str, want: Want, out: &mut Vec<ObjectInfo>) -> Result<(), StorageError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -383,6 +399,29 @@ mod tests {
         store.put_bytes("u/c", b"x".to_vec()).await.unwrap();
         let keys: Vec<_> = store.list("t/").await.unwrap().into_iter().map(|o| o.key).collect();
         assert_eq!(keys, ["t/a", "t/b"]);
+        store.put_bytes("t/d/e", b"x".to_vec()).await.unwrap();
+        store.put_bytes("tt/f", b"x".to_vec()).await.unwrap();
+        let keys = |prefix: &'static str| {
+            let store = &store;
+            async move {
+                store
+                    .list(prefix)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(keys("t/").await, ["t/a", "t/b", "t/d/e"]);
+        assert_eq!(keys("t/d/").await, ["t/d/e"]);
+        assert_eq!(keys("t").await, ["t/a", "t/b", "t/d/e", "tt/f"]);
+        assert_eq!(keys("t/b").await, ["t/b"]);
+        assert_eq!(keys("").await.len(), 6, "with the test's own src file");
+        assert!(keys("nope/").await.is_empty());
+        assert!(keys("../").await.is_empty());
+        store.delete("t/d/e").await.unwrap();
+        store.delete("tt/f").await.unwrap();
         assert_eq!(store.size("t/b").await.unwrap(), Some(5));
         store.delete("t/b").await.unwrap();
         assert_eq!(store.size("t/b").await.unwrap(), None);
