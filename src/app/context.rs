@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use crate::app::alerts::{RunLog, SharedRunLog};
 use crate::app::output::Output;
+use crate::app::progress::Progress;
 use crate::backup::env::{choose_tools, BackupEnv, DumpRequest, Seal};
 use crate::backup::format::DumpFormat;
 use crate::cli::Cli;
@@ -16,6 +17,7 @@ use crate::crypto::keys::KeyStore;
 use crate::crypto::KeyConfig;
 use crate::pg::catalog::Catalog;
 use crate::pg::target::DbTarget;
+use crate::progress::Shown;
 use crate::storage::{self, Storage, StorageOptions};
 use crate::usage;
 
@@ -105,6 +107,11 @@ impl Context {
             }),
             signing_key: self.keys.signing_key.clone(),
         })
+    }
+
+    /// Where one tenant's work is shown (bars, lines or nothing, as the output asks).
+    pub fn shown(&self, tenant: &str) -> Shown {
+        Shown::new(Arc::new(Progress::new(self.output.progress)), tenant)
     }
 
     /// Notes how one tenant went, for alerts.

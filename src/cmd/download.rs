@@ -7,14 +7,11 @@ use anyhow::{Context as _, Result};
 
 use crate::app::context::Context;
 use crate::app::output::human_size;
-use crate::app::progress::Progress;
 use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
-use crate::progress::Shown;
 use crate::restore::access::{check_access, open_decrypted, open_plain};
 use crate::restore::{fetch_verified, resolve, Which};
 use crate::{stop, usage};
-use std::sync::Arc;
 
 pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     let which = match (args.id, args.latest, &args.file) {
@@ -48,7 +45,7 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     };
 
     // Downloaded to a temporary file and checked against the manifest before anything is written.
-    let shown = Shown::new(Arc::new(Progress::new(ctx.output.progress)), &source.source_schema);
+    let shown = ctx.shown(&source.source_schema);
     let file = fetch_verified(ctx.storage.as_ref(), &source, &shown).await?;
     let (src, compression, decompress) = (file.path().to_path_buf(), source.compression, args.decompress);
     let decrypt = source.decrypt.clone();

@@ -8,19 +8,16 @@ use serde::Serialize;
 
 use crate::app::context::Context;
 use crate::app::output::human_size;
-use crate::app::progress::Progress;
 use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
-use crate::progress::Shown;
 use crate::restore::access::check_access;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
 use crate::usage;
-use std::sync::Arc;
 
 #[derive(Serialize)]
 struct Restored<'a> {
@@ -115,7 +112,7 @@ async fn restore(
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
 
     // Checked before anything runs.
-    let shown = Shown::new(Arc::new(Progress::new(ctx.output.progress)), &source.source_schema);
+    let shown = ctx.shown(&source.source_schema);
     let file = fetch_verified(ctx.storage.as_ref(), &source, &shown).await?;
 
     // What the plan will be; read again, for real, once the tenant's lock is held.

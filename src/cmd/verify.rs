@@ -8,17 +8,14 @@ use serde::Serialize;
 
 use crate::app::context::Context;
 use crate::app::output::table;
-use crate::app::progress::Progress;
 use crate::cli::VerifyArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
-use crate::progress::Shown;
 use crate::restore::access::check_access;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::read_facts;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
-use std::sync::Arc;
 
 #[derive(Serialize)]
 struct TableCheck {
@@ -72,7 +69,7 @@ async fn verify(
     .await?;
     source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow_unsigned).await?;
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
-    let shown = Shown::new(Arc::new(Progress::new(ctx.output.progress)), &source.source_schema);
+    let shown = ctx.shown(&source.source_schema);
     let file = fetch_verified(ctx.storage.as_ref(), &source, &shown).await?;
     let checksum = if source.manifest.is_some() {
         "ok"
