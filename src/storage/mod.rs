@@ -76,6 +76,11 @@ pub enum StorageError {
     Other(String),
 }
 
+/// Storing `key` was given up because a stop was asked for.
+pub(crate) fn stopped(key: &str) -> StorageError {
+    StorageError::Other(format!("storing {key}: stopped by a signal"))
+}
+
 impl StorageError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StorageError::Io {

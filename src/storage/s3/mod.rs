@@ -23,6 +23,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig};
 use tokio::sync::OnceCell;
 
+use crate::storage::stopped;
+
 use multipart::AbortOnDrop;
 
 use super::{
@@ -408,8 +410,4 @@ impl S3 {
         self.store.put(dest, bytes.into()).await.map_err(|e| self.err(key, e))?;
         Ok(())
     }
-}
-
-fn stopped(key: &str) -> StorageError {
-    StorageError::Other(format!("storing {key}: stopped by a signal"))
 }

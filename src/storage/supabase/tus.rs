@@ -66,23 +66,15 @@ impl Supabase {
             true => Some(file.complete().await?),
             false => None,
         };
-        let upload_url = match self.tus_create(full, key, known).await? {
-            Created::Url(url) => url,
-            Created::NoDeferredLength => {
+        let (upload_url, mut guard) = match self.tus_create_armed(full, key, known).await? {
+            Some(created) => created,
+            None => {
                 tracing::info!("{key}: the server cannot defer an upload's length; uploading once the dump is done");
                 let size = file.complete().await?;
-                match self.tus_create(full, key, Some(size)).await? {
-                    Created::Url(url) => url,
-                    Created::NoDeferredLength => unreachable!("the length was given"),
-                }
+                self.tus_create_armed(full, key, Some(size)).await?.ok_or_else(|| {
+                    StorageError::Other(format!("starting the upload of {key}: the length was refused"))
+                })?
             }
-        };
-        let mut guard = CancelOnDrop {
-            armed: Some((
-                self.http.clone(),
-                upload_url.clone(),
-                Secret::new(self.key.expose().clone()),
-            )),
         };
         let result = self.tus_send(&upload_url, key, file).await;
         guard.armed = None;
@@ -90,6 +82,28 @@ impl Supabase {
             self.tus_cancel(&upload_url, key).await;
         }
         result
+    }
+
+    /// Creates the upload (its length deferred when `None`) and arms its cancel-on-drop guard;
+    /// `None` when the server cannot defer the length. From the creating request until the guard
+    /// holds the upload's URL a stop waits: dropped in between, the upload would exist on the
+    /// server with nobody to cancel it.
+    async fn tus_create_armed(
+        &self,
+        full: &str,
+        key: &str,
+        size: Option<u64>,
+    ) -> Result<Option<(String, CancelOnDrop)>, StorageError> {
+        let _creating = crate::stop::shield().ok_or_else(|| crate::storage::stopped(key))?;
+        Ok(match self.tus_create(full, key, size).await? {
+            Created::Url(url) => {
+                let guard = CancelOnDrop {
+                    armed: Some((self.http.clone(), url.clone(), Secret::new(self.key.expose().clone()))),
+                };
+                Some((url, guard))
+            }
+            Created::NoDeferredLength => None,
+        })
     }
 
     /// Creates the upload (its length deferred when `None`); its URL, checked to be on our own
