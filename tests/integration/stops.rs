@@ -462,6 +462,45 @@ fn a_stopped_resumable_upload_is_terminated() {
 }
 
 #[test]
+fn a_stop_while_a_resumable_upload_is_being_created_still_cancels_it() {
+    // The server has made the upload but its answer has not arrived when the stop comes: the stop
+    // waits for that answer, so the upload is known and cancelled, not left with the server.
+    let db = TestDb::new();
+    let tmp = tempfile::tempdir().unwrap();
+    db.sql(
+        "CREATE TABLE mindcare.bulk (id int PRIMARY KEY, body text); \
+         INSERT INTO mindcare.bulk SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g",
+    );
+    let stub = SupabaseStub::start("eyJhbGciOiJIUzI1NiJ9.service.role", "backups", 50 * 1000 * 1000);
+    stub.state.lock().unwrap().faults.stall_answer = Some(("POST".into(), "upload/resumable".into()));
+    let env = [
+        ("BACKUP_STORAGE", "supabase://backups".to_string()),
+        ("SUPABASE_URL", stub.url.clone()),
+        ("SUPABASE_KEY", stub.key.clone()),
+    ];
+    let before = db.record_count("mindcare");
+    let child = spawn_with(
+        &db,
+        tmp.path(),
+        &env,
+        &["backup", "--tenant", "mindcare", "--compress", "none"],
+    );
+    wait_until("the resumable upload", Duration::from_secs(30), || {
+        !stub.state.lock().unwrap().uploads.is_empty()
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(500));
+    stub.state.lock().unwrap().faults.stall_answer = None;
+    let out = finish(child, Duration::from_secs(15));
+    assert_stopped_cleanly(&db, tmp.path(), &out, SIGNALS[0], &[]);
+    let st = stub.state.lock().unwrap();
+    assert!(st.uploads.is_empty(), "the upload was left with the server");
+    assert!(st.objects.is_empty(), "{:?}", st.objects.keys().collect::<Vec<_>>());
+    drop(st);
+    assert_eq!(db.record_count("mindcare"), before);
+}
+
+#[test]
 fn a_stopped_run_still_pings_fail_and_notifies() {
     let db = TestDb::new();
     let tmp = tempfile::tempdir().unwrap();

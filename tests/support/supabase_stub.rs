@@ -102,6 +102,9 @@ pub struct Faults {
     /// `(method, path suffix)`: matching requests stall until this is cleared, GETs after half
     /// their body, others before they are handled (a storage that hangs mid-transfer).
     pub stall: Option<(String, String)>,
+    /// `(method, path suffix)`: matching requests are handled at once but their answer waits
+    /// until this is cleared (the server did it; the client has not heard yet).
+    pub stall_answer: Option<(String, String)>,
     /// Bulk deletes answer `200 []` and delete nothing (as a row-level security policy that lets
     /// the key read objects but not delete them would).
     pub silent_deletes: bool,
@@ -456,6 +459,15 @@ fn serve(stream: TcpStream, state: &Mutex<State>, origin: &str) {
         let mut st = state.lock().unwrap();
         handle(&req, &mut st, origin)
     };
+    let answer_stalls = |st: &State| {
+        st.faults
+            .stall_answer
+            .as_ref()
+            .is_some_and(|(method, end)| req.method == *method && req.target.ends_with(end.as_str()))
+    };
+    while answer_stalls(&state.lock().unwrap()) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     if r.hang_up {
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return;
