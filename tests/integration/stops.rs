@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::http_recorder::HttpRecorder;
-use crate::support::supabase_stub::SupabaseStub;
+use crate::support::supabase_stub::{Faults, SupabaseStub};
 use crate::support::*;
 
 const SIGNALS: [(i32, &str); 3] = [
@@ -424,8 +424,10 @@ fn download_stopped_by_a_signal_leaves_no_file() {
     assert!(target.is_file());
 }
 
-#[test]
-fn a_stopped_resumable_upload_is_terminated() {
+/// A backup of a tenant large enough for a resumable (TUS) upload to a Supabase stub with `fault`
+/// set, started and seen to have begun its upload: the database, the run's directory, the stub,
+/// the running backup and the tenant's history rows before it.
+fn resumable_backup_started(fault: impl FnOnce(&mut Faults)) -> (TestDb, tempfile::TempDir, SupabaseStub, Child, i64) {
     let db = TestDb::new();
     let tmp = tempfile::tempdir().unwrap();
     db.sql(
@@ -433,8 +435,7 @@ fn a_stopped_resumable_upload_is_terminated() {
          INSERT INTO mindcare.bulk SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g",
     );
     let stub = SupabaseStub::start("eyJhbGciOiJIUzI1NiJ9.service.role", "backups", 50 * 1000 * 1000);
-    // Above 6 MB the upload is resumable (TUS); its first chunk hangs.
-    stub.state.lock().unwrap().faults.stall = Some(("PATCH".into(), String::new()));
+    fault(&mut stub.state.lock().unwrap().faults);
     let env = [
         ("BACKUP_STORAGE", "supabase://backups".to_string()),
         ("SUPABASE_URL", stub.url.clone()),
@@ -450,6 +451,13 @@ fn a_stopped_resumable_upload_is_terminated() {
     wait_until("the resumable upload", Duration::from_secs(30), || {
         !stub.state.lock().unwrap().uploads.is_empty()
     });
+    (db, tmp, stub, child, before)
+}
+
+#[test]
+fn a_stopped_resumable_upload_is_terminated() {
+    // Above 6 MB the upload is resumable (TUS); its first chunk hangs.
+    let (db, tmp, stub, child, before) = resumable_backup_started(|f| f.stall = Some(("PATCH".into(), String::new())));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = finish(child, Duration::from_secs(15));
     stub.state.lock().unwrap().faults.stall = None;
@@ -465,29 +473,8 @@ fn a_stopped_resumable_upload_is_terminated() {
 fn a_stop_while_a_resumable_upload_is_being_created_still_cancels_it() {
     // The server has made the upload but its answer has not arrived when the stop comes: the stop
     // waits for that answer, so the upload is known and cancelled, not left with the server.
-    let db = TestDb::new();
-    let tmp = tempfile::tempdir().unwrap();
-    db.sql(
-        "CREATE TABLE mindcare.bulk (id int PRIMARY KEY, body text); \
-         INSERT INTO mindcare.bulk SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g",
-    );
-    let stub = SupabaseStub::start("eyJhbGciOiJIUzI1NiJ9.service.role", "backups", 50 * 1000 * 1000);
-    stub.state.lock().unwrap().faults.stall_answer = Some(("POST".into(), "upload/resumable".into()));
-    let env = [
-        ("BACKUP_STORAGE", "supabase://backups".to_string()),
-        ("SUPABASE_URL", stub.url.clone()),
-        ("SUPABASE_KEY", stub.key.clone()),
-    ];
-    let before = db.record_count("mindcare");
-    let child = spawn_with(
-        &db,
-        tmp.path(),
-        &env,
-        &["backup", "--tenant", "mindcare", "--compress", "none"],
-    );
-    wait_until("the resumable upload", Duration::from_secs(30), || {
-        !stub.state.lock().unwrap().uploads.is_empty()
-    });
+    let (db, tmp, stub, child, before) =
+        resumable_backup_started(|f| f.stall_answer = Some(("POST".into(), "upload/resumable".into())));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(500));
     stub.state.lock().unwrap().faults.stall_answer = None;
