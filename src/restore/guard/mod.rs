@@ -136,6 +136,34 @@ const QUERY_TEXT: &[&str] = &[
     "current_setting",
 ];
 
+/// Stable functions that tell what lies outside the schema: other sessions and their queries,
+/// settings, the server's files and addresses, other objects' definitions.
+const REVEALING: &[&str] = &[
+    "pg_stat_get_",
+    "pg_show_",
+    "pg_get_",
+    "pg_ls_",
+    "pg_read_",
+    "pg_hba_",
+    "pg_ident_",
+    "pg_settings",
+    "pg_conf_",
+    "pg_postmaster_",
+    "pg_current_",
+    "pg_control_",
+    "pg_tablespace_",
+    "pg_backend_",
+    "pg_blocking_",
+    "pg_safe_snapshot_",
+    "pg_stat_",
+    "inet_",
+    "current_setting",
+    "current_query",
+    "current_user",
+    "session_user",
+    "current_role",
+];
+
 impl Scope {
     /// The scope of a dump of `schema` restored into the database `client` is connected to.
     pub async fn load(client: &Client, schema: &str, lock_timeout_ms: u128) -> Result<Scope> {
@@ -174,12 +202,13 @@ impl Scope {
                 let (ns, name, safe) = (
                     r.get(0).unwrap_or_default(),
                     r.get(1).unwrap_or_default(),
-                    r.get(2) == Some("t"),
+                    matches!(r.get(2), Some("t" | "true")),
                 );
                 if ns == "pg_catalog" {
                     scope.catalog_functions.insert(name.to_string());
                 }
-                if (safe && !QUERY_TEXT.contains(&name)) || VOLATILE_ALLOWED.contains(&name) {
+                let reaches_out = QUERY_TEXT.contains(&name) || REVEALING.iter().any(|p| name.starts_with(p));
+                if (safe && !reaches_out) || VOLATILE_ALLOWED.contains(&name) {
                     scope.functions.insert((ns.to_string(), name.to_string()));
                 } else if ns != "pg_catalog" {
                     scope.shared_functions.insert(name.to_string());
