@@ -246,13 +246,18 @@ async fn produce(
     spool: Spool,
     dir: &std::path::Path,
 ) -> Result<Spooled> {
+    // What a restore would check the dump against: the backup checks it first.
+    let scope = match env.format {
+        DumpFormat::Custom => None,
+        DumpFormat::Plain | DumpFormat::Json => Some(env.guard_scope(client, &req.tenant.schema_name).await?),
+    };
     let Some(pg_dump) = &env.pg_dump else {
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let spooler = spawn_spool(env, req, encrypt, dir, move |opts| {
+        let spooler = spawn_spool(env, req, encrypt, None, dir, move |opts| {
             spool_stream(JsonLinesReader::new(rx), spool, opts)
         });
-        let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
+        let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, scope.as_ref(), tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler
             .await
@@ -272,10 +277,12 @@ async fn produce(
         pg_format,
         env.inserts,
     );
-    spawn_spool(env, req, encrypt, dir, move |opts| dump_to_spool(cmd, spool, opts))
-        .await
-        .context("the dump task panicked")?
-        .map_err(anyhow::Error::new)
+    spawn_spool(env, req, encrypt, scope, dir, move |opts| {
+        dump_to_spool(cmd, spool, opts)
+    })
+    .await
+    .context("the dump task panicked")?
+    .map_err(anyhow::Error::new)
 }
 
 /// Runs `work` on a blocking thread with this backup's spool options.
@@ -283,6 +290,7 @@ fn spawn_spool(
     env: &BackupEnv,
     req: &BackupRequest,
     encrypt: Option<age::x25519::Recipient>,
+    check: Option<crate::restore::guard::Scope>,
     dir: &std::path::Path,
     work: impl FnOnce(&SpoolOptions<'_>) -> Result<Spooled, SpoolError> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<Spooled, SpoolError>> {
@@ -299,6 +307,7 @@ fn spawn_spool(
             progress,
             scrub: &scrub,
             encrypt,
+            check,
         })
     })
 }

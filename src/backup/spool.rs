@@ -37,6 +37,8 @@ pub struct Spooled {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    #[error("the dump holds what a restore refuses, so it would not restore ({0}); the backup failed and nothing was kept: see \"What a restored dump may and may not do\" in docs/restore.md")]
+    Refused(String),
     #[error("could not start {program}: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("pg_dump failed ({status}){}", stderr_suffix(.stderr))]
@@ -75,6 +77,9 @@ pub struct SpoolOptions<'a> {
     pub scrub: &'a (dyn Fn(&str) -> String + Sync),
     /// Encrypt (after compressing) to this tenant recipient.
     pub encrypt: Option<age::x25519::Recipient>,
+    /// A plain dump is checked by the restore guard as it is written (see [`crate::restore::guard`]):
+    /// a backup that a restore would refuse is not a backup.
+    pub check: Option<crate::restore::guard::Scope>,
 }
 
 /// A spool file made before the dump starts, and the handle that reports its growth.
@@ -167,6 +172,9 @@ pub fn dump_to_spool(mut cmd: Command, spool: Spool, opts: &SpoolOptions<'_>) ->
     if pumped.raw == 0 {
         return Err(SpoolError::Empty { stderr });
     }
+    if let Some(Err(e)) = pumped.checked {
+        return Err(SpoolError::Refused(e.to_string()));
+    }
     match &pumped.scanner {
         Some(s) if !s.is_complete() => return Err(SpoolError::Truncated { stderr }),
         None if pumped.head != b"PGDMP" => return Err(SpoolError::NotAnArchive),
@@ -243,6 +251,7 @@ mod tests {
 
     fn opts(dir: &Path) -> SpoolOptions<'_> {
         SpoolOptions {
+            check: None,
             format: DumpFormat::Plain,
             compression: Compression::Zstd { level: 3 },
             max_size: None,

@@ -1,9 +1,8 @@
 use super::*;
 
 fn scope() -> Scope {
-    Scope {
-        schema: "bienestar".into(),
-        other_schemas: ["public", "mindcare"].iter().map(|s| s.to_string()).collect(),
+    let names = Names {
+        schemas: ["public", "mindcare"].iter().map(|s| s.to_string()).collect(),
         extension_members: [("public".to_string(), "citext".to_string())].into_iter().collect(),
         functions: ["count", "nextval", "setval", "upper", "now", "length"]
             .iter()
@@ -29,7 +28,11 @@ fn scope() -> Scope {
             .iter()
             .map(|f| f.to_string())
             .collect(),
+    };
+    Scope {
+        schema: "bienestar".into(),
         lock_timeout_ms: 5000,
+        names: std::sync::Arc::new(names),
     }
 }
 
@@ -200,6 +203,10 @@ fn hostile_statements_are_refused_with_their_line() {
         ),
         ("CREATE VIEW bienestar.v AS SELECT query FROM pg_stat_activity;\n", "pg_stat_activity"),
         ("CREATE VIEW bienestar.v AS SELECT * FROM information_schema.tables;\n", "information_schema"),
+        (
+            "ALTER TABLE bienestar.t ADD CONSTRAINT f FOREIGN KEY (id) REFERENCES mindcare.t (id);\n",
+            "mindcare.t",
+        ),
     ] {
         let dump = format!("{}{bad}{}", &DUMP[..at], &DUMP[at..]);
         let r = refused(&dump);
@@ -257,6 +264,13 @@ fn quotes_comments_and_dollar_quotes_hide_what_looks_like_sql() {
 }
 
 #[test]
+fn a_foreign_key_may_reference_the_shared_schema() {
+    let at = DUMP.find("CREATE INDEX").unwrap();
+    let fk = "ALTER TABLE ONLY bienestar.t ADD CONSTRAINT t_clinic FOREIGN KEY (id) REFERENCES public.tenants_clinic(id) DEFERRABLE INITIALLY DEFERRED;\n";
+    run(&format!("{}{fk}{}", &DUMP[..at], &DUMP[at..])).unwrap();
+}
+
+#[test]
 fn a_statement_too_large_to_check_is_refused_before_it_is_parsed() {
     // Issue #22 item 3: a multi-row VALUES of a few MB took gigabytes to parse.
     let values = "(1),".repeat(MAX_TOKENS);
@@ -268,7 +282,10 @@ fn a_statement_too_large_to_check_is_refused_before_it_is_parsed() {
     assert!(r.to_string().contains("tokens"), "{r}");
     assert!(started.elapsed().as_secs() < 5, "refused without parsing");
     // A long row is one token per value: pg_dump --inserts rows of any length pass.
-    let long = format!("INSERT INTO bienestar.t (id, note) VALUES (1, '{}');\n", "x".repeat(8 << 20));
+    let long = format!(
+        "INSERT INTO bienestar.t (id, note) VALUES (1, '{}');\n",
+        "x".repeat(8 << 20)
+    );
     let dump = format!("{}{long}{}", &DUMP[..at], &DUMP[at..]);
     check(dump.as_bytes(), &scope()).unwrap();
 }
@@ -296,7 +313,10 @@ fn single_statements_of_the_json_structure_are_held_to_the_same_rules() {
     let mut own_first = false;
     let ok = single("CREATE TABLE bienestar.t (id bigint NOT NULL)", &scope, &mut own_first).unwrap();
     assert_eq!(ok.as_deref(), Some("CREATE TABLE bienestar.t (id bigint NOT NULL)\n;"));
-    assert_eq!(single("ALTER TABLE bienestar.t OWNER TO x", &scope, &mut own_first).unwrap(), None);
+    assert_eq!(
+        single("ALTER TABLE bienestar.t OWNER TO x", &scope, &mut own_first).unwrap(),
+        None
+    );
     for (bad, why) in [
         ("DROP SCHEMA mindcare CASCADE", "mindcare"),
         ("CREATE TABLE bienestar.x (a int); COMMIT", "several"),
@@ -308,7 +328,10 @@ fn single_statements_of_the_json_structure_are_held_to_the_same_rules() {
         ("SET ROLE postgres", "role"),
         ("RESET ROLE", "SET role"),
         ("SET SESSION AUTHORIZATION postgres", "session"),
-        ("CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'", "public"),
+        (
+            "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
+            "public",
+        ),
         ("\\! id", "meta-command"),
     ] {
         let e = single(bad, &scope, &mut own_first).unwrap_err();
