@@ -343,3 +343,57 @@ fn storage_supabase_cleanup_refuses_a_key_that_is_not_service_role() {
     assert!(!log(&b).iter().any(|(m, _)| m == "DELETE"));
     assert_eq!(db.record_count("mindcare"), 2);
 }
+
+/// Uploads the stub still holds that never became an object.
+fn open_uploads(b: &Backend) -> usize {
+    b.stub()
+        .state
+        .lock()
+        .unwrap()
+        .uploads
+        .values()
+        .filter(|u| u.length != Some(u.data.len() as u64))
+        .count()
+}
+
+#[test]
+fn storage_supabase_a_name_taken_mid_upload_leaves_no_upload_behind() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // Another writer stores the name while our resumable upload runs: the PATCH is answered 409,
+    // and so is a cancel that does not say `x-upsert: true` (the server checks the name again).
+    b.stub()
+        .inject(Some("PATCH"), "/upload/resumable/", Fault::TakeName, Some(1));
+    grow_mindcare(&db, 8);
+    let key = b.backup(&db, "mindcare", &["--compress", "none"]);
+    assert!(key.ends_with("-2.sql"), "the next free name is used: {key}");
+    let theirs = key.replace("-2.sql", ".sql");
+    assert_eq!(
+        b.stub().state.lock().unwrap().objects.get(&theirs).map(Vec::as_slice),
+        Some(&b"theirs"[..]),
+        "the other writer's object is left alone"
+    );
+    assert_eq!(open_uploads(&b), 0, "our abandoned upload was cancelled: {:?}", log(&b));
+}
+
+#[test]
+fn storage_supabase_an_upload_abandoned_while_the_server_is_down_is_still_cancelled() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // The server goes away mid-upload (every chunk's connection dropped) and is still away for
+    // the first cancel; nothing on the server ever expires the upload, so the cancel is retried.
+    b.stub()
+        .inject(Some("PATCH"), "/upload/resumable/", Fault::Disconnect, None);
+    b.stub()
+        .inject(Some("DELETE"), "/upload/resumable/", Fault::Disconnect, Some(2));
+    grow_mindcare(&db, 8);
+    let out = b
+        .cmd(&db)
+        .env("BACKUP_STORAGE_RETRIES", "2")
+        .args(["backup", "--tenant", "mindcare", "--compress", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(open_uploads(&b), 0, "{}\n{:?}", text(&out.stderr), log(&b));
+    assert_eq!(db.record_count("mindcare"), 0);
+}
