@@ -64,6 +64,11 @@ pub enum StorageError {
     /// needs): nothing was touched, and the fix is in the configuration.
     #[error("{0}")]
     Refused(String),
+    /// The server refused the request for a reason no retry fixes (a rejected key, a missing
+    /// bucket, a size or type limit: 401/403/404/413/415): the message names the fix. A backup
+    /// stops its dump at once on it, and the request is not sent again.
+    #[error("{0}")]
+    Rejected(String),
     /// The OS error is part of the message and deliberately not a `source` (thiserror would make a
     /// field named `source` one), so an error chain prints it once.
     #[error("{context}: {error}")]

@@ -168,6 +168,15 @@ impl S3 {
         match e {
             object_store::Error::NotFound { .. } => StorageError::NotFound(key.to_string()),
             object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists(key.to_string()),
+            // No retry fixes these: a backup stops its dump on them.
+            e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => {
+                StorageError::Rejected(format!(
+                    "{}: {key}: {}: check that the credentials may write to bucket {:?} ({CREDENTIALS_HINT})",
+                    crate::secret::redact(&self.url),
+                    self.explain(&e),
+                    self.bucket
+                ))
+            }
             other => StorageError::Other(format!(
                 "{}: {key}: {}",
                 crate::secret::redact(&self.url),

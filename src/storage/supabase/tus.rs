@@ -296,14 +296,12 @@ impl Supabase {
         if f.api().is_some() {
             return self.fail(key, f);
         }
-        let text = self.scrub(f.body.trim());
+        let text = self.scrub(&super::http::one_line(&f.body));
         match f.http {
-            413 => StorageError::Other(format!(
-                "{key} is larger than the Supabase project's upload size limit ({text}): raise the limit (Storage settings) or use --max-size to refuse such backups"
-            )),
-            401 | 403 => StorageError::Other(format!(
-                "Supabase rejected the key ({text}): use the service_role key, not the anon key (SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY)"
-            )),
+            413 => self.too_large(key, &text),
+            415 => self.type_refused(key, &text),
+            401 | 403 => self.key_rejected(&text),
+            404 if text == "Bucket not found" => self.no_such_bucket(),
             status => StorageError::Other(format!(
                 "Supabase storage error {status} for {key} (resumable upload): {text}"
             )),
