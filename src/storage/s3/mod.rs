@@ -51,6 +51,8 @@ pub struct S3 {
     /// instance metadata service object_store falls back to.
     configured_credentials: bool,
     http: reqwest::Client,
+    /// Attempts after the first for the requests made here rather than by object_store.
+    retries: u32,
     seen: OnceCell<Result<(), String>>,
 }
 
@@ -123,6 +125,7 @@ impl S3 {
             bucket_url,
             configured_credentials,
             http,
+            retries: opts.retries,
             seen: OnceCell::new(),
         })
     }
