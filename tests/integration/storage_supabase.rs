@@ -405,3 +405,46 @@ fn storage_supabase_an_upload_abandoned_while_the_server_is_down_is_still_cancel
     assert_eq!(open_uploads(&b), 0, "{}\n{:?}", text(&out.stderr), log(&b));
     assert_eq!(db.record_count("mindcare"), 0);
 }
+
+#[test]
+fn storage_supabase_cleanup_orphans_fix_deletes_objects_in_one_call() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &[]);
+    {
+        let mut st = b.stub().state.lock().unwrap();
+        for day in 1..=6 {
+            st.objects.insert(
+                format!("mindcare/auto-sql-mindcare-2026-01-0{day}-000000.sql.zst"),
+                b"orphan".to_vec(),
+            );
+        }
+    }
+    clear_log(&b);
+    let out = b.run_ok(
+        &db,
+        &[
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--grace-hours",
+            "0",
+            "--include-manual",
+            "--tenant",
+            "mindcare",
+        ],
+    );
+    let deletes: Vec<_> = log(&b).into_iter().filter(|(m, _)| m == "DELETE").collect();
+    assert_eq!(
+        deletes.len(),
+        1,
+        "one bulk delete for six orphans: {deletes:?}\n{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        b.stub().keys().len(),
+        2,
+        "the backup and its manifest stay: {:?}",
+        b.stub().keys()
+    );
+}
