@@ -218,7 +218,13 @@ async fn spool_and_store(
         produce(env, client, req, encrypt, spool, &dir),
         store_without_overwrite(storage, base, growing, unrecorded)
     );
-    // A failed dump explains more than the abandoned upload it caused.
+    // A failed dump explains more than the abandoned upload it caused, except when storage refused
+    // the object for good: then the dump was stopped because of it.
+    if let Err(e) = &stored {
+        if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::Rejected(_))) {
+            return Err(stored.unwrap_err());
+        }
+    }
     let spooled = spooled?;
     let key = stored?;
     let size = storage
@@ -329,9 +335,16 @@ async fn store_without_overwrite(
         };
         let began_while_dumping = !growing.is_complete();
         let mut outcome = storage.put_growing(&key, growing.clone()).await;
+        if let Err(StorageError::Rejected(_)) = &outcome {
+            // No retry fixes it: the dump is stopped rather than run to its end for nothing.
+            growing.give_up();
+        }
         if let Err(e) = &outcome {
             let retry = began_while_dumping
-                && !matches!(e, StorageError::AlreadyExists(_) | StorageError::Abandoned(_))
+                && !matches!(
+                    e,
+                    StorageError::AlreadyExists(_) | StorageError::Abandoned(_) | StorageError::Rejected(_)
+                )
                 && crate::stop::requested().is_none();
             if retry && growing.clone().complete().await.is_ok() {
                 tracing::warn!("storing {key} while dumping failed ({e}); storing it again from the finished spool");

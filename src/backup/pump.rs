@@ -234,6 +234,16 @@ impl std::fmt::Display for TooLargeMarker {
 }
 impl std::error::Error for TooLargeMarker {}
 
+/// The spool's reader (the upload) gave it up: storage refused the object for good.
+#[derive(Debug)]
+pub struct GivenUpMarker;
+impl std::fmt::Display for GivenUpMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the storage refused the backup; the dump was stopped")
+    }
+}
+impl std::error::Error for GivenUpMarker {}
+
 /// The spool file itself: unbuffered (every writer before it hands over whole blocks), each
 /// write then readable by an upload that follows the file.
 struct SpoolWriter {
@@ -246,6 +256,9 @@ struct SpoolWriter {
 
 impl Write for SpoolWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.grower.given_up() {
+            return Err(io::Error::other(GivenUpMarker));
+        }
         let n = self.file.write(buf)?;
         self.len += n as u64;
         self.grower.grew(self.len);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -17,7 +17,7 @@ use tempfile::NamedTempFile;
 
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
-use crate::backup::pump::{pump, widen_pipe, PumpError, Pumped, TooLargeMarker};
+use crate::backup::pump::{pump, widen_pipe, GivenUpMarker, PumpError, Pumped, TooLargeMarker};
 use crate::jsonl::ProducerError;
 use crate::pg::dumpscan::PlainDumpScanner;
 use crate::storage::{Grower, GrowingFile};
@@ -51,6 +51,9 @@ pub enum SpoolError {
     NotAnArchive,
     #[error("the backup is larger than --max-size ({limit} bytes); nothing was stored")]
     TooLarge { limit: u64 },
+    /// Storage refused the object for good while the dump ran: the dump was stopped.
+    #[error("the storage refused the backup; the dump was stopped")]
+    GivenUp,
     #[error("{0}")]
     Producer(String),
     #[error("writing the spool file in {dir}: {source}")]
@@ -107,6 +110,9 @@ pub fn create(dir: &Path, object_name: &str, durable: bool) -> Result<(Spool, Gr
 }
 
 fn write_err(opts: &SpoolOptions<'_>, source: io::Error) -> SpoolError {
+    if source.get_ref().is_some_and(|inner| inner.is::<GivenUpMarker>()) {
+        return SpoolError::GivenUp;
+    }
     if source.get_ref().is_some_and(|inner| inner.is::<TooLargeMarker>()) {
         return SpoolError::TooLarge {
             limit: opts.max_size.unwrap_or(0),
@@ -146,7 +152,32 @@ pub fn dump_to_spool(mut cmd: Command, spool: Spool, opts: &SpoolOptions<'_>) ->
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
     let Spool { file, grower, durable } = spool;
-    let pumped = match pump(&mut stdout, file.as_file(), grower, durable, opts) {
+    // Storage may give the spool up for good while pg_dump is quiet (a big table's rows take a
+    // while to come): it is ended then, not when it next writes.
+    let given_up = grower.given_up_flag();
+    let pumping = AtomicBool::new(true);
+    let pumped = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while pumping.load(Ordering::Relaxed) {
+                if given_up.load(Ordering::Relaxed) {
+                    child.kill_group();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let pumped = pump(&mut stdout, file.as_file(), grower, durable, opts);
+        pumping.store(false, Ordering::Relaxed);
+        pumped
+    });
+    if given_up.load(Ordering::Relaxed) {
+        drop(stdout);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = stderr_reader.join();
+        return Err(SpoolError::GivenUp);
+    }
+    let pumped = match pumped {
         Ok(p) => p,
         Err(e) => {
             // Closing our end of the pipe too, so anything the dumper started dies of SIGPIPE.
