@@ -34,8 +34,15 @@ fn main() {
         c
     };
     let newest = || sql("SELECT max(id) FROM bench.backups_backuprecord");
-    let key_of = |id: &str| sql(&format!("SELECT file_path FROM bench.backups_backuprecord WHERE id = {id}"));
-    measure(tool(&["backup", "--tenant", SCHEMA, "--compress", "none"]), "plain backup");
+    let key_of = |id: &str| {
+        sql(&format!(
+            "SELECT file_path FROM bench.backups_backuprecord WHERE id = {id}"
+        ))
+    };
+    measure(
+        tool(&["backup", "--tenant", SCHEMA, "--compress", "none"]),
+        "plain backup",
+    );
     let (plain_id, plain_key) = (newest(), key_of(&newest()));
     measure(
         tool(&["backup", "--tenant", SCHEMA, "--compress", "none", "--format", "json"]),
@@ -46,21 +53,45 @@ fn main() {
     let json = std::fs::read_to_string(store.join(&json_key)).unwrap();
     let at = plain.find("\nCOPY ").unwrap() + 1;
     let with = |extra: &str| format!("{}{extra}\n{}", &plain[..at], &plain[at..]);
-    let values = |tokens: usize| format!("INSERT INTO bench.users_user (id) VALUES {}(1);", "(1),".repeat(tokens / 4));
+    let values = |tokens: usize| {
+        format!(
+            "INSERT INTO bench.users_user (id) VALUES {}(1);",
+            "(1),".repeat(tokens / 4)
+        )
+    };
     let chain = |ops: usize| format!("CREATE VIEW bench.deep AS SELECT {}1 AS s;", "1 + ".repeat(ops));
-    let parens = |n: usize| format!("CREATE VIEW bench.deep AS SELECT {}1{} AS s;", "(".repeat(n), ")".repeat(n));
+    let parens = |n: usize| {
+        format!(
+            "CREATE VIEW bench.deep AS SELECT {}1{} AS s;",
+            "(".repeat(n),
+            ")".repeat(n)
+        )
+    };
     let body = |n: usize| {
         format!(
             "CREATE FUNCTION bench.f() RETURNS int LANGUAGE plpgsql AS $$ DECLARE x int := 0; BEGIN {} RETURN x; END $$;",
             "x := x + 1; ".repeat(n)
         )
     };
-    let string = |mb: usize| format!("INSERT INTO bench.users_user (id, email) VALUES (1, '{}');", "x".repeat(mb << 20));
+    let string = |mb: usize| {
+        format!(
+            "INSERT INTO bench.users_user (id, email) VALUES (1, '{}');",
+            "x".repeat(mb << 20)
+        )
+    };
     let cases: Vec<(&str, &str, String)> = vec![
         ("genuine plain backup", "plain", plain.clone()),
         ("genuine json backup", "json", json.clone()),
-        ("VALUES, 99,996 tokens (just under the bound)", "plain", with(&values(99_996))),
-        ("VALUES, 8 MiB (2M tokens: refused before parsing)", "plain", with(&values(8 << 20))),
+        (
+            "VALUES, 99,996 tokens (just under the bound)",
+            "plain",
+            with(&values(99_996)),
+        ),
+        (
+            "VALUES, 8 MiB (2M tokens: refused before parsing)",
+            "plain",
+            with(&values(8 << 20)),
+        ),
         ("VALUES, 60 MiB", "plain", with(&values(60 << 20))),
         ("operator chain, 45", "plain", with(&chain(45))),
         ("operator chain, 5,000", "plain", with(&chain(5_000))),
@@ -68,8 +99,16 @@ fn main() {
         ("nested parentheses, 10,000", "plain", with(&parens(10_000))),
         ("PL/pgSQL body, 99,000 tokens", "plain", with(&body(16_000))),
         ("one string literal, 48 MiB", "plain", with(&string(48))),
-        ("statement without end, 100 MiB", "plain", with(&format!("SELECT '{}", "x".repeat(100 << 20)))),
-        ("json line without end, 100 MiB", "json", format!("{}{}", json.lines().next().unwrap(), "x".repeat(100 << 20))),
+        (
+            "statement without end, 100 MiB",
+            "plain",
+            with(&format!("SELECT '{}", "x".repeat(100 << 20))),
+        ),
+        (
+            "json line without end, 100 MiB",
+            "json",
+            format!("{}{}", json.lines().next().unwrap(), "x".repeat(100 << 20)),
+        ),
     ];
     println!("| object | size | verify wall | tool peak RSS | tree peak RSS | outcome |");
     println!("|---|---|---|---|---|---|");

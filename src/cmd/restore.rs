@@ -17,6 +17,7 @@ use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::{read_facts, schema_exists};
+use crate::restore::writes::Writes;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
 use crate::usage;
 
@@ -26,6 +27,9 @@ struct Restored<'a> {
     restored_into: &'a str,
     backup: &'a Source,
     previous_schema_kept_as: Option<&'a str>,
+    /// Rows the application inserted, updated or deleted in the tenant while the restore ran: they
+    /// are in the previous schema, not in the restored one.
+    application_writes_during_restore: Option<i64>,
     dry_run: bool,
     duration_seconds: f64,
 }
@@ -111,6 +115,9 @@ async fn restore(
         },
     };
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
+    // What the application writes to the tenant from now on will be in the schema set aside, not
+    // in the restored one: where it stands now, to tell afterwards.
+    let writes = Writes::start(client, &target_name).await?;
 
     // Checked before anything runs.
     let shown = ctx.shown(&source.source_schema);
@@ -143,7 +150,16 @@ async fn restore(
         describe_json(h, &target, &facts, &live_tables);
     }
     if args.dry_run {
-        report(ctx, &tenant.schema_name, &target_name, &source, None, true, started)?;
+        report(
+            ctx,
+            &tenant.schema_name,
+            &target_name,
+            &source,
+            None,
+            None,
+            true,
+            started,
+        )?;
         return Ok(Outcome::Done);
     }
     if !args.yes {
@@ -194,11 +210,21 @@ async fn restore(
         crate::jsonl::restore(session, input, &opts)
             .await
             .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-        let kept = match header.map(|h| h.format_version) {
-            Some(2) => keep_previous,
-            _ => kept.as_deref(),
+        let (kept, wrote) = match header.map(|h| h.format_version) {
+            // Version 2 loads into the live tables, which it holds locked: nobody wrote meanwhile.
+            Some(2) => (keep_previous.map(str::to_string), None),
+            _ => settle_previous(session, &target, kept, &writes, lock_timeout).await,
         };
-        report(ctx, &tenant.schema_name, &target_name, &source, kept, false, started)?;
+        report(
+            ctx,
+            &tenant.schema_name,
+            &target_name,
+            &source,
+            kept.as_deref(),
+            wrote,
+            false,
+            started,
+        )?;
         return Ok(Outcome::Done);
     };
     let ran = through_psql(
@@ -217,16 +243,75 @@ async fn restore(
     if let Some(note) = &ran.note {
         tracing::warn!("{note}");
     }
+    let (kept, wrote) = settle_previous(session, &target, kept, &writes, lock_timeout).await;
     report(
         ctx,
         &tenant.schema_name,
         &target_name,
         &source,
         kept.as_deref(),
+        wrote,
         false,
         started,
     )?;
     Ok(Outcome::Done)
+}
+
+/// After the COMMIT: how many rows the application wrote to the tenant while the restore ran
+/// (they are in the previous schema, set aside), and the previous schema dropped if
+/// `--drop-previous` asked for it and nothing was written there meanwhile. Acknowledged writes
+/// are never dropped silently: the schema is kept and the report says so.
+async fn settle_previous(
+    client: &tokio_postgres::Client,
+    target: &Target,
+    kept: Option<String>,
+    writes: &Writes,
+    lock_timeout: Duration,
+) -> (Option<String>, Option<i64>) {
+    let Some(previous) = kept else {
+        return (None, None);
+    };
+    let drop = matches!(
+        target,
+        Target::Replace {
+            drop_previous: true,
+            ..
+        }
+    );
+    let wrote = match writes.since(client).await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!("could not read what the application wrote during the restore: {e:#}");
+            None
+        }
+    };
+    match (drop, wrote) {
+        (true, Some(0)) => {
+            let sql = format!(
+                "SET lock_timeout = '{}ms'; DROP SCHEMA {} CASCADE; RESET lock_timeout",
+                lock::timeout_ms(lock_timeout),
+                crate::pg::sql::quote_ident(&previous)
+            );
+            match client.batch_execute(&sql).await {
+                Ok(()) => (None, wrote),
+                Err(e) => {
+                    tracing::warn!(
+                        "the restore is committed, but the previous schema {previous} could not be dropped ({}): drop it yourself once you have checked it",
+                        crate::pg::connect::describe_pg_error(&e)
+                    );
+                    (Some(previous), wrote)
+                }
+            }
+        }
+        (true, _) => {
+            tracing::warn!(
+                "--drop-previous: the previous schema is KEPT as {previous}, because the application wrote to the tenant while the restore ran{}",
+                if wrote.is_none() { " (or it could not be told)" } else { "" }
+            );
+            (Some(previous), wrote)
+        }
+        (false, _) => (Some(previous), wrote),
+    }
 }
 
 fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &Facts) {
@@ -254,7 +339,7 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &
             drop_previous: true, ..
         } if facts.target_exists => {
             eprintln!(
-                "  target   {target}: the current schema is replaced and DROPPED in the same transaction ({history})"
+                "  target   {target}: the current schema is replaced, and DROPPED once the restore is committed unless the application wrote to it meanwhile ({history})"
             )
         }
         Target::Replace { .. } if facts.target_exists => eprintln!(
@@ -334,12 +419,14 @@ fn confirm(target: &str) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     ctx: &Context,
     tenant: &str,
     target: &str,
     source: &Source,
     kept_as: Option<&str>,
+    application_writes: Option<i64>,
     dry_run: bool,
     started: Instant,
 ) -> Result<()> {
@@ -350,6 +437,7 @@ fn report(
             restored_into: target,
             backup: source,
             previous_schema_kept_as: kept_as,
+            application_writes_during_restore: application_writes,
             dry_run,
             duration_seconds: (elapsed * 1000.0).round() / 1000.0,
         })?;
@@ -360,6 +448,11 @@ fn report(
         return Ok(());
     }
     println!("restored {target} from {} in {elapsed:.2} s", source.key);
+    if let (Some(n), Some(old)) = (application_writes.filter(|n| *n > 0), kept_as) {
+        println!(
+            "the application wrote {n} row(s) to {target} while the restore ran: they are not in the restored schema, they are in {old}"
+        );
+    }
     if let Some(old) = kept_as {
         println!(
             "the previous schema is kept as {old}; check the restore, then drop it with `DROP SCHEMA \"{old}\" CASCADE` (or `tenant-backup cleanup --pre-restore-days N`)"

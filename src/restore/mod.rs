@@ -25,6 +25,7 @@ pub mod run;
 pub mod script;
 pub mod source;
 pub mod state;
+pub mod writes;
 
 pub use psql::{open_decompressed, Counts, PsqlJob};
 pub use script::{plan, Facts, Plan, Target};

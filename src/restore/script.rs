@@ -112,10 +112,7 @@ pub fn plan(
         pro.push_str(&rename(s, &hold));
     }
     match target {
-        Target::Replace {
-            schema: t,
-            drop_previous,
-        } => {
+        Target::Replace { schema: t, .. } => {
             if t != s {
                 epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(t)));
             }
@@ -123,13 +120,10 @@ pub fn plan(
                 epi.push_str(&rename(&hold, s));
             }
             epi.push_str(&history(catalog, t, previous.as_deref(), source, facts));
-            if let Some(p) = previous {
-                if *drop_previous {
-                    epi.push_str(&format!("DROP SCHEMA {} CASCADE;\n", quote_ident(&p)));
-                } else {
-                    kept_as = Some(p);
-                }
-            }
+            // With --drop-previous the previous schema is dropped after the COMMIT, and only when
+            // the application wrote nothing to it meanwhile (see `restore::writes`): what it wrote
+            // during the restore is never destroyed silently.
+            kept_as = previous;
             epi.push_str("COMMIT;\n");
         }
         Target::Into { schema: t } => {

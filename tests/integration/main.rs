@@ -25,6 +25,7 @@ mod restore_hostile;
 mod restore_json;
 mod restore_leaks;
 mod restore_truth;
+mod restore_writes;
 mod scheduled;
 mod secrets;
 mod stops;
