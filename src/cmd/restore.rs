@@ -259,8 +259,10 @@ async fn restore(
 
 /// After the COMMIT: how many rows the application wrote to the tenant while the restore ran
 /// (they are in the previous schema, set aside), and the previous schema dropped if
-/// `--drop-previous` asked for it and nothing was written there meanwhile. Acknowledged writes
-/// are never dropped silently: the schema is kept and the report says so.
+/// `--drop-previous` asked for it and nothing was written there. For the drop, the previous
+/// schema's tables are locked first (within `--lock-timeout`), so the count is exact and nothing
+/// can be written between it and the DROP. Acknowledged writes are never dropped silently: the
+/// schema is kept and the report says so.
 async fn settle_previous(
     client: &tokio_postgres::Client,
     target: &Target,
@@ -271,47 +273,72 @@ async fn settle_previous(
     let Some(previous) = kept else {
         return (None, None);
     };
-    let drop = matches!(
+    if !matches!(
         target,
         Target::Replace {
             drop_previous: true,
             ..
         }
-    );
-    let wrote = match writes.since(client).await {
-        Ok(n) => Some(n),
-        Err(e) => {
-            tracing::warn!("could not read what the application wrote during the restore: {e:#}");
-            None
-        }
-    };
-    match (drop, wrote) {
-        (true, Some(0)) => {
-            let sql = format!(
-                "SET lock_timeout = '{}ms'; DROP SCHEMA {} CASCADE; RESET lock_timeout",
-                lock::timeout_ms(lock_timeout),
-                crate::pg::sql::quote_ident(&previous)
-            );
-            match client.batch_execute(&sql).await {
-                Ok(()) => (None, wrote),
-                Err(e) => {
-                    tracing::warn!(
-                        "the restore is committed, but the previous schema {previous} could not be dropped ({}): drop it yourself once you have checked it",
-                        crate::pg::connect::describe_pg_error(&e)
-                    );
-                    (Some(previous), wrote)
-                }
+    ) {
+        return match writes.since(client).await {
+            Ok(n) => (Some(previous), Some(n)),
+            Err(e) => {
+                tracing::warn!("could not tell what the application wrote during the restore: {e:#}");
+                (Some(previous), None)
             }
-        }
-        (true, _) => {
-            tracing::warn!(
-                "--drop-previous: the previous schema is KEPT as {previous}, because the application wrote to the tenant while the restore ran{}",
-                if wrote.is_none() { " (or it could not be told)" } else { "" }
-            );
-            (Some(previous), wrote)
-        }
-        (false, _) => (Some(previous), wrote),
+        };
     }
+    match drop_unless_written(client, &previous, writes, lock_timeout).await {
+        Ok(0) => (None, Some(0)),
+        Ok(n) => {
+            tracing::warn!(
+                "--drop-previous: the previous schema is KEPT as {previous}: the application wrote {n} row(s) to the tenant while the restore ran, and they are there"
+            );
+            (Some(previous), Some(n))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the restore is committed, but the previous schema is KEPT as {previous}: it could not be dropped ({e:#}); drop it yourself once you have checked it"
+            );
+            (Some(previous), None)
+        }
+    }
+}
+
+/// In one transaction: the previous schema's tables locked, the application's writes counted, and
+/// the schema dropped when there were none. Returns the count.
+async fn drop_unless_written(
+    client: &tokio_postgres::Client,
+    previous: &str,
+    writes: &Writes,
+    lock_timeout: Duration,
+) -> Result<i64> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+            lock::timeout_ms(lock_timeout)
+        ))
+        .await?;
+    let result = async {
+        writes.lock_tables(client).await?;
+        let n = writes.since(client).await?;
+        if n == 0 {
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA {} CASCADE",
+                    crate::pg::sql::quote_ident(previous)
+                ))
+                .await?;
+        }
+        anyhow::Ok(n)
+    }
+    .await;
+    let end = if matches!(result, Ok(0)) { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).await?;
+    result.map_err(|e| match e.downcast_ref::<tokio_postgres::Error>() {
+        Some(pg) => anyhow::anyhow!("{}", crate::pg::connect::describe_pg_error(pg)),
+        None => e,
+    })
 }
 
 fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &Facts) {

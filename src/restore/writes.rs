@@ -50,29 +50,48 @@ impl Writes {
         })
     }
 
-    /// Rows the application inserted, updated or deleted in the schema since [`Writes::start`]
-    /// (the schema now set aside under its pre-restore name). Reads every table of it once.
-    pub async fn since(&self, client: &Client) -> Result<i64> {
+    /// Locks every table of the schema (now set aside) against writes, inside the caller's
+    /// transaction: after it the count cannot change.
+    pub async fn lock_tables(&self, client: &Client) -> Result<()> {
         let Some(oid) = self.schema_oid else {
-            return Ok(0);
+            return Ok(());
         };
-        let tables = client
+        let tables = self.tables(client, oid).await?;
+        if !tables.is_empty() {
+            client
+                .batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", tables.join(", ")))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn tables(&self, client: &Client, oid: u32) -> Result<Vec<String>> {
+        Ok(client
             .query_typed(
                 "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'm')",
                 &[(&oid, Type::OID)],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|t| qualified(t.get(0), t.get(1)))
+            .collect())
+    }
+
+    /// Rows the application inserted, updated or deleted in the schema since [`Writes::start`]
+    /// (the schema now set aside under its pre-restore name). Reads every table of it once.
+    pub async fn since(&self, client: &Client) -> Result<i64> {
+        let Some(oid) = self.schema_oid else {
+            return Ok(0);
+        };
+        let tables = self.tables(client, oid).await?;
         let mut changed = 0i64;
         if !tables.is_empty() {
             let counts: Vec<String> = tables
                 .iter()
                 .map(|t| {
-                    format!(
-                        "SELECT count(*) FROM ONLY {} WHERE pg_catalog.age(xmin) <= pg_catalog.age($1::text::xid)",
-                        qualified(t.get(0), t.get(1))
-                    )
+                    format!("SELECT count(*) FROM ONLY {t} WHERE pg_catalog.age(xmin) <= pg_catalog.age($1::text::xid)")
                 })
                 .collect();
             let sql = format!(
