@@ -17,6 +17,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     tenant_backup::app::logging::init(&cli.output);
+    if let Err(err) = tenant_backup::retry::configure_from_env() {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
     let left_unchanged = cmd::left_unchanged(&cli.command);
     // One thread for the async side: the work is I/O, and the heavy lifting (compression, checksums,
     // the json codec) runs on blocking threads. A driver connection and its reader then hand each

@@ -206,7 +206,7 @@ impl Alerts {
             }
         };
         let result = send
-            .retry(backoff(3).with_max_delay(Duration::from_secs(4)))
+            .retry(backoff(3).with_max_delay(crate::retry::scaled(Duration::from_secs(4))))
             .sleep(tokio::time::sleep)
             .await;
         if let Err(e) = result {

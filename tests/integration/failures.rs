@@ -177,6 +177,22 @@ fn missing_invalid_and_unreachable_database_urls() {
         "{stderr}"
     );
     assert!(stderr.contains("DATABASE_URL"), "says where to look: {stderr}");
+    // The tests' fast retry pace (support::FAST_RETRIES) keeps every attempt.
+    assert!(stderr.contains("gave up after 4 attempts"), "{stderr}");
+}
+
+#[test]
+fn a_retry_delay_that_is_not_a_number_of_milliseconds_is_refused() {
+    let db = TestDb::new();
+    for bad in ["fast", "0", "600000", "-5"] {
+        let out = db
+            .cmd()
+            .env("BACKUP_RETRY_DELAY_MS", bad)
+            .args(["list"])
+            .output()
+            .unwrap();
+        assert_fails(&out, 2, "BACKUP_RETRY_DELAY_MS");
+    }
 }
 
 #[test]

@@ -3,9 +3,7 @@
 use crate::support::*;
 
 fn bin() -> assert_cmd::Command {
-    let mut c = assert_cmd::Command::cargo_bin("tenant-backup").unwrap();
-    c.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    c
+    crate::support::tool_cmd()
 }
 
 #[test]

@@ -72,10 +72,8 @@ impl TestDb {
 
     /// The binary with a clean environment: this database, this bucket, run from the test's directory.
     pub fn cmd(&self) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("tenant-backup").unwrap();
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
+        let mut cmd = tool_cmd();
+        cmd.env("HOME", self.dir.path())
             .env("DATABASE_URL", self.url())
             .env("BACKUP_STORAGE", self.storage())
             .current_dir(self.dir.path());
@@ -84,9 +82,7 @@ impl TestDb {
 
     /// The binary started in the background, with the same environment as [`TestDb::cmd`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tenant-backup"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        tool()
             .env("HOME", self.dir.path())
             .env("DATABASE_URL", self.url())
             .env("BACKUP_STORAGE", self.storage())
@@ -183,6 +179,27 @@ impl Drop for TestDb {
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(&self.name)),
         );
     }
+}
+
+/// The retry pace of every tool process the tests start: the same attempts as in production,
+/// milliseconds apart instead of seconds (`BACKUP_RETRY_DELAY_MS`, read by `retry`). The tests that
+/// wait out real retries (a server that is not there, a stub answering 503) then take
+/// milliseconds, and still see every attempt.
+pub const FAST_RETRIES: (&str, &str) = ("BACKUP_RETRY_DELAY_MS", "5");
+
+/// The binary with a clean environment: only PATH and [`FAST_RETRIES`]. Every test starts the
+/// tool through this (or [`tool_cmd`]), so none waits out the production backoff.
+pub fn tool() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-backup"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(FAST_RETRIES.0, FAST_RETRIES.1);
+    c
+}
+
+/// [`tool`] as an `assert_cmd` command.
+pub fn tool_cmd() -> assert_cmd::Command {
+    assert_cmd::Command::from_std(tool())
 }
 
 pub fn quote(ident: &str) -> String {
