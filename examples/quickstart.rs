@@ -52,6 +52,12 @@ fn main() -> ExitCode {
             vec!["restore", "--tenant", "bienestar", "--latest", "--yes"],
         ),
     ];
+    // The tool never creates its storage directory (a mistyped path must not quietly collect the
+    // backups): the quickstart makes its own.
+    if let Err(e) = std::fs::create_dir_all("./backups") {
+        eprintln!("error: creating ./backups: {e}");
+        return ExitCode::from(1);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let mut logging_ready = false;
     for (what, args) in steps {

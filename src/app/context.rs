@@ -11,14 +11,14 @@ use crate::app::output::Output;
 use crate::app::progress::Progress;
 use crate::backup::env::{choose_tools, BackupEnv, DumpRequest, Seal};
 use crate::backup::format::DumpFormat;
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::keys::KeyStore;
 use crate::crypto::KeyConfig;
 use crate::pg::catalog::Catalog;
 use crate::pg::target::DbTarget;
 use crate::progress::Shown;
-use crate::storage::{self, Storage, StorageOptions};
+use crate::storage::{self, Access, Storage, StorageError, StorageOptions};
 use crate::usage;
 
 pub struct Context {
@@ -27,6 +27,11 @@ pub struct Context {
     pub dump: DbTarget,
     pub catalog: Catalog,
     pub storage: Arc<dyn Storage>,
+    /// Whether the storage was named (`--storage`, `BACKUP_STORAGE`, `SUPABASE_URL`) rather than
+    /// the readers' default `./backups`.
+    pub storage_configured: bool,
+    /// The storage's directory, when it is a local one.
+    pub local_root: Option<PathBuf>,
     pub output: Output,
     pub clock: Arc<dyn Clock>,
     pub pg_dump: Option<PathBuf>,
@@ -61,7 +66,23 @@ impl Context {
             None => db.clone(),
         };
         let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table, &cli.db.users_table)?;
-        let storage_url = cli.storage.storage.clone().unwrap_or_else(storage::default_url);
+        let stores = match &cli.command {
+            Command::Backup(_) => Some("backup"),
+            Command::RunScheduled(_) => Some("run-scheduled"),
+            Command::Cleanup(_) => Some("cleanup"),
+            _ => None,
+        };
+        let configured = cli.storage.storage.clone().or_else(storage::configured_default);
+        let storage_configured = configured.is_some();
+        let storage_url = match (configured, stores) {
+            (Some(url), _) => url,
+            (None, Some(command)) => {
+                return Err(usage!(
+                    "{command} needs to be told where backups live: set --storage or BACKUP_STORAGE to a directory that exists, s3://bucket/prefix or supabase://bucket/prefix. There is no default: a default folder on a machine whose disk is thrown away (a cron container) would lose every backup while reporting success"
+                ))
+            }
+            (None, None) => storage::READ_DEFAULT.to_string(),
+        };
         let storage = storage::open(
             &storage_url,
             &StorageOptions {
@@ -73,6 +94,8 @@ impl Context {
             dump,
             catalog,
             storage,
+            storage_configured,
+            local_root: storage::local_root(&storage_url),
             output: Output::from_args(&cli.output),
             clock: Arc::new(SystemClock),
             pg_dump: cli.db.pg_dump.clone(),
@@ -149,6 +172,45 @@ impl Context {
     /// The application connection (may be a pooler: only unnamed statements go through it).
     pub async fn connect(&self) -> Result<Client> {
         self.db.connect().await
+    }
+
+    /// Proves the storage before any work that stores or deletes: a local directory exists (it is
+    /// never created: a mistyped path or an unmounted volume would silently take the backups) and
+    /// can be written; the bucket can be reached and these credentials can list it (and delete,
+    /// for [`Access::Delete`]). A failure is one line and exit 2, before the first dump.
+    pub async fn prove_storage(&self, access: Access) -> Result<()> {
+        let shown = self.storage.describe();
+        if let Some(root) = &self.local_root {
+            if !root.is_dir() {
+                let what = if root.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                };
+                return Err(usage!(
+                    "the storage directory {} {what}: create it (mkdir -p {}) or fix --storage / BACKUP_STORAGE (is the volume mounted?); tenant-backup never creates it. Nothing was done",
+                    root.display(),
+                    root.display()
+                ));
+            }
+        }
+        match self.storage.probe(access).await {
+            Ok(()) => {}
+            Err(StorageError::Refused(why)) => return Err(usage!("{why}. Nothing was done")),
+            Err(e) => return Err(usage!("the storage {shown} cannot be used: {e}. Nothing was done")),
+        }
+        if let Some(root) = &self.local_root {
+            tempfile::Builder::new()
+                .prefix(".tenant-backup-probe-")
+                .tempfile_in(root)
+                .map_err(|e| {
+                    usage!(
+                        "the storage directory {} cannot be written ({e}): fix its permissions or --storage / BACKUP_STORAGE. Nothing was done",
+                        root.display()
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     /// A session connection (never a transaction pooler) for locks and for writing records.

@@ -13,6 +13,7 @@ use crate::backup::BackupRequest;
 use crate::cli::BackupArgs;
 use crate::cmd::Outcome;
 use crate::pg::catalog::BackupKind;
+use crate::storage::Access;
 
 pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     let request = args.dump.request();
@@ -47,6 +48,7 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     }
     let env = Arc::new(ctx.backup_env(&client, &request).await?);
     drop(client);
+    ctx.prove_storage(Access::Read).await?;
 
     let policy = LockPolicy::Wait(Duration::from_secs(args.lock_timeout));
     let progress = Progress::new(ctx.output.progress);

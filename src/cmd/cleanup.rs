@@ -11,7 +11,7 @@ use crate::cli::CleanupArgs;
 use crate::cmd::Outcome;
 use crate::pg::lock;
 use crate::policy::retention::{Action, Policy};
-use crate::storage::{Access, StorageError};
+use crate::storage::Access;
 use crate::usage;
 
 pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
@@ -55,11 +55,7 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         } else {
             Access::Read
         };
-        match ctx.storage.probe(access).await {
-            Ok(()) => {}
-            Err(StorageError::Refused(why)) => return Err(usage!("{why}")),
-            Err(e) => anyhow::bail!("{e}"),
-        }
+        ctx.prove_storage(access).await?;
     }
 
     let session = ctx.connect_session().await?;

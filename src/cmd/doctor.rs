@@ -8,6 +8,7 @@ use crate::backup::env::NATIVE_ABOVE_TENANTS;
 use crate::cmd::Outcome;
 use crate::pg::tools::server_version;
 use crate::pg::tools::PgDump;
+use crate::storage::Access;
 
 #[derive(Serialize)]
 struct Check {
@@ -121,24 +122,35 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
     // At the top of the bucket, so no empty folder is left behind.
     let probe = format!(".tenant-backup-doctor-probe-{}", std::process::id());
     let storage = ctx.storage.describe();
-    match ctx
-        .storage
-        .put_bytes(&probe, b"tenant-backup doctor probe\n".to_vec())
-        .await
-    {
-        Ok(()) => match ctx.storage.delete(&probe).await {
-            Ok(()) => add(
-                "storage",
-                true,
-                format!("{storage} is reachable and writable (probe written and deleted)"),
-            ),
-            Err(e) => add(
-                "storage",
-                false,
-                format!("{storage}: wrote a probe but could not delete it: {e}"),
-            ),
+    let proven = match ctx.storage_configured {
+        // What backup would refuse to use, doctor does not write to.
+        false => Err(
+            "no storage configured: set --storage or BACKUP_STORAGE (backup, run-scheduled and cleanup refuse to run without it)"
+                .to_string(),
+        ),
+        true => ctx.prove_storage(Access::Read).await.map_err(|e| format!("{e:#}")),
+    };
+    match proven {
+        Err(e) => add("storage", false, e),
+        Ok(()) => match ctx
+            .storage
+            .put_bytes(&probe, b"tenant-backup doctor probe\n".to_vec())
+            .await
+        {
+            Ok(()) => match ctx.storage.delete(&probe).await {
+                Ok(()) => add(
+                    "storage",
+                    true,
+                    format!("{storage} is reachable and writable (probe written and deleted)"),
+                ),
+                Err(e) => add(
+                    "storage",
+                    false,
+                    format!("{storage}: wrote a probe but could not delete it: {e}"),
+                ),
+            },
+            Err(e) => add("storage", false, format!("{storage}: {e}")),
         },
-        Err(e) => add("storage", false, format!("{storage}: {e}")),
     }
 
     // Encryption and signing: configured, and consistent (a mismatched identity/recipient pair is

@@ -95,6 +95,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     } else {
         let env = Arc::new(ctx.backup_env(&client, &request).await?);
         drop(client);
+        ctx.prove_storage(crate::storage::Access::Read).await?;
         let progress = Progress::new(ctx.output.progress);
         run_backups(
             &env,

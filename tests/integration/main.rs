@@ -6,6 +6,7 @@ mod support;
 mod alerts;
 mod backup;
 mod cleanup;
+mod configuration;
 mod download;
 mod encryption;
 mod failures;

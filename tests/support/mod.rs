@@ -37,10 +37,7 @@ impl TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         cluster().create_database(&name, Some(TEMPLATE)).unwrap();
-        TestDb {
-            name,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        TestDb::with_storage(name)
     }
 
     /// An empty database (no fixture), for restoring dumps into.
@@ -48,10 +45,17 @@ impl TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("e{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         cluster().create_database(&name, None).unwrap();
-        TestDb {
+        TestDb::with_storage(name)
+    }
+
+    /// The tool never creates its storage directory: the test makes it, as an operator would.
+    fn with_storage(name: String) -> TestDb {
+        let db = TestDb {
             name,
             dir: tempfile::tempdir().unwrap(),
-        }
+        };
+        std::fs::create_dir(db.storage()).unwrap();
+        db
     }
 
     pub fn url(&self) -> String {
