@@ -7,7 +7,7 @@ use crate::app::context::Context;
 use crate::backup::env::NATIVE_ABOVE_TENANTS;
 use crate::cmd::Outcome;
 use crate::pg::tools::server_version;
-use crate::pg::tools::PgDump;
+use crate::pg::tools::{FindError, PgDump};
 use crate::storage::Access;
 
 #[derive(Serialize)]
@@ -89,7 +89,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    add("pg_dump found", true, listed);
+    // An explicit --pg-dump / PG_DUMP that does not answer is a mistake (backup refuses it).
+    let explicit = ctx.pg_dump.is_some();
+    add("pg_dump found", !(explicit && found.is_empty()), listed);
     if let Some(m) = major {
         match PgDump::find(ctx.pg_dump.as_deref(), m) {
             Ok(d) if tenants > NATIVE_ABOVE_TENANTS => add(
@@ -111,6 +113,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
                     d.sibling("psql").display()
                 ),
             ),
+            Err(e @ FindError::NotFound { .. }) if explicit => {
+                add("pg_dump used", false, format!("--pg-dump / PG_DUMP: {e}"))
+            }
             Err(e) => add(
                 "pg_dump used",
                 true,

@@ -45,11 +45,18 @@ impl DbTarget {
             } else {
                 String::new()
             };
-            anyhow::anyhow!(
+            let message = format!(
                 "could not connect to {}: {}{hint}",
                 self.redacted(),
                 self.scrub(&describe_pg_error(&err))
-            )
+            );
+            // A wrong password, user or database name is the operator's to fix (exit 2); a server
+            // that does not answer is work that failed (exit 1), which a later run may finish.
+            if matches!(code, Some("28P01" | "28000" | "3D000")) {
+                anyhow::Error::new(crate::error::UsageError::new(message))
+            } else {
+                anyhow::anyhow!(message)
+            }
         })
     }
 

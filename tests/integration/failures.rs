@@ -204,7 +204,7 @@ fn wrong_password_is_reported_without_the_password() {
     let db = TestDb::new();
     let wrong = db.url().replace(&cluster().password, "Wr0ng-Pa55");
     let out = db.cmd().env("DATABASE_URL", &wrong).args(["list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("password authentication failed")

@@ -9,6 +9,7 @@ mod cleanup;
 mod configuration;
 mod download;
 mod encryption;
+mod exit_codes;
 mod failures;
 mod fleet;
 mod help;
