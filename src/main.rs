@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::Parser;
 use tenant_backup::cli::Cli;
 use tenant_backup::cmd::{self, Outcome};
-use tenant_backup::error::is_usage;
+use tenant_backup::error::{is_closed_stdout, is_usage};
 use tenant_backup::stop;
 
 fn main() -> ExitCode {
@@ -45,6 +45,8 @@ fn main() -> ExitCode {
             }
             ExitCode::from(if outcome == Outcome::Done { 0 } else { 1 })
         }
+        // The reader of our results went away (`list | head`): it has what it wanted.
+        Ok(Err(err)) if is_closed_stdout(&err) => ExitCode::SUCCESS,
         Ok(Err(err)) => match stop::requested() {
             // The work refused to commit because of the stop.
             Some(signal) => stopped(signal, &left_unchanged, false, true),

@@ -12,6 +12,7 @@ use crate::backup::runner::{run_backups, LockPolicy, TenantResult, TenantStatus}
 use crate::backup::BackupRequest;
 use crate::cli::BackupArgs;
 use crate::cmd::Outcome;
+use crate::out;
 use crate::pg::catalog::BackupKind;
 use crate::storage::Access;
 
@@ -86,7 +87,7 @@ fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
             ]),
         }
     }
-    print!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows));
+    out!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows))?;
     let failed = results.iter().filter(|r| r.failed()).count();
     if results.len() > 1 || failed > 0 {
         eprintln!("{} backed up, {failed} failed", results.len() - failed);

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::app::context::Context;
 use crate::backup::env::NATIVE_ABOVE_TENANTS;
 use crate::cmd::Outcome;
+use crate::outln;
 use crate::pg::tools::server_version;
 use crate::pg::tools::{FindError, PgDump};
 use crate::storage::Access;
@@ -205,7 +206,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
         ctx.output.json(&checks)?;
     } else {
         for c in &checks {
-            println!("{} {:<13} {}", if c.ok { "ok  " } else { "FAIL" }, c.check, c.detail);
+            outln!("{} {:<13} {}", if c.ok { "ok  " } else { "FAIL" }, c.check, c.detail)?;
         }
     }
     Ok(Outcome::from_failures(failed))

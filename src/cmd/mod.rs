@@ -117,8 +117,10 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         })
     });
     let result = dispatch(cli.command, &ctx).await;
-    let error = result.as_ref().err().map(|e| format!("{e:#}"));
-    let ok = matches!(result, Ok(Outcome::Done));
+    // A reader of the results that went away (`| head`) is not a failed run.
+    let closed = result.as_ref().is_err_and(crate::error::is_closed_stdout);
+    let error = result.as_ref().err().filter(|_| !closed).map(|e| format!("{e:#}"));
+    let ok = closed || matches!(result, Ok(Outcome::Done));
     if pinged {
         alerts.ping_end(ok, error.as_deref()).await;
     }

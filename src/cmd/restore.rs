@@ -12,6 +12,7 @@ use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
+use crate::outln;
 use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
@@ -272,14 +273,14 @@ fn report(
         return Ok(());
     }
     if dry_run {
-        println!("dry run: {} verified; nothing was changed", source.key);
+        outln!("dry run: {} verified; nothing was changed", source.key)?;
         return Ok(());
     }
-    println!("restored {target} from {} in {elapsed:.2} s", source.key);
+    outln!("restored {target} from {} in {elapsed:.2} s", source.key)?;
     if let Some(old) = kept_as {
-        println!(
+        outln!(
             "the previous schema is kept as {old}; check the restore, then drop it with `DROP SCHEMA \"{old}\" CASCADE` (or `tenant-backup cleanup --pre-restore-days N`)"
-        );
+        )?;
     }
     Ok(())
 }

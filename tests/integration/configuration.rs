@@ -115,7 +115,8 @@ fn storage_is_proven_before_the_first_dump() {
             .env("SUPABASE_URL", &stub.url)
             .env("SUPABASE_KEY", &stub.key);
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut assert_cmd::Command)>)> = vec![
+    type Setup<'a> = Box<dyn Fn(&mut assert_cmd::Command) + 'a>;
+    let cases: Vec<(&str, Setup)> = vec![
         // The anon key: it can see nothing.
         (
             "service_role",

@@ -188,7 +188,8 @@ fn auto_falls_back_to_json_when_pg_dump_is_older_or_missing_and_sql_refuses() {
         .unwrap();
     assert_fails(&out, 2, "--pg-dump / PG_DUMP");
     assert!(!text(&out.stderr).contains("native json"), "{}", text(&out.stderr));
-    for pg_dump in [&old] {
+    {
+        let pg_dump = &old;
         let out = db
             .cmd()
             .env("PG_DUMP", pg_dump)
