@@ -7,6 +7,7 @@ mod alerts;
 mod backup;
 mod cleanup;
 mod configuration;
+mod deploy;
 mod download;
 mod encryption;
 mod exit_codes;
