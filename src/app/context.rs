@@ -23,6 +23,8 @@ use crate::usage;
 
 pub struct Context {
     pub db: DbTarget,
+    /// Why no database target could be made (doctor only: every other command stops there).
+    pub db_problem: Option<String>,
     /// Session-mode target for pg_dump, psql and advisory locks.
     pub dump: DbTarget,
     pub catalog: Catalog,
@@ -44,26 +46,14 @@ pub struct Context {
 
 impl Context {
     pub fn from_cli(cli: &Cli) -> Result<Self> {
-        let raw = cli
-            .db
-            .database_url
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| {
-                usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)")
-            })?;
-        let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
-        let dump = match cli.db.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
-            Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
-            None if db.is_transaction_pooler() => {
-                let session = db.session_mode()?;
-                tracing::info!(
-                    "DATABASE_URL is a transaction pooler (port 6543); pg_dump, psql and locks use session mode instead ({}). Set BACKUP_DUMP_URL to choose another URL.",
-                    session.redacted()
-                );
-                session
+        let (db, dump, db_problem) = match targets(cli) {
+            Ok((db, dump)) => (db, dump, None),
+            // doctor reports the rest of the setup even so.
+            Err(e) if matches!(cli.command, Command::Doctor) => {
+                let none = DbTarget::parse("postgres://unconfigured@localhost/unconfigured", "none")?;
+                (none.clone(), none, Some(format!("{e:#}")))
             }
-            None => db.clone(),
+            Err(e) => return Err(e),
         };
         let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table, &cli.db.users_table)?;
         let stores = match &cli.command {
@@ -94,6 +84,7 @@ impl Context {
             dump,
             catalog,
             storage,
+            db_problem,
             storage_configured,
             local_root: storage::local_root(&storage_url),
             output: Output::from_args(&cli.output),
@@ -217,4 +208,28 @@ impl Context {
     pub async fn connect_session(&self) -> Result<Client> {
         self.dump.connect().await
     }
+}
+
+/// The database targets: the application's, and the session-mode one for pg_dump, psql and locks.
+fn targets(cli: &Cli) -> Result<(DbTarget, DbTarget)> {
+    let raw = cli
+        .db
+        .database_url
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)"))?;
+    let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
+    let dump = match cli.db.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
+        None if db.is_transaction_pooler() => {
+            let session = db.session_mode()?;
+            tracing::info!(
+                "DATABASE_URL is a transaction pooler (port 6543); pg_dump, psql and locks use session mode instead ({}). Set BACKUP_DUMP_URL to choose another URL.",
+                session.redacted()
+            );
+            session
+        }
+        None => db.clone(),
+    };
+    Ok((db, dump))
 }

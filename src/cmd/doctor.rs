@@ -24,53 +24,59 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
 
     let mut major = None;
     let mut tenants = 0u64;
-    match ctx.connect().await {
-        Ok(client) => {
-            match server_version(&client).await {
-                Ok((v, m)) => {
-                    major = Some(m);
-                    add(
-                        "database",
-                        true,
-                        format!("{} answers: PostgreSQL {v}", ctx.db.redacted()),
-                    );
+    match &ctx.db_problem {
+        // No database to check: say why, and check everything else.
+        Some(problem) => add("database", false, problem.clone()),
+        None => {
+            match ctx.connect().await {
+                Ok(client) => {
+                    match server_version(&client).await {
+                        Ok((v, m)) => {
+                            major = Some(m);
+                            add(
+                                "database",
+                                true,
+                                format!("{} answers: PostgreSQL {v}", ctx.db.redacted()),
+                            );
+                        }
+                        Err(e) => add("database", false, format!("{e:#}")),
+                    }
+                    match ctx.catalog.tenants(&client).await {
+                        Ok(t) => {
+                            tenants = t.len() as u64;
+                            add(
+                                "tenants",
+                                true,
+                                format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
+                            )
+                        }
+                        Err(e) => add("tenants", false, format!("{e:#}")),
+                    }
                 }
                 Err(e) => add("database", false, format!("{e:#}")),
             }
-            match ctx.catalog.tenants(&client).await {
-                Ok(t) => {
-                    tenants = t.len() as u64;
-                    add(
-                        "tenants",
-                        true,
-                        format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
+            let pooler = ctx.db.is_transaction_pooler();
+            add(
+                "pooler",
+                true,
+                if pooler {
+                    format!(
+                        "DATABASE_URL is a transaction pooler; dumps and locks use {}",
+                        ctx.dump.redacted()
                     )
-                }
-                Err(e) => add("tenants", false, format!("{e:#}")),
+                } else {
+                    "DATABASE_URL is not a transaction pooler".to_string()
+                },
+            );
+            match ctx.connect_session().await {
+                Ok(_) => add(
+                    "session",
+                    true,
+                    format!("{} accepts session connections (pg_dump, locks)", ctx.dump.redacted()),
+                ),
+                Err(e) => add("session", false, format!("{e:#}")),
             }
         }
-        Err(e) => add("database", false, format!("{e:#}")),
-    }
-    let pooler = ctx.db.is_transaction_pooler();
-    add(
-        "pooler",
-        true,
-        if pooler {
-            format!(
-                "DATABASE_URL is a transaction pooler; dumps and locks use {}",
-                ctx.dump.redacted()
-            )
-        } else {
-            "DATABASE_URL is not a transaction pooler".to_string()
-        },
-    );
-    match ctx.connect_session().await {
-        Ok(_) => add(
-            "session",
-            true,
-            format!("{} accepts session connections (pg_dump, locks)", ctx.dump.redacted()),
-        ),
-        Err(e) => add("session", false, format!("{e:#}")),
     }
 
     let (tried, found) = PgDump::candidates(ctx.pg_dump.as_deref());

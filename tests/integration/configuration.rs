@@ -172,3 +172,33 @@ fn storage_is_proven_before_the_first_dump() {
         }
     }
 }
+
+#[test]
+fn doctor_checks_everything_else_when_the_database_url_is_missing_or_malformed() {
+    let db = TestDb::new();
+    for (url, said) in [
+        (None, "DATABASE_URL must be set"),
+        (Some("postgres://u@h:port/db"), "not a valid"),
+    ] {
+        let mut c = db.cmd();
+        match url {
+            None => c.env_remove("DATABASE_URL"),
+            Some(url) => c.env("DATABASE_URL", url),
+        };
+        let out = c.args(["doctor"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("FAIL") && l.contains("database") && l.contains(said)),
+            "{stdout}"
+        );
+        for check in ["pg_dump found", "storage", "encryption", "signing"] {
+            assert!(
+                stdout.lines().any(|l| l.starts_with("ok") && l.contains(check)),
+                "{check} still checked: {stdout}"
+            );
+        }
+    }
+}

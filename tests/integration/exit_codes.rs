@@ -183,6 +183,32 @@ fn exit_2_a_tenant_that_does_not_exist() {
 }
 
 #[test]
+fn a_misspelled_tenant_gets_the_nearest_names_and_points_at_status() {
+    let db = TestDb::new();
+    for (typo, meant) in [
+        ("bienestr", "\"bienestar\""),
+        ("mind_care", "\"mindcare\""),
+        ("clinicademo", "\"clinica_demo\""),
+    ] {
+        let out = db.cmd().args(["backup", "--tenant", typo]).output().unwrap();
+        assert_fails(&out, 2, &format!("did you mean {meant}?"));
+        assert!(
+            text(&out.stderr).contains("`tenant-backup status`"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // Nothing near: no guess, still where to look.
+    let out = db
+        .cmd()
+        .args(["restore", "--tenant", "zzzzzzzz", "--latest", "--yes"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 2, "`tenant-backup status` lists every tenant");
+    assert!(!text(&out.stderr).contains("did you mean"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn exit_2_a_broken_env_file_or_setting() {
     let db = TestDb::new();
     std::fs::write(db.dir.path().join(".env"), "not a setting\n").unwrap();
