@@ -32,3 +32,4 @@ mod stops;
 mod storage;
 mod storage_supabase;
 mod storage_truth;
+mod tls;
