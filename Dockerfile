@@ -39,6 +39,8 @@ RUN set -eux; \
 COPY --from=build /out/tenant-backup /usr/local/bin/tenant-backup
 USER tenant-backup
 WORKDIR /home/tenant-backup
+# Settings come from the environment only, never from a .env file that happens to be there.
+ENV BACKUP_NO_DOTENV=1
 # pg_dump, psql and pg_restore are found in /usr/lib/postgresql/<major>/bin. No ENTRYPOINT: a
 # platform's command (Render's dockerCommand) replaces CMD whole, `tenant-backup …` included.
 CMD ["tenant-backup", "run-scheduled"]

@@ -57,6 +57,10 @@ fn concurrency() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync +
     after_long_help = ENVIRONMENT
 )]
 pub struct Cli {
+    /// Do not read .env from the working directory (a cron job started in a project folder would
+    /// pick up its development settings) [default: read it; the environment wins over it]
+    #[arg(long, env = "BACKUP_NO_DOTENV", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_dotenv: bool,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

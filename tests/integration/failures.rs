@@ -267,3 +267,37 @@ fn an_os_error_is_printed_once() {
     }
     assert!(stderr.contains("(os error"), "{stderr}");
 }
+
+#[test]
+fn no_dotenv_leaves_a_projects_env_file_unread_and_debug_says_which_was_read() {
+    let db = TestDb::new();
+    // A Django project's development .env in the working directory of a cron job.
+    std::fs::write(
+        db.dir.path().join(".env"),
+        "DATABASE_URL=postgres://dev:dev@127.0.0.1:1/dev_db\nBACKUP_STORAGE=/nonexistent/dev-backups\n",
+    )
+    .unwrap();
+    let out = db.cmd().args(["-v", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = db.dir.path().join(".env");
+    assert!(
+        text(&out.stderr).contains(&format!("read settings from {}", read.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without the environment's DATABASE_URL the .env one would be used; --no-dotenv says no.
+    for way in [&["--no-dotenv"][..], &[]] {
+        let mut c = db.cmd();
+        c.env_remove("DATABASE_URL").args(way).args(["-v", "list"]);
+        if way.is_empty() {
+            c.env("BACKUP_NO_DOTENV", "1");
+        }
+        let out = c.output().unwrap();
+        assert_fails(&out, 2, "DATABASE_URL must be set");
+        assert!(
+            !text(&out.stderr).contains("read settings from"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
