@@ -163,7 +163,8 @@ impl Alerts {
             status,
             host: hostname(),
             tool_version: env!("CARGO_PKG_VERSION"),
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            time: crate::clock::Clock::now(&crate::clock::SystemClock)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             error: error.clone(),
             tenants_failed: failed
                 .iter()

@@ -133,6 +133,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
 /// What a user can get wrong in a command's own arguments, checked before the configuration (so a
 /// bad `--days` is reported even when DATABASE_URL is missing too) and before anything is touched.
 fn preflight(command: &Command) -> Result<()> {
+    use crate::clock::{Clock, SystemClock};
     use crate::policy::schedule::{parse_setting, ScheduleOptions};
     let when = |w: &crate::cli::WhenArgs| ScheduleOptions::parse(w.daily_at.as_deref(), w.timezone.as_deref());
     match command {
@@ -142,7 +143,7 @@ fn preflight(command: &Command) -> Result<()> {
             when(&a.when)?;
         }
         Command::Status(a) if a.when.daily_at.is_some() => drop(when(&a.when)?),
-        Command::Schedule(a) => drop(parse_setting(&a.schedule, chrono::Utc::now())?),
+        Command::Schedule(a) => drop(parse_setting(&a.schedule, SystemClock.now())?),
         _ => {}
     }
     Ok(())
