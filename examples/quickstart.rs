@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             .chain(args.iter().copied());
         let cli = Cli::parse_from(argv);
         if !logging_ready {
-            tenant_backup::app::logging::init(&cli.output);
+            tenant_backup::app::logging::init(cli.output.verbose, cli.output.quiet);
             logging_ready = true;
         }
         match runtime.block_on(cmd::run(cli)) {

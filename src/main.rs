@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    tenant_backup::app::logging::init(&cli.output);
+    tenant_backup::app::logging::init(cli.output.verbose, cli.output.quiet);
     if let Some(path) = dotenv_read {
         tracing::debug!("read settings from {} (--no-dotenv not to)", path.display());
     }

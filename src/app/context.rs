@@ -11,7 +11,6 @@ use crate::app::output::Output;
 use crate::app::progress::Progress;
 use crate::backup::env::{choose_tools, BackupEnv, DumpRequest, Seal};
 use crate::backup::format::DumpFormat;
-use crate::cli::{Cli, Command};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::keys::KeyStore;
 use crate::crypto::KeyConfig;
@@ -44,25 +43,43 @@ pub struct Context {
     pub run_log: SharedRunLog,
 }
 
+/// What a command is configured with, as the command line (flags, environment, `.env`) gave it:
+/// `cli` makes it (`Cli::settings`), so this room never needs clap.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub database_url: Option<String>,
+    pub dump_url: Option<String>,
+    pub tenants_table: String,
+    pub records_table: String,
+    pub users_table: String,
+    pub pg_dump: Option<PathBuf>,
+    pub storage: Option<String>,
+    pub storage_retries: u32,
+    pub output: Output,
+    pub age_recipient: Option<String>,
+    pub identity: Option<PathBuf>,
+    pub keys_table: String,
+    /// The command's name when it stores or deletes (backup, run-scheduled, cleanup): it refuses
+    /// to run without a configured storage.
+    pub stores: Option<&'static str>,
+    /// doctor: a database target that cannot be made is one failed check, not the end.
+    pub reports_setup: bool,
+}
+
 impl Context {
-    pub fn from_cli(cli: &Cli) -> Result<Self> {
-        let (db, dump, db_problem) = match targets(cli) {
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let (db, dump, db_problem) = match targets(settings) {
             Ok((db, dump)) => (db, dump, None),
             // doctor reports the rest of the setup even so.
-            Err(e) if matches!(cli.command, Command::Doctor) => {
+            Err(e) if settings.reports_setup => {
                 let none = DbTarget::parse("postgres://unconfigured@localhost/unconfigured", "none")?;
                 (none.clone(), none, Some(format!("{e:#}")))
             }
             Err(e) => return Err(e),
         };
-        let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table, &cli.db.users_table)?;
-        let stores = match &cli.command {
-            Command::Backup(_) => Some("backup"),
-            Command::RunScheduled(_) => Some("run-scheduled"),
-            Command::Cleanup(_) => Some("cleanup"),
-            _ => None,
-        };
-        let configured = cli.storage.storage.clone().or_else(storage::configured_default);
+        let catalog = Catalog::new(&settings.tenants_table, &settings.records_table, &settings.users_table)?;
+        let stores = settings.stores;
+        let configured = settings.storage.clone().or_else(storage::configured_default);
         let storage_configured = configured.is_some();
         let storage_url = match (configured, stores) {
             (Some(url), _) => url,
@@ -76,7 +93,7 @@ impl Context {
         let storage = storage::open(
             &storage_url,
             &StorageOptions {
-                retries: cli.storage.storage_retries,
+                retries: settings.storage_retries,
             },
         )?;
         Ok(Context {
@@ -87,17 +104,17 @@ impl Context {
             db_problem,
             storage_configured,
             local_root: storage::local_root(&storage_url),
-            output: Output::from_args(&cli.output),
+            output: settings.output,
             clock: Arc::new(SystemClock),
-            pg_dump: cli.db.pg_dump.clone(),
+            pg_dump: settings.pg_dump.clone(),
             run_log: Default::default(),
             keys: KeyConfig::new(
-                cli.keys.age_recipient.as_deref(),
+                settings.age_recipient.as_deref(),
                 std::env::var("BACKUP_AGE_IDENTITY").ok().as_deref(),
-                cli.keys.identity.as_deref(),
+                settings.identity.as_deref(),
                 std::env::var("BACKUP_SIGNING_KEY").ok().as_deref(),
             )?,
-            key_store: KeyStore::new(&cli.keys.keys_table)?,
+            key_store: KeyStore::new(&settings.keys_table)?,
         })
     }
 
@@ -211,15 +228,14 @@ impl Context {
 }
 
 /// The database targets: the application's, and the session-mode one for pg_dump, psql and locks.
-fn targets(cli: &Cli) -> Result<(DbTarget, DbTarget)> {
-    let raw = cli
-        .db
+fn targets(settings: &Settings) -> Result<(DbTarget, DbTarget)> {
+    let raw = settings
         .database_url
         .as_deref()
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)"))?;
     let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
-    let dump = match cli.db.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
+    let dump = match settings.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
         Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
         None if db.is_transaction_pooler() => {
             let session = db.session_mode()?;

@@ -1,42 +1,20 @@
 //! Results on stdout (a table, or JSON), and the small formatting helpers they share.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use serde::Serialize;
 
-use crate::cli::OutputArgs;
+use crate::app::progress::ProgressMode;
 use crate::error::ClosedStdout;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgressMode {
-    /// An indicatif bar (stderr is a terminal).
-    Bar,
-    /// A plain line every few seconds (cron, logs).
-    Lines,
-    Off,
-}
-
-#[derive(Clone, Copy, Debug)]
+/// How results and progress are shown.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Output {
     pub json: bool,
     pub progress: ProgressMode,
 }
 
 impl Output {
-    pub fn from_args(args: &OutputArgs) -> Self {
-        let progress = if args.no_progress || args.quiet > 0 {
-            ProgressMode::Off
-        } else if std::io::stderr().is_terminal() {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Lines
-        };
-        Output {
-            json: args.json,
-            progress,
-        }
-    }
-
     /// Prints a serializable result as pretty JSON on stdout, every timestamp in one form:
     /// RFC 3339, UTC, microseconds (`2026-11-22T22:01:01.000000Z`).
     pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {

@@ -175,3 +175,13 @@ impl AlertArgs {
         )
     }
 }
+
+impl OutputArgs {
+    /// How results and progress are shown.
+    pub fn output(&self) -> crate::app::output::Output {
+        crate::app::output::Output {
+            json: self.json,
+            progress: crate::app::progress::ProgressMode::for_stderr(self.no_progress || self.quiet > 0),
+        }
+    }
+}

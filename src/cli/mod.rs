@@ -179,6 +179,33 @@ pub enum KeysCommand {
     },
 }
 
+impl Cli {
+    /// What the command runs with, as the core's rooms read it.
+    pub fn settings(&self) -> crate::app::context::Settings {
+        crate::app::context::Settings {
+            database_url: self.db.database_url.clone(),
+            dump_url: self.db.dump_url.clone(),
+            tenants_table: self.db.tenants_table.clone(),
+            records_table: self.db.records_table.clone(),
+            users_table: self.db.users_table.clone(),
+            pg_dump: self.db.pg_dump.clone(),
+            storage: self.storage.storage.clone(),
+            storage_retries: self.storage.storage_retries,
+            output: self.output.output(),
+            age_recipient: self.keys.age_recipient.clone(),
+            identity: self.keys.identity.clone(),
+            keys_table: self.keys.keys_table.clone(),
+            stores: match &self.command {
+                Command::Backup(_) => Some("backup"),
+                Command::RunScheduled(_) => Some("run-scheduled"),
+                Command::Cleanup(_) => Some("cleanup"),
+                _ => None,
+            },
+            reports_setup: matches!(self.command, Command::Doctor),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,7 +83,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Status(_) => ("status", false, true),
         _ => ("", false, false),
     };
-    let ctx = match Context::from_cli(&cli) {
+    let ctx = match Context::new(&cli.settings()) {
         Ok(ctx) => ctx,
         Err(e) => {
             // A cron job whose configuration broke must still be heard of.

@@ -102,3 +102,18 @@ fn input_errors_come_before_a_missing_database_url() {
         );
     }
 }
+
+/// ARCHITECTURE.md: `app/` is what commands share and knows nothing of clap; `cli/` turns the
+/// command line into its `Settings`. An import the other way would be a loop again.
+#[test]
+fn the_app_room_never_imports_cli() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/app");
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        assert!(
+            !text.contains("crate::cli") && !text.contains("clap::"),
+            "{} imports the command line",
+            entry.path().display()
+        );
+    }
+}
