@@ -49,8 +49,9 @@ pub struct DbArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Storage (every command)")]
 pub struct StorageArgs {
-    /// Where backups go: a directory, file:///path, s3://bucket/prefix or supabase://bucket/prefix
-    /// [default: supabase://$SUPABASE_BUCKET_NAME when SUPABASE_URL is set, else ./backups]
+    /// Where backups go: a directory that exists, file:///path, s3://bucket/prefix or
+    /// supabase://bucket/prefix. backup, run-scheduled and cleanup need it (or SUPABASE_URL, which
+    /// means supabase://$SUPABASE_BUCKET_NAME); the others read ./backups without it
     #[arg(long, env = "BACKUP_STORAGE", global = true, hide_env_values = true)]
     pub storage: Option<String>,
 

@@ -31,7 +31,13 @@ pub use values::*;
 pub struct Cli {
     /// Do not read .env from the working directory (a cron job started in a project folder would
     /// pick up its development settings) [default: read it; the environment wins over it]
-    #[arg(long, env = "BACKUP_NO_DOTENV", global = true, value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(
+        long,
+        env = "BACKUP_NO_DOTENV",
+        global = true,
+        value_parser = clap::builder::FalseyValueParser::new(),
+        help_heading = "Configuration (every command)"
+    )]
     pub no_dotenv: bool,
     #[command(flatten)]
     pub db: DbArgs,
@@ -63,83 +69,103 @@ Environment:
 
 Run `tenant-backup <command> --help` for a command's options and examples.";
 
+/// A command's help: what it does, its usage and examples, then its own options, then the ones
+/// every command takes (clap would put the examples last, after a hundred lines of those).
+const HELP: &str = "\
+{about-with-newline}
+{usage-heading} {usage}{after-help}
+
+{all-args}";
+
+/// The storage credentials, for the help of every command that reads or writes the bucket.
+macro_rules! creds {
+    () => {
+        "
+
+Storage credentials (environment):
+  s3://        AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; AWS_ENDPOINT_URL for MinIO, R2
+  supabase://  SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_KEY): the service_role key"
+    };
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Back up one or more tenants now
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup backup --tenant bienestar
   tenant-backup backup --tenant bienestar --tenant mindcare --created-by ana@clinic.example
   tenant-backup backup --all --concurrency 4
   tenant-backup backup --tenant bienestar --format custom      # for pg_restore -j
-  tenant-backup backup --tenant bienestar --format json        # no pg_dump needed")]
+  tenant-backup backup --tenant bienestar --format json        # no pg_dump needed", creds!()))]
     Backup(BackupArgs),
     /// One cron tick: back up every tenant that is due
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup run-scheduled                                  # cron: * * * * *
   tenant-backup run-scheduled --dry-run                        # who is due, and why
-  tenant-backup run-scheduled --daily-at 03:00 --timezone Europe/Madrid")]
+  tenant-backup run-scheduled --daily-at 03:00 --timezone Europe/Madrid", creds!()))]
     RunScheduled(RunScheduledArgs),
     /// Restore a tenant from a backup, atomically
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup list --tenant bienestar                        # pick an id
   tenant-backup restore --tenant bienestar --id 42 --dry-run   # download, check, show the plan
   tenant-backup restore --tenant bienestar --id 42             # asks you to type the name
   tenant-backup restore --tenant bienestar --latest --yes      # in a script
-  tenant-backup restore --tenant bienestar --id 42 --into bienestar_check --yes")]
+  tenant-backup restore --tenant bienestar --id 42 --into bienestar_check --yes", creds!()))]
     Restore(RestoreArgs),
     /// Delete old backups (object, manifest and row)
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup cleanup --days 30 --dry-run                    # what would go
   tenant-backup cleanup --days 30                              # automatic backups only; newest kept
   tenant-backup cleanup --orphans                              # report objects and rows that lost each other
   tenant-backup cleanup --orphans --fix
-  tenant-backup cleanup --pre-restore-days 7                   # drop old <tenant>__pre_restore_* schemas")]
+  tenant-backup cleanup --pre-restore-days 7                   # drop old <tenant>__pre_restore_* schemas", creds!()))]
     Cleanup(CleanupArgs),
     /// Show the backup history
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup list
   tenant-backup list --tenant bienestar --check                # is each object still in the bucket?
-  tenant-backup list --json")]
+  tenant-backup list --json", creds!()))]
     List(ListArgs),
     /// Set a tenant's backup schedule
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup schedule --tenant bienestar daily
   tenant-backup schedule --tenant bienestar weekly             # Sundays
   tenant-backup schedule --tenant bienestar disabled
   tenant-backup schedule --tenant bienestar at 2026-12-24T03:00:00Z
-  tenant-backup schedule --tenant bienestar at 2026-12-24T03:00:00+01:00")]
+  tenant-backup schedule --tenant bienestar at 2026-12-24T03:00:00+01:00"))]
     Schedule(ScheduleArgs),
     /// Per tenant: schedule, last backup, next due, overdue
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Exits 1 when a tenant is overdue, so a monitor can run it.
 
 Examples:
   tenant-backup status
   tenant-backup status --timezone Europe/Madrid                # times in local time
-  tenant-backup status --json")]
+  tenant-backup status --json"))]
     Status(StatusArgs),
     /// Fetch one backup to a file or stdout
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup download --tenant bienestar --latest
   tenant-backup download --tenant bienestar --id 42 -o bienestar.sql.zst
-  tenant-backup download --tenant bienestar --id 42 --decompress -o - | less")]
+  tenant-backup download --tenant bienestar --id 42 --decompress -o - | less", creds!()))]
     Download(DownloadArgs),
     /// Check a backup: checksum, then a restore inside a transaction that is rolled back
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup verify --tenant bienestar                      # the newest backup
-  tenant-backup verify --tenant bienestar --id 42")]
+  tenant-backup verify --tenant bienestar --id 42", creds!()))]
     Verify(VerifyArgs),
     /// Encryption keys: make the master key, forget a tenant's key, rotate the master
     #[command(
         subcommand,
+        help_template = HELP,
         after_help = "\
 Examples:
   tenant-backup keys init                      # prints BACKUP_AGE_IDENTITY, BACKUP_AGE_RECIPIENT, BACKUP_SIGNING_KEY
@@ -149,10 +175,10 @@ Examples:
     )]
     Keys(KeysCommand),
     /// Check the setup: database, pooler, pg_dump, storage (one line each)
-    #[command(after_help = "\
+    #[command(help_template = HELP, after_help = concat!("\
 Examples:
   tenant-backup doctor
-  tenant-backup doctor --json")]
+  tenant-backup doctor --json", creds!()))]
     Doctor,
 }
 
