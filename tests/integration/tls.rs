@@ -27,32 +27,39 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
 }
 
+/// `openssl req` with a new P-256 key in `key`: a self-signed certificate (`-x509`) or a request.
+fn new_key(dir: &Path, x509: bool, key: &str, out: &str, subject: &str, extra: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    args.extend(["-keyout", key, "-out", out, "-subj", subject]);
+    if x509 {
+        args.extend(["-x509", "-days", "2"]);
+    }
+    args.extend(extra);
+    openssl(dir, &args);
+}
+
 /// A CA (`<name>.crt`, `<name>.key`).
 fn make_ca(dir: &Path, name: &str) {
-    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
-    openssl(
+    let extra = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ];
+    new_key(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+        true,
+        &format!("{name}.key"),
+        &format!("{name}.crt"),
+        &format!("/CN={name}"),
+        &extra,
     );
 }
 
@@ -64,23 +71,7 @@ fn tls_cluster() -> &'static TlsCluster {
         make_ca(d, "ca");
         make_ca(d, "other-ca");
         // The server's certificate names `localhost` only: 127.0.0.1 does not match it.
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        );
+        new_key(d, false, "server.key", "server.csr", "/CN=localhost", &[]);
         std::fs::write(
             d.join("server.ext"),
             "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
