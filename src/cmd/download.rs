@@ -9,6 +9,7 @@ use crate::app::context::Context;
 use crate::app::output::human_size;
 use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
+use crate::outln;
 use crate::restore::access::{check_access, open_decrypted, open_plain};
 use crate::restore::{fetch_verified, resolve, Which};
 use crate::{stop, usage};
@@ -78,7 +79,7 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
             ctx.output
                 .json(&serde_json::json!({ "key": source.key, "path": path, "bytes": written }))?;
         } else {
-            println!("{} → {} ({})", source.key, path.display(), human_size(written));
+            outln!("{} → {} ({})", source.key, path.display(), human_size(written))?;
         }
     }
     Ok(Outcome::Done)

@@ -10,13 +10,14 @@ use crate::cli::KeysCommand;
 use crate::cmd::Outcome;
 use crate::crypto::{MasterRecipient, NewMaster};
 use crate::usage;
+use crate::{out, outln};
 
 /// `keys init` needs no database: it only makes keys.
 pub fn init() -> Result<Outcome> {
     let m = NewMaster::generate();
-    println!("BACKUP_AGE_IDENTITY={}", m.identity.secret_string().expose());
-    println!("BACKUP_AGE_RECIPIENT={}", m.identity.recipient().as_string());
-    println!("BACKUP_SIGNING_KEY={}", m.signing_key.expose());
+    outln!("BACKUP_AGE_IDENTITY={}", m.identity.secret_string().expose())?;
+    outln!("BACKUP_AGE_RECIPIENT={}", m.identity.recipient().as_string())?;
+    outln!("BACKUP_SIGNING_KEY={}", m.signing_key.expose())?;
     eprintln!(
         "Store these three lines as secrets now; they are shown once.\n\
          * The cron job (backups) needs BACKUP_AGE_RECIPIENT and BACKUP_SIGNING_KEY only.\n\
@@ -62,7 +63,7 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
                     .collect();
                 ctx.output.json(&v)?;
             } else {
-                print!("{}", table(&["tenant", "key"], &rows));
+                out!("{}", table(&["tenant", "key"], &rows))?;
             }
             Ok(Outcome::Done)
         }
@@ -88,11 +89,11 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
                 }
             }
             if ctx.key_store.forget(&client, &tenant).await? {
-                println!(
+                outln!(
                     "{tenant}: key forgotten; its encrypted backups can no longer be read (cleanup can still delete them). The database provider's own backups keep the wrapped key until their retention ends."
-                );
+                )?;
             } else {
-                println!("{tenant}: had no key; nothing changed");
+                outln!("{tenant}: had no key; nothing changed")?;
             }
             Ok(Outcome::Done)
         }
@@ -109,8 +110,8 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
             };
             let n = ctx.key_store.rotate(&client, old, &new).await?;
             if let Some(m) = generated {
-                println!("BACKUP_AGE_IDENTITY={}", m.identity.secret_string().expose());
-                println!("BACKUP_AGE_RECIPIENT={}", new.as_string());
+                outln!("BACKUP_AGE_IDENTITY={}", m.identity.secret_string().expose())?;
+                outln!("BACKUP_AGE_RECIPIENT={}", new.as_string())?;
             }
             eprintln!(
                 "{n} tenant key(s) re-wrapped to {}. Replace BACKUP_AGE_RECIPIENT (the cron job) and BACKUP_AGE_IDENTITY (where backups are read) with the new ones; every backup stays readable with the new identity. BACKUP_SIGNING_KEY is unchanged.",

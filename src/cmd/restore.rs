@@ -12,6 +12,7 @@ use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
+use crate::outln;
 use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
@@ -471,19 +472,19 @@ fn report(
         return Ok(());
     }
     if dry_run {
-        println!("dry run: {} verified; nothing was changed", source.key);
+        outln!("dry run: {} verified; nothing was changed", source.key)?;
         return Ok(());
     }
-    println!("restored {target} from {} in {elapsed:.2} s", source.key);
+    outln!("restored {target} from {} in {elapsed:.2} s", source.key)?;
     if let (Some(n), Some(old)) = (application_writes.filter(|n| *n > 0), kept_as) {
-        println!(
+        outln!(
             "the application wrote {n} row(s) to {target} while the restore ran: they are not in the restored schema, they are in {old}"
-        );
+        )?;
     }
     if let Some(old) = kept_as {
-        println!(
+        outln!(
             "the previous schema is kept as {old}; check the restore, then drop it with `DROP SCHEMA \"{old}\" CASCADE` (or `tenant-backup cleanup --pre-restore-days N`)"
-        );
+        )?;
     }
     Ok(())
 }
