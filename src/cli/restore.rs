@@ -31,7 +31,7 @@ pub struct RestoreArgs {
     /// Restore as a new schema, leaving the tenant untouched
     #[arg(long, value_name = "SCHEMA", conflicts_with = "drop_previous")]
     pub into: Option<String>,
-    /// Drop the previous schema in the same transaction instead of keeping it renamed
+    /// Drop the previous schema once the restore is committed, unless the application wrote to it meanwhile
     #[arg(long)]
     pub drop_previous: bool,
     /// Do not ask for confirmation (required when not on a terminal)
