@@ -13,14 +13,10 @@ pub mod clock;
 pub mod cmd;
 pub mod crypto;
 pub mod error;
-// Utc::now() in jsonl/dump.rs and restore/source.rs does not go through Clock yet (clippy.toml):
-// those rooms are being rewritten elsewhere; drop these two allows with that change.
-#[allow(clippy::disallowed_methods)]
 pub mod jsonl;
 pub mod pg;
 pub mod policy;
 pub mod progress;
-#[allow(clippy::disallowed_methods)]
 pub mod restore;
 pub mod retry;
 pub mod secret;

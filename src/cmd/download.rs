@@ -11,7 +11,7 @@ use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
 use crate::outln;
 use crate::restore::access::{check_access, open_decrypted, open_plain};
-use crate::restore::{fetch_verified, resolve, Which};
+use crate::restore::{fetch_verified, resolve_at, Which};
 use crate::{stop, usage};
 
 pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
@@ -24,7 +24,16 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     let to_stdout = args.output.as_deref().is_some_and(|p| p.as_os_str() == "-");
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let mut source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
+    let mut source = resolve_at(
+        &ctx.catalog,
+        &client,
+        ctx.storage.as_ref(),
+        &tenant,
+        &which,
+        None,
+        ctx.clock.now(),
+    )
+    .await?;
     source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, &client, args.allow_unsigned).await?;
     drop(client);
     let dest: Option<PathBuf> = if to_stdout {

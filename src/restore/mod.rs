@@ -29,7 +29,7 @@ pub mod writes;
 
 pub use psql::{open_decompressed, Counts, PsqlJob};
 pub use script::{plan, Plan};
-pub use source::{fetch_verified, resolve, resolve_at, Source, Which};
+pub use source::{fetch_verified, resolve_at, Source, Which};
 pub use state::{BucketRow, Facts, Target};
 
 use std::path::Path;

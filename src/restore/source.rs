@@ -45,18 +45,6 @@ pub struct Source {
     pub decrypt: Option<TenantKey>,
 }
 
-/// [`resolve_at`] now.
-pub async fn resolve(
-    catalog: &Catalog,
-    client: &Client,
-    storage: &dyn Storage,
-    tenant: &Tenant,
-    which: &Which,
-    from_tenant: Option<&str>,
-) -> Result<Source> {
-    resolve_at(catalog, client, storage, tenant, which, from_tenant, Utc::now()).await
-}
-
 /// Finds the backup and checks it belongs to `tenant` (or to `from_tenant`, when given). The
 /// history is read if it is there; when it is not (the schema or its history table was dropped),
 /// `--latest` is the newest backup the bucket's manifests know of. A row dated after `now` is never
