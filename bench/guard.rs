@@ -85,9 +85,9 @@ fn main() {
         ("genuine plain backup", "plain", plain.clone()),
         ("genuine json backup", "json", json.clone()),
         (
-            "VALUES, 99,996 tokens (just under the bound)",
+            "VALUES, 99,900 tokens (just under the bound)",
             "plain",
-            with(&values(99_996)),
+            with(&values(99_900)),
         ),
         (
             "VALUES, 8 MiB (2M tokens: refused before parsing)",
@@ -96,10 +96,12 @@ fn main() {
         ),
         ("VALUES, 60 MiB", "plain", with(&values(60 << 20))),
         ("operator chain, 45", "plain", with(&chain(45))),
+        ("operator chain, 700", "plain", with(&chain(700))),
         ("operator chain, 5,000", "plain", with(&chain(5_000))),
         ("operator chain, 49,000", "plain", with(&chain(49_000))),
         ("nested parentheses, 10,000", "plain", with(&parens(10_000))),
         ("PL/pgSQL body, 99,000 tokens", "plain", with(&body(16_000))),
+        ("one string literal, 15 MiB", "plain", with(&string(15))),
         ("one string literal, 48 MiB", "plain", with(&string(48))),
         (
             "statement without end, 100 MiB",
@@ -111,6 +113,7 @@ fn main() {
             "json",
             format!("{}{}", json.lines().next().unwrap(), "x".repeat(100 << 20)),
         ),
+        ("json row of 60 MiB", "json", big_row(&json, 60)),
     ];
     println!("| object | size | verify wall | tool peak RSS | tree peak RSS | outcome |");
     println!("|---|---|---|---|---|---|");
@@ -130,6 +133,20 @@ fn main() {
             if ok { "verified" } else { "refused" }
         );
     }
+}
+
+/// The json dump with its first patient row's notes grown to `mb` MiB.
+fn big_row(json: &str, mb: usize) -> String {
+    let mut lines: Vec<String> = json.lines().map(str::to_string).collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"name\":\"appointments_patient\""))
+        .unwrap()
+        + 1;
+    let mut row: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();
+    row["notes"] = "n".repeat(mb << 20).into();
+    lines[at] = row.to_string();
+    lines.join("\n") + "\n"
 }
 
 /// Replaces an object and fixes its manifest's size and checksum.

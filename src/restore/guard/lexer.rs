@@ -36,8 +36,11 @@ pub trait Sink {
     fn output(&mut self, bytes: &[u8]) -> Result<(), Stop>;
 }
 
-/// The largest statement kept in memory to be checked.
-pub const MAX_STATEMENT: usize = 64 << 20;
+/// The largest statement kept in memory to be checked. Parsing copies a statement several times
+/// (the parser's buffer, its tree, the tree's protobuf and the tree read from it), so this bounds
+/// a check to about 100 MB. pg_dump writes rows as COPY data, which is never held; only a dump made
+/// with `--inserts` has a statement per row, and a row this large is refused.
+pub const MAX_STATEMENT: usize = 16 << 20;
 const TRAILER: &[u8] = b"-- PostgreSQL database dump complete";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,7 +163,10 @@ impl Lexer {
                 None => {
                     self.pending.extend_from_slice(chunk);
                     if self.pending.len() > MAX_STATEMENT {
-                        return Err(self.refuse_at(self.line, "a line longer than 64 MiB, too long to check"));
+                        return Err(self.refuse_at(
+                            self.line,
+                            "a line longer than 16 MiB outside COPY data, too long to check",
+                        ));
                     }
                     return Ok(());
                 }
@@ -392,7 +398,7 @@ impl Lexer {
                     self.token(n, i - start);
                     self.stmt.extend_from_slice(&line[start..=i]);
                     if self.stmt.len() > MAX_STATEMENT {
-                        return Err(self.refuse_at(n, "a statement larger than 64 MiB, too large to check"));
+                        return Err(self.refuse_at(n, "a statement larger than 16 MiB, too large to check (a row this large in a dump made with --inserts: back up with COPY, the default)"));
                     }
                     self.end_statement(sink)?;
                     i += 1;
@@ -416,7 +422,7 @@ impl Lexer {
         }
         self.stmt.extend_from_slice(&line[start..]);
         if self.stmt.len() > MAX_STATEMENT {
-            return Err(self.refuse_at(n, "a statement larger than 64 MiB, too large to check"));
+            return Err(self.refuse_at(n, "a statement larger than 16 MiB, too large to check (a row this large in a dump made with --inserts: back up with COPY, the default)"));
         }
         if line.ends_with(b"\n") {
             self.line += 1;
