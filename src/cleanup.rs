@@ -274,7 +274,12 @@ impl Cleanup<'_> {
                 .or_else(|| ObjectKey::parse(base).map(|k| k.created.and_utc()));
         }
         let unfinished = storage.unfinished(&folder).await?;
-        for orphan in find_orphans(schema, records, &objects, &unfinished, now, opts.grace) {
+        let strays = storage.strays(&folder).await?.into_iter().map(|s| Orphan::Stray {
+            key: s.key,
+            what: s.what,
+        });
+        let found = find_orphans(schema, records, &objects, &unfinished, now, opts.grace);
+        for orphan in found.into_iter().chain(strays) {
             let (action, reason) = orphan.decide(schema, opts.include_manual, opts.grace);
             let result = match (&action, opts.fix, dry_run) {
                 (Action::Refuse, _, _) => {
@@ -347,7 +352,7 @@ impl Cleanup<'_> {
                 catalog.delete_record(client, schema, *id).await?;
                 Ok(format!("row deleted; {key} is outside the bucket and was not touched"))
             }
-            Orphan::Nested { .. } | Orphan::Foreign { .. } => {
+            Orphan::Nested { .. } | Orphan::Foreign { .. } | Orphan::Stray { .. } => {
                 anyhow::bail!("internal: {} is never deleted", orphan.key())
             }
         }
