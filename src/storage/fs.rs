@@ -417,16 +417,20 @@ fn not_regular(e: &io::Error) -> Option<&'static str> {
     matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)).then_some(STRAY)
 }
 
-/// Refuses to write or delete `key` when a folder on its way below `root` is a symbolic link (or
-/// not a folder): what is written or deleted stays inside the root.
+/// Refuses to write or delete `key` when a folder on its way below `root` is a symbolic link:
+/// what is written or deleted stays inside the root.
 fn no_links_below(root: &Path, key: &str) -> Result<(), StorageError> {
     let mut path = root.to_path_buf();
     let folders = key.rsplit_once('/').map_or("", |(f, _)| f);
     for part in folders.split('/').filter(|p| !p.is_empty()) {
         path.push(part);
         match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(StorageError::Other(format!("{key}: {} is {STRAY}", path.display()))),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(StorageError::Other(format!("{key}: {} is {STRAY}", path.display())))
+            }
+            // Not a folder: writing fails with the OS's own error.
+            Ok(m) if !m.is_dir() => return Ok(()),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(StorageError::io(format!("checking {}", path.display()), e)),
         }
