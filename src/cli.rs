@@ -490,6 +490,10 @@ pub struct RestoreArgs {
     /// application's backups, or ones made before signing was turned on)
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Read an unencrypted backup of a tenant that has an encryption key (one taken before
+    /// encryption was turned on) when no valid signature vouches for it
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Tenant schema to restore
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -596,6 +600,10 @@ pub struct DownloadArgs {
     /// application's backups, or ones made before signing was turned on)
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Read an unencrypted backup of a tenant that has an encryption key (one taken before
+    /// encryption was turned on) when no valid signature vouches for it
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -622,6 +630,10 @@ pub struct VerifyArgs {
     /// application's backups, or ones made before signing was turned on)
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Read an unencrypted backup of a tenant that has an encryption key (one taken before
+    /// encryption was turned on) when no valid signature vouches for it
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -695,6 +707,21 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .ok_or_else(|| format!("{raw} is too large ({SIZE_RANGE})"))
 }
+
+/// `--allow-unsigned` and `--allow-unencrypted`, for the reading commands.
+macro_rules! reader_allowances {
+    ($($args:ty),*) => {$(
+        impl $args {
+            pub fn allow(&self) -> crate::restore::access::Allow {
+                crate::restore::access::Allow {
+                    unsigned: self.allow_unsigned,
+                    unencrypted: self.allow_unencrypted,
+                }
+            }
+        }
+    )*};
+}
+reader_allowances!(RestoreArgs, VerifyArgs, DownloadArgs);
 
 #[cfg(test)]
 mod tests {

@@ -83,7 +83,7 @@ async fn restore(
         ctx.clock.now(),
     )
     .await?;
-    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow_unsigned).await?;
+    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow()).await?;
     let target_name = args.into.clone().unwrap_or_else(|| tenant.schema_name.clone());
     let target = match &args.into {
         Some(into) => {

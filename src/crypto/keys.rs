@@ -52,7 +52,8 @@ impl KeyStore {
         )
     }
 
-    /// Creates the table when it is missing; a role that may not gets the statement to run by hand.
+    /// Creates the table when it is missing, under a lock; a role that may not gets the statement
+    /// to run by hand.
     pub async fn ensure(&self, client: &Client) -> Result<()> {
         let exists: bool = client
             .query_typed(
@@ -64,7 +65,15 @@ impl KeyStore {
         if exists {
             return Ok(());
         }
-        if let Err(e) = client.batch_execute(&self.ddl()).await {
+        // Concurrent `CREATE TABLE IF NOT EXISTS` race in the catalog (one of them fails on
+        // pg_type's unique index): workers and overlapping ticks take turns on an advisory lock
+        // held for this one implicit transaction (one simple query), so the second sees the table.
+        let create = format!(
+            "SELECT pg_advisory_xact_lock({}); {}",
+            crate::pg::lock::lock_key(&format!("create {}", self.table.quoted())),
+            self.ddl()
+        );
+        if let Err(e) = client.batch_execute(&create).await {
             let code = e.code().map(|c| c.code().to_string());
             if code.as_deref() == Some("42501") {
                 return Err(UsageError::new(format!(
@@ -136,6 +145,11 @@ impl KeyStore {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
             Err(e) => Err(anyhow::anyhow!("reading {}: {}", self.table, describe_pg_error(&e))),
         }
+    }
+
+    /// Whether the tenant has a key: its backups are encrypted.
+    pub async fn has_key(&self, client: &Client, tenant: &str) -> Result<bool> {
+        Ok(self.row(client, tenant).await?.is_some())
     }
 
     /// The tenant's identity, unwrapped with the master identity.

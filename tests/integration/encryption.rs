@@ -286,3 +286,128 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn an_older_signed_backup_copied_over_a_newer_one_is_refused() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    let old = backup(cron(&db, &k), &k, &["--tenant", "bienestar"]);
+    db.sql("UPDATE bienestar.appointments_patient SET notes = 'newer'");
+    // Backups are named to the second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let new = backup(cron(&db, &k), &k, &["--tenant", "bienestar"]);
+    let (old_key, new_key) = (old["key"].as_str().unwrap(), new["key"].as_str().unwrap());
+    assert_ne!(old_key, new_key);
+    // Someone who can write the bucket replays the older (validly signed) backup under the newer
+    // one's name: object and manifest.
+    for suffix in ["", ".manifest.json"] {
+        std::fs::copy(
+            db.storage().join(format!("{old_key}{suffix}")),
+            db.storage().join(format!("{new_key}{suffix}")),
+        )
+        .unwrap();
+    }
+    let id = new["id"].to_string();
+    for args in [
+        vec!["verify", "--tenant", "bienestar", "--id", &id],
+        vec!["restore", "--tenant", "bienestar", "--id", &id, "--yes"],
+        vec!["download", "--tenant", "bienestar", "--id", &id, "-o", "-"],
+    ] {
+        let out = reader(&db, &k).args(&args).output().unwrap();
+        no_key_material(&out, &k);
+        assert_fails(&out, 1, "is the manifest of");
+    }
+    assert_eq!(
+        db.sql("SELECT count(*) FROM bienestar.appointments_patient WHERE notes = 'newer'"),
+        db.sql("SELECT count(*) FROM bienestar.appointments_patient")
+    );
+}
+
+#[test]
+fn a_tenant_with_a_key_refuses_an_unencrypted_object_without_a_signing_key() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    // No signing key anywhere: only encryption stands between the bucket and the database.
+    let unsigned = |mut c: assert_cmd::Command| {
+        c.env_remove("BACKUP_SIGNING_KEY");
+        c
+    };
+    let clear = db.backup(&["--tenant", "bienestar", "--compress", "none"]);
+    let sealed = backup(unsigned(cron(&db, &k)), &k, &["--tenant", "bienestar"]);
+    // The old, unencrypted backup: readable only when asked for.
+    let clear_id = clear["id"].to_string();
+    let out = unsigned(reader(&db, &k))
+        .args(["verify", "--tenant", "bienestar", "--id", &clear_id])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "--allow-unencrypted");
+    let out = unsigned(reader(&db, &k))
+        .args([
+            "verify",
+            "--tenant",
+            "bienestar",
+            "--id",
+            &clear_id,
+            "--allow-unencrypted",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A forged unencrypted object in place of the encrypted one, its manifest fixed up.
+    let key = sealed["key"].as_str().unwrap();
+    let forged = b"CREATE TABLE bienestar.planted (x int);\n".to_vec();
+    std::fs::write(db.storage().join(key), &forged).unwrap();
+    let manifest_path = db.storage().join(format!("{key}.manifest.json"));
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    m["size"] = forged.len().into();
+    m["sha256"] = sha256_hex(&forged).into();
+    m["compression"] = "none".into();
+    m.as_object_mut().unwrap().remove("encryption");
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let id = sealed["id"].to_string();
+    for args in [
+        vec!["restore", "--tenant", "bienestar", "--id", &id, "--yes"],
+        vec!["verify", "--tenant", "bienestar", "--id", &id],
+        vec!["download", "--tenant", "bienestar", "--id", &id, "-o", "-"],
+    ] {
+        let out = unsigned(reader(&db, &k)).args(&args).output().unwrap();
+        assert_fails(&out, 1, "not encrypted");
+    }
+    assert_eq!(db.sql("SELECT to_regclass('bienestar.planted') IS NULL"), "t");
+}
+
+#[test]
+fn concurrent_first_encrypted_runs_all_succeed() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    // Small tenants besides the fixture's three, so that many workers start at once.
+    for i in 0..5 {
+        db.sql(&format!(
+            "CREATE SCHEMA small{i}; CREATE TABLE small{i}.backups_backuprecord (LIKE bienestar.backups_backuprecord INCLUDING ALL); \
+             INSERT INTO public.tenants_clinic (schema_name, name, backup_schedule) VALUES ('small{i}', 'Small {i}', 'daily')"
+        ));
+    }
+    for round in 0..6 {
+        db.sql("DROP TABLE IF EXISTS public.tenant_backup_keys");
+        // Eight workers in one process, and a second process at the same moment.
+        let run = || {
+            cron(&db, &k)
+                .args(["--no-progress", "backup", "--all", "--concurrency", "8"])
+                .output()
+                .unwrap()
+        };
+        let (out, first) = std::thread::scope(|s| {
+            let other = s.spawn(run);
+            (run(), other.join().unwrap())
+        });
+        for o in [&out, &first] {
+            let stderr = text(&o.stderr);
+            assert!(
+                !stderr.contains("pg_type_typname_nsp_index") && !stderr.contains("already exists"),
+                "round {round}: {stderr}"
+            );
+            // A tenant busy in the other process is skipped, not failed.
+            assert!(o.status.success(), "round {round}: {stderr}");
+        }
+    }
+}
