@@ -509,6 +509,10 @@ pub struct RestoreArgs {
     /// Accept a backup made of another tenant (its history is searched for --id/--latest)
     #[arg(long, value_name = "SCHEMA")]
     pub from_tenant: Option<String>,
+    /// Restore into a new database that has no tenant table (after losing the database): the
+    /// tenant and its backup come from the bucket alone. Refused where the tenant table exists
+    #[arg(long, conflicts_with = "id")]
+    pub new_database: bool,
     /// Restore as a new schema, leaving the tenant untouched
     #[arg(long, value_name = "SCHEMA", conflicts_with = "drop_previous")]
     pub into: Option<String>,

@@ -24,7 +24,15 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
     let mut source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
-    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, &client, args.allow()).await?;
+    source.decrypt = check_access(
+        &source,
+        &ctx.keys,
+        &ctx.key_store,
+        &client,
+        ctx.storage.as_ref(),
+        args.allow(),
+    )
+    .await?;
     drop(client);
     let dest: Option<PathBuf> = if to_stdout {
         None

@@ -87,9 +87,14 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
                     return Err(usage!("not confirmed: the key is kept"));
                 }
             }
-            if ctx.key_store.forget(&client, &tenant).await? {
+            // The bucket's copies first: should that fail, the row is still there and the same
+            // command finishes the job.
+            let in_bucket = crate::crypto::bucket::forget(ctx.storage.as_ref(), &tenant)
+                .await
+                .with_context(|| format!("nothing was forgotten in the database; run `keys forget --tenant {tenant}` again once {} can be reached", ctx.storage.describe()))?;
+            if ctx.key_store.forget(&client, &tenant).await? || in_bucket > 0 {
                 println!(
-                    "{tenant}: key forgotten; its encrypted backups can no longer be read (cleanup can still delete them). The database provider's own backups keep the wrapped key until their retention ends."
+                    "{tenant}: key forgotten ({in_bucket} copy(ies) deleted from the bucket too); its encrypted backups can no longer be read (cleanup can still delete them). Copies this tool did not write live on: the database provider's own backups until their retention ends, and earlier versions of .keys/{tenant}/ in a bucket with versioning or object lock (see the README)."
                 );
             } else {
                 println!("{tenant}: had no key; nothing changed");
@@ -107,7 +112,7 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
                     (m.identity.recipient(), Some(m))
                 }
             };
-            let n = ctx.key_store.rotate(&client, old, &new).await?;
+            let n = ctx.key_store.rotate(&client, ctx.storage.as_ref(), old, &new).await?;
             if let Some(m) = generated {
                 println!("BACKUP_AGE_IDENTITY={}", m.identity.secret_string().expose());
                 println!("BACKUP_AGE_RECIPIENT={}", new.as_string());

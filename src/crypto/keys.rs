@@ -15,6 +15,16 @@ use super::{MasterIdentity, MasterRecipient};
 use crate::error::UsageError;
 use crate::pg::connect::describe_pg_error;
 use crate::pg::sql::QualifiedName;
+use crate::storage::{Storage, StorageError};
+
+/// A tenant's key as the key table holds it: its recipient (public), and its identity wrapped to
+/// the master recipient `wrapped_to`.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    pub recipient: age::x25519::Recipient,
+    pub wrapped: Vec<u8>,
+    pub wrapped_to: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct KeyStore {
@@ -89,16 +99,11 @@ impl KeyStore {
         Ok(())
     }
 
-    /// The tenant's recipient, creating the tenant's key (wrapped to `master`) on first use. Two
-    /// workers racing here agree: the first insert wins and both read it back.
-    pub async fn recipient_for(
-        &self,
-        client: &Client,
-        tenant: &str,
-        master: &MasterRecipient,
-    ) -> Result<age::x25519::Recipient> {
-        if let Some(r) = self.recipient(client, tenant).await? {
-            return Ok(r);
+    /// The tenant's key, created (wrapped to `master`) on first use. Two workers racing here
+    /// agree: the first insert wins and both read it back.
+    pub async fn recipient_for(&self, client: &Client, tenant: &str, master: &MasterRecipient) -> Result<StoredKey> {
+        if let Some(k) = self.stored(client, tenant).await? {
+            return Ok(k);
         }
         self.ensure(client).await?;
         let identity = age::x25519::Identity::generate();
@@ -120,19 +125,23 @@ impl KeyStore {
             )
             .await
             .map_err(|e| anyhow::anyhow!("storing {tenant}'s key in {}: {}", self.table, describe_pg_error(&e)))?;
-        self.recipient(client, tenant)
+        self.stored(client, tenant)
             .await?
             .with_context(|| format!("{tenant}'s key vanished from {} just after it was stored", self.table))
     }
 
-    async fn recipient(&self, client: &Client, tenant: &str) -> Result<Option<age::x25519::Recipient>> {
+    async fn stored(&self, client: &Client, tenant: &str) -> Result<Option<StoredKey>> {
         let Some(row) = self.row(client, tenant).await? else {
             return Ok(None);
         };
         let raw: String = row.get(0);
-        let r = age::x25519::Recipient::from_str(&raw)
+        let recipient = age::x25519::Recipient::from_str(&raw)
             .map_err(|e| anyhow::anyhow!("{}: {tenant}'s recipient is damaged ({e})", self.table))?;
-        Ok(Some(r))
+        Ok(Some(StoredKey {
+            recipient,
+            wrapped: row.get(1),
+            wrapped_to: row.get(2),
+        }))
     }
 
     async fn row(&self, client: &Client, tenant: &str) -> Result<Option<tokio_postgres::Row>> {
@@ -196,8 +205,16 @@ impl KeyStore {
         }
     }
 
-    /// Re-wraps every tenant key from `old` to `new`, in one transaction: all or nothing.
-    pub async fn rotate(&self, client: &Client, old: &MasterIdentity, new: &MasterRecipient) -> Result<usize> {
+    /// Re-wraps every tenant key from `old` to `new`, in one transaction: all or nothing. Each
+    /// re-wrapped key is in the bucket before the transaction commits; the copies wrapped to the
+    /// old recipient are deleted after it did.
+    pub async fn rotate(
+        &self,
+        client: &Client,
+        storage: &dyn Storage,
+        old: &MasterIdentity,
+        new: &MasterRecipient,
+    ) -> Result<usize> {
         self.ensure(client).await?;
         client.batch_execute("BEGIN").await?;
         let result = async {
@@ -218,6 +235,7 @@ impl KeyStore {
                     ours: old.recipient().as_string(),
                 })?;
                 let rewrapped = age::encrypt(&new.0, identity.to_string().expose_secret().as_bytes())?;
+                super::bucket::publish(storage, &tenant, &rewrapped, &new.as_string()).await?;
                 client
                     .query_typed(
                         &update,
@@ -229,16 +247,24 @@ impl KeyStore {
                     )
                     .await?;
             }
-            anyhow::Ok(rows.len())
+            let was: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(2))).collect();
+            anyhow::Ok(was)
         }
         .await;
         match result {
-            Ok(n) => {
+            Ok(was) => {
                 client
                     .batch_execute("COMMIT")
                     .await
                     .context("committing the rotation")?;
-                Ok(n)
+                for (tenant, wrapped_to) in was.iter().filter(|(_, to)| *to != new.as_string()) {
+                    let key = super::bucket::key_of(tenant, wrapped_to);
+                    match storage.delete(&key).await {
+                        Ok(()) | Err(StorageError::NotFound(_)) => {}
+                        Err(e) => tracing::warn!("{key}: the copy wrapped to the old master recipient is still in the bucket ({e}): delete it by hand"),
+                    }
+                }
+                Ok(was.len())
             }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
@@ -248,7 +274,7 @@ impl KeyStore {
     }
 }
 
-fn unwrap(wrapped: &[u8], master: &MasterIdentity) -> Result<age::x25519::Identity> {
+pub(super) fn unwrap(wrapped: &[u8], master: &MasterIdentity) -> Result<age::x25519::Identity> {
     let plain = age::decrypt(&master.0, wrapped)?;
     let text = String::from_utf8(plain).context("a damaged tenant key")?;
     let id = age::x25519::Identity::from_str(text.trim()).map_err(|e| anyhow::anyhow!("a damaged tenant key: {e}"))?;

@@ -1,15 +1,18 @@
 //! Encryption and authenticity of stored backups.
 //!
 //! * Every backup is encrypted with [age](https://age-encryption.org) (X25519) to **its tenant's own
-//!   key**. Tenant keys live in a table of the tool's own in `public` ([`keys`]), each identity
-//!   wrapped (age-encrypted) to one master recipient. The cron job holds only the master
-//!   *recipient* (public); reading a backup needs the master *identity*. Deleting a tenant's row
-//!   (`keys forget`) makes every copy of that tenant's encrypted backups unreadable.
+//!   key**. Tenant keys live in a table of the tool's own in `public` ([`keys`]) and in the bucket
+//!   ([`bucket`]), each identity wrapped (age-encrypted) to one master recipient, so the bucket and
+//!   the master identity restore every tenant after the database is lost. The cron job holds only
+//!   the master *recipient* (public); reading a backup needs the master *identity*. Deleting a
+//!   tenant's key (`keys forget`: its row and its bucket copies) makes every copy of that tenant's
+//!   encrypted backups unreadable.
 //! * Every manifest carries an HMAC-SHA256 over its canonical content when a signing key is set
 //!   ([`sign`]), so a rewritten object with a rewritten manifest is refused.
 //! * [`stream`]: the encrypting writer inside the backup pipeline and the decrypting reader inside
 //!   restore, verify and download.
 
+pub mod bucket;
 pub mod keys;
 pub mod sign;
 pub mod stream;

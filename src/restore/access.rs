@@ -10,9 +10,11 @@ use tokio_postgres::Client;
 
 use super::source::{check_claims, Source};
 use crate::backup::compress::Compression;
-use crate::crypto::keys::KeyStore;
+use crate::crypto::bucket;
+use crate::crypto::keys::{KeyError, KeyStore};
 use crate::crypto::{sign, KeyConfig, TenantKey};
 use crate::error::UsageError;
+use crate::storage::Storage;
 
 /// Signature refused: the manifest is missing, unsigned, or signed with another key.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,7 @@ pub async fn check_access(
     keys: &KeyConfig,
     store: &KeyStore,
     client: &Client,
+    storage: &dyn Storage,
     allow: Allow,
 ) -> Result<Option<TenantKey>> {
     let allow_unsigned = allow.unsigned;
@@ -84,7 +87,8 @@ pub async fn check_access(
         .map(|m| m.tenant.as_str())
         .unwrap_or(source.source_schema.as_str());
     if !encrypted {
-        if !signed && store.has_key(client, owner).await? {
+        let has_key = store.has_key(client, owner).await? || !bucket::copies(storage, owner).await?.is_empty();
+        if !signed && has_key {
             if !allow.unencrypted {
                 return Err(DowngradeError(source.key.clone(), owner.to_string()).into());
             }
@@ -101,7 +105,20 @@ pub async fn check_access(
             source.key
         ))
     })?;
-    let identity = store.identity_for(client, owner, master).await?;
+    let identity = match store.identity_for(client, owner, master).await {
+        Ok(id) => id,
+        // No key in this database (a new one, after a disaster): the bucket's copy.
+        Err(e) if matches!(e.downcast_ref(), Some(KeyError::Forgotten(_))) => {
+            match bucket::identity_for(storage, owner, master).await? {
+                Some(id) => {
+                    tracing::info!("{owner}: no key in {}; using the bucket's copy", store.table);
+                    id
+                }
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let named = source.manifest.as_ref().and_then(|m| m.encryption.as_ref());
     if let Some(e) = named.filter(|e| e.recipient != identity.to_public().to_string()) {
         anyhow::bail!(

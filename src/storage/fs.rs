@@ -475,7 +475,9 @@ fn walk(root: &Path, dir: &Path, prefix: &str, want: Want, out: &mut Vec<ObjectI
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
         if meta.is_dir() {
             let dir_key = format!("{key}/");
-            if !hidden && (dir_key.starts_with(prefix) || prefix.starts_with(&dir_key)) {
+            // A hidden folder (the bucket's `.keys/`) is listed only when the prefix names it.
+            let named = hidden && prefix.starts_with(&dir_key);
+            if (!hidden || named) && (dir_key.starts_with(prefix) || prefix.starts_with(&dir_key)) {
                 walk(root, &path, prefix, want, out)?;
             }
         } else if want == Want::Strays {

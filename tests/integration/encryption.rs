@@ -205,6 +205,20 @@ fn forgetting_a_tenant_erases_its_backups_and_spares_the_others() {
         .output()
         .unwrap();
     assert!(text(&out.stdout).contains("key forgotten"), "{}", text(&out.stdout));
+    // Every copy the tool wrote is gone: the bucket's too; mindcare's stays.
+    let copies = |t: &str| {
+        std::fs::read_dir(db.storage().join(".keys").join(t))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(copies("bienestar"), 0);
+    assert_eq!(copies("mindcare"), 1);
+    db.sql("DROP TABLE public.tenant_backup_keys");
+    let out = reader(&db, &k)
+        .args(["restore", "--tenant", "bienestar", "--latest", "--yes"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "forgotten");
 }
 
 #[test]
@@ -269,6 +283,12 @@ fn rotation_keeps_old_backups_readable_with_the_new_identity_only() {
         signing: k.signing.clone(),
     };
     assert_ne!(new.identity, k.identity);
+    // The bucket's copy is wrapped to the new recipient only.
+    let copies: Vec<String> = std::fs::read_dir(db.storage().join(".keys/bienestar"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(copies, [format!("{}.age", new.recipient)]);
     let id = b["id"].to_string();
     let out = reader(&db, &new)
         .args(["verify", "--tenant", "bienestar", "--id", &id])
@@ -410,4 +430,54 @@ fn concurrent_first_encrypted_runs_all_succeed() {
             assert!(o.status.success(), "round {round}: {stderr}");
         }
     }
+}
+
+const FLEET: [&str; 3] = ["bienestar", "mindcare", "clinica_demo"];
+
+#[test]
+fn an_encrypted_signed_fleet_restores_into_a_new_database_from_the_bucket_alone() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    let out = cron(&db, &k)
+        .args(["--no-progress", "backup", "--all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before: Vec<_> = FLEET.iter().map(|t| data_without_history(&db, t)).collect();
+    // The disaster: the database is gone. What is left: the bucket, the master identity and the
+    // signing key. The new database is empty: not migrated, no tenant table, no key table.
+    let fresh = TestDb::empty();
+    for t in FLEET {
+        let out = reader(&fresh, &k)
+            .env("BACKUP_STORAGE", db.storage())
+            .args([
+                "--no-progress",
+                "restore",
+                "--tenant",
+                t,
+                "--latest",
+                "--yes",
+                "--new-database",
+            ])
+            .output()
+            .unwrap();
+        no_key_material(&out, &k);
+        assert!(out.status.success(), "{t}: {}", text(&out.stderr));
+    }
+    for (t, b) in FLEET.iter().zip(&before) {
+        assert_eq!(&data_without_history(&fresh, t), b, "{t}");
+    }
+    // --new-database is for a database without a tenant table only.
+    let out = reader(&db, &k)
+        .args([
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--latest",
+            "--yes",
+            "--new-database",
+        ])
+        .output()
+        .unwrap();
+    assert_fails(&out, 2, "--new-database");
 }
