@@ -14,6 +14,7 @@ use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
 use crate::restore::access::check_access;
+use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
@@ -99,6 +100,13 @@ async fn restore(
     let target_name = args.into.clone().unwrap_or_else(|| tenant.schema_name.clone());
     let target = match &args.into {
         Some(into) => {
+            // Another tenant's name, even while its schema is missing (a dropped tenant awaiting
+            // its own restore), would hand that tenant another clinic's rows.
+            if ctx.catalog.tenant(client, into).await.is_ok() {
+                return Err(usage!(
+                    "--into {into:?} is a tenant's schema name: --into makes a new schema beside the tenants; to restore a tenant, use --tenant {into}"
+                ));
+            }
             if schema_exists(client, into).await? {
                 return Err(usage!("schema {into:?} already exists: --into needs a new name"));
             }
@@ -114,13 +122,6 @@ async fn restore(
             drop_previous: args.drop_previous,
         },
     };
-    let json = source.format == DumpFormat::Json;
-    if json && (args.into.is_some() || args.from_tenant.is_some()) {
-        return Err(usage!(
-            "{} is a json backup: it loads into the tenant's existing tables, so --into and --from-tenant are not available for it",
-            source.key
-        ));
-    }
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
 
     // Checked before anything runs.
@@ -137,7 +138,18 @@ async fn restore(
         ctx.clock.now(),
     )
     .await?;
+    let header = match source.format {
+        DumpFormat::Json => Some(crate::jsonl::peek_header(open_decompressed(file.path(), &source, &shown)?)?),
+        _ => None,
+    };
+    let live_tables = match &header {
+        Some(_) => crate::jsonl::tables(client, &target_name).await?,
+        None => Vec::new(),
+    };
     describe(&tenant.schema_name, &target_name, &source, &target, &facts);
+    if let Some(h) = &header {
+        describe_json(h, &target, &facts, &live_tables);
+    }
     if args.dry_run {
         report(ctx, &tenant.schema_name, &target_name, &source, None, true, started)?;
         return Ok(Outcome::Done);
@@ -165,24 +177,36 @@ async fn restore(
         ctx.clock.now(),
     )
     .await?;
+    let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
+    let kept = sql.kept_as.clone();
     let Some(tools) = tools else {
         let input = open_decompressed(file.path(), &source, &shown)?;
+        let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout)).await?;
+        let keep_previous = match &target {
+            Target::Replace { drop_previous: false, .. } => facts.previous.as_deref(),
+            _ => None,
+        };
         let opts = JsonRestore {
-            schema: &target_name,
+            source_schema: &source.source_schema,
+            target: &target,
             catalog: &ctx.catalog,
+            plan: &sql,
+            scope: &scope,
             keep_history: facts.records_exist,
-            verify_only: false,
+            keep_previous_as: keep_previous,
             lock_timeout,
             reconnect: Some(&ctx.dump),
         };
         crate::jsonl::restore(session, input, &opts)
             .await
             .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-        report(ctx, &tenant.schema_name, &target_name, &source, None, false, started)?;
+        let kept = match header.map(|h| h.format_version) {
+            Some(2) => keep_previous,
+            _ => kept.as_deref(),
+        };
+        report(ctx, &tenant.schema_name, &target_name, &source, kept, false, started)?;
         return Ok(Outcome::Done);
     };
-    let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
-    let kept = sql.kept_as.clone();
     let ran = through_psql(
         &tools,
         &ctx.dump,
@@ -232,9 +256,6 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &
         )
     };
     match plan {
-        _ if source.format == DumpFormat::Json => eprintln!(
-            "  target   {target}: its tables are emptied and loaded from the json backup in one transaction (every history row the backup lacks is carried over)"
-        ),
         Target::Replace { drop_previous: true, .. } if facts.target_exists => {
             eprintln!("  target   {target}: the current schema is replaced and DROPPED in the same transaction ({history})")
         }
@@ -245,6 +266,44 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &
         Target::Replace { .. } => eprintln!("  target   {target}: does not exist; it is created ({history})"),
         Target::Into { .. } => eprintln!("  target   new schema {target}; tenant {tenant} is left as it is"),
         Target::Scratch => {}
+    }
+}
+
+/// What a json backup holds, against the tables the target has now: a table the backup does not
+/// hold is never emptied silently.
+fn describe_json(header: &crate::jsonl::Header, plan: &Target, facts: &Facts, live: &[crate::jsonl::TableSpec]) {
+    let missing: Vec<&str> = live
+        .iter()
+        .filter(|l| !header.tables.iter().any(|t| t.name == l.name))
+        .map(|l| l.name.as_str())
+        .collect();
+    if header.format_version == 2 {
+        let kept = match plan {
+            Target::Replace { drop_previous: false, .. } => format!(
+                "their previous rows are copied to {} first",
+                facts.previous.as_deref().unwrap_or("?")
+            ),
+            _ => "their previous rows are not kept (--drop-previous)".into(),
+        };
+        eprintln!(
+            "  json     format version 2 (rows only): the {} tables it holds are emptied and loaded in the existing schema; {kept}",
+            header.tables.len()
+        );
+        if !missing.is_empty() {
+            eprintln!("  untouched tables the backup does not hold, left as they are: {}", missing.join(", "));
+        }
+        return;
+    }
+    if !missing.is_empty() {
+        let whereto = match (plan, &facts.previous) {
+            (Target::Replace { drop_previous: false, .. }, Some(p)) => format!("they stay in {p} with the previous schema"),
+            (Target::Replace { drop_previous: true, .. }, _) => "they are DROPPED with the previous schema (--drop-previous)".into(),
+            _ => "they are not in the restored schema".into(),
+        };
+        eprintln!(
+            "  NOT IN THE BACKUP: {} (made after the backup was taken?): the restored schema will not have them; {whereto}; run the application's migrations afterwards",
+            missing.join(", ")
+        );
     }
 }
 

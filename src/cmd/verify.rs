@@ -13,6 +13,7 @@ use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
 use crate::restore::access::check_access;
+use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::read_facts;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
@@ -87,14 +88,28 @@ async fn verify(
 
     let session = client;
     lock::lock_with_timeout(session, &source.source_schema, timeout).await?;
+    let facts = read_facts(
+        session,
+        &ctx.catalog,
+        ctx.storage.as_ref(),
+        &source,
+        &Target::Scratch,
+        ctx.clock.now(),
+    )
+    .await?;
+    let sql = plan(&source, &Target::Scratch, &ctx.catalog, &facts, timeout, mark);
     let counts = match tools {
-        // A json backup loads into temporary copies of the tenant's tables, in a rolled-back transaction.
+        // A json backup is loaded as a restore would, in a transaction that is rolled back.
         None => {
+            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout)).await?;
             let opts = JsonRestore {
-                schema: &source.source_schema,
+                source_schema: &source.source_schema,
+                target: &Target::Scratch,
                 catalog: &ctx.catalog,
+                plan: &sql,
+                scope: &scope,
                 keep_history: false,
-                verify_only: true,
+                keep_previous_as: None,
                 lock_timeout: timeout,
                 reconnect: None,
             };
@@ -103,16 +118,6 @@ async fn verify(
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
         }
         Some(tools) => {
-            let facts = read_facts(
-                session,
-                &ctx.catalog,
-                ctx.storage.as_ref(),
-                &source,
-                &Target::Scratch,
-                ctx.clock.now(),
-            )
-            .await?;
-            let sql = plan(&source, &Target::Scratch, &ctx.catalog, &facts, timeout, mark);
             through_psql(
                 &tools,
                 &ctx.dump,

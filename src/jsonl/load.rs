@@ -1,5 +1,9 @@
-//! The loader: a json dump into the schema's existing tables (or, for verify, into temporary copies),
-//! in one transaction.
+//! The loader. A version 3 dump (it carries its structure) loads exactly as a plain dump does: in
+//! one transaction around the same SQL ([`crate::restore::plan`]: the live schema renamed aside,
+//! the history carried over, the previous schema kept or dropped), it creates the schema again
+//! from its structure — each statement held to the restore guard — loads the rows with COPY, then
+//! builds keys, indexes and foreign keys. A version 2 dump (rows only) loads into the tenant's
+//! existing tables. Verify does the same and rolls back.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -15,40 +19,74 @@ use tokio_postgres::{Client, CopyInSink};
 use super::check::check_foreign_keys;
 use super::codec::RowDecoder;
 use super::rebuild::Rebuild;
-use super::structure::{create_if_missing, Structure};
+use super::structure::Structure;
 use super::{
     tables, Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, OLDEST_READABLE_VERSION, VALUE_SETTINGS,
 };
 use crate::pg::catalog::{insert_history, Catalog};
+use crate::pg::connect::describe_pg_error_without_data;
 use crate::pg::sql::{literal, qualified, quote_ident};
 use crate::pg::target::DbTarget;
+use crate::restore::guard::Scope;
+use crate::restore::{Plan, Target};
 
 /// What a json restore should do around the load.
 pub struct JsonRestore<'a> {
-    pub schema: &'a str,
+    /// The schema the dump must have been taken of: the tenant's, or the one `--from-tenant`
+    /// names. A dump of another schema is refused, whatever its file name or manifest says.
+    pub source_schema: &'a str,
+    /// Where the restore goes (verify: [`Target::Scratch`]).
+    pub target: &'a Target,
     pub catalog: &'a Catalog,
-    /// Carry over every row of the live history the dump lacks (by id, whatever its date).
+    /// The SQL around the load of a version 3 dump, the same as a plain dump's.
+    pub plan: &'a Plan,
+    /// What the dump's structure may do: the restore guard's scope for `source_schema`.
+    pub scope: &'a Scope,
+    /// Version 2 only (rows into the existing tables): carry over every row of the live history
+    /// the dump lacks (by id, whatever its date).
     pub keep_history: bool,
-    /// Verify only: load into temporary copies of the tables, check the foreign keys between them,
-    /// and roll back. The live tables are only read (the application keeps working meanwhile).
-    pub verify_only: bool,
+    /// Version 2 only: the schema the tables' previous rows are copied into before they are
+    /// replaced (none with `--drop-previous`).
+    pub keep_previous_as: Option<&'a str>,
     pub lock_timeout: Duration,
     /// Where to ask, on a fresh connection, whether a COMMIT whose answer was lost went through.
     pub reconnect: Option<&'a DbTarget>,
 }
 
-/// Loads a json dump into the schema's existing tables in one transaction, returning the rows
-/// loaded per table. Any error rolls everything back.
+impl JsonRestore<'_> {
+    fn verify_only(&self) -> bool {
+        matches!(self.target, Target::Scratch)
+    }
+}
+
+/// Loads a json dump in one transaction, returning the rows loaded per table. Any error rolls
+/// everything back.
 pub async fn restore(
     client: &Client,
     input: Box<dyn BufRead + Send>,
     opts: &JsonRestore<'_>,
 ) -> Result<BTreeMap<String, u64>> {
+    let (tx, mut rx) = mpsc::channel::<Result<Event>>(8);
+    let reader = tokio::task::spawn_blocking(move || read_events(input, tx));
+    let (header, structure) = read_head(&mut rx, opts).await?;
+    let begin = match &structure {
+        Some(_) => opts.plan.prologue.clone(),
+        None => {
+            if !matches!(opts.target, Target::Replace { .. } | Target::Scratch) {
+                anyhow::bail!(
+                    "this json backup is in format version {}, which holds rows only: it loads into the tenant's own tables, so --into and --from-tenant are not available for it",
+                    header.format_version
+                );
+            }
+            format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms';",
+                crate::pg::lock::timeout_ms(opts.lock_timeout)
+            )
+        }
+    };
+    client.batch_execute(&begin).await?;
     client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET CONSTRAINTS ALL DEFERRED; {VALUE_SETTINGS}",
-            crate::pg::lock::timeout_ms(opts.lock_timeout)
-        ))
+        .batch_execute(&format!("SET CONSTRAINTS ALL DEFERRED; {VALUE_SETTINGS}"))
         .await?;
     let xid: i64 = client
         .query_typed("SELECT pg_catalog.txid_current()", &[])
@@ -56,8 +94,15 @@ pub async fn restore(
         .first()
         .map(|r| r.get(0))
         .unwrap_or(0);
-    let result = restore_inner(client, input, opts).await;
-    match (&result, opts.verify_only) {
+    let result = match &structure {
+        Some(structure) => load_new(client, &header, structure, rx, opts).await,
+        None => load_existing(client, &header, rx, opts).await,
+    };
+    let result = match reader.await {
+        Ok(()) => result,
+        Err(_) => result.and(Err(anyhow::anyhow!("the dump reader panicked"))),
+    };
+    match (&result, opts.verify_only()) {
         // The COMMIT and the caller's report are one step for a stop; a COMMIT whose answer was
         // lost is settled from the server (pg_xact_status), not guessed.
         (Ok(_), false) => match crate::stop::shield() {
@@ -74,6 +119,54 @@ pub async fn restore(
         _ => client.batch_execute("ROLLBACK").await?,
     }
     result
+}
+
+/// The header of a json dump (its first line), to say what a restore will do before it runs.
+pub fn peek_header(mut input: Box<dyn BufRead + Send>) -> Result<Header> {
+    let mut line = Vec::new();
+    read_line(&mut input, &mut line).context("reading the dump (corrupt or truncated object)")?;
+    serde_json::from_slice(&line).context("the dump has no tenant-backup json header")
+}
+
+/// The header and (version 3) the structure, checked before anything runs: the format, its
+/// version, and the schema the dump was taken of.
+async fn read_head(
+    rx: &mut mpsc::Receiver<Result<Event>>,
+    opts: &JsonRestore<'_>,
+) -> Result<(Header, Option<Box<Structure>>)> {
+    let header = match rx.recv().await.context("the dump is empty")?? {
+        Event::Header(h) => h,
+        _ => anyhow::bail!("the dump has no tenant-backup json header"),
+    };
+    if header.format != FORMAT {
+        anyhow::bail!("unsupported dump format {:?}", header.format);
+    }
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
+        anyhow::bail!(
+            "this dump is in json format version {}, written by tenant-backup {}; this version reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} only: restore it with tenant-backup {}",
+            header.format_version,
+            header.tool_version,
+            header.tool_version
+        );
+    }
+    if header.schema != opts.source_schema {
+        anyhow::bail!(
+            "this json backup is of schema {}, not {}: it is not this tenant's backup, whatever its name or manifest says (if you mean to restore {}'s data here, say so with --from-tenant {})",
+            header.schema,
+            opts.source_schema,
+            header.schema,
+            header.schema
+        );
+    }
+    // Version 3 carries the structure.
+    let structure = match header.format_version {
+        2 => None,
+        _ => match rx.recv().await.context("the dump ends after its header")?? {
+            Event::Structure(s) => Some(s),
+            _ => anyhow::bail!("the dump has no structure section after its header: it is damaged"),
+        },
+    };
+    Ok((header, structure))
 }
 
 /// COMMIT failed: if the connection was lost rather than the COMMIT refused, the server is asked
@@ -107,6 +200,22 @@ enum Event {
     End { rows: u64 },
 }
 
+/// The longest line a json dump may have: one row (its values as text) or one marker. What the
+/// tool writes is far below it; a line without end is refused, not held in memory.
+pub const MAX_LINE: u64 = 64 << 20;
+
+/// One line, up to [`MAX_LINE`] bytes.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    let n = std::io::Read::take(input, MAX_LINE + 1).read_until(b'\n', line)?;
+    if n as u64 > MAX_LINE {
+        return Err(std::io::Error::other(format!(
+            "a line longer than {} MiB, which tenant-backup never writes: the object is not a backup",
+            MAX_LINE >> 20
+        )));
+    }
+    Ok(n)
+}
+
 /// Reads and decodes the dump on a blocking thread, so that parsing runs beside the server's load.
 fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event>>) {
     let send = |e: Result<Event>| tx.blocking_send(e).is_ok();
@@ -118,7 +227,7 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
     loop {
         line.clear();
         number += 1;
-        match input.read_until(b'\n', &mut line) {
+        match read_line(&mut input, &mut line) {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
@@ -180,41 +289,51 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
     }
 }
 
-async fn restore_inner(
+/// A version 3 dump: the schema is created from its structure (the plan's prologue has moved any
+/// schema of that name aside), loaded, completed, and the plan's epilogue run.
+async fn load_new(
     client: &Client,
-    input: Box<dyn BufRead + Send>,
+    header: &Header,
+    structure: &Structure,
+    rx: mpsc::Receiver<Result<Event>>,
     opts: &JsonRestore<'_>,
 ) -> Result<BTreeMap<String, u64>> {
-    let schema = opts.schema;
-    let (tx, mut rx) = mpsc::channel::<Result<Event>>(8);
-    let reader = tokio::task::spawn_blocking(move || read_events(input, tx));
-    let header = match rx.recv().await.context("the dump is empty")?? {
-        Event::Header(h) => h,
-        _ => anyhow::bail!("the dump has no tenant-backup json header"),
-    };
-    if header.format != FORMAT {
-        anyhow::bail!("unsupported dump format {:?}", header.format);
-    }
-    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
+    let schema = opts.source_schema;
+    structure.create_pre_data(client, opts.scope).await?;
+    let live = tables(client, schema).await?;
+    let problems = missing_columns(header, &live, schema);
+    if !problems.is_empty() {
         anyhow::bail!(
-            "this dump is in json format version {}, written by tenant-backup {}; this version reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} only: restore it with tenant-backup {}",
-            header.format_version,
-            header.tool_version,
-            header.tool_version
+            "the backup's structure does not create what its rows need ({}): it is damaged",
+            problems.join("; ")
         );
     }
-    // Version 3 carries the structure: a schema that is gone is created again (before the load
-    // only what the rows need; keys, indexes and foreign keys after it).
-    let structure = match header.format_version {
-        2 => None,
-        _ => match rx.recv().await.context("the dump ends after its header")?? {
-            Event::Structure(s) => Some(s),
-            _ => anyhow::bail!("the dump has no structure section after its header: it is damaged"),
-        },
-    };
-    let created = create_if_missing(client, &header.schema, structure.as_deref(), opts).await?;
-    // The tables must be there, with every column the dump holds.
-    let live = tables(client, schema).await?;
+    let dest: BTreeMap<String, String> = header
+        .tables
+        .iter()
+        .map(|t| (t.name.clone(), qualified(schema, &t.name)))
+        .collect();
+    let counts = load_rows(client, header, rx, &dest, schema).await?;
+    client
+        .batch_execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
+        .context("checking the rows' constraints")?;
+    structure.create_post_data(client, opts.scope).await?;
+    if !opts.verify_only() {
+        let epilogue = &opts.plan.epilogue;
+        let body = epilogue.strip_suffix("COMMIT;\n").unwrap_or(epilogue);
+        client
+            .batch_execute(body)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
+            .context("putting the restored schema in place and carrying the history over")?;
+    }
+    Ok(counts)
+}
+
+/// Every table and column of the dump's header that `live` lacks.
+fn missing_columns(header: &Header, live: &[TableSpec], schema: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for t in &header.tables {
         match live.iter().find(|l| l.name == t.name) {
@@ -228,14 +347,36 @@ async fn restore_inner(
             }
         }
     }
+    problems
+}
+
+/// A version 2 dump (rows only): into the tenant's existing tables, or (verify) temporary copies
+/// of them. Only the tables the dump holds are replaced, and their previous rows are first copied
+/// into the pre-restore schema unless `--drop-previous`.
+async fn load_existing(
+    client: &Client,
+    header: &Header,
+    rx: mpsc::Receiver<Result<Event>>,
+    opts: &JsonRestore<'_>,
+) -> Result<BTreeMap<String, u64>> {
+    let schema = opts.source_schema;
+    if let Target::Replace { schema: target, .. } = opts.target {
+        if target != schema {
+            anyhow::bail!(
+                "this json backup is in format version 2, which holds rows only: it loads into {schema}'s own tables, so --from-tenant is not available for it"
+            );
+        }
+    }
+    let live = tables(client, schema).await?;
     if live.is_empty() {
         anyhow::bail!(
-            "json backups hold rows, not tables, and {schema} has no tables (was it dropped?): recreate them first by running the application's migrations for this tenant (django-tenants: `python manage.py migrate_schemas --schema={schema}`), then restore again; or restore a sql or custom backup, which recreates the schema itself"
+            "this json backup (format version 2) holds rows, not tables, and {schema} has no tables (was it dropped?): recreate them first by running the application's migrations for this tenant (django-tenants: `python manage.py migrate_schemas --schema={schema}`), then restore again; or restore a newer backup, which recreates the schema itself"
         );
     }
+    let problems = missing_columns(header, &live, schema);
     if !problems.is_empty() {
         anyhow::bail!(
-            "the schema does not match the backup ({}): json backups hold rows, not tables, so run the application's migrations for this tenant first",
+            "the schema does not match the backup ({}): json backups of format version 2 hold rows, not tables, so run the application's migrations for this tenant first",
             problems.join("; ")
         );
     }
@@ -245,7 +386,7 @@ async fn restore_inner(
     let records = opts.catalog.records_in(schema);
     let has_records = live.iter().any(|t| t.name == opts.catalog.records_table);
     let mut rebuild = Rebuild::default();
-    if opts.verify_only {
+    if opts.verify_only() {
         for (i, t) in header.tables.iter().enumerate() {
             let copy = format!("pg_temp.tb_verify_{i}");
             client
@@ -258,7 +399,7 @@ async fn restore_inner(
             dest.insert(t.name.clone(), copy);
         }
     } else {
-        for t in &live {
+        for t in &header.tables {
             dest.insert(t.name.clone(), qualified(schema, &t.name));
         }
         if opts.keep_history && has_records {
@@ -268,60 +409,99 @@ async fn restore_inner(
                 ))
                 .await?;
         }
+        if let Some(previous) = opts.keep_previous_as {
+            let mut copy = format!("CREATE SCHEMA {};", quote_ident(previous));
+            for t in &header.tables {
+                copy.push_str(&format!(
+                    " CREATE TABLE {} AS TABLE {};",
+                    qualified(previous, &t.name),
+                    qualified(schema, &t.name)
+                ));
+            }
+            client
+                .batch_execute(&copy)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
+                .with_context(|| format!("keeping the previous rows in {previous}"))?;
+        }
         let all: Vec<&str> = dest.values().map(String::as_str).collect();
         client
             .batch_execute(&format!("TRUNCATE {}", all.join(", ")))
             .await
-            .context("emptying the tables")?;
+            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
+            .context("emptying the tables the backup holds")?;
         rebuild = Rebuild::plan(client, schema).await?;
         rebuild.drop_all(client).await?;
     }
+    let counts = load_rows(client, header, rx, &dest, schema).await?;
+    if opts.verify_only() {
+        check_foreign_keys(client, schema, &dest).await?;
+        return Ok(counts);
+    }
+    // Deferred checks still queued (foreign keys to tables outside the schema, which stay in place)
+    // run now: the table cannot be altered while they are pending.
+    client
+        .batch_execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
+        .context("checking the foreign keys to tables outside the schema")?;
+    rebuild
+        .create_all(client)
+        .await
+        .context("rebuilding the indexes and constraints after the load")?;
+    if opts.keep_history && has_records {
+        let users = opts.catalog.users_in(schema);
+        client
+            .batch_execute(&insert_history(&records, &users, "tb_history o"))
+            .await
+            .context("carrying the history over")?;
+    }
+    Ok(counts)
+}
 
+/// The rows, table by table, into `dest` (the dump's table → where it goes), and the sequences.
+async fn load_rows(
+    client: &Client,
+    header: &Header,
+    mut rx: mpsc::Receiver<Result<Event>>,
+    dest: &BTreeMap<String, String>,
+    schema: &str,
+) -> Result<BTreeMap<String, u64>> {
     let mut counts = BTreeMap::new();
     let mut sink: Option<(String, Pin<Box<CopyInSink<Bytes>>>)> = None;
     let mut loaded = 0u64;
     let mut ended = false;
+    let failed = |name: &str, e: tokio_postgres::Error| {
+        anyhow::anyhow!("{}", describe_pg_error_without_data(&e)).context(format!("loading {name}"))
+    };
     while let Some(event) = rx.recv().await {
         let event = event?;
         if let Event::Rows { copy, rows } = event {
             let (name, s) = sink.as_mut().context("rows before a table")?;
-            s.send(Bytes::from(copy))
-                .await
-                .with_context(|| format!("loading {name}"))?;
+            s.send(Bytes::from(copy)).await.map_err(|e| failed(name, e))?;
             *counts.entry(name.clone()).or_insert(0) += rows;
             loaded += rows;
             continue;
         }
         if let Some((name, mut s)) = sink.take() {
-            s.as_mut().finish().await.with_context(|| format!("loading {name}"))?;
+            s.as_mut().finish().await.map_err(|e| failed(&name, e))?;
         }
         match event {
             Event::Table(t) => {
-                if !header.tables.iter().any(|h| h.name == t.name && h.columns == t.columns) {
+                let Some(to) = dest.get(&t.name).filter(|_| {
+                    header.tables.iter().any(|h| h.name == t.name && h.columns == t.columns)
+                }) else {
                     anyhow::bail!("table {} does not match the dump's header: the dump is damaged", t.name);
-                }
+                };
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
                 let copy = client
-                    .copy_in(&format!("COPY {} ({}) FROM STDIN", dest[&t.name], cols.join(", ")))
+                    .copy_in(&format!("COPY {to} ({}) FROM STDIN", cols.join(", ")))
                     .await
-                    .with_context(|| format!("loading {}", t.name))?;
+                    .map_err(|e| failed(&t.name, e))?;
                 counts.insert(t.name.clone(), 0);
                 sink = Some((t.name, Box::pin(copy)));
             }
-            Event::Sequences(_) if opts.verify_only => {}
-            Event::Sequences(seqs) => {
-                for s in seqs {
-                    let q = literal(&qualified(schema, &s.name));
-                    if let Some(v) = s.last_value {
-                        client
-                            .batch_execute(&format!(
-                                "SELECT setval({q}, {v}, {}) WHERE to_regclass({q}) IS NOT NULL",
-                                s.is_called
-                            ))
-                            .await?;
-                    }
-                }
-            }
+            Event::Sequences(seqs) => set_sequences(client, schema, &seqs).await?,
             Event::End { rows } => {
                 if rows != loaded {
                     anyhow::bail!("the dump says it holds {rows} rows but {loaded} were read: it is damaged");
@@ -333,33 +513,23 @@ async fn restore_inner(
             }
         }
     }
-    reader.await.context("the dump reader panicked")?;
     if !ended {
         anyhow::bail!("the dump is truncated (no end marker)");
     }
-    if opts.verify_only {
-        check_foreign_keys(client, schema, &dest).await?;
-        return Ok(counts);
-    }
-    // Deferred checks still queued (foreign keys to tables outside the schema, which stay in place)
-    // run now: the table cannot be altered while they are pending.
-    client
-        .batch_execute("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
-        .await
-        .context("checking the foreign keys to tables outside the schema")?;
-    rebuild
-        .create_all(client)
-        .await
-        .context("rebuilding the indexes and constraints after the load")?;
-    if let (true, Some(s)) = (created, &structure) {
-        s.create_post_data(client, schema).await?;
-    }
-    if opts.keep_history && has_records {
-        let users = opts.catalog.users_in(schema);
-        client
-            .batch_execute(&insert_history(&records, &users, "tb_history o"))
-            .await
-            .context("carrying the history over")?;
-    }
     Ok(counts)
+}
+
+async fn set_sequences(client: &Client, schema: &str, seqs: &[SequenceValue]) -> Result<()> {
+    for s in seqs {
+        let q = literal(&qualified(schema, &s.name));
+        if let Some(v) = s.last_value {
+            client
+                .batch_execute(&format!(
+                    "SELECT pg_catalog.setval({q}, {v}, {}) WHERE pg_catalog.to_regclass({q}) IS NOT NULL",
+                    s.is_called
+                ))
+                .await?;
+        }
+    }
+    Ok(())
 }

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 
 use super::objects::{Relation, SchemaObjects};
 use crate::pg::sql::{literal, qualified, quote_ident};
+use crate::restore::guard::{self, Scope};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Structure {
@@ -394,7 +395,8 @@ impl Structure {
 
     /// Creates the schema and everything that goes before the data, inside the caller's
     /// transaction.
-    pub async fn create_pre_data(&self, client: &Client, schema: &str) -> Result<()> {
+    pub async fn create_pre_data(&self, client: &Client, scope: &Scope) -> Result<()> {
+        let schema = scope.schema.as_str();
         self.refuse_incomplete(schema)?;
         let s = quote_ident(schema);
         client
@@ -406,12 +408,12 @@ impl Structure {
                 .batch_execute(&format!("COMMENT ON SCHEMA {s} IS {}", literal(c)))
                 .await?;
         }
-        run(client, schema, &self.pre_data).await
+        run(client, scope, &self.pre_data).await
     }
 
     /// Keys, indexes, foreign keys, triggers and the rest, once the rows are in.
-    pub async fn create_post_data(&self, client: &Client, schema: &str) -> Result<()> {
-        run(client, schema, &self.post_data).await
+    pub async fn create_post_data(&self, client: &Client, scope: &Scope) -> Result<()> {
+        run(client, scope, &self.post_data).await
     }
 
     fn refuse_incomplete(&self, schema: &str) -> Result<()> {
@@ -427,16 +429,26 @@ impl Structure {
 }
 
 /// Runs statements with an empty search path, as pg_dump's output does: every name is qualified.
-async fn run(client: &Client, schema: &str, statements: &[Ddl]) -> Result<()> {
+/// The statements come from the object, which is not trusted: each one passes the restore guard
+/// (the same rules as a plain dump's) and is sent alone, never several in one string.
+async fn run(client: &Client, scope: &Scope, statements: &[Ddl]) -> Result<()> {
     client
         .batch_execute("SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false")
         .await?;
+    let mut own_first = false;
     for d in statements {
+        let checked = guard::single(&d.sql, scope, &mut own_first).map_err(|why| {
+            anyhow::anyhow!(
+                "the backup's structure is refused at {}: {why} (the object is not what tenant-backup writes; nothing was changed)",
+                d.object
+            )
+        })?;
+        let Some(sql) = checked else { continue };
         client
-            .batch_execute(&d.sql)
+            .batch_execute(&sql)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", crate::pg::connect::describe_pg_error(&e)))
-            .with_context(|| format!("creating {} in {schema}", d.object))?;
+            .map_err(|e| anyhow::anyhow!("{}", crate::pg::connect::describe_pg_error_without_data(&e)))
+            .with_context(|| format!("creating {} in {}", d.object, scope.schema))?;
     }
     client
         .batch_execute("SET LOCAL search_path TO DEFAULT; SET LOCAL check_function_bodies TO DEFAULT")
@@ -472,41 +484,6 @@ fn view_order(objects: &SchemaObjects) -> Vec<&Relation> {
         left = wait;
     }
     out
-}
-
-/// Before a load: creates the schema from the dump's structure when it does not exist (true), so
-/// the load goes on into the new tables. A verify, a version 2 dump or an existing schema leave
-/// everything as it is (false).
-pub(super) async fn create_if_missing(
-    client: &Client,
-    dumped_from: &str,
-    structure: Option<&Structure>,
-    opts: &super::JsonRestore<'_>,
-) -> Result<bool> {
-    let Some(structure) = structure else {
-        return Ok(false);
-    };
-    if opts.verify_only {
-        return Ok(false);
-    }
-    let exists: bool = client
-        .query_typed(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-            &[(&opts.schema, tokio_postgres::types::Type::TEXT)],
-        )
-        .await?[0]
-        .get(0);
-    if exists {
-        return Ok(false);
-    }
-    if opts.schema != dumped_from {
-        anyhow::bail!(
-            "schema {} does not exist, and this json backup creates schema {dumped_from} only",
-            opts.schema
-        );
-    }
-    structure.create_pre_data(client, opts.schema).await?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -139,6 +139,39 @@ pub fn pg_context(what: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::E
 }
 
 /// The server's own message (with detail and hint) rather than tokio-postgres' generic "db error".
+/// The server's error without any row data, for errors that may concern a backup's rows (a
+/// restore's load): the message with quoted values withheld, its SQLSTATE, and the table, column
+/// and constraint it names. DETAIL (`Failing row contains (…)`, `Key (id)=(…)`) is left out.
+pub fn describe_pg_error_without_data(err: &tokio_postgres::Error) -> String {
+    let Some(db) = err.as_db_error() else {
+        return describe_pg_error(err);
+    };
+    let mut s = format!("{} ({})", withhold_values(db.message()), db.code().code());
+    for (what, name) in [("table", db.table()), ("column", db.column()), ("constraint", db.constraint())] {
+        if let Some(name) = name {
+            s.push_str(&format!("; {what} {name}"));
+        }
+    }
+    s
+}
+
+/// `… for type date: "a value"` and `value "123" is out of range …`: the value goes.
+pub fn withhold_values(msg: &str) -> String {
+    let mut m = msg.to_string();
+    if m.ends_with('"') {
+        if let Some(at) = m.rfind(": \"") {
+            m.truncate(at);
+            m.push_str(": (value withheld)");
+        }
+    }
+    if let Some(start) = m.find("value \"") {
+        if let Some(len) = m[start + 7..].find('"') {
+            m.replace_range(start..start + 7 + len + 1, "value (withheld)");
+        }
+    }
+    m
+}
+
 pub fn describe_pg_error(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         let mut s = db.message().to_string();

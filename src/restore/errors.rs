@@ -4,6 +4,7 @@
 //! excerpt psql prints, and a value quoted in the message itself are left out.
 
 use super::guard::Checked;
+use crate::pg::connect::withhold_values;
 
 /// One error psql reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,23 +70,6 @@ fn split_sqlstate(msg: &str) -> (Option<String>, String) {
         return (None, format!("{level}: {rest}"));
     }
     (None, msg.to_string())
-}
-
-/// `… for type date: "a value"` and `value "123" is out of range …`: the value goes.
-fn withhold_values(msg: &str) -> String {
-    let mut m = msg.to_string();
-    if m.ends_with('"') {
-        if let Some(at) = m.rfind(": \"") {
-            m.truncate(at);
-            m.push_str(": (value withheld)");
-        }
-    }
-    if let Some(start) = m.find("value \"") {
-        if let Some(len) = m[start + 7..].find('"') {
-            m.replace_range(start..start + 7 + len + 1, "value (withheld)");
-        }
-    }
-    m
 }
 
 /// `CONTEXT:  COPY appointments_patient, line 5, column birth_date: "…"` → (table, 5), in any

@@ -22,6 +22,7 @@ mod restore;
 mod restore_bounds;
 mod restore_dropped;
 mod restore_hostile;
+mod restore_json;
 mod restore_leaks;
 mod restore_truth;
 mod scheduled;

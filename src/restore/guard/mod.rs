@@ -15,9 +15,12 @@
 //!
 //! [`check`] is the same without a psql: it reads the whole dump and runs nothing.
 
+mod bound;
 mod lexer;
 mod names;
 mod rules;
+mod settings;
+mod tree;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -27,6 +30,21 @@ use tokio_postgres::Client;
 
 pub use lexer::Verdict;
 use lexer::{Lexer, Meta, Sink};
+
+/// What a statement is checked in: the scope, and where the search path stands.
+pub(crate) struct Ctx<'a> {
+    pub scope: &'a Scope,
+    /// The search_path starts with the dump's own schema: an unqualified name is created there.
+    pub own_first: &'a mut bool,
+    /// The statement's text (a plpgsql body is parsed from it).
+    pub text: &'a str,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn own(&self) -> &str {
+        &self.scope.schema
+    }
+}
 
 /// Why a dump is refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,27 +78,114 @@ pub struct Scope {
     /// `(schema, name)` of every object an extension owns (citext, gin_trgm_ops, uuid_generate_v4…):
     /// these may be referred to, wherever the extension lives.
     pub extension_members: HashSet<(String, String)>,
+    /// The allowlist of functions outside the dump's own schema: `(schema, name)` of pg_catalog's
+    /// and extensions' functions that only compute (every overload immutable or stable, not
+    /// SECURITY DEFINER, not one that runs a query given as text), and the few volatile ones a
+    /// schema's defaults use ([`VOLATILE_ALLOWED`]). Every way a statement names a function is
+    /// held to it: calls, operators' and triggers' functions, defaults, checks, index expressions.
+    pub functions: HashSet<(String, String)>,
+    /// Every function name pg_catalog has: an unqualified name is pg_catalog's if it is here
+    /// (pg_catalog is searched first), and the dump's own otherwise.
+    pub catalog_functions: HashSet<String>,
+    /// Functions of the shared schema (`public`, next on a django-tenants search path) and of
+    /// extensions that are not on the allowlist: an unqualified call of one of these names, in a
+    /// function body run later with the application's search path, would reach them.
+    pub shared_functions: HashSet<String>,
+    /// Every relation name in pg_catalog and information_schema: an unqualified reference to one
+    /// of them would read the server's catalog (roles, sessions, settings), never the schema.
+    pub catalog_relations: HashSet<String>,
     /// What the dump's own `SET lock_timeout` becomes.
     pub lock_timeout_ms: u128,
 }
 
+/// Volatile functions a Django schema's defaults and triggers use, allowed although volatile.
+pub const VOLATILE_ALLOWED: &[&str] = &[
+    "nextval",
+    "setval",
+    "currval",
+    "random",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "clock_timestamp",
+    "statement_timestamp",
+    "timeofday",
+    "tsvector_update_trigger",
+    "tsvector_update_trigger_column",
+];
+
+/// Stable functions that run a query given as text, or read the server's activity: never allowed.
+const QUERY_TEXT: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "current_setting",
+];
+
+/// Stable functions that tell what lies outside the schema: other sessions and their queries,
+/// settings, the server's files and addresses, other objects' definitions.
+const REVEALING: &[&str] = &[
+    "pg_stat_get_",
+    "pg_show_",
+    "pg_get_",
+    "pg_ls_",
+    "pg_read_",
+    "pg_hba_",
+    "pg_ident_",
+    "pg_settings",
+    "pg_conf_",
+    "pg_postmaster_",
+    "pg_current_",
+    "pg_control_",
+    "pg_tablespace_",
+    "pg_backend_",
+    "pg_blocking_",
+    "pg_safe_snapshot_",
+    "pg_stat_",
+    "inet_",
+    "current_setting",
+    "current_query",
+    "current_user",
+    "session_user",
+    "current_role",
+];
+
 impl Scope {
     /// The scope of a dump of `schema` restored into the database `client` is connected to.
     pub async fn load(client: &Client, schema: &str, lock_timeout_ms: u128) -> Result<Scope> {
+        let mut scope = Scope::load_shared(client).await?;
+        scope.other_schemas.remove(schema);
+        scope.schema = schema.to_string();
+        scope.lock_timeout_ms = lock_timeout_ms;
+        Ok(scope)
+    }
+
+    /// What every schema of the database shares (no schema set): read once for many tenants.
+    pub async fn load_shared(client: &Client) -> Result<Scope> {
         let rows = client
             .simple_query(EXTENSION_MEMBERS)
             .await
             .context("reading which objects belong to extensions")?;
-        let mut scope = Scope {
-            schema: schema.to_string(),
-            lock_timeout_ms,
-            ..Default::default()
-        };
+        let mut scope = Scope::default();
         for row in rows {
             if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
                 let (ns, name) = (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default());
                 if name.is_empty() {
-                    if ns != schema && ns != "pg_catalog" {
+                    if ns != "pg_catalog" {
                         scope.other_schemas.insert(ns.to_string());
                     }
                 } else {
@@ -88,7 +193,50 @@ impl Scope {
                 }
             }
         }
+        for row in client
+            .simple_query(FUNCTIONS)
+            .await
+            .context("reading which functions a dump may call")?
+        {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
+                let (ns, name, safe) = (
+                    r.get(0).unwrap_or_default(),
+                    r.get(1).unwrap_or_default(),
+                    matches!(r.get(2), Some("t" | "true")),
+                );
+                if ns == "pg_catalog" {
+                    scope.catalog_functions.insert(name.to_string());
+                }
+                let reaches_out = QUERY_TEXT.contains(&name) || REVEALING.iter().any(|p| name.starts_with(p));
+                if (safe && !reaches_out) || VOLATILE_ALLOWED.contains(&name) {
+                    scope.functions.insert((ns.to_string(), name.to_string()));
+                } else if ns != "pg_catalog" {
+                    scope.shared_functions.insert(name.to_string());
+                }
+            }
+        }
+        for row in client
+            .simple_query(CATALOG_RELATIONS)
+            .await
+            .context("reading the catalog's relations")?
+        {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
+                scope.catalog_relations.insert(r.get(0).unwrap_or_default().to_string());
+            }
+        }
         Ok(scope)
+    }
+
+    /// This scope for another schema of the same database.
+    pub fn for_schema(&self, schema: &str, lock_timeout_ms: u128) -> Scope {
+        let mut scope = self.clone();
+        if !self.schema.is_empty() {
+            scope.other_schemas.insert(self.schema.clone());
+        }
+        scope.other_schemas.remove(schema);
+        scope.schema = schema.to_string();
+        scope.lock_timeout_ms = lock_timeout_ms;
+        scope
     }
 }
 
@@ -105,6 +253,18 @@ const EXTENSION_MEMBERS: &str = "SELECT nspname::text, '' FROM pg_catalog.pg_nam
        UNION ALL SELECT dictnamespace, dictname, 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, oid FROM pg_catalog.pg_ts_dict \
      ) x JOIN pg_catalog.pg_depend d ON d.classid = x.cls AND d.objid = x.oid AND d.deptype = 'e' \
      JOIN pg_catalog.pg_namespace n ON n.oid = x.ns";
+
+/// pg_catalog's and extensions' functions by name: is every overload one that only computes.
+const FUNCTIONS: &str = "SELECT n.nspname::text, p.proname::text, \
+       pg_catalog.bool_and(p.provolatile IN ('i', 's') AND NOT p.prosecdef AND p.prokind IN ('f', 'a', 'w'))::text \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname IN ('pg_catalog', 'public') OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e') \
+     GROUP BY 1, 2";
+
+/// The names of pg_catalog's and information_schema's relations.
+const CATALOG_RELATIONS: &str = "SELECT DISTINCT c.relname::text FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('pg_catalog', 'information_schema')";
 
 /// What the check found.
 #[derive(Debug, Default)]
@@ -222,39 +382,14 @@ impl Sink for Checker<'_, '_> {
             return Err(refuse("SQL after the dump's closing \\unrestrict".into()));
         }
         let text = std::str::from_utf8(text).map_err(|_| refuse("text that is not valid UTF-8".into()))?;
-        let parsed = pg_query::parse(text, 0).map_err(|e| refuse(format!("not valid SQL ({e})")))?;
-        let stmts = &parsed.protobuf.stmts;
-        let mut verdict = Verdict::Forward;
-        for raw in stmts {
-            let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
-                continue;
-            };
-            let start = (raw.stmt_location.max(0) as usize).min(text.len());
-            let end = match raw.stmt_len {
-                0 => text.len(),
-                n => (start + n as usize).min(text.len()),
-            };
-            let json = serde_json::to_value(node).map_err(|e| refuse(format!("cannot be examined ({e})")))?;
-            let mut ctx = rules::Ctx {
-                scope: self.scope,
-                own_first: &mut self.own_first,
-                text: &text[start..end],
-            };
-            let v = rules::check(&json, &mut ctx).map_err(refuse)?;
-            if v != Verdict::Forward && stmts.len() > 1 {
-                return Err(refuse(
-                    "several statements in one, which psql would send together".into(),
-                ));
-            }
-            verdict = v;
-        }
-        if verdict == Verdict::Blank {
+        let checked = examine(text, self.scope, &mut self.own_first).map_err(refuse)?;
+        if checked.verdict == Verdict::Blank {
             self.checked.skipped += 1;
         }
-        if verdict == Verdict::CopyIn {
-            self.checked.copies.push((last_line, copy_table(&parsed)));
+        if checked.verdict == Verdict::CopyIn {
+            self.checked.copies.push((last_line, checked.copy_table));
         }
-        Ok(verdict)
+        Ok(checked.verdict)
     }
 
     fn meta(&mut self, meta: Meta, line: u64) -> Result<(), Stop> {
@@ -280,6 +415,151 @@ impl Sink for Checker<'_, '_> {
             Some(out) => out.write_all(bytes).map_err(Stop::Write),
             None => Ok(()),
         }
+    }
+}
+
+
+/// The most tokens one statement may have (see [`bound::tokens`]). Parsing costs memory in
+/// proportion to the parse tree: about 1 KB of RSS per token at worst (multi-row `VALUES`), so
+/// this bounds one statement's check to about 100 MB. pg_dump writes one row per `INSERT` and a
+/// function or view per statement: a schema's statements are far below it.
+pub const MAX_TOKENS: usize = 100_000;
+
+/// Above this many tokens a statement is checked on a thread of its own with a large stack: the
+/// tree's depth (a long chain of operators) is bounded by its tokens, and parsing, reading and
+/// freeing the tree all recurse.
+const DEEP_TOKENS: usize = 200;
+
+/// What [`examine`] decided about one statement.
+struct Examined {
+    verdict: Verdict,
+    copy_table: String,
+}
+
+/// Checks one statement's text (which psql would send as one): its size, then its parse tree
+/// against the rules.
+fn examine(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Examined, String> {
+    let tokens = bound::tokens(text.as_bytes());
+    if tokens > MAX_TOKENS {
+        return Err(format!(
+            "a statement of {tokens} tokens, more than the {MAX_TOKENS} one statement may have (pg_dump writes one row per INSERT, and no schema object is this large)"
+        ));
+    }
+    if tokens <= DEEP_TOKENS {
+        return examine_tree(text, scope, own_first);
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("guard-deep".into())
+            .stack_size(1 << 30)
+            .spawn_scoped(s, || examine_tree(text, scope, own_first))
+            .map_err(|e| format!("cannot be examined ({e})"))?
+            .join()
+            .map_err(|_| "cannot be examined (the check panicked)".to_string())?
+    })
+}
+
+fn examine_tree(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Examined, String> {
+    let parsed = pg_query::parse(text, 0).map_err(|e| format!("not valid SQL ({e})"))?;
+    let stmts = &parsed.protobuf.stmts;
+    let mut verdict = Verdict::Forward;
+    for raw in stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        let start = (raw.stmt_location.max(0) as usize).min(text.len());
+        let end = match raw.stmt_len {
+            0 => text.len(),
+            n => (start + n as usize).min(text.len()),
+        };
+        let json = serde_json::to_value(node).map_err(|e| format!("cannot be examined ({e})"))?;
+        let mut ctx = Ctx {
+            scope,
+            own_first: &mut *own_first,
+            text: &text[start..end],
+        };
+        let v = rules::check(&json, &mut ctx)?;
+        if v != Verdict::Forward && stmts.len() > 1 {
+            return Err("several statements in one, which psql would send together".into());
+        }
+        verdict = v;
+    }
+    let copy_table = if verdict == Verdict::CopyIn {
+        copy_table(&parsed)
+    } else {
+        String::new()
+    };
+    Ok(Examined { verdict, copy_table })
+}
+
+/// Checks one statement the tool sends itself (a json backup's structure), never through psql:
+/// it must be exactly one statement, and pass. Returns what to run: the statement, the tool's
+/// replacement for it, or nothing when it is left out (ownership, privileges).
+pub fn single(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Option<String>, String> {
+    let trimmed = text.trim_end();
+    let text = if trimmed.ends_with(';') {
+        format!("{trimmed}\n")
+    } else {
+        format!("{trimmed}\n;\n")
+    };
+    let mut lexer = Lexer::default();
+    let mut one = One {
+        scope,
+        own_first,
+        seen: 0,
+        run: None,
+    };
+    let fed = lexer
+        .feed(text.as_bytes(), &mut one)
+        .and_then(|()| lexer.finish(&mut one));
+    match fed {
+        Err(Stop::Refused(r)) => return Err(r.reason),
+        Err(Stop::Write(e)) => return Err(e.to_string()),
+        Ok(()) => {}
+    }
+    match one.seen {
+        1 => Ok(one.run),
+        0 => Err("an empty statement".into()),
+        _ => Err("several statements in one".into()),
+    }
+}
+
+/// The [`Sink`] of [`single`]: one statement, no meta-command, no COPY.
+struct One<'s, 'b> {
+    scope: &'s Scope,
+    own_first: &'b mut bool,
+    seen: usize,
+    run: Option<String>,
+}
+
+impl Sink for One<'_, '_> {
+    fn statement(&mut self, text: &[u8], line: u64, _last_line: u64) -> Result<Verdict, Stop> {
+        let refuse = |reason: String| Stop::Refused(Refusal { line, reason });
+        self.seen += 1;
+        if self.seen > 1 {
+            return Err(refuse("several statements in one".into()));
+        }
+        let sql = std::str::from_utf8(text).map_err(|_| refuse("text that is not valid UTF-8".into()))?;
+        let examined = examine(sql, self.scope, self.own_first).map_err(refuse)?;
+        self.run = match &examined.verdict {
+            Verdict::Forward => Some(sql.trim().to_string()),
+            Verdict::Replace(s) => Some(s.clone()),
+            Verdict::Blank => None,
+            Verdict::CopyIn => return Err(refuse("a COPY, which only the loader runs".into())),
+        };
+        // The lexer is told to leave it out: nothing is written anywhere.
+        Ok(Verdict::Blank)
+    }
+
+    fn meta(&mut self, _meta: Meta, line: u64) -> Result<(), Stop> {
+        Err(Stop::Refused(Refusal {
+            line,
+            reason: "a psql meta-command".into(),
+        }))
+    }
+
+    fn output(&mut self, _bytes: &[u8]) -> Result<(), Stop> {
+        Ok(())
     }
 }
 

@@ -6,7 +6,9 @@
 
 use serde_json::Value;
 
-use super::rules::{setting, Ctx};
+use super::settings::setting;
+use super::tree::{constant_text, names_of, qualified_string};
+use super::Ctx;
 
 /// Keys whose value is a qualified name (`[schema, name]`), as opposed to column lists.
 const QUALIFIED: &[&str] = &[
@@ -43,54 +45,6 @@ const NESTED: &[&str] = &[
     "ReplicaIdentityStmt",
 ];
 
-/// Functions whose names say they reach outside the schema: files, server and sessions, settings,
-/// other connections, large objects, queries given as text.
-const DENIED_PREFIXES: &[&str] = &[
-    "pg_read_",
-    "pg_ls_",
-    "pg_stat_file",
-    "pg_file_",
-    "lo_",
-    "dblink",
-    "pg_terminate_backend",
-    "pg_cancel_backend",
-    "pg_reload_conf",
-    "pg_rotate_logfile",
-    "pg_promote",
-    "pg_switch_wal",
-    "pg_create_",
-    "pg_drop_replication_slot",
-    "pg_copy_",
-    "pg_replication_",
-    "pg_logical_",
-    "pg_backup_",
-    "pg_start_backup",
-    "pg_stop_backup",
-    "pg_wal_replay_",
-    "pg_log_backend_memory_contexts",
-    "pg_notify",
-    "pg_advisory",
-    "pg_try_advisory",
-    "pg_stat_reset",
-    "pg_stat_statements_reset",
-    "binary_upgrade_",
-    "pg_import_system_collations",
-    "pg_export_snapshot",
-    "pg_prewarm",
-    "brin_summarize",
-    "brin_desummarize",
-    "gin_clean_pending_list",
-    "pg_truncate_visibility_map",
-    "query_to_xml",
-    "cursor_to_xml",
-    "table_to_xml",
-    "schema_to_xml",
-    "database_to_xml",
-    "ts_stat",
-    "ts_rewrite",
-    "set_config",
-];
-
 /// Types whose literals name objects (`'s.t'::regclass`).
 const REG_TYPES: &[&str] = &[
     "regclass",
@@ -104,82 +58,6 @@ const REG_TYPES: &[&str] = &[
     "regdictionary",
     "regcollation",
 ];
-
-pub fn sval(v: &Value) -> Option<&str> {
-    v.as_str()
-}
-
-/// `[{"node":{"String":{"sval":"s"}}}, …]` → `["s", …]`.
-pub fn names_of(list: &Value) -> Option<Vec<&str>> {
-    let items = list.as_array()?;
-    if items.is_empty() {
-        return None;
-    }
-    items.iter().map(|i| i["node"]["String"]["sval"].as_str()).collect()
-}
-
-/// A constant (`AConst`, or a bare `String`/`Integer` node) as text.
-pub fn constant_text(node: &Value) -> String {
-    let inner = node.get("node").unwrap_or(node);
-    let c = inner.get("AConst").map(|c| &c["val"]).unwrap_or(inner);
-    for (key, field) in [
-        ("Sval", "sval"),
-        ("String", "sval"),
-        ("Ival", "ival"),
-        ("Integer", "ival"),
-        ("Fval", "fval"),
-        ("Boolval", "boolval"),
-    ] {
-        if let Some(v) = c.get(key).map(|x| &x[field]) {
-            return match v {
-                Value::String(s) => s.clone(),
-                Value::Null => match key {
-                    "Ival" | "Integer" => "0".into(),
-                    "Boolval" => "false".into(),
-                    _ => String::new(),
-                },
-                other => other.to_string(),
-            };
-        }
-    }
-    String::new()
-}
-
-/// `"We""ird".seq` / `s.t` as SQL writes names in strings: its parts, unquoted (lowercased unless quoted).
-pub fn qualified_string(s: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut chars = s.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                if c == '"' {
-                    if chars.peek() == Some(&'"') {
-                        chars.next();
-                        part.push('"');
-                    } else {
-                        break;
-                    }
-                } else {
-                    part.push(c);
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                part.extend(c.to_lowercase());
-                chars.next();
-            }
-        }
-        parts.push(part);
-        if chars.next() != Some('.') {
-            return parts;
-        }
-    }
-}
 
 fn refers(ctx: &Ctx, names: &[&str]) -> Result<(), String> {
     if names.len() < 2 {
@@ -237,8 +115,9 @@ pub fn walk(v: &Value, ctx: &mut Ctx) -> Result<(), String> {
     }
 }
 
-/// A relation referred to: the dump's own, or pg_catalog's and information_schema's views; never
-/// a temporary one (it would hide a pg_catalog table of the same name).
+/// A relation referred to: the dump's own (or a name the statement itself defines, such as a
+/// CTE's); never the server's catalog (roles, sessions, settings, other schemas' definitions), and
+/// never a temporary one (it would hide a table of the same name).
 fn relation(rv: &Value, ctx: &Ctx) -> Result<(), String> {
     let schema = rv["schemaname"].as_str().unwrap_or("");
     let name = rv["relname"].as_str().unwrap_or("?");
@@ -249,7 +128,11 @@ fn relation(rv: &Value, ctx: &Ctx) -> Result<(), String> {
         return Err(format!("{name} in another database"));
     }
     match schema {
-        "" | "pg_catalog" | "information_schema" => Ok(()),
+        "" if ctx.scope.catalog_relations.contains(name) => Err(format!(
+            "{name} is the server's catalog: the dump may use only tables of {}",
+            ctx.scope.schema
+        )),
+        "" => Ok(()),
         s if s == ctx.scope.schema => Ok(()),
         s => Err(format!(
             "{s}.{name} is in another schema: the dump may use only tables of {}",
@@ -262,11 +145,8 @@ fn call(fc: &Value, ctx: &Ctx) -> Result<(), String> {
     let Some(names) = names_of(&fc["funcname"]) else {
         return Ok(());
     };
-    let own_function = names.len() >= 2 && names[names.len() - 2] == ctx.scope.schema;
-    let name = names.last().copied().unwrap_or("").to_ascii_lowercase();
-    if !own_function && DENIED_PREFIXES.iter().any(|p| name.starts_with(p)) {
-        return Err(format!("a call of {name}(), which reaches outside the schema"));
-    }
+    function_ref(&names, ctx)?;
+    let name = names.last().copied().unwrap_or("");
     // A string naming a relation of another schema (nextval('mindcare.seq'), …).
     for arg in fc["args"].as_array().into_iter().flatten() {
         if let Some(s) = arg["node"]["AConst"]["val"]["Sval"]["sval"].as_str() {
@@ -277,6 +157,31 @@ fn call(fc: &Value, ctx: &Ctx) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A function named anywhere — called, or named as a trigger's, an operator's or a type's
+/// function — is the dump's own (created by the dump, its body checked then) or on the
+/// allowlist of functions that only compute ([`super::Scope::functions`]). An unqualified name is
+/// pg_catalog's when pg_catalog has it, since pg_catalog is searched first.
+pub fn function_ref(names: &[&str], ctx: &Ctx) -> Result<(), String> {
+    let name = names.last().copied().unwrap_or("");
+    let own = ctx.scope.schema.as_str();
+    let schema = match names.len() {
+        0 | 1 if ctx.scope.catalog_functions.contains(name) => "pg_catalog",
+        0 | 1 if ctx.scope.shared_functions.contains(name) => {
+            return Err(format!(
+                "{name}() unqualified: called with the application's search path it would be the shared schema's or an extension's {name}, which a dump may not call"
+            ))
+        }
+        0 | 1 => return Ok(()),
+        n => names[n - 2],
+    };
+    if schema == own || ctx.scope.functions.contains(&(schema.to_string(), name.to_string())) {
+        return Ok(());
+    }
+    Err(format!(
+        "{schema}.{name}(): not a function a dump may call (only {own}'s own functions, and those of pg_catalog and extensions that only compute)"
+    ))
 }
 
 /// `'s.t'::regclass`: the named object must be the schema's own (or pg_catalog's).
@@ -299,7 +204,37 @@ fn cast(tc: &Value, ctx: &Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// Options that hold qualified names: an identity's `SEQUENCE NAME`, a sequence's `OWNED BY`.
+/// Options that name functions (a range's `SUBTYPE_DIFF`, `CANONICAL`…): held to the allowlist.
+const FUNCTION_OPTIONS: &[&str] = &[
+    "function",
+    "procedure",
+    "restrict",
+    "join",
+    "sfunc",
+    "finalfunc",
+    "combinefunc",
+    "serialfunc",
+    "deserialfunc",
+    "msfunc",
+    "minvfunc",
+    "mfinalfunc",
+    "input",
+    "output",
+    "receive",
+    "send",
+    "typmod_in",
+    "typmod_out",
+    "analyze",
+    "subscript",
+    "canonical",
+    "subtype_diff",
+    "handler",
+    "validator",
+    "inline",
+];
+
+/// Options that hold qualified names: an identity's `SEQUENCE NAME`, a sequence's `OWNED BY`, and
+/// every option that names a function.
 fn def_elem(de: &Value, ctx: &Ctx) -> Result<(), String> {
     let arg = &de["arg"]["node"]["List"]["items"];
     match de["defname"].as_str() {
@@ -308,6 +243,18 @@ fn def_elem(de: &Value, ctx: &Ctx) -> Result<(), String> {
             Some(n) if n.len() >= 3 => own_name(ctx, &n, 3),
             _ => Ok(()),
         },
+        Some("security") if de["arg"]["node"]["Boolean"]["boolval"] == true => {
+            Err("a SECURITY DEFINER function: it would run with the rights of whoever restored it".into())
+        }
+        Some(option) if FUNCTION_OPTIONS.contains(&option.to_ascii_lowercase().as_str()) => {
+            let inner = &de["arg"]["node"];
+            let names = names_of(&inner["TypeName"]["names"])
+                .or_else(|| names_of(&inner["List"]["items"]))
+                .or_else(|| names_of(&inner["ObjectWithArgs"]["objname"]))
+                .or_else(|| inner["String"]["sval"].as_str().map(|s| vec![s]))
+                .ok_or_else(|| format!("an option {option} that names a function this check cannot read"))?;
+            function_ref(&names, ctx)
+        }
         _ => Ok(()),
     }
 }
@@ -337,16 +284,17 @@ pub fn function_body(body: &Value, ctx: &mut Ctx) -> Result<(), String> {
         .map(constant_text)
         .unwrap_or_else(|| "sql".into())
         .to_ascii_lowercase();
+    let source = option("as")
+        .and_then(|a| a["node"]["List"]["items"].as_array())
+        .and_then(|items| items.first())
+        .map(constant_text)
+        .unwrap_or_default();
+    bounded(&source)?;
     match language.as_str() {
         "sql" => {
             if !body["sql_body"].is_null() {
                 return Ok(()); // BEGIN ATOMIC … END: already part of the statement's tree
             }
-            let source = option("as")
-                .and_then(|a| a["node"]["List"]["items"].as_array())
-                .and_then(|items| items.first())
-                .map(constant_text)
-                .unwrap_or_default();
             let parsed =
                 pg_query::parse(&source, 0).map_err(|e| format!("a SQL function body that cannot be parsed ({e})"))?;
             for raw in &parsed.protobuf.stmts {
@@ -364,6 +312,18 @@ pub fn function_body(body: &Value, ctx: &mut Ctx) -> Result<(), String> {
             "a function in language {other}: only sql and plpgsql bodies can be checked"
         )),
     }
+}
+
+/// A function body is parsed again: it is held to the same bound as a statement.
+fn bounded(source: &str) -> Result<(), String> {
+    let tokens = super::bound::tokens(source.as_bytes());
+    if tokens > super::MAX_TOKENS {
+        return Err(format!(
+            "a function body of {tokens} tokens, more than the {} a statement may have",
+            super::MAX_TOKENS
+        ));
+    }
+    Ok(())
 }
 
 /// A statement inside a function body: data, not definitions.

@@ -5,22 +5,10 @@
 use serde_json::Value;
 
 use super::lexer::Verdict;
-use super::names::{self, names_of, qualified_string, sval};
-use super::Scope;
-
-pub struct Ctx<'a> {
-    pub scope: &'a Scope,
-    /// The search_path starts with the dump's own schema: an unqualified name is created there.
-    pub own_first: &'a mut bool,
-    /// The statement's text (a plpgsql body is parsed from it).
-    pub text: &'a str,
-}
-
-impl Ctx<'_> {
-    fn own(&self) -> &str {
-        &self.scope.schema
-    }
-}
+use super::names;
+use super::tree::{constant_text, names_of, qualified_string, sval};
+use super::settings::{search_path, setting};
+use super::Ctx;
 
 /// Statements that create or change objects, and where their target's name is.
 const DDL: &[(&str, Target)] = &[
@@ -44,16 +32,8 @@ const DDL: &[(&str, Target)] = &[
     ("CreateRangeStmt", Target::Names("type_name")),
     ("CreateDomainStmt", Target::Names("domainname")),
     ("AlterDomainStmt", Target::Names("type_name")),
-    ("AlterTypeStmt", Target::Names("type_name")),
-    ("DefineStmt", Target::Names("defnames")),
     ("CreateFunctionStmt", Target::Names("funcname")),
     ("AlterFunctionStmt", Target::Function),
-    ("CreateOpClassStmt", Target::Names("opclassname")),
-    ("CreateOpFamilyStmt", Target::Names("opfamilyname")),
-    ("AlterOpFamilyStmt", Target::Names("opfamilyname")),
-    ("CreateConversionStmt", Target::Names("conversion_name")),
-    ("AlterTsconfigurationStmt", Target::Names("cfgname")),
-    ("AlterTsdictionaryStmt", Target::Names("dictname")),
     ("CommentStmt", Target::Object),
     ("DropStmt", Target::Objects),
     ("RenameStmt", Target::Renamed),
@@ -165,6 +145,10 @@ pub fn check(stmt: &Value, ctx: &mut Ctx) -> Result<Verdict, String> {
             if k == "CreateFunctionStmt" {
                 names::function_body(body, ctx)?;
             }
+            if k == "CreateTrigStmt" {
+                let funcname = names_of(&body["funcname"]).ok_or("a trigger whose function cannot be read")?;
+                names::function_ref(&funcname, ctx)?;
+            }
             if k == "RenameStmt" && body["rename_type"] == SCHEMA {
                 return Err("ALTER SCHEMA … RENAME".into());
             }
@@ -201,6 +185,15 @@ fn describe(kind: &str) -> String {
         ("GrantRoleStmt", "GRANT role"),
         ("SecLabelStmt", "SECURITY LABEL"),
         ("CreateEventTrigStmt", "CREATE EVENT TRIGGER"),
+        ("DefineStmt", "CREATE OPERATOR, AGGREGATE, COLLATION, base TYPE or TEXT SEARCH object"),
+        ("AlterTypeStmt", "ALTER TYPE … SET"),
+        ("CreateOpClassStmt", "CREATE OPERATOR CLASS"),
+        ("CreateOpFamilyStmt", "CREATE OPERATOR FAMILY"),
+        ("AlterOpFamilyStmt", "ALTER OPERATOR FAMILY"),
+        ("CreateConversionStmt", "CREATE CONVERSION"),
+        ("CreateCastStmt", "CREATE CAST"),
+        ("AlterTsconfigurationStmt", "ALTER TEXT SEARCH CONFIGURATION"),
+        ("AlterTsdictionaryStmt", "ALTER TEXT SEARCH DICTIONARY"),
     ];
     known
         .iter()
@@ -326,104 +319,6 @@ fn object_target(node: &Value, objtype: i64, ctx: &Ctx) -> Result<(), String> {
     Err("an object that cannot be read".into())
 }
 
-/// Settings a dump may change, and how.
-pub fn setting(body: &Value, ctx: &mut Ctx, top: bool) -> Result<Verdict, String> {
-    let name = sval(&body["name"]).unwrap_or("").to_ascii_lowercase();
-    let kind = body["kind"].as_i64().unwrap_or(0);
-    let values: Vec<String> = body["args"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(names::constant_text)
-        .collect();
-    let value = values.first().map(|v| v.to_ascii_lowercase()).unwrap_or_default();
-    // SET name = value, SET name TO DEFAULT, RESET name.
-    if !matches!(kind, 1 | 2 | 5) {
-        return Err(format!(
-            "SET {name} in a form pg_dump does not write (SET TRANSACTION, RESET ALL, FROM CURRENT)"
-        ));
-    }
-    let never = [
-        "role",
-        "session_authorization",
-        "session_replication_role",
-        "allow_system_table_mods",
-        "allow_in_place_tablespaces",
-        "ignore_system_indexes",
-        "zero_damaged_pages",
-        "default_transaction_read_only",
-        "transaction_read_only",
-        "local_preload_libraries",
-        "session_preload_libraries",
-    ];
-    if never.contains(&name.as_str()) {
-        return Err(format!("SET {name}"));
-    }
-    match name.as_str() {
-        "lock_timeout" if top => {
-            let local = if body["is_local"] == true { "LOCAL " } else { "" };
-            return Ok(Verdict::Replace(format!(
-                "SET {local}lock_timeout = '{}ms';",
-                ctx.scope.lock_timeout_ms
-            )));
-        }
-        "search_path" => {
-            if kind != 1 {
-                return Err("SET search_path back to the server's default, which may name other schemas".into());
-            }
-            search_path(&values, ctx, top)?;
-        }
-        "client_encoding" if !matches!(value.as_str(), "utf8" | "utf-8" | "unicode") => {
-            return Err(format!("SET client_encoding = {value}: only UTF8 dumps are read"));
-        }
-        "standard_conforming_strings" if !matches!(value.as_str(), "on" | "true" | "1") && kind == 1 => {
-            return Err("SET standard_conforming_strings = off: strings would be read differently".into());
-        }
-        "default_tablespace" if !value.is_empty() && top => {
-            return Err("SET default_tablespace to a tablespace".into());
-        }
-        _ if !top => {} // a function's own SET clause
-        "statement_timeout"
-        | "idle_in_transaction_session_timeout"
-        | "transaction_timeout"
-        | "client_encoding"
-        | "standard_conforming_strings"
-        | "check_function_bodies"
-        | "xmloption"
-        | "client_min_messages"
-        | "row_security"
-        | "default_tablespace"
-        | "default_table_access_method"
-        | "default_toast_compression"
-        | "default_with_oids"
-        | "escape_string_warning" => {}
-        _ => return Err(format!("SET {name}: not a setting pg_dump writes")),
-    }
-    Ok(Verdict::Forward)
-}
-
-/// A search_path may hold only the dump's own schema and pg_catalog.
-fn search_path(values: &[String], ctx: &mut Ctx, top: bool) -> Result<(), String> {
-    let entries: Vec<String> = values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(|e| e.trim().trim_matches('"').to_string())
-        .filter(|e| !e.is_empty())
-        .collect();
-    for e in &entries {
-        if e != ctx.own() && e != "pg_catalog" {
-            return Err(format!(
-                "a search_path with {e}: only {} and pg_catalog may be searched",
-                ctx.own()
-            ));
-        }
-    }
-    if top {
-        *ctx.own_first = entries.first().is_some_and(|e| e == ctx.own());
-    }
-    Ok(())
-}
-
 /// The SELECTs pg_dump writes: `pg_catalog.set_config('search_path', …, false)` and
 /// `pg_catalog.setval('schema.sequence', n, bool)`.
 fn select_call(body: &Value, ctx: &mut Ctx) -> Result<Verdict, String> {
@@ -466,13 +361,13 @@ fn select_call(body: &Value, ctx: &mut Ctx) -> Result<Verdict, String> {
     }
     match fname.as_slice() {
         ["pg_catalog", "set_config"] | ["set_config"] if args.len() == 3 => {
-            if names::constant_text(args[0]) != "search_path" {
-                return Err(format!("set_config('{}', …)", names::constant_text(args[0])));
+            if constant_text(args[0]) != "search_path" {
+                return Err(format!("set_config('{}', …)", constant_text(args[0])));
             }
-            search_path(&[names::constant_text(args[1])], ctx, true)?;
+            search_path(&[constant_text(args[1])], ctx, true)?;
         }
         ["pg_catalog", "setval"] | ["setval"] if (2..=3).contains(&args.len()) => {
-            let seq = qualified_string(&names::constant_text(args[0]));
+            let seq = qualified_string(&constant_text(args[0]));
             let refs: Vec<&str> = seq.iter().map(String::as_str).collect();
             qualified_target(&refs, 2, ctx)?;
         }

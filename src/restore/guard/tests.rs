@@ -5,6 +5,30 @@ fn scope() -> Scope {
         schema: "bienestar".into(),
         other_schemas: ["public", "mindcare"].iter().map(|s| s.to_string()).collect(),
         extension_members: [("public".to_string(), "citext".to_string())].into_iter().collect(),
+        functions: ["count", "nextval", "setval", "upper", "now", "length"]
+            .iter()
+            .map(|f| ("pg_catalog".to_string(), f.to_string()))
+            .collect(),
+        catalog_functions: [
+            "count",
+            "nextval",
+            "setval",
+            "upper",
+            "now",
+            "length",
+            "set_config",
+            "pg_terminate_backend",
+            "pg_read_file",
+            "lo_import",
+        ]
+        .iter()
+        .map(|f| f.to_string())
+        .collect(),
+        shared_functions: ["dblink_exec", "dblink"].iter().map(|f| f.to_string()).collect(),
+        catalog_relations: ["pg_class", "pg_authid", "pg_stat_activity", "tables"]
+            .iter()
+            .map(|f| f.to_string())
+            .collect(),
         lock_timeout_ms: 5000,
     }
 }
@@ -132,6 +156,50 @@ fn hostile_statements_are_refused_with_their_line() {
         ("SELECT pg_catalog.setval('public.x', 1, false);\n", "public.x"),
         ("GRANT ALL ON SCHEMA mindcare TO PUBLIC;\n", "mindcare"),
         ("CREATE TEMP TABLE pg_class (x int);\n", "pg_class"),
+        // Issue #22 item 2: a function reached through an operator, refreshed by the dump.
+        (
+            "CREATE OPERATOR bienestar.@@ (FUNCTION = pg_catalog.pg_terminate_backend, RIGHTARG = integer);\n",
+            "CREATE OPERATOR",
+        ),
+        (
+            "CREATE AGGREGATE bienestar.a (integer) (SFUNC = pg_catalog.pg_terminate_backend, STYPE = boolean);\n",
+            "AGGREGATE",
+        ),
+        (
+            "CREATE TYPE bienestar.r AS RANGE (SUBTYPE = integer, SUBTYPE_DIFF = pg_catalog.pg_terminate_backend);\n",
+            "pg_terminate_backend",
+        ),
+        ("CREATE CAST (integer AS bienestar.r) WITH FUNCTION pg_catalog.pg_terminate_backend(integer);\n", "CREATE CAST"),
+        (
+            "CREATE TRIGGER x AFTER INSERT ON bienestar.t FOR EACH ROW EXECUTE FUNCTION pg_catalog.lo_import();\n",
+            "lo_import",
+        ),
+        // Every function outside the allowlist, however it is named.
+        (
+            "CREATE TABLE bienestar.y (b boolean DEFAULT pg_catalog.pg_terminate_backend(1));\n",
+            "pg_terminate_backend",
+        ),
+        ("CREATE INDEX i ON bienestar.t (pg_terminate_backend(id::int));\n", "pg_terminate_backend"),
+        ("CREATE VIEW bienestar.v AS SELECT lo_import('/etc/passwd');\n", "lo_import"),
+        (
+            "CREATE DOMAIN bienestar.d AS integer CHECK (pg_catalog.pg_terminate_backend(VALUE));\n",
+            "pg_terminate_backend",
+        ),
+        (
+            "CREATE POLICY p ON bienestar.t USING (pg_catalog.pg_terminate_backend(id::int));\n",
+            "pg_terminate_backend",
+        ),
+        (
+            "CREATE FUNCTION bienestar.h() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';\n",
+            "SECURITY DEFINER",
+        ),
+        // The server's catalog: roles' passwords, other sessions' queries.
+        (
+            "CREATE MATERIALIZED VIEW bienestar.m AS SELECT rolpassword FROM pg_catalog.pg_authid;\n",
+            "pg_authid",
+        ),
+        ("CREATE VIEW bienestar.v AS SELECT query FROM pg_stat_activity;\n", "pg_stat_activity"),
+        ("CREATE VIEW bienestar.v AS SELECT * FROM information_schema.tables;\n", "information_schema"),
     ] {
         let dump = format!("{}{bad}{}", &DUMP[..at], &DUMP[at..]);
         let r = refused(&dump);
@@ -186,4 +254,64 @@ fn quotes_comments_and_dollar_quotes_hide_what_looks_like_sql() {
     let (checked, out) = run(tricky).unwrap();
     assert!(checked.complete);
     assert_eq!(out, tricky);
+}
+
+#[test]
+fn a_statement_too_large_to_check_is_refused_before_it_is_parsed() {
+    // Issue #22 item 3: a multi-row VALUES of a few MB took gigabytes to parse.
+    let values = "(1),".repeat(MAX_TOKENS);
+    let bad = format!("INSERT INTO bienestar.t (id) VALUES {}(1);\n", values);
+    let at = DUMP.find("CREATE INDEX").unwrap();
+    let dump = format!("{}{bad}{}", &DUMP[..at], &DUMP[at..]);
+    let started = std::time::Instant::now();
+    let r = check(dump.as_bytes(), &scope()).map(|_| ()).unwrap_err();
+    assert!(r.to_string().contains("tokens"), "{r}");
+    assert!(started.elapsed().as_secs() < 5, "refused without parsing");
+    // A long row is one token per value: pg_dump --inserts rows of any length pass.
+    let long = format!("INSERT INTO bienestar.t (id, note) VALUES (1, '{}');\n", "x".repeat(8 << 20));
+    let dump = format!("{}{long}{}", &DUMP[..at], &DUMP[at..]);
+    check(dump.as_bytes(), &scope()).unwrap();
+}
+
+#[test]
+fn deep_expressions_pg_dump_writes_are_checked_not_refused() {
+    // Issue #22 item 4: 45 chained operators passed pg_dump and psql but not the check.
+    for n in [45, 500] {
+        let chain = vec!["id"; n].join(" + ");
+        let view = format!("CREATE VIEW bienestar.v AS\n SELECT ({chain}) AS s FROM bienestar.t;\n");
+        let at = DUMP.find("CREATE INDEX").unwrap();
+        let dump = format!("{}{view}{}", &DUMP[..at], &DUMP[at..]);
+        check(dump.as_bytes(), &scope()).unwrap_or_else(|e| panic!("{n} operators: {e}"));
+        // And what hides deep inside is still found.
+        let bad = format!("CREATE VIEW bienestar.v AS\n SELECT ({chain} + pg_catalog.pg_terminate_backend(1)) AS s FROM bienestar.t;\n");
+        let dump = format!("{}{bad}{}", &DUMP[..at], &DUMP[at..]);
+        let e = check(dump.as_bytes(), &scope()).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("pg_terminate_backend"), "{e}");
+    }
+}
+
+#[test]
+fn single_statements_of_the_json_structure_are_held_to_the_same_rules() {
+    let scope = scope();
+    let mut own_first = false;
+    let ok = single("CREATE TABLE bienestar.t (id bigint NOT NULL)", &scope, &mut own_first).unwrap();
+    assert_eq!(ok.as_deref(), Some("CREATE TABLE bienestar.t (id bigint NOT NULL)\n;"));
+    assert_eq!(single("ALTER TABLE bienestar.t OWNER TO x", &scope, &mut own_first).unwrap(), None);
+    for (bad, why) in [
+        ("DROP SCHEMA mindcare CASCADE", "mindcare"),
+        ("CREATE TABLE bienestar.x (a int); COMMIT", "several"),
+        ("COMMIT", "transaction control"),
+        ("ALTER ROLE app SET statement_timeout = 1", "ALTER ROLE"),
+        ("DO $$ BEGIN END $$", "DO"),
+        ("COPY bienestar.t TO PROGRAM 'id'", "COPY"),
+        ("ALTER SYSTEM SET work_mem = '1MB'", "ALTER SYSTEM"),
+        ("SET ROLE postgres", "role"),
+        ("RESET ROLE", "SET role"),
+        ("SET SESSION AUTHORIZATION postgres", "session"),
+        ("CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'", "public"),
+        ("\\! id", "meta-command"),
+    ] {
+        let e = single(bad, &scope, &mut own_first).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
 }
