@@ -139,7 +139,11 @@ async fn restore(
     )
     .await?;
     let header = match source.format {
-        DumpFormat::Json => Some(crate::jsonl::peek_header(open_decompressed(file.path(), &source, &shown)?)?),
+        DumpFormat::Json => Some(crate::jsonl::peek_header(open_decompressed(
+            file.path(),
+            &source,
+            &shown,
+        )?)?),
         _ => None,
     };
     let live_tables = match &header {
@@ -183,7 +187,9 @@ async fn restore(
         let input = open_decompressed(file.path(), &source, &shown)?;
         let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout)).await?;
         let keep_previous = match &target {
-            Target::Replace { drop_previous: false, .. } => facts.previous.as_deref(),
+            Target::Replace {
+                drop_previous: false, ..
+            } => facts.previous.as_deref(),
             _ => None,
         };
         let opts = JsonRestore {
@@ -256,8 +262,12 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &
         )
     };
     match plan {
-        Target::Replace { drop_previous: true, .. } if facts.target_exists => {
-            eprintln!("  target   {target}: the current schema is replaced and DROPPED in the same transaction ({history})")
+        Target::Replace {
+            drop_previous: true, ..
+        } if facts.target_exists => {
+            eprintln!(
+                "  target   {target}: the current schema is replaced and DROPPED in the same transaction ({history})"
+            )
         }
         Target::Replace { .. } if facts.target_exists => eprintln!(
             "  target   {target}: the current schema is renamed to {} and kept ({history})",
@@ -279,7 +289,9 @@ fn describe_json(header: &crate::jsonl::Header, plan: &Target, facts: &Facts, li
         .collect();
     if header.format_version == 2 {
         let kept = match plan {
-            Target::Replace { drop_previous: false, .. } => format!(
+            Target::Replace {
+                drop_previous: false, ..
+            } => format!(
                 "their previous rows are copied to {} first",
                 facts.previous.as_deref().unwrap_or("?")
             ),
@@ -290,14 +302,27 @@ fn describe_json(header: &crate::jsonl::Header, plan: &Target, facts: &Facts, li
             header.tables.len()
         );
         if !missing.is_empty() {
-            eprintln!("  untouched tables the backup does not hold, left as they are: {}", missing.join(", "));
+            eprintln!(
+                "  untouched tables the backup does not hold, left as they are: {}",
+                missing.join(", ")
+            );
         }
         return;
     }
     if !missing.is_empty() {
         let whereto = match (plan, &facts.previous) {
-            (Target::Replace { drop_previous: false, .. }, Some(p)) => format!("they stay in {p} with the previous schema"),
-            (Target::Replace { drop_previous: true, .. }, _) => "they are DROPPED with the previous schema (--drop-previous)".into(),
+            (
+                Target::Replace {
+                    drop_previous: false, ..
+                },
+                Some(p),
+            ) => format!("they stay in {p} with the previous schema"),
+            (
+                Target::Replace {
+                    drop_previous: true, ..
+                },
+                _,
+            ) => "they are DROPPED with the previous schema (--drop-previous)".into(),
             _ => "they are not in the restored schema".into(),
         };
         eprintln!(

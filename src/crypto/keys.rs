@@ -207,7 +207,9 @@ impl KeyStore {
 
     /// Re-wraps every tenant key from `old` to `new`, in one transaction: all or nothing. Each
     /// re-wrapped key is in the bucket before the transaction commits; the copies wrapped to the
-    /// old recipient are deleted after it did.
+    /// old recipient are deleted after it did. Keys already wrapped to `new` (a run stopped after
+    /// its commit) are left as they are, so running it again finishes the rotation. How many
+    /// keys were re-wrapped.
     pub async fn rotate(
         &self,
         client: &Client,
@@ -229,6 +231,10 @@ impl KeyStore {
             );
             for row in &rows {
                 let (tenant, wrapped, wrapped_to): (String, Vec<u8>, String) = (row.get(0), row.get(1), row.get(2));
+                if wrapped_to == new.as_string() {
+                    // Rotated by a run that was stopped after its commit.
+                    continue;
+                }
                 let identity = unwrap(&wrapped, old).map_err(|_| KeyError::OtherMaster {
                     tenant: tenant.clone(),
                     wrapped_to,
@@ -247,24 +253,27 @@ impl KeyStore {
                     )
                     .await?;
             }
-            let was: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(2))).collect();
-            anyhow::Ok(was)
+            let rotated = rows.iter().filter(|r| r.get::<_, String>(2) != new.as_string()).count();
+            let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            anyhow::Ok((rotated, tenants))
         }
         .await;
         match result {
-            Ok(was) => {
+            Ok((rotated, tenants)) => {
                 client
                     .batch_execute("COMMIT")
                     .await
                     .context("committing the rotation")?;
-                for (tenant, wrapped_to) in was.iter().filter(|(_, to)| *to != new.as_string()) {
-                    let key = super::bucket::key_of(tenant, wrapped_to);
+                // Also after a run stopped between its commit and here: the old copies go.
+                let old_recipient = old.recipient().as_string();
+                for tenant in tenants.iter().filter(|_| old_recipient != new.as_string()) {
+                    let key = super::bucket::key_of(tenant, &old_recipient);
                     match storage.delete(&key).await {
                         Ok(()) | Err(StorageError::NotFound(_)) => {}
                         Err(e) => tracing::warn!("{key}: the copy wrapped to the old master recipient is still in the bucket ({e}): delete it by hand"),
                     }
                 }
-                Ok(was.len())
+                Ok(rotated)
             }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;

@@ -13,6 +13,7 @@
 //!   restore, verify and download.
 
 pub mod bucket;
+pub mod identity_file;
 pub mod keys;
 pub mod sign;
 pub mod stream;
@@ -110,11 +111,7 @@ impl KeyConfig {
     ) -> Result<Self, UsageError> {
         let nonempty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         let identity = match (identity_file, nonempty(identity)) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| UsageError::new(format!("--identity {}: cannot read it ({e})", path.display())))?;
-                Some(MasterIdentity::parse(&text, &format!("--identity {}", path.display()))?)
-            }
+            (Some(path), _) => Some(identity_file::read(path, "--identity")?),
             (None, Some(raw)) => Some(MasterIdentity::parse(&raw, "BACKUP_AGE_IDENTITY")?),
             (None, None) => None,
         };
@@ -205,6 +202,7 @@ mod tests {
         assert!(KeyConfig::new(None, None, None, Some("short")).is_err());
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), format!("# created by tenant-backup\n{id}\n")).unwrap();
+        // NamedTempFile is 0600.
         assert!(KeyConfig::new(None, None, Some(file.path()), None)
             .unwrap()
             .identity

@@ -488,9 +488,10 @@ async fn load_rows(
         }
         match event {
             Event::Table(t) => {
-                let Some(to) = dest.get(&t.name).filter(|_| {
-                    header.tables.iter().any(|h| h.name == t.name && h.columns == t.columns)
-                }) else {
+                let Some(to) = dest
+                    .get(&t.name)
+                    .filter(|_| header.tables.iter().any(|h| h.name == t.name && h.columns == t.columns))
+                else {
                     anyhow::bail!("table {} does not match the dump's header: the dump is damaged", t.name);
                 };
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();

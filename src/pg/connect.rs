@@ -147,7 +147,11 @@ pub fn describe_pg_error_without_data(err: &tokio_postgres::Error) -> String {
         return describe_pg_error(err);
     };
     let mut s = format!("{} ({})", withhold_values(db.message()), db.code().code());
-    for (what, name) in [("table", db.table()), ("column", db.column()), ("constraint", db.constraint())] {
+    for (what, name) in [
+        ("table", db.table()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+    ] {
         if let Some(name) = name {
             s.push_str(&format!("; {what} {name}"));
         }

@@ -1,5 +1,6 @@
 //! Encryption and authenticity: a stolen or hostile bucket reveals nothing and changes nothing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
 use serde_json::Value;
@@ -267,7 +268,12 @@ fn rotation_keeps_old_backups_readable_with_the_new_identity_only() {
     let db = TestDb::new();
     let k = keys_init(&db);
     let b = backup(cron(&db, &k), &k, &["--tenant", "bienestar"]);
-    let out = reader(&db, &k).args(["keys", "rotate"]).output().unwrap();
+    let saved = db.dir.path().join("new-master.age");
+    let out = reader(&db, &k)
+        .args(["keys", "rotate", "--save-identity"])
+        .arg(&saved)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let get = |name: &str| {
@@ -480,4 +486,164 @@ fn an_encrypted_signed_fleet_restores_into_a_new_database_from_the_bucket_alone(
         .output()
         .unwrap();
     assert_fails(&out, 2, "--new-database");
+}
+
+/// A reader whose master identity is in a file (`--identity FILE`), not in the environment.
+fn reader_with_file(db: &TestDb, k: &Keys, file: &std::path::Path) -> assert_cmd::Command {
+    let mut c = cron(db, k);
+    c.env_remove("BACKUP_AGE_RECIPIENT").arg("--identity").arg(file);
+    c
+}
+
+/// The binary as a plain `std::process::Command` (to redirect its stdout), with the same
+/// environment as [`TestDb::cmd`] and the cron job's keys.
+fn plain(db: &TestDb, k: &Keys) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-backup"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", db.dir.path())
+        .env("DATABASE_URL", db.url())
+        .env("BACKUP_STORAGE", db.storage())
+        .env("BACKUP_SIGNING_KEY", &k.signing)
+        .current_dir(db.dir.path())
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+fn stdout_full(mut c: std::process::Command) -> std::process::Output {
+    c.stdout(std::fs::File::options().write(true).open("/dev/full").unwrap());
+    c.output().unwrap()
+}
+
+#[test]
+fn keys_init_and_rotate_never_lose_a_key_when_stdout_fails() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    let b = backup(cron(&db, &k), &k, &["--tenant", "bienestar"]);
+    let id = b["id"].to_string();
+    // init on a full disk: an error, not a panic; with --save-identity the identity is in the file.
+    let mut c = plain(&db, &k);
+    c.env_remove("DATABASE_URL").args(["keys", "init"]);
+    let out = stdout_full(c);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("could not be printed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let file = db.dir.path().join("init.age");
+    let mut c = plain(&db, &k);
+    c.env_remove("DATABASE_URL")
+        .args(["keys", "init", "--save-identity"])
+        .arg(&file);
+    assert_eq!(stdout_full(c).status.code(), Some(1));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // rotate with stdout on /dev/full: the rotation happens, the new identity is in the file.
+    let new_master = db.dir.path().join("rotated.age");
+    let mut c = plain(&db, &k);
+    c.env("BACKUP_AGE_IDENTITY", &k.identity)
+        .args(["keys", "rotate", "--save-identity"])
+        .arg(&new_master);
+    let out = stdout_full(c);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&new_master.display().to_string()),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = reader_with_file(&db, &k, &new_master)
+        .args(["verify", "--tenant", "bienestar", "--id", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Running it again finishes nothing more and loses nothing.
+    let out = reader(&db, &k)
+        .args(["keys", "rotate", "--save-identity"])
+        .arg(&new_master)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("0 tenant key(s) re-wrapped"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without a file to write the new identity to, rotate refuses to start.
+    let out = reader(&db, &k).args(["keys", "rotate"]).output().unwrap();
+    assert_fails(&out, 2, "--save-identity");
+}
+
+#[test]
+fn a_rotation_killed_at_any_moment_is_finished_by_running_it_again() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    for t in FLEET {
+        backup(cron(&db, &k), &k, &["--tenant", t]);
+    }
+    let mut current = db.dir.path().join("start.age");
+    std::fs::write(&current, format!("{}\n", k.identity)).unwrap();
+    std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (i, delay) in [0u64, 10, 30, 60, 100, 150, 250].into_iter().enumerate() {
+        let next = db.dir.path().join(format!("master-{i}.age"));
+        let rotate = |current: &std::path::Path| {
+            let mut c = plain(&db, &k);
+            c.arg("--identity").arg(current);
+            c.args(["--no-progress", "keys", "rotate", "--save-identity"])
+                .arg(&next);
+            c
+        };
+        let mut child = rotate(&current)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().ok();
+        child.wait().unwrap();
+        let out = rotate(&current).output().unwrap();
+        assert!(
+            out.status.success(),
+            "after a kill at {delay} ms: {}",
+            text(&out.stderr)
+        );
+        current = next;
+        for t in FLEET {
+            let out = reader_with_file(&db, &k, &current)
+                .args(["verify", "--tenant", t])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{t} after a kill at {delay} ms: {}",
+                text(&out.stderr)
+            );
+            let copies = std::fs::read_dir(db.storage().join(".keys").join(t)).unwrap().count();
+            assert_eq!(copies, 1, "{t}: stale key copies after a kill at {delay} ms");
+        }
+    }
+}
+
+#[test]
+fn an_identity_file_open_to_others_is_refused() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    backup(cron(&db, &k), &k, &["--tenant", "mindcare"]);
+    let file = db.dir.path().join("master.age");
+    std::fs::write(&file, format!("{}\n", k.identity)).unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = reader_with_file(&db, &k, &file)
+            .args(["verify", "--tenant", "mindcare"])
+            .output()
+            .unwrap();
+        assert_fails(&out, 2, "chmod 600");
+        no_key_material(&out, &k);
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = reader_with_file(&db, &k, &file)
+        .args(["verify", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

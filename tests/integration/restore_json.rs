@@ -47,7 +47,10 @@ fn a_json_structure_runs_only_what_the_guard_allows_one_statement_at_a_time() {
     let corpus = [
         ("DROP SCHEMA mindcare CASCADE", "mindcare"),
         ("COMMIT", "transaction control"),
-        ("CREATE TABLE bienestar.x (a int); DROP SCHEMA mindcare CASCADE", "several"),
+        (
+            "CREATE TABLE bienestar.x (a int); DROP SCHEMA mindcare CASCADE",
+            "several",
+        ),
         (
             "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
             "public",
@@ -94,7 +97,11 @@ fn a_json_structure_runs_only_what_the_guard_allows_one_statement_at_a_time() {
                 assert_eq!(outside(&db), before, "{sql} ({}): something outside changed", args[0]);
                 assert!(!marker.exists(), "{sql}: a program ran on the database host");
                 if dropped {
-                    assert!(!db.schemas().split(',').any(|s| s == "bienestar"), "{sql}: {}", db.schemas());
+                    assert!(
+                        !db.schemas().split(',').any(|s| s == "bienestar"),
+                        "{sql}: {}",
+                        db.schemas()
+                    );
                 } else {
                     assert_eq!(db.fingerprint("bienestar"), live, "{sql} ({})", args[0]);
                 }
@@ -121,7 +128,15 @@ fn a_json_backup_of_another_tenant_is_refused_whatever_its_name() {
         }
         for args in [
             vec!["restore", "--tenant", "bienestar", "--file", &copy, "--yes"],
-            vec!["restore", "--tenant", "bienestar", "--file", &copy, "--yes", "--drop-previous"],
+            vec![
+                "restore",
+                "--tenant",
+                "bienestar",
+                "--file",
+                &copy,
+                "--yes",
+                "--drop-previous",
+            ],
         ] {
             let out = db.cmd().args(&args).output().unwrap();
             let stderr = text(&out.stderr);
@@ -139,7 +154,16 @@ fn into_never_names_a_tenant_even_one_whose_schema_is_missing() {
     db.sql("DROP SCHEMA mindcare CASCADE");
     let out = db
         .cmd()
-        .args(["restore", "--tenant", "bienestar", "--file", &key, "--into", "mindcare", "--yes"])
+        .args([
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--file",
+            &key,
+            "--into",
+            "mindcare",
+            "--yes",
+        ])
         .output()
         .unwrap();
     assert_fails(&out, 2, "is a tenant's schema name");
@@ -148,7 +172,16 @@ fn into_never_names_a_tenant_even_one_whose_schema_is_missing() {
     let live = db.fingerprint("bienestar");
     let out = db
         .cmd()
-        .args(["restore", "--tenant", "bienestar", "--file", &key, "--into", "bienestar_copy", "--yes"])
+        .args([
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--file",
+            &key,
+            "--into",
+            "bienestar_copy",
+            "--yes",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -175,7 +208,10 @@ fn a_json_restore_keeps_the_previous_schema_and_names_the_tables_it_lacks() {
         .unwrap();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("NOT IN THE BACKUP: added_later"), "the plan names it:\n{stderr}");
+    assert!(
+        stderr.contains("NOT IN THE BACKUP: added_later"),
+        "the plan names it:\n{stderr}"
+    );
     let kept = db.sql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bienestar__pre_restore_%'");
     assert!(!kept.is_empty(), "the previous schema is kept");
     assert!(text(&out.stdout).contains(&kept), "{}", text(&out.stdout));
@@ -185,7 +221,10 @@ fn a_json_restore_keeps_the_previous_schema_and_names_the_tables_it_lacks() {
         .into_iter()
         .filter(|(t, _)| t != "backups_backuprecord")
         .collect();
-    let want: Vec<_> = backed_up.into_iter().filter(|(t, _)| t != "backups_backuprecord").collect();
+    let want: Vec<_> = backed_up
+        .into_iter()
+        .filter(|(t, _)| t != "backups_backuprecord")
+        .collect();
     assert_eq!(restored, want);
 }
 
@@ -216,9 +255,15 @@ fn a_dropped_tenant_restored_from_json_gets_its_history_back_from_the_bucket() {
 fn json_load_errors_name_the_table_but_never_row_data() {
     let db = TestDb::new();
     let (key, mut lines) = json_backup(&db, "bienestar");
-    let start = lines.iter().position(|l| l.contains("\"name\":\"appointments_patient\"") && l.starts_with("[\"table\"")).unwrap();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("\"name\":\"appointments_patient\"") && l.starts_with("[\"table\""))
+        .unwrap();
     let mut row: Value = serde_json::from_str(&lines[start + 1]).unwrap();
-    let (document, last_name) = (row["document_id"].as_str().unwrap().to_string(), row["last_name"].as_str().unwrap().to_string());
+    let (document, last_name) = (
+        row["document_id"].as_str().unwrap().to_string(),
+        row["last_name"].as_str().unwrap().to_string(),
+    );
     row["first_name"] = Value::Null;
     lines[start + 1] = serde_json::to_string(&row).unwrap();
     tamper(&db, &key, (lines.join("\n") + "\n").as_bytes());
@@ -232,7 +277,11 @@ fn json_load_errors_name_the_table_but_never_row_data() {
         assert_eq!(out.status.code(), Some(1), "{}: {stderr}", args[0]);
         assert!(stderr.contains("appointments_patient"), "{}: {stderr}", args[0]);
         for private in [&document, &last_name] {
-            assert!(!stderr.contains(private.as_str()), "{}: {private} leaked:\n{stderr}", args[0]);
+            assert!(
+                !stderr.contains(private.as_str()),
+                "{}: {private} leaked:\n{stderr}",
+                args[0]
+            );
         }
         assert_eq!(db.fingerprint("bienestar"), live);
     }

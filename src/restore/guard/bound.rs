@@ -47,7 +47,8 @@ pub fn tokens(sql: &[u8]) -> usize {
                 n += 1;
             }
             c if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 => {
-                while i < len && (sql[i].is_ascii_alphanumeric() || sql[i] == b'_' || sql[i] == b'$' || sql[i] >= 0x80) {
+                while i < len && (sql[i].is_ascii_alphanumeric() || sql[i] == b'_' || sql[i] == b'$' || sql[i] >= 0x80)
+                {
                     i += 1;
                 }
                 n += 1;
@@ -92,9 +93,16 @@ mod tests {
         assert_eq!(tokens(b"INSERT INTO t VALUES (1),(2);"), 12);
         let long = format!("INSERT INTO t VALUES ('{}');", "x".repeat(1 << 20));
         assert_eq!(tokens(long.as_bytes()), 8, "a long string is one token");
-        assert_eq!(tokens(b"SELECT 'it''s' -- a comment\n /* a /* nested */ comment */ + 1"), 4);
+        assert_eq!(
+            tokens(b"SELECT 'it''s' -- a comment\n /* a /* nested */ comment */ + 1"),
+            4
+        );
         assert_eq!(tokens(b"SELECT E'a\\'b' + \"we\"\"ird\""), 5);
-        assert_eq!(tokens(b"AS $$ BEGIN RETURN 1; END $$"), 10, "a dollar quote's content is code");
+        assert_eq!(
+            tokens(b"AS $$ BEGIN RETURN 1; END $$"),
+            10,
+            "a dollar quote's content is code"
+        );
         let values = "(1),".repeat(1000);
         assert!(tokens(format!("VALUES {values}").as_bytes()) >= 4000);
     }

@@ -418,7 +418,6 @@ impl Sink for Checker<'_, '_> {
     }
 }
 
-
 /// The most tokens one statement may have (see [`bound::tokens`]). Parsing costs memory in
 /// proportion to the parse tree: about 1 KB of RSS per token at worst (multi-row `VALUES`), so
 /// this bounds one statement's check to about 100 MB. pg_dump writes one row per `INSERT` and a

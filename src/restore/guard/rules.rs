@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::lexer::Verdict;
 use super::names;
-use super::tree::{constant_text, names_of, qualified_string, sval};
 use super::settings::{search_path, setting};
+use super::tree::{constant_text, names_of, qualified_string, sval};
 use super::Ctx;
 
 /// Statements that create or change objects, and where their target's name is.
@@ -185,7 +185,10 @@ fn describe(kind: &str) -> String {
         ("GrantRoleStmt", "GRANT role"),
         ("SecLabelStmt", "SECURITY LABEL"),
         ("CreateEventTrigStmt", "CREATE EVENT TRIGGER"),
-        ("DefineStmt", "CREATE OPERATOR, AGGREGATE, COLLATION, base TYPE or TEXT SEARCH object"),
+        (
+            "DefineStmt",
+            "CREATE OPERATOR, AGGREGATE, COLLATION, base TYPE or TEXT SEARCH object",
+        ),
         ("AlterTypeStmt", "ALTER TYPE … SET"),
         ("CreateOpClassStmt", "CREATE OPERATOR CLASS"),
         ("CreateOpFamilyStmt", "CREATE OPERATOR FAMILY"),

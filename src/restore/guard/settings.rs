@@ -104,4 +104,3 @@ pub fn search_path(values: &[String], ctx: &mut Ctx, top: bool) -> Result<(), St
     }
     Ok(())
 }
-

@@ -268,7 +268,10 @@ fn a_statement_too_large_to_check_is_refused_before_it_is_parsed() {
     assert!(r.to_string().contains("tokens"), "{r}");
     assert!(started.elapsed().as_secs() < 5, "refused without parsing");
     // A long row is one token per value: pg_dump --inserts rows of any length pass.
-    let long = format!("INSERT INTO bienestar.t (id, note) VALUES (1, '{}');\n", "x".repeat(8 << 20));
+    let long = format!(
+        "INSERT INTO bienestar.t (id, note) VALUES (1, '{}');\n",
+        "x".repeat(8 << 20)
+    );
     let dump = format!("{}{long}{}", &DUMP[..at], &DUMP[at..]);
     check(dump.as_bytes(), &scope()).unwrap();
 }
@@ -296,7 +299,10 @@ fn single_statements_of_the_json_structure_are_held_to_the_same_rules() {
     let mut own_first = false;
     let ok = single("CREATE TABLE bienestar.t (id bigint NOT NULL)", &scope, &mut own_first).unwrap();
     assert_eq!(ok.as_deref(), Some("CREATE TABLE bienestar.t (id bigint NOT NULL)\n;"));
-    assert_eq!(single("ALTER TABLE bienestar.t OWNER TO x", &scope, &mut own_first).unwrap(), None);
+    assert_eq!(
+        single("ALTER TABLE bienestar.t OWNER TO x", &scope, &mut own_first).unwrap(),
+        None
+    );
     for (bad, why) in [
         ("DROP SCHEMA mindcare CASCADE", "mindcare"),
         ("CREATE TABLE bienestar.x (a int); COMMIT", "several"),
@@ -308,7 +314,10 @@ fn single_statements_of_the_json_structure_are_held_to_the_same_rules() {
         ("SET ROLE postgres", "role"),
         ("RESET ROLE", "SET role"),
         ("SET SESSION AUTHORIZATION postgres", "session"),
-        ("CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'", "public"),
+        (
+            "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
+            "public",
+        ),
         ("\\! id", "meta-command"),
     ] {
         let e = single(bad, &scope, &mut own_first).unwrap_err();

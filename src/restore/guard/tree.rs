@@ -78,4 +78,3 @@ pub fn qualified_string(s: &str) -> Vec<String> {
         }
     }
 }
-
