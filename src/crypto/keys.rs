@@ -195,6 +195,16 @@ impl KeyStore {
         Ok(self.row(client, tenant).await?.is_none())
     }
 
+    /// Every tenant that has a key, with the master recipient its key is wrapped to.
+    pub async fn wrapped(&self, client: &Client) -> Result<Vec<(String, String)>> {
+        let sql = format!("SELECT tenant, wrapped_to FROM {} ORDER BY tenant", self.table.quoted());
+        match client.query_typed(&sql, &[]).await {
+            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {}", self.table, describe_pg_error(&e))),
+        }
+    }
+
     /// Tenants that have a key.
     pub async fn tenants(&self, client: &Client) -> Result<BTreeSet<String>> {
         let sql = format!("SELECT tenant FROM {}", self.table.quoted());

@@ -98,6 +98,8 @@ pub struct KeyConfig {
     pub identity: Option<MasterIdentity>,
     /// Set: manifests are signed, and reads refuse unsigned or wrongly signed ones.
     pub signing_key: Option<Secret<Vec<u8>>>,
+    /// Where the identity was read from, when from a file (`--identity`).
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 impl KeyConfig {
@@ -142,6 +144,7 @@ impl KeyConfig {
             recipient,
             identity,
             signing_key,
+            identity_file: identity_file.map(|p| p.to_path_buf()),
         })
     }
 

@@ -647,3 +647,41 @@ fn an_identity_file_open_to_others_is_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn doctor_reports_keys_in_the_bucket_signing_and_the_identity_file() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    backup(cron(&db, &k), &k, &["--tenant", "bienestar"]);
+    backup(cron(&db, &k), &k, &["--tenant", "mindcare"]);
+    let file = db.dir.path().join("master.age");
+    std::fs::write(&file, format!("{}\n", k.identity)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let doctor = || {
+        let out = reader_with_file(&db, &k, &file).args(["doctor"]).output().unwrap();
+        no_key_material(&out, &k);
+        out
+    };
+    let out = doctor();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for line in ["keys in bucket all 2 tenant keys", "signing       on", "(mode 0600"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("ok") && l.contains(line)),
+            "{line}:\n{stdout}"
+        );
+    }
+    // A key whose bucket copy is gone is named.
+    for e in std::fs::read_dir(db.storage().join(".keys/mindcare")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let out = doctor();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("keys in bucket") && l.contains("mindcare")),
+        "{stdout}"
+    );
+}
