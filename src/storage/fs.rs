@@ -62,6 +62,21 @@ impl LocalDir {
         result.clone().map_err(StorageError::Other)
     }
 
+    /// What `walk` finds under `prefix`, in key order.
+    async fn listing(&self, prefix: &str, want: Want) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.seen().await?;
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &start(&root, &prefix), &prefix, want, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?
+    }
+
     /// `NotFound` for `key`, once the directory is known to be there.
     async fn absent(&self, key: &str) -> StorageError {
         match self.seen().await {
@@ -252,17 +267,7 @@ impl Storage for LocalDir {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.seen().await?;
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&root, &start(&root, &prefix), &prefix, Want::Objects, &mut out)?;
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StorageError::Other(e.to_string()))?
+        self.listing(prefix, Want::Objects).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -287,37 +292,18 @@ impl Storage for LocalDir {
     }
 
     async fn strays(&self, prefix: &str) -> Result<Vec<Stray>, StorageError> {
-        self.seen().await?;
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut found = Vec::new();
-            walk(&root, &start(&root, &prefix), &prefix, Want::Strays, &mut found)?;
-            found.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(found
-                .into_iter()
-                .map(|o| Stray {
-                    what: STRAY.to_string(),
-                    key: o.key,
-                })
-                .collect())
-        })
-        .await
-        .map_err(|e| StorageError::Other(e.to_string()))?
+        let found = self.listing(prefix, Want::Strays).await?;
+        Ok(found
+            .into_iter()
+            .map(|o| Stray {
+                what: STRAY.to_string(),
+                key: o.key,
+            })
+            .collect())
     }
 
     async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
-        self.seen().await?;
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&root, &start(&root, &prefix), &prefix, Want::Partials, &mut out)?;
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok::<_, StorageError>(out)
-        })
-        .await
-        .map_err(|e| StorageError::Other(e.to_string()))??;
+        let found = self.listing(prefix, Want::Partials).await?;
         Ok(found
             .into_iter()
             .map(|o| Unfinished {
@@ -521,6 +507,50 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn a_hidden_folder_is_listed_only_when_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path());
+        store.put_bytes(".keys/t/k.age", b"k".to_vec()).await.unwrap();
+        store.put_bytes("t/a", b"x".to_vec()).await.unwrap();
+        let keys = |p: &'static str| {
+            let store = &store;
+            async move {
+                store
+                    .list(p)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(keys(".keys/t/").await, [".keys/t/k.age"]);
+        assert_eq!(keys("").await, ["t/a"]);
+        assert_eq!(keys("t/").await, ["t/a"]);
+    }
+
+    #[tokio::test]
+    async fn links_and_fifos_are_strays_never_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path().join("root"));
+        store.put_bytes("t/a", b"x".to_vec()).await.unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("root/t/b")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("root/u")).unwrap();
+        let objects: Vec<_> = store.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(objects, ["t/a"]);
+        let strays: Vec<_> = store.strays("").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(strays, ["t/b", "u"]);
+        assert!(store.get_bytes("t/b").await.is_err());
+        assert!(store.size("t/b").await.is_err());
+        assert!(store.get_bytes("u/secret").await.is_err());
+        assert!(store.list("u/").await.unwrap().is_empty());
+        assert!(store.put_bytes("u/new", b"x".to_vec()).await.is_err());
+        assert!(store.delete("u/secret").await.is_err());
+        assert!(dir.path().join("secret").exists() && !dir.path().join("new").exists());
     }
 
     #[tokio::test]
