@@ -26,7 +26,16 @@ pub struct Run {
     pub tree_rss_kb: u64,
 }
 
-pub fn measure(mut cmd: Command, name: &str) -> Run {
+pub fn measure(cmd: Command, name: &str) -> Run {
+    let (run, ok) = measure_any(cmd, name);
+    if !ok {
+        die(&format!("{name} failed"));
+    }
+    run
+}
+
+/// Like [`measure`], for a command that may fail: the run, and whether it exited 0.
+pub fn measure_any(mut cmd: Command, name: &str) -> (Run, bool) {
     let start = Instant::now();
     let child = cmd.spawn().unwrap_or_else(|e| die(&format!("{name}: {e}")));
     let pid = child.id() as i32;
@@ -48,14 +57,13 @@ pub fn measure(mut cmd: Command, name: &str) -> Run {
     }
     let wall = start.elapsed();
     std::mem::forget(child);
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        die(&format!("{name} failed (status {status})"));
-    }
-    Run {
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let run = Run {
         wall,
         own_rss_kb: own,
         tree_rss_kb: usage.ru_maxrss as u64,
-    }
+    };
+    (run, ok)
 }
 
 fn read_hwm(path: &str) -> Option<u64> {

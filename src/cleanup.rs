@@ -279,8 +279,29 @@ impl Cleanup<'_> {
             what: s.what,
         });
         let found = find_orphans(schema, records, &objects, &unfinished, now, opts.grace);
-        for orphan in found.into_iter().chain(strays) {
-            let (action, reason) = orphan.decide(schema, opts.include_manual, opts.grace);
+        let decided: Vec<_> = found
+            .into_iter()
+            .chain(strays)
+            .map(|o| {
+                let d = o.decide(schema, opts.include_manual, opts.grace);
+                (o, d)
+            })
+            .collect();
+        // The objects that go, deleted in bulk (up to the backend's batch limit a call), not one
+        // request each.
+        let mut deleted_objects = std::collections::HashMap::new();
+        if opts.fix && !dry_run {
+            let keys: Vec<String> = decided
+                .iter()
+                .filter(|(o, (action, _))| *action == Action::Delete && matches!(o, Orphan::Object { .. }))
+                .map(|(o, _)| o.key().to_string())
+                .collect();
+            if !keys.is_empty() {
+                let results = storage.delete_many(&keys).await;
+                deleted_objects.extend(keys.into_iter().zip(results));
+            }
+        }
+        for (orphan, (action, reason)) in decided {
             let result = match (&action, opts.fix, dry_run) {
                 (Action::Refuse, _, _) => {
                     report.failed += 1;
@@ -293,7 +314,7 @@ impl Cleanup<'_> {
                     report.orphans_deleted += 1;
                     format!("would delete: {reason}")
                 }
-                (Action::Delete, true, false) => match self.fix(schema, &orphan).await {
+                (Action::Delete, true, false) => match self.fix(schema, &orphan, &mut deleted_objects).await {
                     Ok(done) => {
                         report.orphans_deleted += 1;
                         done
@@ -319,7 +340,12 @@ impl Cleanup<'_> {
     }
 
     /// Deletes one orphan; what was done.
-    async fn fix(&self, schema: &str, orphan: &Orphan) -> Result<String> {
+    async fn fix(
+        &self,
+        schema: &str,
+        orphan: &Orphan,
+        deleted: &mut std::collections::HashMap<String, Result<(), StorageError>>,
+    ) -> Result<String> {
         let Cleanup {
             storage,
             catalog,
@@ -327,7 +353,10 @@ impl Cleanup<'_> {
             ..
         } = *self;
         match orphan {
-            Orphan::Object { key, .. } => match storage.delete(key).await {
+            Orphan::Object { key, .. } => match match deleted.remove(key.as_str()) {
+                Some(result) => result,
+                None => storage.delete(key).await,
+            } {
                 Ok(()) => Ok("deleted".into()),
                 Err(StorageError::NotFound(_)) => Ok("already gone".into()),
                 Err(e) => Err(e.into()),

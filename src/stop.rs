@@ -198,6 +198,14 @@ pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
     Ok(Child { inner })
 }
 
+impl Child {
+    /// SIGKILL to the child's process group, from another thread. Only while the child is not yet
+    /// waited for (its id cannot have been reused).
+    pub fn kill_group(&self) {
+        signal_group(self.inner.id(), libc::SIGKILL);
+    }
+}
+
 impl std::ops::Deref for Child {
     type Target = std::process::Child;
     fn deref(&self) -> &Self::Target {

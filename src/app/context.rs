@@ -106,6 +106,7 @@ impl Context {
                 store: self.key_store.clone(),
             }),
             signing_key: self.keys.signing_key.clone(),
+            guard_names: Default::default(),
         })
     }
 

@@ -104,6 +104,23 @@ pub struct BackupEnv {
     pub seal: Option<Seal>,
     /// Set: every manifest is signed.
     pub signing_key: Option<Secret<Vec<u8>>>,
+    /// The database's names the restore guard checks every dump against, read once a run (see
+    /// [`BackupEnv::guard_scope`]).
+    pub guard_names: tokio::sync::OnceCell<std::sync::Arc<crate::restore::guard::Names>>,
+}
+
+impl BackupEnv {
+    /// What a restore of `schema` would be checked against: every backup is checked by the same
+    /// guard before it is called OK.
+    pub async fn guard_scope(
+        &self,
+        client: &tokio_postgres::Client,
+        schema: &str,
+    ) -> anyhow::Result<crate::restore::guard::Scope> {
+        use crate::restore::guard::{ForSchema, Names};
+        let names = self.guard_names.get_or_try_init(|| Names::load(client)).await?;
+        Ok(names.scope(schema, 0))
+    }
 }
 
 /// Where tenant keys come from when backups are encrypted.

@@ -222,7 +222,13 @@ async fn spool_and_store(
         produce(env, client, req, encrypt, spool, &dir),
         store_without_overwrite(storage, base, growing, unrecorded)
     );
-    // A failed dump explains more than the abandoned upload it caused.
+    // A failed dump explains more than the abandoned upload it caused, except when storage refused
+    // the object for good: then the dump was stopped because of it.
+    if let Err(e) = &stored {
+        if matches!(e.downcast_ref::<StorageError>(), Some(StorageError::Rejected(_))) {
+            return Err(stored.unwrap_err());
+        }
+    }
     let spooled = spooled?;
     let key = stored?;
     let size = storage
@@ -250,13 +256,18 @@ async fn produce(
     spool: Spool,
     dir: &std::path::Path,
 ) -> Result<Spooled> {
+    // What a restore would check the dump against: the backup checks it first.
+    let scope = match env.format {
+        DumpFormat::Custom => None,
+        DumpFormat::Plain | DumpFormat::Json => Some(env.guard_scope(client, &req.tenant.schema_name).await?),
+    };
     let Some(pg_dump) = &env.pg_dump else {
         // The native format: our own dumper streams into the same compress → checksum → spool path.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let spooler = spawn_spool(env, req, encrypt, dir, move |opts| {
+        let spooler = spawn_spool(env, req, encrypt, None, dir, move |opts| {
             spool_stream(JsonLinesReader::new(rx), spool, opts)
         });
-        let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, tx).await;
+        let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, scope.as_ref(), tx).await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler
             .await
@@ -276,10 +287,12 @@ async fn produce(
         pg_format,
         env.inserts,
     );
-    spawn_spool(env, req, encrypt, dir, move |opts| dump_to_spool(cmd, spool, opts))
-        .await
-        .context("the dump task panicked")?
-        .map_err(anyhow::Error::new)
+    spawn_spool(env, req, encrypt, scope, dir, move |opts| {
+        dump_to_spool(cmd, spool, opts)
+    })
+    .await
+    .context("the dump task panicked")?
+    .map_err(anyhow::Error::new)
 }
 
 /// Runs `work` on a blocking thread with this backup's spool options.
@@ -287,6 +300,7 @@ fn spawn_spool(
     env: &BackupEnv,
     req: &BackupRequest,
     encrypt: Option<age::x25519::Recipient>,
+    check: Option<crate::restore::guard::Scope>,
     dir: &std::path::Path,
     work: impl FnOnce(&SpoolOptions<'_>) -> Result<Spooled, SpoolError> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<Spooled, SpoolError>> {
@@ -303,6 +317,7 @@ fn spawn_spool(
             progress,
             scrub: &scrub,
             encrypt,
+            check,
         })
     })
 }
@@ -324,9 +339,16 @@ async fn store_without_overwrite(
         };
         let began_while_dumping = !growing.is_complete();
         let mut outcome = storage.put_growing(&key, growing.clone()).await;
+        if let Err(StorageError::Rejected(_)) = &outcome {
+            // No retry fixes it: the dump is stopped rather than run to its end for nothing.
+            growing.give_up();
+        }
         if let Err(e) = &outcome {
             let retry = began_while_dumping
-                && !matches!(e, StorageError::AlreadyExists(_) | StorageError::Abandoned(_))
+                && !matches!(
+                    e,
+                    StorageError::AlreadyExists(_) | StorageError::Abandoned(_) | StorageError::Rejected(_)
+                )
                 && crate::stop::requested().is_none();
             if retry && growing.clone().complete().await.is_ok() {
                 tracing::warn!("storing {key} while dumping failed ({e}); storing it again from the finished spool");

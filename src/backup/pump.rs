@@ -33,6 +33,8 @@ pub struct Pumped {
     pub raw: u64,
     pub head: Vec<u8>,
     pub scanner: Option<PlainDumpScanner>,
+    /// The restore guard's verdict on a plain dump, when it was checked.
+    pub checked: Option<Result<(), crate::restore::guard::CheckError>>,
     /// Bytes of the stored form, and their checksum.
     pub size: u64,
     pub sha256: String,
@@ -85,10 +87,12 @@ pub fn pump(
                 raw: read.raw,
                 head: read.head,
                 scanner: read.scanner,
+                checked: read.checked,
                 size,
                 sha256,
                 grower: written.grower,
             }),
+            (Err(e), Err(c)) if c.kind() == io::ErrorKind::UnexpectedEof => Err(PumpError::Input(e)),
             // The compressor stopped first (too large, disk full): its error is the cause.
             (_, Err(e)) => Err(PumpError::Output(e)),
             (Err(e), Ok(_)) => Err(PumpError::Input(e)),
@@ -100,6 +104,7 @@ struct ReadSide {
     raw: u64,
     head: Vec<u8>,
     scanner: Option<PlainDumpScanner>,
+    checked: Option<Result<(), crate::restore::guard::CheckError>>,
 }
 
 fn read_all(
@@ -109,6 +114,10 @@ fn read_all(
     opts: &SpoolOptions<'_>,
 ) -> io::Result<ReadSide> {
     let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
+    let guard = match (&opts.check, opts.format) {
+        (Some(scope), DumpFormat::Plain) => Some(crate::restore::guard::Beside::start(scope.clone())),
+        _ => None,
+    };
     let mut head: Vec<u8> = Vec::with_capacity(5);
     let mut raw: u64 = 0;
     let mut ended = false;
@@ -133,6 +142,9 @@ fn read_all(
             if let Some(s) = scanner.as_mut() {
                 s.feed(chunk);
             }
+            if let Some(g) = &guard {
+                g.feed(chunk);
+            }
             filled += n;
             raw += n as u64;
             if let Some(p) = &opts.progress {
@@ -145,7 +157,13 @@ fn read_all(
         }
     }
     let _ = to_compressor.send(Piece::End);
-    Ok(ReadSide { raw, head, scanner })
+    let checked = guard.map(crate::restore::guard::Beside::finish);
+    Ok(ReadSide {
+        raw,
+        head,
+        scanner,
+        checked,
+    })
 }
 
 /// The compressor thread: the pieces through compression, encryption and checksum into the spool.
@@ -170,7 +188,8 @@ fn compress(
                 let _ = recycle.send(buf);
             }
             Ok(Piece::End) => break,
-            Err(_) => return Err(io::Error::other("the dump stream failed")),
+            // The reader stopped: its error is the cause.
+            Err(_) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the dump stream failed")),
         }
     }
     let mut hashing = encoder.finish()?.finish()?;
@@ -215,6 +234,16 @@ impl std::fmt::Display for TooLargeMarker {
 }
 impl std::error::Error for TooLargeMarker {}
 
+/// The spool's reader (the upload) gave it up: storage refused the object for good.
+#[derive(Debug)]
+pub struct GivenUpMarker;
+impl std::fmt::Display for GivenUpMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the storage refused the backup; the dump was stopped")
+    }
+}
+impl std::error::Error for GivenUpMarker {}
+
 /// The spool file itself: unbuffered (every writer before it hands over whole blocks), each
 /// write then readable by an upload that follows the file.
 struct SpoolWriter {
@@ -227,6 +256,9 @@ struct SpoolWriter {
 
 impl Write for SpoolWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.grower.given_up() {
+            return Err(io::Error::other(GivenUpMarker));
+        }
         let n = self.file.write(buf)?;
         self.len += n as u64;
         self.grower.grew(self.len);

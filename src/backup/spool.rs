@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -17,7 +17,7 @@ use tempfile::NamedTempFile;
 
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
-use crate::backup::pump::{pump, widen_pipe, PumpError, Pumped, TooLargeMarker};
+use crate::backup::pump::{pump, widen_pipe, GivenUpMarker, PumpError, Pumped, TooLargeMarker};
 use crate::jsonl::ProducerError;
 use crate::pg::dumpscan::PlainDumpScanner;
 use crate::storage::{Grower, GrowingFile};
@@ -37,6 +37,8 @@ pub struct Spooled {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    #[error("the dump holds what a restore refuses, so it would not restore ({0}); the backup failed and nothing was kept: see \"What a restored dump may and may not do\" in docs/restore.md")]
+    Refused(String),
     #[error("could not start {program}: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("pg_dump failed ({status}){}", stderr_suffix(.stderr))]
@@ -49,6 +51,9 @@ pub enum SpoolError {
     NotAnArchive,
     #[error("the backup is larger than --max-size ({limit} bytes); nothing was stored")]
     TooLarge { limit: u64 },
+    /// Storage refused the object for good while the dump ran: the dump was stopped.
+    #[error("the storage refused the backup; the dump was stopped")]
+    GivenUp,
     #[error("{0}")]
     Producer(String),
     #[error("writing the spool file in {dir}: {source}")]
@@ -75,6 +80,9 @@ pub struct SpoolOptions<'a> {
     pub scrub: &'a (dyn Fn(&str) -> String + Sync),
     /// Encrypt (after compressing) to this tenant recipient.
     pub encrypt: Option<age::x25519::Recipient>,
+    /// A plain dump is checked by the restore guard as it is written (see [`crate::restore::guard`]):
+    /// a backup that a restore would refuse is not a backup.
+    pub check: Option<crate::restore::guard::Scope>,
 }
 
 /// A spool file made before the dump starts, and the handle that reports its growth.
@@ -102,6 +110,9 @@ pub fn create(dir: &Path, object_name: &str, durable: bool) -> Result<(Spool, Gr
 }
 
 fn write_err(opts: &SpoolOptions<'_>, source: io::Error) -> SpoolError {
+    if source.get_ref().is_some_and(|inner| inner.is::<GivenUpMarker>()) {
+        return SpoolError::GivenUp;
+    }
     if source.get_ref().is_some_and(|inner| inner.is::<TooLargeMarker>()) {
         return SpoolError::TooLarge {
             limit: opts.max_size.unwrap_or(0),
@@ -141,7 +152,32 @@ pub fn dump_to_spool(mut cmd: Command, spool: Spool, opts: &SpoolOptions<'_>) ->
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_reader = std::thread::spawn(move || keep_tail(stderr, STDERR_KEEP));
     let Spool { file, grower, durable } = spool;
-    let pumped = match pump(&mut stdout, file.as_file(), grower, durable, opts) {
+    // Storage may give the spool up for good while pg_dump is quiet (a big table's rows take a
+    // while to come): it is ended then, not when it next writes.
+    let given_up = grower.given_up_flag();
+    let pumping = AtomicBool::new(true);
+    let pumped = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while pumping.load(Ordering::Relaxed) {
+                if given_up.load(Ordering::Relaxed) {
+                    child.kill_group();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let pumped = pump(&mut stdout, file.as_file(), grower, durable, opts);
+        pumping.store(false, Ordering::Relaxed);
+        pumped
+    });
+    if given_up.load(Ordering::Relaxed) {
+        drop(stdout);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = stderr_reader.join();
+        return Err(SpoolError::GivenUp);
+    }
+    let pumped = match pumped {
         Ok(p) => p,
         Err(e) => {
             // Closing our end of the pipe too, so anything the dumper started dies of SIGPIPE.
@@ -166,6 +202,9 @@ pub fn dump_to_spool(mut cmd: Command, spool: Spool, opts: &SpoolOptions<'_>) ->
     }
     if pumped.raw == 0 {
         return Err(SpoolError::Empty { stderr });
+    }
+    if let Some(Err(e)) = pumped.checked {
+        return Err(SpoolError::Refused(e.to_string()));
     }
     match &pumped.scanner {
         Some(s) if !s.is_complete() => return Err(SpoolError::Truncated { stderr }),
@@ -243,6 +282,7 @@ mod tests {
 
     fn opts(dir: &Path) -> SpoolOptions<'_> {
         SpoolOptions {
+            check: None,
             format: DumpFormat::Plain,
             compression: Compression::Zstd { level: 3 },
             max_size: None,

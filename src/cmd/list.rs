@@ -81,13 +81,22 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
             }
         };
         let mut backups = backups;
+        // One listing of the tenant's folder answers every row, not one request per row.
+        let stored: std::collections::HashSet<String> = if args.check
+            && records
+                .iter()
+                .any(|r| matches!(place(&r.file_path, &schema), Place::Tenant(_)))
+        {
+            let objects = ctx.storage.list(&format!("{schema}/")).await?;
+            objects.into_iter().map(|o| o.key).collect()
+        } else {
+            Default::default()
+        };
         for record in records {
             let in_bucket = if args.check {
                 Some(match place(&record.file_path, &schema) {
-                    Place::Tenant(key) => match ctx.storage.size(key).await? {
-                        Some(_) => InBucket::Yes,
-                        None => InBucket::Missing,
-                    },
+                    Place::Tenant(key) if stored.contains(key) => InBucket::Yes,
+                    Place::Tenant(_) => InBucket::Missing,
                     Place::Outside(_) => InBucket::Outside,
                     Place::Foreign(_) => InBucket::Foreign,
                 })

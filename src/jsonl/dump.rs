@@ -45,9 +45,10 @@ pub async fn dump(
     client: &Client,
     schema: &str,
     server_version: &str,
+    guard: Option<&crate::restore::guard::Scope>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
-    let result = dump_inner(client, schema, server_version, &tx).await;
+    let result = dump_inner(client, schema, server_version, guard, &tx).await;
     let _ = client.batch_execute("COMMIT").await;
     if let Err(e) = &result {
         let _ = tx.send(Err(io::Error::other(ProducerError(format!("{e:#}"))))).await;
@@ -59,6 +60,7 @@ async fn dump_inner(
     client: &Client,
     schema: &str,
     server_version: &str,
+    guard: Option<&crate::restore::guard::Scope>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
     client
@@ -74,6 +76,11 @@ async fn dump_inner(
         anyhow::bail!("schema {schema:?} has no tables");
     }
     let structure = Structure::from_objects(schema, &objects);
+    if let Some(scope) = guard {
+        structure.check(scope).map_err(|why| {
+            anyhow::anyhow!("{why}; the backup failed: a backup that a restore would refuse is not a backup")
+        })?;
+    }
     if !structure.not_carried.is_empty() {
         tracing::warn!(
             "{schema}: the json backup holds the data of every table, but it cannot create the schema again if it is dropped: it does not carry {}",

@@ -69,13 +69,23 @@ pub async fn restore(
     let (tx, mut rx) = mpsc::channel::<Result<Event>>(8);
     let reader = tokio::task::spawn_blocking(move || read_events(input, tx));
     let (header, structure) = read_head(&mut rx, opts).await?;
+    // A structure that does not carry every object of the schema (see `not_carried`) cannot
+    // create it: its rows then load into the existing tables, as a version 2 dump's do.
+    let structure = match structure {
+        Some(s) if !s.not_carried.is_empty() => {
+            if tables(client, opts.source_schema).await?.is_empty() {
+                s.refuse_incomplete(opts.source_schema)?;
+            }
+            None
+        }
+        other => other,
+    };
     let begin = match &structure {
         Some(_) => opts.plan.prologue.clone(),
         None => {
             if !matches!(opts.target, Target::Replace { .. } | Target::Scratch) {
                 anyhow::bail!(
-                    "this json backup is in format version {}, which holds rows only: it loads into the tenant's own tables, so --into and --from-tenant are not available for it",
-                    header.format_version
+                    "this json backup cannot create its schema (format version 2 holds rows only; a newer one that does not carry every object loads into the existing tables): --into and --from-tenant are not available for it"
                 );
             }
             format!(
@@ -363,7 +373,7 @@ async fn load_existing(
     if let Target::Replace { schema: target, .. } = opts.target {
         if target != schema {
             anyhow::bail!(
-                "this json backup is in format version 2, which holds rows only: it loads into {schema}'s own tables, so --from-tenant is not available for it"
+                "this json backup loads into {schema}'s own tables (it cannot create its schema), so --from-tenant is not available for it"
             );
         }
     }

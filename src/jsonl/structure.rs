@@ -416,7 +416,17 @@ impl Structure {
         run(client, scope, &self.post_data).await
     }
 
-    fn refuse_incomplete(&self, schema: &str) -> Result<()> {
+    /// Holds every statement to the restore guard, as a restore will (a backup checks itself).
+    pub fn check(&self, scope: &Scope) -> Result<(), String> {
+        let mut own_first = false;
+        for d in self.pre_data.iter().chain(&self.post_data) {
+            guard::single(&d.sql, scope, &mut own_first)
+                .map_err(|why| format!("{} would be refused by a restore: {why}", d.object))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn refuse_incomplete(&self, schema: &str) -> Result<()> {
         if self.not_carried.is_empty() {
             return Ok(());
         }

@@ -4,6 +4,8 @@
 //! file, which a backend must never turn into an object.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -23,9 +25,21 @@ enum Growth {
 pub struct Grower {
     tx: watch::Sender<Growth>,
     done: bool,
+    given_up: Arc<AtomicBool>,
 }
 
 impl Grower {
+    /// Whether the reader gave the file up ([`GrowingFile::give_up`]): writing more is pointless.
+    pub fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// The flag behind [`given_up`](Self::given_up), for a thread that watches it (one that ends a
+    /// dump which writes nothing for a while).
+    pub fn given_up_flag(&self) -> Arc<AtomicBool> {
+        self.given_up.clone()
+    }
+
     /// Bytes `..len` of the file are written and final.
     pub fn grew(&self, len: u64) {
         self.tx.send_replace(Growth::Writing(len));
@@ -60,20 +74,44 @@ pub struct Extent {
 pub struct GrowingFile {
     path: PathBuf,
     rx: watch::Receiver<Growth>,
+    given_up: Arc<AtomicBool>,
 }
 
 impl GrowingFile {
     /// A file being written at `path`, and the handle its writer reports through.
     pub fn new(path: impl Into<PathBuf>) -> (Grower, GrowingFile) {
         let (tx, rx) = watch::channel(Growth::Writing(0));
-        (Grower { tx, done: false }, GrowingFile { path: path.into(), rx })
+        let given_up = Arc::new(AtomicBool::new(false));
+        let grower = Grower {
+            tx,
+            done: false,
+            given_up: given_up.clone(),
+        };
+        (
+            grower,
+            GrowingFile {
+                path: path.into(),
+                rx,
+                given_up,
+            },
+        )
     }
 
     /// A file that is already whole.
     pub fn complete_file(path: impl Into<PathBuf>, len: u64) -> GrowingFile {
         let (tx, rx) = watch::channel(Growth::Complete(len));
         drop(tx);
-        GrowingFile { path: path.into(), rx }
+        GrowingFile {
+            path: path.into(),
+            rx,
+            given_up: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Tells the writer that nothing will be made of the file (storage refused it for good), so
+    /// it stops writing: the dump behind it is ended rather than run to its end for nothing.
+    pub fn give_up(&self) {
+        self.given_up.store(true, Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {

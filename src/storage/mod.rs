@@ -1,5 +1,6 @@
 //! Where backups live. One trait, one backend per file, chosen once from the storage URL.
 
+mod checked;
 mod fs;
 mod growing;
 #[cfg(test)]
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 
 use crate::error::UsageError;
 
+pub use checked::Checked;
 pub use fs::LocalDir;
 pub use growing::{Extent, Grower, GrowingFile};
 #[cfg(test)]
@@ -50,10 +52,10 @@ pub fn default_url() -> String {
 }
 
 /// What a backend returns. [`StorageError::NotFound`] (and `Ok(None)` from [`Storage::size`], and
-/// a short listing) is a proven absence: a backend only says so once it has seen that the bucket
-/// exists and that its credentials can list and read it ([`Storage::probe`]); anything else that
-/// could look like absence (an empty answer from a key row-level security blinds, a 404 from a
-/// route that does not exist) is an error.
+/// a short listing) is a proven absence once it has passed [`Checked`], which every backend
+/// [`open`] makes is wrapped in: it is only passed on after [`Storage::probe`] has seen that the
+/// bucket exists and that the credentials can list and read it. A backend still turns anything
+/// that merely looks like absence (a 404 from a route that does not exist) into an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("object {0} already exists")]
@@ -64,6 +66,11 @@ pub enum StorageError {
     /// needs): nothing was touched, and the fix is in the configuration.
     #[error("{0}")]
     Refused(String),
+    /// The server refused the request for a reason no retry fixes (a rejected key, a missing
+    /// bucket, a size or type limit: 401/403/404/413/415): the message names the fix. A backup
+    /// stops its dump at once on it, and the request is not sent again.
+    #[error("{0}")]
+    Rejected(String),
     /// The OS error is part of the message and deliberately not a `source` (thiserror would make a
     /// field named `source` one), so an error chain prints it once.
     #[error("{context}: {error}")]
@@ -142,7 +149,18 @@ pub trait Storage: Send + Sync {
     /// Stores the file's bytes under `key`, atomically: a crash never leaves a partial object
     /// under the final key. The caller does not change the file afterwards (a local directory on
     /// the same filesystem links it into place rather than copy it).
-    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError>;
+    ///
+    /// A backend implements this or [`put_growing`](Self::put_growing), and gets the other from
+    /// it: the default here is `put_growing` of a file that is already whole (a backend that
+    /// streams, S3 and Supabase); the default of `put_growing` waits for the whole file and calls
+    /// this (a local directory).
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?
+            .len();
+        self.put_growing(key, GrowingFile::complete_file(path, len)).await
+    }
 
     /// Stores a file that is still being written, under `key`: a remote backend uploads it as it
     /// grows (S3 parts, resumable chunks), and makes the object appear only once the writer has
@@ -229,20 +247,20 @@ pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageE
                 "{url} is not an absolute file URL: use file:///absolute/path or a plain path such as ./backups"
             )));
         }
-        return Ok(Arc::new(LocalDir::new(rest)));
+        return Ok(Checked::wrap(Arc::new(LocalDir::new(rest))));
     }
     if url.starts_with("s3://") {
-        return Ok(Arc::new(S3::open(url, opts)?));
+        return Ok(Checked::wrap(Arc::new(S3::open(url, opts)?)));
     }
     if url.starts_with("supabase://") {
-        return Ok(Arc::new(Supabase::open(url, opts)?));
+        return Ok(Checked::wrap(Arc::new(Supabase::open(url, opts)?)));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(UsageError::new(format!(
             "storage scheme {scheme}:// is not supported: use a directory path, file:///path, s3://bucket/prefix or supabase://bucket/prefix"
         )));
     }
-    Ok(Arc::new(LocalDir::new(url)))
+    Ok(Checked::wrap(Arc::new(LocalDir::new(url))))
 }
 
 /// Writes a download stream to `path`, returning the bytes written. Memory holds one chunk at a time.

@@ -21,6 +21,7 @@ mod progress;
 mod restore;
 mod restore_bounds;
 mod restore_dropped;
+mod restore_guard;
 mod restore_hostile;
 mod restore_json;
 mod restore_leaks;

@@ -308,3 +308,38 @@ fn a_supabase_upload_that_breaks_while_dumping_is_retried_from_the_spool() {
     );
     assert_eq!(db.record_count("bienestar"), before + 1);
 }
+
+#[test]
+fn a_supabase_refusal_stops_the_dump_at_once_and_is_not_sent_again() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = db.dir.path().join("gate");
+    let fake = gated_pg_dump(db.dir.path(), 20, &gate, false);
+    // The bucket takes 7 MB at most: the second 6 MiB chunk is answered 413, a limit no retry
+    // lifts, while the dump is far from done (it waits at the gate, which stays shut).
+    b.stub().state.lock().unwrap().tus_max_size = Some(7_000_000);
+    let before = db.record_count("bienestar");
+    let mut child = spawn(&db, &b, tmp.path(), &fake);
+    let ended = wait_for(Duration::from_secs(30), || child.try_wait().unwrap().is_some());
+    open(&gate);
+    let out = finish(child);
+    let stderr = text(&out.stderr);
+    assert!(ended, "the dump was stopped, not run to its end: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "as too large (upload's size exceeded): the limit is bucket \"backups\"'s file size limit or the project's upload size limit, whichever is lower; raise it (Dashboard → Storage → the bucket → Edit bucket, and Storage → Settings; 50 MB on the free plan) or use --max-size to refuse such backups before they are dumped"
+        ),
+        "{stderr}"
+    );
+    let st = b.stub().state.lock().unwrap();
+    let count = |method: &str| st.log.iter().filter(|(m, _, _)| m == method).count();
+    assert_eq!(count("POST"), 1, "the upload is not started again: {:?}", st.log);
+    assert_eq!(count("PATCH"), 2, "the refused chunk is not sent again: {:?}", st.log);
+    assert!(st.objects.is_empty());
+    drop(st);
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the spool is removed: {left:?}");
+    assert_eq!(db.record_count("bienestar"), before);
+}

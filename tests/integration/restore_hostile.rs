@@ -47,6 +47,15 @@ impl Untouched {
     }
 }
 
+/// The guard restore and verify run, through the library: the dump is refused at `line`.
+fn guard_refuses(scope: &tenant_backup::restore::guard::Scope, dump: &str, what: &str, line: usize) {
+    use tenant_backup::restore::guard::{check, CheckError};
+    match check(dump.as_bytes(), scope) {
+        Err(CheckError::Refused(r)) => assert_eq!(r.line, line as u64, "{what}: {r}"),
+        other => panic!("{what}: not refused: {other:?}"),
+    }
+}
+
 /// Restore and verify of the tampered object both exit 1 naming `line`, and change nothing.
 fn refused(db: &TestDb, key: &str, what: &str, line: usize, before: &Untouched) {
     for args in [
@@ -112,10 +121,15 @@ fn restore_and_verify_refuse_psql_meta_commands_and_run_no_shell() {
         ),
         ("a psql variable", "SELECT :'USER';".to_string(), ":'USER'"),
     ];
-    for (what, lines, needle) in cases {
+    let scope = guard_scope(&db, "bienestar");
+    for (i, (what, lines, needle)) in cases.into_iter().enumerate() {
         let dump = insert_after(&original, "SET row_security", &lines);
-        tamper(&db, &key, dump.as_bytes());
-        refused(&db, &key, what, line_of(&dump, needle), &before);
+        guard_refuses(&scope, &dump, what, line_of(&dump, needle));
+        // Every case through the library; the first ones through the binary too.
+        if i < 3 {
+            tamper(&db, &key, dump.as_bytes());
+            refused(&db, &key, what, line_of(&dump, needle), &before);
+        }
         assert!(!marker.exists(), "{what}: the shell command ran");
     }
     // The untampered dump still restores.
@@ -157,10 +171,15 @@ fn restore_and_verify_refuse_a_dump_that_touches_another_schema() {
         "CREATE EXTENSION IF NOT EXISTS dblink;",
         "GRANT ALL ON ALL TABLES IN SCHEMA mindcare TO PUBLIC;",
     ];
-    for sql in cases {
+    let scope = guard_scope(&db, "bienestar");
+    for (i, sql) in cases.into_iter().enumerate() {
         let dump = insert_after(&original, "CREATE SCHEMA bienestar;", sql);
-        tamper(&db, &key, dump.as_bytes());
-        refused(&db, &key, sql, line_of(&dump, sql.lines().next().unwrap()), &before);
+        let line = line_of(&dump, sql.lines().next().unwrap());
+        guard_refuses(&scope, &dump, sql, line);
+        if i % 5 == 0 {
+            tamper(&db, &key, dump.as_bytes());
+            refused(&db, &key, sql, line, &before);
+        }
     }
 }
 
@@ -169,6 +188,7 @@ fn restore_and_verify_refuse_transaction_control_so_verify_never_commits() {
     let db = TestDb::new();
     let (key, original) = plain_backup(&db);
     let before = Untouched::take(&db);
+    let scope = guard_scope(&db, "bienestar");
     for sql in [
         "COMMIT;",
         "END;",
@@ -183,8 +203,11 @@ fn restore_and_verify_refuse_transaction_control_so_verify_never_commits() {
     ] {
         // Right after the schema is created: a COMMIT there would make verify's rename permanent.
         let dump = insert_after(&original, "CREATE SCHEMA bienestar;", sql);
-        tamper(&db, &key, dump.as_bytes());
-        refused(&db, &key, sql, line_of(&dump, sql), &before);
+        guard_refuses(&scope, &dump, sql, line_of(&dump, sql));
+        if ["COMMIT;", "PREPARE TRANSACTION 'x';"].contains(&sql) {
+            tamper(&db, &key, dump.as_bytes());
+            refused(&db, &key, sql, line_of(&dump, sql), &before);
+        }
     }
 }
 

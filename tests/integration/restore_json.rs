@@ -72,6 +72,19 @@ fn a_json_structure_runs_only_what_the_guard_allows_one_statement_at_a_time() {
         ("\\! touch /tmp/tb-pwned", "meta-command"),
     ];
     let program = format!("COPY (SELECT 1) TO PROGRAM 'touch {}'", marker.display());
+    // Every statement through the library: the structure's check (one statement at a time through
+    // guard::single, as the loader does before it sends each one).
+    let scope = guard_scope(&db, "bienestar");
+    for (sql, why) in corpus.iter().copied().chain([(program.as_str(), "COPY")]) {
+        let dump = with_statement(&lines, sql);
+        let marker_line = dump.lines().find(|l| l.starts_with("[\"structure\"")).unwrap();
+        let structure: tenant_backup::jsonl::Structure =
+            serde_json::from_value(serde_json::from_str::<Value>(marker_line).unwrap()[1].clone()).unwrap();
+        let e = structure.check(&scope).unwrap_err();
+        assert!(e.contains("hostile") && e.contains(why), "{sql}: {e}");
+    }
+    // A few through the binary, restore and verify, with the schema there and dropped.
+    let corpus = [corpus[0], corpus[4], corpus[7], corpus[10], (program.as_str(), "COPY")];
     let before = outside(&db);
     let live = db.fingerprint("bienestar");
     for dropped in [false, true] {
@@ -79,7 +92,7 @@ fn a_json_structure_runs_only_what_the_guard_allows_one_statement_at_a_time() {
             // The disaster-recovery case: the tenant's schema is gone.
             db.sql("DROP SCHEMA bienestar CASCADE");
         }
-        for (sql, why) in corpus.iter().copied().chain([(program.as_str(), "COPY")]) {
+        for (sql, why) in corpus {
             tamper(&db, &key, with_statement(&lines, sql).as_bytes());
             for args in [
                 vec!["restore", "--tenant", "bienestar", "--file", &key, "--yes"],

@@ -336,7 +336,8 @@ fn verify_stopped_by_a_signal_cancels_its_query_and_leaves_nothing() {
     for signal in SIGNALS {
         let holder = Holder::new(
             &db,
-            "LOCK TABLE bienestar.appointments_patient IN ACCESS EXCLUSIVE MODE",
+            // A json verify never touches the live tables: it waits only to hold the schema aside.
+            "GRANT USAGE ON SCHEMA bienestar TO PUBLIC",
         );
         let child = spawn(
             &db,

@@ -279,21 +279,29 @@ fn storage_supabase_abandoned_resumable_uploads_are_cancelled() {
 }
 
 #[test]
-fn storage_supabase_checks_one_object_per_request_and_lists_only_the_tenant_folder() {
+fn storage_supabase_checks_a_tenants_rows_with_one_listing_of_its_own_folder() {
     let db = TestDb::new();
     let b = Backend::new(Kind::Supabase);
-    for t in ["mindcare", "mindcare", "bienestar", "clinica_demo"] {
+    for t in ["mindcare", "mindcare", "mindcare", "bienestar", "clinica_demo"] {
         b.backup(&db, t, &[]);
     }
     clear_log(&b);
-    b.run_ok(&db, &["list", "--check", "--tenant", "mindcare"]);
+    let out = b.run_ok(&db, &["--json", "list", "--check", "--tenant", "mindcare"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<_> = v[0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["in_bucket"].clone())
+        .collect();
+    assert_eq!(found, vec![serde_json::json!("yes"); 3], "{}", text(&out.stdout));
     let requests = log(&b);
-    let info = requests.iter().filter(|(_, p)| p.contains("/object/info/")).count();
-    assert_eq!(info, 2, "one request per row: {requests:?}");
     assert!(
-        !requests.iter().any(|(_, p)| p.contains("/object/list")),
-        "no listing to check one object: {requests:?}"
+        !requests.iter().any(|(_, p)| p.contains("/object/info/")),
+        "no request per row: {requests:?}"
     );
+    let lists: Vec<_> = requests.iter().filter(|(_, p)| p.contains("/object/list")).collect();
+    assert_eq!(lists.len(), 1, "one listing of mindcare's folder: {requests:?}");
 
     clear_log(&b);
     b.run_ok(&db, &["cleanup", "--orphans", "--tenant", "mindcare"]);
@@ -342,4 +350,101 @@ fn storage_supabase_cleanup_refuses_a_key_that_is_not_service_role() {
     assert!(!text(&out.stderr).contains(&anon));
     assert!(!log(&b).iter().any(|(m, _)| m == "DELETE"));
     assert_eq!(db.record_count("mindcare"), 2);
+}
+
+/// Uploads the stub still holds that never became an object.
+fn open_uploads(b: &Backend) -> usize {
+    b.stub()
+        .state
+        .lock()
+        .unwrap()
+        .uploads
+        .values()
+        .filter(|u| u.length != Some(u.data.len() as u64))
+        .count()
+}
+
+#[test]
+fn storage_supabase_a_name_taken_mid_upload_leaves_no_upload_behind() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // Another writer stores the name while our resumable upload runs: the PATCH is answered 409,
+    // and so is a cancel that does not say `x-upsert: true` (the server checks the name again).
+    b.stub()
+        .inject(Some("PATCH"), "/upload/resumable/", Fault::TakeName, Some(1));
+    grow_mindcare(&db, 8);
+    let key = b.backup(&db, "mindcare", &["--compress", "none"]);
+    assert!(key.ends_with("-2.sql"), "the next free name is used: {key}");
+    let theirs = key.replace("-2.sql", ".sql");
+    assert_eq!(
+        b.stub().state.lock().unwrap().objects.get(&theirs).map(Vec::as_slice),
+        Some(&b"theirs"[..]),
+        "the other writer's object is left alone"
+    );
+    assert_eq!(open_uploads(&b), 0, "our abandoned upload was cancelled: {:?}", log(&b));
+}
+
+#[test]
+fn storage_supabase_an_upload_abandoned_while_the_server_is_down_is_still_cancelled() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // The server goes away mid-upload (every chunk's connection dropped) and is still away for
+    // the first cancel; nothing on the server ever expires the upload, so the cancel is retried.
+    b.stub()
+        .inject(Some("PATCH"), "/upload/resumable/", Fault::Disconnect, None);
+    b.stub()
+        .inject(Some("DELETE"), "/upload/resumable/", Fault::Disconnect, Some(2));
+    grow_mindcare(&db, 8);
+    let out = b
+        .cmd(&db)
+        .env("BACKUP_STORAGE_RETRIES", "2")
+        .args(["backup", "--tenant", "mindcare", "--compress", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(open_uploads(&b), 0, "{}\n{:?}", text(&out.stderr), log(&b));
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_cleanup_orphans_fix_deletes_objects_in_one_call() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &[]);
+    {
+        let mut st = b.stub().state.lock().unwrap();
+        for day in 1..=6 {
+            st.objects.insert(
+                format!("mindcare/auto-sql-mindcare-2026-01-0{day}-000000.sql.zst"),
+                b"orphan".to_vec(),
+            );
+        }
+    }
+    clear_log(&b);
+    let out = b.run_ok(
+        &db,
+        &[
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--grace-hours",
+            "0",
+            "--include-manual",
+            "--tenant",
+            "mindcare",
+        ],
+    );
+    let deletes: Vec<_> = log(&b).into_iter().filter(|(m, _)| m == "DELETE").collect();
+    assert_eq!(
+        deletes.len(),
+        1,
+        "one bulk delete for six orphans: {deletes:?}\n{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        b.stub().keys().len(),
+        2,
+        "the backup and its manifest stay: {:?}",
+        b.stub().keys()
+    );
 }

@@ -265,21 +265,28 @@ impl FailingProxy {
     /// Forwards every request to moto, except that requests whose request line contains `fail`
     /// get a 400 with an S3 error body (not retried by any client).
     pub fn start(fail: &'static str) -> FailingProxy {
+        Self::start_with(fail, 400, u32::MAX)
+    }
+
+    /// [`start`](Self::start), answering the first `times` matching requests with `status` (503:
+    /// a failure every client retries) and forwarding the rest.
+    pub fn start_with(fail: &'static str, status: u16, times: u32) -> FailingProxy {
+        let left = Arc::new(AtomicU32::new(times));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let failed = Arc::new(Mutex::new(Vec::new()));
         let f = failed.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let f = f.clone();
-                std::thread::spawn(move || proxy_one(stream, fail, &f));
+                let (f, left) = (f.clone(), left.clone());
+                std::thread::spawn(move || proxy_one(stream, fail, status, &left, &f));
             }
         });
         FailingProxy { url, failed }
     }
 }
 
-fn proxy_one(stream: TcpStream, fail: &str, failed: &Mutex<Vec<String>>) {
+fn proxy_one(stream: TcpStream, fail: &str, status: u16, left: &AtomicU32, failed: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     loop {
         let mut line = String::new();
@@ -311,12 +318,16 @@ fn proxy_one(stream: TcpStream, fail: &str, failed: &Mutex<Vec<String>>) {
             return;
         }
         let mut out = stream.try_clone().unwrap();
-        if line.contains(fail) {
+        let fails = line.contains(fail)
+            && left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fails {
             failed.lock().unwrap().push(line.trim().to_string());
             let msg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InvalidArgument</Code><Message>injected failure</Message></Error>";
             let _ = write!(
                 out,
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{msg}",
+                "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{msg}",
                 msg.len()
             );
             continue;
@@ -684,4 +695,33 @@ fn storage_s3_without_credentials_names_the_variables() {
         "{stderr}"
     );
     assert!(!stderr.contains("169.254"), "{stderr}");
+}
+
+#[test]
+fn storage_s3_the_unfinished_upload_listing_is_retried() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::S3);
+    b.backup(&db, "mindcare", &[]);
+    let key = format!("{}/mindcare/auto-sql-mindcare-2026-01-01-000000.sql.zst", b.prefix);
+    s3_start_upload(&key);
+    // The ListMultipartUploads request meets two 503s (a service that is briefly away).
+    let proxy = FailingProxy::start_with("?uploads", 503, 2);
+    let out = b
+        .cmd(&db)
+        .env("AWS_ENDPOINT_URL", &proxy.url)
+        .args(["cleanup", "--orphans", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("unfinished upload mindcare/auto-sql-mindcare-2026-01-01-000000.sql.zst"),
+        "{stdout}"
+    );
+    assert_eq!(proxy.failed.lock().unwrap().len(), 2);
+    assert_eq!(
+        stderr.matches("listing unfinished uploads").count(),
+        2,
+        "each retry logs one line: {stderr}"
+    );
 }

@@ -453,6 +453,26 @@ fn http(method: &str, port: u16, path: &str) -> Option<u16> {
 #[path = "proxy.rs"]
 pub mod proxy;
 
+/// The restore guard's scope for `schema` of the test database, read as restore and verify read it:
+/// hostile corpora are checked through the library, many objects per test process, with a few
+/// representative cases run through the binary to show the wiring.
+pub fn guard_scope(db: &TestDb, schema: &str) -> tenant_backup::restore::guard::Scope {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        let scope = tenant_backup::restore::guard::Scope::load(&client, schema, 5000)
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        scope
+    })
+}
+
 /// A stored object's text, decompressed by its extension.
 pub fn object_text(db: &TestDb, key: &str) -> String {
     String::from_utf8(decompress(&db.storage().join(key))).unwrap()

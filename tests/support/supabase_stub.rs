@@ -76,6 +76,10 @@ pub enum Fault {
     /// `{"statusCode":"409","code":"KeyAlreadyExists",…}` (HTTP 400; on TUS routes plain text
     /// `409 The resource already exists`): someone else stored the name meanwhile.
     KeyAlreadyExists,
+    /// Another writer stores an object (`theirs`) under the name the request's resumable upload
+    /// is for, just before the request is handled: the request then meets the taken name the
+    /// way the server would.
+    TakeName,
 }
 
 /// Answer requests whose method (any when `None`) and raw path (`/storage/v1/…`, with the query)
@@ -158,7 +162,9 @@ pub struct State {
     pub upload_limit: usize,
     /// TUS uploads declaring more than this answer 413 "Maximum size exceeded" (none by default).
     pub tus_max_size: Option<u64>,
-    /// Unfinished uploads expire this long after creation (the server's TUS_URL_EXPIRY_MS: 1 h).
+    /// Unfinished uploads expire this long after creation (the server's TUS_URL_EXPIRY_MS: 1 h):
+    /// past it HEAD and PATCH answer 410, but, as on the server (which never runs @tus/server's
+    /// `cleanUpExpiredUploads`), the upload and its bytes stay in `uploads` until it is cancelled.
     pub tus_expiry: chrono::Duration,
     /// When set, TUS create answers with a `Location` on this origin instead of the stub's own
     /// (a misconfigured or hostile proxy).
@@ -1556,6 +1562,22 @@ fn injected(req: &Request, st: &mut State, tus: bool) -> Option<Reply> {
         if *n == 0 {
             st.faults.rules.remove(i);
         }
+    }
+    if fault == Fault::TakeName {
+        let name = tus_file_id(&req.target)
+            .and_then(|id| parse_upload_id(&id).ok())
+            .map(|(_, name, _)| name)
+            .unwrap_or_else(|| tus_subject(req));
+        let bucket = st.main_bucket.clone();
+        st.store(
+            &bucket,
+            &name,
+            b"theirs".to_vec(),
+            "text/plain".into(),
+            "no-cache".into(),
+            uuid(),
+        );
+        return None;
     }
     Some(render_fault(fault, tus))
 }

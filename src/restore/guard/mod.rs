@@ -24,6 +24,7 @@ mod tree;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use tokio_postgres::Client;
@@ -72,17 +73,27 @@ impl From<Refusal> for Stop {
 pub struct Scope {
     /// The schema the dump creates.
     pub schema: String,
-    /// Every other schema of the database: a string naming one of them (`'mindcare.t'`) where
-    /// a function takes a relation name is refused.
-    pub other_schemas: HashSet<String>,
+    /// What the dump's own `SET lock_timeout` becomes.
+    pub lock_timeout_ms: u128,
+    /// What the database holds besides: read once, shared by every tenant of a run.
+    pub names: Arc<Names>,
+}
+
+/// The database's names a dump is checked against (the same for every schema).
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    /// Every schema of the database but pg_catalog: a string naming another one
+    /// (`'mindcare.t'`) where a function takes a relation name is refused.
+    pub schemas: HashSet<String>,
     /// `(schema, name)` of every object an extension owns (citext, gin_trgm_ops, uuid_generate_v4…):
     /// these may be referred to, wherever the extension lives.
     pub extension_members: HashSet<(String, String)>,
     /// The allowlist of functions outside the dump's own schema: `(schema, name)` of pg_catalog's
     /// and extensions' functions that only compute (every overload immutable or stable, not
-    /// SECURITY DEFINER, not one that runs a query given as text), and the few volatile ones a
-    /// schema's defaults use ([`VOLATILE_ALLOWED`]). Every way a statement names a function is
-    /// held to it: calls, operators' and triggers' functions, defaults, checks, index expressions.
+    /// SECURITY DEFINER, not one that runs a query given as text or tells what lies outside the
+    /// schema), and the few volatile ones a schema's defaults use ([`VOLATILE_ALLOWED`]). Every
+    /// way a statement names a function is held to it: calls, operators' and triggers'
+    /// functions, defaults, checks, index expressions.
     pub functions: HashSet<(String, String)>,
     /// Every function name pg_catalog has: an unqualified name is pg_catalog's if it is here
     /// (pg_catalog is searched first), and the dump's own otherwise.
@@ -94,8 +105,6 @@ pub struct Scope {
     /// Every relation name in pg_catalog and information_schema: an unqualified reference to one
     /// of them would read the server's catalog (roles, sessions, settings), never the schema.
     pub catalog_relations: HashSet<String>,
-    /// What the dump's own `SET lock_timeout` becomes.
-    pub lock_timeout_ms: u128,
 }
 
 /// Volatile functions a Django schema's defaults and triggers use, allowed although volatile.
@@ -167,29 +176,27 @@ const REVEALING: &[&str] = &[
 impl Scope {
     /// The scope of a dump of `schema` restored into the database `client` is connected to.
     pub async fn load(client: &Client, schema: &str, lock_timeout_ms: u128) -> Result<Scope> {
-        let mut scope = Scope::load_shared(client).await?;
-        scope.other_schemas.remove(schema);
-        scope.schema = schema.to_string();
-        scope.lock_timeout_ms = lock_timeout_ms;
-        Ok(scope)
+        Ok(Names::load(client).await?.scope(schema, lock_timeout_ms))
     }
+}
 
-    /// What every schema of the database shares (no schema set): read once for many tenants.
-    pub async fn load_shared(client: &Client) -> Result<Scope> {
+impl Names {
+    /// Reads the database's names (three catalog queries): once for many tenants.
+    pub async fn load(client: &Client) -> Result<Arc<Names>> {
         let rows = client
             .simple_query(EXTENSION_MEMBERS)
             .await
             .context("reading which objects belong to extensions")?;
-        let mut scope = Scope::default();
+        let mut names = Names::default();
         for row in rows {
             if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
                 let (ns, name) = (r.get(0).unwrap_or_default(), r.get(1).unwrap_or_default());
                 if name.is_empty() {
                     if ns != "pg_catalog" {
-                        scope.other_schemas.insert(ns.to_string());
+                        names.schemas.insert(ns.to_string());
                     }
                 } else {
-                    scope.extension_members.insert((ns.to_string(), name.to_string()));
+                    names.extension_members.insert((ns.to_string(), name.to_string()));
                 }
             }
         }
@@ -205,13 +212,13 @@ impl Scope {
                     matches!(r.get(2), Some("t" | "true")),
                 );
                 if ns == "pg_catalog" {
-                    scope.catalog_functions.insert(name.to_string());
+                    names.catalog_functions.insert(name.to_string());
                 }
                 let reaches_out = QUERY_TEXT.contains(&name) || REVEALING.iter().any(|p| name.starts_with(p));
                 if (safe && !reaches_out) || VOLATILE_ALLOWED.contains(&name) {
-                    scope.functions.insert((ns.to_string(), name.to_string()));
+                    names.functions.insert((ns.to_string(), name.to_string()));
                 } else if ns != "pg_catalog" {
-                    scope.shared_functions.insert(name.to_string());
+                    names.shared_functions.insert(name.to_string());
                 }
             }
         }
@@ -221,22 +228,25 @@ impl Scope {
             .context("reading the catalog's relations")?
         {
             if let tokio_postgres::SimpleQueryMessage::Row(r) = row {
-                scope.catalog_relations.insert(r.get(0).unwrap_or_default().to_string());
+                names.catalog_relations.insert(r.get(0).unwrap_or_default().to_string());
             }
         }
-        Ok(scope)
+        Ok(Arc::new(names))
     }
+}
 
-    /// This scope for another schema of the same database.
-    pub fn for_schema(&self, schema: &str, lock_timeout_ms: u128) -> Scope {
-        let mut scope = self.clone();
-        if !self.schema.is_empty() {
-            scope.other_schemas.insert(self.schema.clone());
+/// The scope of a dump of one schema, sharing the database's names.
+pub trait ForSchema {
+    fn scope(&self, schema: &str, lock_timeout_ms: u128) -> Scope;
+}
+
+impl ForSchema for Arc<Names> {
+    fn scope(&self, schema: &str, lock_timeout_ms: u128) -> Scope {
+        Scope {
+            schema: schema.to_string(),
+            lock_timeout_ms,
+            names: Arc::clone(self),
         }
-        scope.other_schemas.remove(schema);
-        scope.schema = schema.to_string();
-        scope.lock_timeout_ms = lock_timeout_ms;
-        scope
     }
 }
 
@@ -300,6 +310,62 @@ fn copy_table(parsed: &pg_query::ParseResult) -> String {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+/// The same check on its own thread, fed the dump's bytes as they stream past (a backup checks
+/// what it wrote as it writes it): `feed` each piece, then `finish` for the verdict.
+pub struct Beside {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: std::thread::JoinHandle<Result<(), CheckError>>,
+}
+
+impl Beside {
+    pub fn start(scope: Scope) -> Beside {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let thread = std::thread::spawn(move || {
+            let input = Pieces {
+                rx,
+                piece: Vec::new(),
+                at: 0,
+            };
+            check(input, &scope).map(|_| ())
+        });
+        Beside { tx: Some(tx), thread }
+    }
+
+    /// One more piece; false once the check has stopped (it has refused the dump).
+    pub fn feed(&self, piece: &[u8]) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(piece.to_vec()).is_ok())
+    }
+
+    pub fn finish(mut self) -> Result<(), CheckError> {
+        drop(self.tx.take());
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(CheckError::Read(std::io::Error::other("the check panicked"))))
+    }
+}
+
+/// The pieces a [`Beside`] is fed, read as one stream.
+struct Pieces {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.recv() {
+                Ok(p) => (self.piece, self.at) = (p, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Reads the whole dump and checks every statement. Nothing is executed.

@@ -70,6 +70,7 @@ fn refers(ctx: &Ctx, names: &[&str]) -> Result<(), String> {
     }
     if ctx
         .scope
+        .names
         .extension_members
         .contains(&(schema.to_string(), name.to_string()))
     {
@@ -88,6 +89,10 @@ pub fn walk(v: &Value, ctx: &mut Ctx) -> Result<(), String> {
                 relation(v, ctx)?;
             }
             for (k, child) in map {
+                if k == "pktable" && child.is_object() {
+                    referenced_table(child, ctx)?;
+                    continue;
+                }
                 if QUALIFIED.contains(&k.as_str()) {
                     if let Some(names) = names_of(child) {
                         refers(ctx, &names)?;
@@ -128,7 +133,7 @@ fn relation(rv: &Value, ctx: &Ctx) -> Result<(), String> {
         return Err(format!("{name} in another database"));
     }
     match schema {
-        "" if ctx.scope.catalog_relations.contains(name) => Err(format!(
+        "" if ctx.scope.names.catalog_relations.contains(name) => Err(format!(
             "{name} is the server's catalog: the dump may use only tables of {}",
             ctx.scope.schema
         )),
@@ -138,6 +143,16 @@ fn relation(rv: &Value, ctx: &Ctx) -> Result<(), String> {
             "{s}.{name} is in another schema: the dump may use only tables of {}",
             ctx.scope.schema
         )),
+    }
+}
+
+/// The table a foreign key references: the dump's own, or one of the shared schema (`public`),
+/// which django-tenants' tenant apps point at. A key only constrains the dump's rows; it reads
+/// nothing of another tenant.
+fn referenced_table(rv: &Value, ctx: &Ctx) -> Result<(), String> {
+    match rv["schemaname"].as_str().unwrap_or("") {
+        "public" => Ok(()),
+        _ => relation(rv, ctx),
     }
 }
 
@@ -151,7 +166,7 @@ fn call(fc: &Value, ctx: &Ctx) -> Result<(), String> {
     for arg in fc["args"].as_array().into_iter().flatten() {
         if let Some(s) = arg["node"]["AConst"]["val"]["Sval"]["sval"].as_str() {
             let parts = qualified_string(s);
-            if parts.len() >= 2 && ctx.scope.other_schemas.contains(&parts[0]) {
+            if parts.len() >= 2 && parts[0] != ctx.scope.schema && ctx.scope.names.schemas.contains(&parts[0]) {
                 return Err(format!("{name}('{s}') names another schema"));
             }
         }
@@ -167,8 +182,8 @@ pub fn function_ref(names: &[&str], ctx: &Ctx) -> Result<(), String> {
     let name = names.last().copied().unwrap_or("");
     let own = ctx.scope.schema.as_str();
     let schema = match names.len() {
-        0 | 1 if ctx.scope.catalog_functions.contains(name) => "pg_catalog",
-        0 | 1 if ctx.scope.shared_functions.contains(name) => {
+        0 | 1 if ctx.scope.names.catalog_functions.contains(name) => "pg_catalog",
+        0 | 1 if ctx.scope.names.shared_functions.contains(name) => {
             return Err(format!(
                 "{name}() unqualified: called with the application's search path it would be the shared schema's or an extension's {name}, which a dump may not call"
             ))
@@ -176,7 +191,13 @@ pub fn function_ref(names: &[&str], ctx: &Ctx) -> Result<(), String> {
         0 | 1 => return Ok(()),
         n => names[n - 2],
     };
-    if schema == own || ctx.scope.functions.contains(&(schema.to_string(), name.to_string())) {
+    if schema == own
+        || ctx
+            .scope
+            .names
+            .functions
+            .contains(&(schema.to_string(), name.to_string()))
+    {
         return Ok(());
     }
     Err(format!(

@@ -1,9 +1,8 @@
 use super::*;
 
 fn scope() -> Scope {
-    Scope {
-        schema: "bienestar".into(),
-        other_schemas: ["public", "mindcare"].iter().map(|s| s.to_string()).collect(),
+    let names = Names {
+        schemas: ["public", "mindcare"].iter().map(|s| s.to_string()).collect(),
         extension_members: [("public".to_string(), "citext".to_string())].into_iter().collect(),
         functions: ["count", "nextval", "setval", "upper", "now", "length"]
             .iter()
@@ -29,7 +28,11 @@ fn scope() -> Scope {
             .iter()
             .map(|f| f.to_string())
             .collect(),
+    };
+    Scope {
+        schema: "bienestar".into(),
         lock_timeout_ms: 5000,
+        names: std::sync::Arc::new(names),
     }
 }
 
@@ -200,6 +203,10 @@ fn hostile_statements_are_refused_with_their_line() {
         ),
         ("CREATE VIEW bienestar.v AS SELECT query FROM pg_stat_activity;\n", "pg_stat_activity"),
         ("CREATE VIEW bienestar.v AS SELECT * FROM information_schema.tables;\n", "information_schema"),
+        (
+            "ALTER TABLE bienestar.t ADD CONSTRAINT f FOREIGN KEY (id) REFERENCES mindcare.t (id);\n",
+            "mindcare.t",
+        ),
     ] {
         let dump = format!("{}{bad}{}", &DUMP[..at], &DUMP[at..]);
         let r = refused(&dump);
@@ -254,6 +261,13 @@ fn quotes_comments_and_dollar_quotes_hide_what_looks_like_sql() {
     let (checked, out) = run(tricky).unwrap();
     assert!(checked.complete);
     assert_eq!(out, tricky);
+}
+
+#[test]
+fn a_foreign_key_may_reference_the_shared_schema() {
+    let at = DUMP.find("CREATE INDEX").unwrap();
+    let fk = "ALTER TABLE ONLY bienestar.t ADD CONSTRAINT t_clinic FOREIGN KEY (id) REFERENCES public.tenants_clinic(id) DEFERRABLE INITIALLY DEFERRED;\n";
+    run(&format!("{}{fk}{}", &DUMP[..at], &DUMP[at..])).unwrap();
 }
 
 #[test]

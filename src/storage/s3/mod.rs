@@ -7,7 +7,8 @@
 //! A multipart upload that fails is aborted, so its parts do not stay in the bucket (and cost
 //! money) forever; one a crash leaves behind is found by [`Storage::unfinished`] through a signed
 //! `ListMultipartUploads` request (object_store does not list them) and aborted by `cleanup
-//! --orphans --fix`. "Not found" is only said once the bucket has been listed.
+//! --orphans --fix`. The probe lists one page of the prefix; "not found" waits for it in
+//! [`Checked`](super::Checked).
 
 use std::path::Path as FsPath;
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct S3 {
     /// instance metadata service object_store falls back to.
     configured_credentials: bool,
     http: reqwest::Client,
+    /// Attempts after the first for the requests made here rather than by object_store.
+    retries: u32,
     seen: OnceCell<Result<(), String>>,
 }
 
@@ -123,6 +126,7 @@ impl S3 {
             bucket_url,
             configured_credentials,
             http,
+            retries: opts.retries,
             seen: OnceCell::new(),
         })
     }
@@ -168,6 +172,15 @@ impl S3 {
         match e {
             object_store::Error::NotFound { .. } => StorageError::NotFound(key.to_string()),
             object_store::Error::AlreadyExists { .. } => StorageError::AlreadyExists(key.to_string()),
+            // No retry fixes these: a backup stops its dump on them.
+            e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => {
+                StorageError::Rejected(format!(
+                    "{}: {key}: {}: check that the credentials may write to bucket {:?} ({CREDENTIALS_HINT})",
+                    crate::secret::redact(&self.url),
+                    self.explain(&e),
+                    self.bucket
+                ))
+            }
             other => StorageError::Other(format!(
                 "{}: {key}: {}",
                 crate::secret::redact(&self.url),
@@ -195,21 +208,6 @@ impl S3 {
             .await;
         result.clone().map_err(StorageError::Other)
     }
-
-    async fn absent(&self, key: &str) -> StorageError {
-        match self.seen().await {
-            Ok(()) => StorageError::NotFound(key.to_string()),
-            Err(e) => e,
-        }
-    }
-
-    /// Reports object_store's `NotFound` only once the bucket is known to be visible.
-    async fn checked(&self, key: &str, e: object_store::Error) -> StorageError {
-        match self.err(key, e) {
-            StorageError::NotFound(_) => self.absent(key).await,
-            other => other,
-        }
-    }
 }
 
 #[async_trait]
@@ -220,14 +218,6 @@ impl Storage for S3 {
 
     async fn probe(&self, _access: Access) -> Result<(), StorageError> {
         self.seen().await
-    }
-
-    async fn put_file(&self, key: &str, path: &FsPath) -> Result<(), StorageError> {
-        let len = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?
-            .len();
-        self.put_growing(key, GrowingFile::complete_file(path, len)).await
     }
 
     async fn put_growing(&self, key: &str, file: GrowingFile) -> Result<(), StorageError> {
@@ -299,7 +289,7 @@ impl Storage for S3 {
         let src = self.path(key)?;
         let result = match self.store.get(&src).await {
             Ok(r) => r,
-            Err(e) => return Err(self.checked(key, e).await),
+            Err(e) => return Err(self.err(key, e)),
         };
         stream_to_file(result.into_stream(), path, |e| self.err(key, e)).await
     }
@@ -308,13 +298,12 @@ impl Storage for S3 {
         let src = self.path(key)?;
         let result = match self.store.get(&src).await {
             Ok(r) => r,
-            Err(e) => return Err(self.checked(key, e).await),
+            Err(e) => return Err(self.err(key, e)),
         };
         Ok(result.bytes().await.map_err(|e| self.err(key, e))?.to_vec())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.seen().await?;
         // object_store lists whole path segments; narrow to the exact string prefix afterwards.
         let dir = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let full = match (self.prefix.is_empty(), dir.is_empty()) {
@@ -357,13 +346,12 @@ impl Storage for S3 {
         let p = self.path(key)?;
         match self.store.head(&p).await {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => self.seen().await.map(|()| None),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(key, e)),
         }
     }
 
     async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
-        self.seen().await?;
         let full = self.full(prefix);
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;

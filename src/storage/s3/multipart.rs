@@ -5,6 +5,7 @@
 
 use std::io::SeekFrom;
 
+use backon::BackoffBuilder;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AwsAuthorizer};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{PART, S3};
+use crate::retry::backoff;
 use crate::storage::{GrowingFile, StorageError};
 
 impl S3 {
@@ -84,26 +86,42 @@ impl S3 {
             .body(object_store::client::HttpRequestBody::empty())
             .map_err(|e| StorageError::Other(e.to_string()))?;
         AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut signed, None);
-        let mut request = self.http.get(url.as_str());
-        for (name, value) in signed.headers() {
-            if name != "host" {
-                request = request.header(name.as_str(), value.as_bytes());
-            }
-        }
         let what = format!("listing unfinished uploads in {}", crate::secret::redact(&self.url));
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| StorageError::Other(format!("{what}: {e}")))?;
-        let status = resp.status();
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| StorageError::Other(format!("{what}: {e}")))?;
-        if !status.is_success() {
-            return Err(StorageError::Other(format!("{what}: HTTP {status}: {}", body.trim())));
+        // Retried like every transient failure: 429, 5xx and connection errors.
+        let mut delays = backoff(self.retries).build();
+        loop {
+            let mut request = self.http.get(url.as_str());
+            for (name, value) in signed.headers() {
+                if name != "host" {
+                    request = request.header(name.as_str(), value.as_bytes());
+                }
+            }
+            let problem = match request.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp
+                        .text()
+                        .await
+                        .map_err(|e| StorageError::Other(format!("{what}: {e}")))?;
+                    if status.is_success() {
+                        return quick_xml::de::from_str(&body)
+                            .map_err(|e| StorageError::Other(format!("{what}: unreadable answer ({e})")));
+                    }
+                    let problem = format!("HTTP {status}: {}", body.trim());
+                    if !(status.as_u16() == 429 || status.is_server_error()) {
+                        return Err(StorageError::Other(format!("{what}: {problem}")));
+                    }
+                    problem
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => e.to_string(),
+                Err(e) => return Err(StorageError::Other(format!("{what}: {e}"))),
+            };
+            let Some(delay) = delays.next() else {
+                return Err(StorageError::Other(format!("{what}: {problem}")));
+            };
+            tracing::warn!("{what}: {problem}; retrying in {:.1}s", delay.as_secs_f64());
+            tokio::time::sleep(delay).await;
         }
-        quick_xml::de::from_str(&body).map_err(|e| StorageError::Other(format!("{what}: unreadable answer ({e})")))
     }
 }
 

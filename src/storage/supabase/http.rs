@@ -70,7 +70,7 @@ impl Failure {
             Some(a) => format!("{} {}", a.error.unwrap_or_default(), a.message.unwrap_or_default())
                 .trim()
                 .to_string(),
-            None => self.body.trim().chars().take(200).collect(),
+            None => one_line(&self.body),
         }
     }
 }
@@ -192,25 +192,54 @@ impl Supabase {
         let code = api.code.as_deref().unwrap_or("");
         match (code, f.status()) {
             ("NoSuchKey", _) => StorageError::NotFound(key.to_string()),
-            ("NoSuchBucket", _) => StorageError::Other(format!(
-                "bucket {:?} does not exist in this Supabase project, or this key cannot see it: create it (Dashboard → Storage → New bucket, private), set SUPABASE_BUCKET_NAME / --storage supabase://<bucket>, or use the service_role key",
-                self.bucket
-            )),
-            ("KeyAlreadyExists" | "ResourceAlreadyExists", _) | (_, 409) => StorageError::AlreadyExists(key.to_string()),
-            ("AccessDenied" | "InvalidJWT", _) | (_, 401 | 403) => StorageError::Other(format!(
-                "Supabase rejected the key ({message}): use the service_role key, not the anon key (SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY)"
-            )),
-            ("EntityTooLarge", _) | (_, 413) => StorageError::Other(format!(
-                "{key} is larger than the Supabase project's upload size limit ({message}): raise the limit (Storage settings; 50 MB on the free plan) or use --max-size to refuse such backups"
-            )),
-            ("InvalidKey", _) => StorageError::Other(format!(
-                "Supabase cannot store the name {key:?} ({message})"
-            )),
+            ("NoSuchBucket", _) => self.no_such_bucket(),
+            ("KeyAlreadyExists" | "ResourceAlreadyExists", _) | (_, 409) => {
+                StorageError::AlreadyExists(key.to_string())
+            }
+            ("AccessDenied" | "InvalidJWT", _) | (_, 401 | 403) => self.key_rejected(&message),
+            ("EntityTooLarge", _) | (_, 413) => self.too_large(key, &message),
+            ("InvalidMimeType", _) | (_, 415) => self.type_refused(key, &message),
+            ("InvalidKey", _) => StorageError::Rejected(format!("Supabase cannot store the name {key:?} ({message})")),
             (_, status) => StorageError::Other(format!(
                 "Supabase storage error {status}{} for {key}: {message}",
-                if code.is_empty() { String::new() } else { format!(" {code}") }
+                if code.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {code}")
+                }
             )),
         }
+    }
+
+    pub(super) fn no_such_bucket(&self) -> StorageError {
+        StorageError::Rejected(format!(
+            "bucket {:?} does not exist in this Supabase project, or this key cannot see it: create it (Dashboard → Storage → New bucket, private), set SUPABASE_BUCKET_NAME / --storage supabase://<bucket>, or use the service_role key",
+            self.bucket
+        ))
+    }
+
+    pub(super) fn key_rejected(&self, message: &str) -> StorageError {
+        StorageError::Rejected(format!(
+            "Supabase rejected the key ({message}): use the service_role key, not the anon key (SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY)"
+        ))
+    }
+
+    /// A 413: the bucket's file size limit or the project's upload limit, whichever is lower (the
+    /// server does not say which).
+    pub(super) fn too_large(&self, key: &str, message: &str) -> StorageError {
+        StorageError::Rejected(format!(
+            "Supabase refused {key} as too large ({message}): the limit is bucket {:?}'s file size limit or the project's upload size limit, whichever is lower; raise it (Dashboard → Storage → the bucket → Edit bucket, and Storage → Settings; 50 MB on the free plan) or use --max-size to refuse such backups before they are dumped",
+            self.bucket
+        ))
+    }
+
+    /// A 415: the bucket's allowed MIME types leave out the type this object is sent as.
+    pub(super) fn type_refused(&self, key: &str, message: &str) -> StorageError {
+        let ty = content_type(key);
+        StorageError::Rejected(format!(
+            "bucket {:?} does not accept {key}'s type {ty} ({message}): add {ty} to the bucket's allowed MIME types (Dashboard → Storage → the bucket → Edit bucket), or clear that restriction",
+            self.bucket
+        ))
     }
 }
 
@@ -223,6 +252,41 @@ pub(super) async fn read_failure(r: Response) -> Failure {
         .map(String::from);
     let body = r.text().await.unwrap_or_default();
     Failure { http, body, location }
+}
+
+/// A body that is not the storage API's (a gateway's or another server's page) on one short line:
+/// an HTML page's `<title>`, else its text with tags dropped and whitespace collapsed.
+pub(super) fn one_line(body: &str) -> String {
+    let lower = body.to_ascii_lowercase();
+    let title = lower
+        .find("<title>")
+        .and_then(|at| lower[at..].find("</title>").map(|end| &body[at + 7..at + end]));
+    let text = match title {
+        Some(t) => t.to_string(),
+        None => {
+            let mut out = String::new();
+            let mut in_tag = false;
+            for c in body.chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' if in_tag => {
+                        in_tag = false;
+                        out.push(' ');
+                    }
+                    _ if !in_tag => out.push(c),
+                    _ => {}
+                }
+            }
+            out
+        }
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let line = words.join(" ");
+    if line.chars().count() > 200 {
+        format!("{}…", line.chars().take(200).collect::<String>())
+    } else {
+        line
+    }
 }
 
 pub(super) fn header_u64(r: &Response, name: &str) -> Option<u64> {

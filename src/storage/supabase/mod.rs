@@ -204,21 +204,6 @@ impl Supabase {
         result.clone().map_err(StorageError::Other)
     }
 
-    async fn absent(&self, key: &str) -> StorageError {
-        match self.seen().await {
-            Ok(()) => StorageError::NotFound(key.to_string()),
-            Err(e) => e,
-        }
-    }
-
-    /// `NotFound` only once the bucket is known to be visible.
-    async fn checked(&self, e: StorageError) -> StorageError {
-        match e {
-            StorageError::NotFound(key) => self.absent(&key).await,
-            other => other,
-        }
-    }
-
     /// A standard upload (at most the project's limit; we use it up to 6 MB), never overwriting.
     async fn post_object(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         let path = self.object_path("", &self.full(key)?);
@@ -235,13 +220,8 @@ impl Supabase {
     /// Starts a download; the body is read by the caller.
     async fn download(&self, key: &str) -> Result<Response, StorageError> {
         let path = self.object_path("authenticated/", &self.full(key)?);
-        match self
-            .send(&format!("downloading {key}"), key, || self.request(Method::GET, &path))
+        self.send(&format!("downloading {key}"), key, || self.request(Method::GET, &path))
             .await
-        {
-            Ok(r) => Ok(r),
-            Err(e) => Err(self.checked(e).await),
-        }
     }
 
     /// One bulk delete (at most [`DELETE_BATCH`] names); the names the server says it deleted.
@@ -293,14 +273,6 @@ impl Storage for Supabase {
         self.seen().await
     }
 
-    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
-        let size = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?
-            .len();
-        self.put_growing(key, GrowingFile::complete_file(path, size)).await
-    }
-
     async fn put_growing(&self, key: &str, file: GrowingFile) -> Result<(), StorageError> {
         let mut file = file;
         let full = self.full(key)?;
@@ -338,7 +310,6 @@ impl Storage for Supabase {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.seen().await?;
         let v2 = match self.has_list_v2.get() {
             Some(false) => None,
             _ => self.list_v2(prefix).await?,
@@ -416,7 +387,7 @@ impl Storage for Supabase {
                     .map_err(|e| StorageError::Other(format!("checking {key}: unreadable answer ({e})")))?;
                 Ok(Some(info.size.unwrap_or(0)))
             }
-            Err(StorageError::NotFound(_)) => self.seen().await.map(|()| None),
+            Err(StorageError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -32,16 +32,30 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some((http, url, key)) = self.armed.take() {
             crate::stop::defer(async move {
-                let mut rb = http
-                    .delete(&url)
-                    .header("Tus-Resumable", "1.0.0")
-                    .header("apikey", key.expose());
-                if key.expose().starts_with("eyJ") {
-                    rb = rb.bearer_auth(key.expose());
-                }
-                rb.send().await.is_ok_and(|r| r.status().is_success())
+                cancel_request(&http, &url, &key)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
             });
         }
+    }
+}
+
+/// The request that cancels (TUS `DELETE`) an upload. `x-upsert: true`, because the server checks
+/// the cancel as if it were a write of the object: once someone else has stored the name, a cancel
+/// without it is answered 409 and the upload stays (the server never expires it). With it the
+/// answer is 204 and the other object is left alone (supabase/storage `onIncomingRequest` →
+/// `canUpload` with `isUpsert`).
+fn cancel_request(http: &reqwest::Client, url: &str, key: &Secret<String>) -> RequestBuilder {
+    let rb = http
+        .delete(url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("x-upsert", "true")
+        .header("apikey", key.expose());
+    if key.expose().starts_with("eyJ") {
+        rb.bearer_auth(key.expose())
+    } else {
+        rb
     }
 }
 
@@ -254,14 +268,20 @@ impl Supabase {
         }
     }
 
-    /// Cancels an upload that is given up, so its bytes do not stay on the server.
+    /// Cancels an upload that is given up, so its bytes do not stay on the server: nothing there
+    /// ever removes an unfinished upload, so a cancel that meets a connection error or a 429/5xx
+    /// is tried again (the shared backoff).
     async fn tus_cancel(&self, upload_url: &str, key: &str) {
-        match self.tus_request(Method::DELETE, upload_url).send().await {
-            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {}
-            Ok(r) => tracing::warn!("{key}: cancelling the abandoned upload answered {}", r.status()),
+        let what = format!("{key}: cancelling the abandoned upload");
+        match self.exchange(&what, || cancel_request(&self.http, upload_url, &self.key)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(f)) if f.http == 404 => {}
+            Ok(Err(f)) => tracing::warn!(
+                "{what} answered {}; it stays on the server (Supabase never expires it): cancel it with a DELETE of {upload_url} (header Tus-Resumable: 1.0.0, x-upsert: true)",
+                f.label()
+            ),
             Err(e) => tracing::warn!(
-                "{key}: could not cancel the abandoned upload ({}); the server expires it",
-                self.scrub(&e.to_string())
+                "{what} failed ({e}); it stays on the server (Supabase never expires it): cancel it with a DELETE of {upload_url} (header Tus-Resumable: 1.0.0, x-upsert: true)"
             ),
         }
     }
@@ -276,14 +296,12 @@ impl Supabase {
         if f.api().is_some() {
             return self.fail(key, f);
         }
-        let text = self.scrub(f.body.trim());
+        let text = self.scrub(&super::http::one_line(&f.body));
         match f.http {
-            413 => StorageError::Other(format!(
-                "{key} is larger than the Supabase project's upload size limit ({text}): raise the limit (Storage settings) or use --max-size to refuse such backups"
-            )),
-            401 | 403 => StorageError::Other(format!(
-                "Supabase rejected the key ({text}): use the service_role key, not the anon key (SUPABASE_SERVICE_ROLE_KEY or SUPABASE_KEY)"
-            )),
+            413 => self.too_large(key, &text),
+            415 => self.type_refused(key, &text),
+            401 | 403 => self.key_rejected(&text),
+            404 if text == "Bucket not found" => self.no_such_bucket(),
             status => StorageError::Other(format!(
                 "Supabase storage error {status} for {key} (resumable upload): {text}"
             )),
