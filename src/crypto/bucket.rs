@@ -82,13 +82,21 @@ pub async fn identity_for(
     }
 }
 
-/// Deletes every copy of the tenant's key from the bucket; how many there were.
+/// Deletes every copy of the tenant's key from the bucket, and what an interrupted write of one
+/// left (a local `.partial` file, an S3 multipart upload); how many copies there were.
 pub async fn forget(storage: &dyn Storage, tenant: &str) -> Result<usize> {
     let found = copies(storage, tenant).await?;
     for key in &found {
         match storage.delete(key).await {
             Ok(()) | Err(StorageError::NotFound(_)) => {}
             Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {key} from the bucket"))),
+        }
+    }
+    let prefix = format!("{FOLDER}/{tenant}/");
+    for upload in storage.unfinished(&prefix).await? {
+        match storage.discard_unfinished(&upload).await {
+            Ok(()) | Err(StorageError::NotFound(_)) => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {} from the bucket", upload.key))),
         }
     }
     Ok(found.len())

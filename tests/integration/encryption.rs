@@ -557,7 +557,10 @@ fn keys_init_and_rotate_never_lose_a_key_when_stdout_fails() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // Running it again finishes nothing more and loses nothing.
+    // Running it again re-wraps nothing more, loses nothing, and deletes a copy wrapped to the
+    // old master that a run stopped after its commit would have left.
+    let stale = db.storage().join(format!(".keys/bienestar/{}.age", k.recipient));
+    std::fs::write(&stale, b"left by a stopped rotation").unwrap();
     let out = reader(&db, &k)
         .args(["keys", "rotate", "--save-identity"])
         .arg(&new_master)
@@ -569,9 +572,20 @@ fn keys_init_and_rotate_never_lose_a_key_when_stdout_fails() {
         "{}",
         text(&out.stderr)
     );
+    assert!(!stale.exists());
     // Without a file to write the new identity to, rotate refuses to start.
     let out = reader(&db, &k).args(["keys", "rotate"]).output().unwrap();
     assert_fails(&out, 2, "--save-identity");
+}
+
+/// When a rotation is killed: after its identity file appeared, after the first re-wrapped key
+/// reached the bucket, after the last, or at a fixed time.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    IdentityWritten,
+    FirstCopy,
+    LastCopy,
+    After(u64),
 }
 
 #[test]
@@ -584,7 +598,19 @@ fn a_rotation_killed_at_any_moment_is_finished_by_running_it_again() {
     let mut current = db.dir.path().join("start.age");
     std::fs::write(&current, format!("{}\n", k.identity)).unwrap();
     std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o600)).unwrap();
-    for (i, delay) in [0u64, 10, 30, 60, 100, 150, 250].into_iter().enumerate() {
+    let moments = [
+        KillAt::IdentityWritten,
+        KillAt::FirstCopy,
+        KillAt::LastCopy,
+        KillAt::IdentityWritten,
+        KillAt::FirstCopy,
+        KillAt::LastCopy,
+        KillAt::After(0),
+        KillAt::After(300),
+    ];
+    // (identity file there, tenant keys already re-wrapped in the table) when each kill landed.
+    let mut states = Vec::new();
+    for (i, at) in moments.into_iter().enumerate() {
         let next = db.dir.path().join(format!("master-{i}.age"));
         let rotate = |current: &std::path::Path| {
             let mut c = plain(&db, &k);
@@ -598,15 +624,44 @@ fn a_rotation_killed_at_any_moment_is_finished_by_running_it_again() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let recipient = || {
+            let text = std::fs::read_to_string(&next).ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("# public key: "))
+                .map(str::to_string)
+        };
+        let copy = |t: &str, r: &str| db.storage().join(format!(".keys/{t}/{r}.age")).exists();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let reached = match (at, recipient()) {
+                (KillAt::After(ms), _) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    true
+                }
+                (KillAt::IdentityWritten, r) => r.is_some(),
+                (KillAt::FirstCopy, Some(r)) => copy(FLEET[0], &r) || copy(FLEET[2], &r),
+                (KillAt::LastCopy, Some(r)) => FLEET.iter().all(|t| copy(t, &r)),
+                (_, None) => false,
+            };
+            if reached || child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
         child.kill().ok();
         child.wait().unwrap();
+        let rewrapped: usize = match recipient() {
+            Some(r) => db
+                .sql(&format!(
+                    "SELECT count(*) FROM public.tenant_backup_keys WHERE wrapped_to = '{r}'"
+                ))
+                .parse()
+                .unwrap(),
+            None => 0,
+        };
+        states.push((next.exists(), rewrapped));
         let out = rotate(&current).output().unwrap();
-        assert!(
-            out.status.success(),
-            "after a kill at {delay} ms: {}",
-            text(&out.stderr)
-        );
+        assert!(out.status.success(), "after a kill at {at:?}: {}", text(&out.stderr));
         current = next;
         for t in FLEET {
             let out = reader_with_file(&db, &k, &current)
@@ -615,13 +670,33 @@ fn a_rotation_killed_at_any_moment_is_finished_by_running_it_again() {
                 .unwrap();
             assert!(
                 out.status.success(),
-                "{t} after a kill at {delay} ms: {}",
+                "{t} after a kill at {at:?}: {}",
                 text(&out.stderr)
             );
-            let copies = std::fs::read_dir(db.storage().join(".keys").join(t)).unwrap().count();
-            assert_eq!(copies, 1, "{t}: stale key copies after a kill at {delay} ms");
+            // A kill while a copy was being written may leave its hidden temporary file (as
+            // for any object); `keys forget` removes those too.
+            let copies = std::fs::read_dir(db.storage().join(".keys").join(t))
+                .unwrap()
+                .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+                .count();
+            assert_eq!(copies, 1, "{t}: stale key copies after a kill at {at:?}");
         }
     }
+    // The kills landed between the steps that matter: the identity written and nothing
+    // re-wrapped yet, and (mostly) before the process could finish on its own.
+    assert!(states.iter().any(|s| *s == (true, 0)), "{states:?}");
+    println!("states at the kills (identity written, keys re-wrapped): {states:?}");
+    // Forgetting leaves nothing of the key in the bucket, not even an interrupted write.
+    let out = reader_with_file(&db, &k, &current)
+        .args(["keys", "forget", "--tenant", "bienestar", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(db.storage().join(".keys/bienestar"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
