@@ -13,6 +13,8 @@
 //!
 //! Then the growth: each figure at the big size over the same at 10 tenants. BENCH_SQL_ALL=1 adds
 //! `backup --all --format sql` to the fleet runs (pg_dump per tenant: slow at 1,000 tenants).
+// A report for the terminal that runs it, not results for a pipe (clippy.toml).
+#![allow(clippy::disallowed_macros)]
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

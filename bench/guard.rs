@@ -5,6 +5,8 @@
 //! bound to hold: under 256 MB and linear time, whatever the object holds. A genuine backup of the
 //! same tenant is the baseline.
 
+#![allow(clippy::disallowed_macros)] // a bench prints its table to a terminal
+
 use std::process::{Command, Stdio};
 
 use sha2::Digest;

@@ -24,3 +24,15 @@ macro_rules! usage {
 pub fn is_usage(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.downcast_ref::<UsageError>().is_some())
 }
+
+/// Stdout was closed by its reader (`tenant-backup list | head`): the command ends quietly with
+/// exit 0, as ripgrep does. Only writes of results to stdout produce it (`outln!`), never a pipe
+/// to a child program, whose end is a real failure.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct ClosedStdout;
+
+/// True when the error, or anything in its chain, is [`ClosedStdout`].
+pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<ClosedStdout>().is_some())
+}

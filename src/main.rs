@@ -4,19 +4,33 @@ use std::time::Duration;
 use clap::Parser;
 use tenant_backup::cli::Cli;
 use tenant_backup::cmd::{self, Outcome};
-use tenant_backup::error::is_usage;
+use tenant_backup::error::{is_closed_stdout, is_usage};
 use tenant_backup::stop;
 
 fn main() -> ExitCode {
     // `.env` in the working directory, for local development; real environment variables win.
-    if let Err(err) = dotenvy::from_path(".env") {
-        if !err.not_found() {
-            eprintln!("error: {}", dotenv_problem(&err));
-            return ExitCode::from(2);
+    // Read before the flags are parsed (its values are their defaults), so --no-dotenv is looked
+    // for by hand; clap knows it too, for --help and BACKUP_NO_DOTENV.
+    let mut dotenv_read = None;
+    if !no_dotenv() {
+        match dotenvy::from_path(".env") {
+            Ok(()) => dotenv_read = Some(std::env::current_dir().unwrap_or_default().join(".env")),
+            Err(err) if err.not_found() => {}
+            Err(err) => {
+                eprintln!("error: {}", dotenv_problem(&err));
+                return ExitCode::from(2);
+            }
         }
     }
     let cli = Cli::parse();
-    tenant_backup::app::logging::init(&cli.output);
+    tenant_backup::app::logging::init(cli.output.verbose, cli.output.quiet);
+    if let Some(path) = dotenv_read {
+        tracing::debug!("read settings from {} (--no-dotenv not to)", path.display());
+    }
+    if let Err(err) = tenant_backup::retry::configure_from_env() {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
     let left_unchanged = cmd::left_unchanged(&cli.command);
     // One thread for the async side: the work is I/O, and the heavy lifting (compression, checksums,
     // the json codec) runs on blocking threads. A driver connection and its reader then hand each
@@ -41,6 +55,8 @@ fn main() -> ExitCode {
             }
             ExitCode::from(if outcome == Outcome::Done { 0 } else { 1 })
         }
+        // The reader of our results went away (`list | head`): it has what it wanted.
+        Ok(Err(err)) if is_closed_stdout(&err) => ExitCode::SUCCESS,
         Ok(Err(err)) => match stop::requested() {
             // The work refused to commit because of the stop.
             Some(signal) => stopped(signal, &left_unchanged, false, true),
@@ -51,6 +67,21 @@ fn main() -> ExitCode {
         },
         Err(stop) => stopped(stop.signal, &left_unchanged, stop.commit_interrupted, stop.cleaned_up),
     }
+}
+
+/// `--no-dotenv` before the first `--`, or `BACKUP_NO_DOTENV` set to something true.
+fn no_dotenv() -> bool {
+    let flag = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--no-dotenv");
+    let env = std::env::var("BACKUP_NO_DOTENV").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    });
+    flag || env
 }
 
 /// The one line a stop prints, and its exit code (128 + the signal).

@@ -163,7 +163,8 @@ impl Alerts {
             status,
             host: hostname(),
             tool_version: env!("CARGO_PKG_VERSION"),
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            time: crate::clock::Clock::now(&crate::clock::SystemClock)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             error: error.clone(),
             tenants_failed: failed
                 .iter()
@@ -206,7 +207,7 @@ impl Alerts {
             }
         };
         let result = send
-            .retry(backoff(3).with_max_delay(Duration::from_secs(4)))
+            .retry(backoff(3).with_max_delay(crate::retry::scaled(Duration::from_secs(4))))
             .sleep(tokio::time::sleep)
             .await;
         if let Err(e) = result {

@@ -11,22 +11,28 @@ use crate::app::output::Output;
 use crate::app::progress::Progress;
 use crate::backup::env::{choose_tools, BackupEnv, DumpRequest, Seal};
 use crate::backup::format::DumpFormat;
-use crate::cli::Cli;
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::keys::KeyStore;
 use crate::crypto::KeyConfig;
 use crate::pg::catalog::Catalog;
 use crate::pg::target::DbTarget;
 use crate::progress::Shown;
-use crate::storage::{self, Storage, StorageOptions};
+use crate::storage::{self, Access, Storage, StorageError, StorageOptions};
 use crate::usage;
 
 pub struct Context {
     pub db: DbTarget,
+    /// Why no database target could be made (doctor only: every other command stops there).
+    pub db_problem: Option<String>,
     /// Session-mode target for pg_dump, psql and advisory locks.
     pub dump: DbTarget,
     pub catalog: Catalog,
     pub storage: Arc<dyn Storage>,
+    /// Whether the storage was named (`--storage`, `BACKUP_STORAGE`, `SUPABASE_URL`) rather than
+    /// the readers' default `./backups`.
+    pub storage_configured: bool,
+    /// The storage's directory, when it is a local one.
+    pub local_root: Option<PathBuf>,
     pub output: Output,
     pub clock: Arc<dyn Clock>,
     pub pg_dump: Option<PathBuf>,
@@ -37,35 +43,57 @@ pub struct Context {
     pub run_log: SharedRunLog,
 }
 
+/// What a command is configured with, as the command line (flags, environment, `.env`) gave it:
+/// `cli` makes it (`Cli::settings`), so this room never needs clap.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub database_url: Option<String>,
+    pub dump_url: Option<String>,
+    pub tenants_table: String,
+    pub records_table: String,
+    pub users_table: String,
+    pub pg_dump: Option<PathBuf>,
+    pub storage: Option<String>,
+    pub storage_retries: u32,
+    pub output: Output,
+    pub age_recipient: Option<String>,
+    pub identity: Option<PathBuf>,
+    pub keys_table: String,
+    /// The command's name when it stores or deletes (backup, run-scheduled, cleanup): it refuses
+    /// to run without a configured storage.
+    pub stores: Option<&'static str>,
+    /// doctor: a database target that cannot be made is one failed check, not the end.
+    pub reports_setup: bool,
+}
+
 impl Context {
-    pub fn from_cli(cli: &Cli) -> Result<Self> {
-        let raw = cli
-            .db
-            .database_url
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| {
-                usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)")
-            })?;
-        let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
-        let dump = match cli.db.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
-            Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
-            None if db.is_transaction_pooler() => {
-                let session = db.session_mode()?;
-                tracing::info!(
-                    "DATABASE_URL is a transaction pooler (port 6543); pg_dump, psql and locks use session mode instead ({}). Set BACKUP_DUMP_URL to choose another URL.",
-                    session.redacted()
-                );
-                session
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let (db, dump, db_problem) = match targets(settings) {
+            Ok((db, dump)) => (db, dump, None),
+            // doctor reports the rest of the setup even so.
+            Err(e) if settings.reports_setup => {
+                let none = DbTarget::parse("postgres://unconfigured@localhost/unconfigured", "none")?;
+                (none.clone(), none, Some(format!("{e:#}")))
             }
-            None => db.clone(),
+            Err(e) => return Err(e),
         };
-        let catalog = Catalog::new(&cli.db.tenants_table, &cli.db.records_table, &cli.db.users_table)?;
-        let storage_url = cli.storage.storage.clone().unwrap_or_else(storage::default_url);
+        let catalog = Catalog::new(&settings.tenants_table, &settings.records_table, &settings.users_table)?;
+        let stores = settings.stores;
+        let configured = settings.storage.clone().or_else(storage::configured_default);
+        let storage_configured = configured.is_some();
+        let storage_url = match (configured, stores) {
+            (Some(url), _) => url,
+            (None, Some(command)) => {
+                return Err(usage!(
+                    "{command} needs to be told where backups live: set --storage or BACKUP_STORAGE to a directory that exists, s3://bucket/prefix or supabase://bucket/prefix. There is no default: a default folder on a machine whose disk is thrown away (a cron container) would lose every backup while reporting success"
+                ))
+            }
+            (None, None) => storage::READ_DEFAULT.to_string(),
+        };
         let storage = storage::open(
             &storage_url,
             &StorageOptions {
-                retries: cli.storage.storage_retries,
+                retries: settings.storage_retries,
             },
         )?;
         Ok(Context {
@@ -73,17 +101,20 @@ impl Context {
             dump,
             catalog,
             storage,
-            output: Output::from_args(&cli.output),
+            db_problem,
+            storage_configured,
+            local_root: storage::local_root(&storage_url),
+            output: settings.output,
             clock: Arc::new(SystemClock),
-            pg_dump: cli.db.pg_dump.clone(),
+            pg_dump: settings.pg_dump.clone(),
             run_log: Default::default(),
             keys: KeyConfig::new(
-                cli.keys.age_recipient.as_deref(),
+                settings.age_recipient.as_deref(),
                 std::env::var("BACKUP_AGE_IDENTITY").ok().as_deref(),
-                cli.keys.identity.as_deref(),
+                settings.identity.as_deref(),
                 std::env::var("BACKUP_SIGNING_KEY").ok().as_deref(),
             )?,
-            key_store: KeyStore::new(&cli.keys.keys_table)?,
+            key_store: KeyStore::new(&settings.keys_table)?,
         })
     }
 
@@ -152,8 +183,70 @@ impl Context {
         self.db.connect().await
     }
 
+    /// Proves the storage before any work that stores or deletes: a local directory exists (it is
+    /// never created: a mistyped path or an unmounted volume would silently take the backups) and
+    /// can be written; the bucket can be reached and these credentials can list it (and delete,
+    /// for [`Access::Delete`]). A failure is one line and exit 2, before the first dump.
+    pub async fn prove_storage(&self, access: Access) -> Result<()> {
+        let shown = self.storage.describe();
+        if let Some(root) = &self.local_root {
+            if !root.is_dir() {
+                let what = if root.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                };
+                return Err(usage!(
+                    "the storage directory {} {what}: create it (mkdir -p {}) or fix --storage / BACKUP_STORAGE (is the volume mounted?); tenant-backup never creates it. Nothing was done",
+                    root.display(),
+                    root.display()
+                ));
+            }
+        }
+        match self.storage.probe(access).await {
+            Ok(()) => {}
+            Err(StorageError::Refused(why)) => return Err(usage!("{why}. Nothing was done")),
+            Err(e) => return Err(usage!("the storage {shown} cannot be used: {e}. Nothing was done")),
+        }
+        if let Some(root) = &self.local_root {
+            tempfile::Builder::new()
+                .prefix(".tenant-backup-probe-")
+                .tempfile_in(root)
+                .map_err(|e| {
+                    usage!(
+                        "the storage directory {} cannot be written ({e}): fix its permissions or --storage / BACKUP_STORAGE. Nothing was done",
+                        root.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// A session connection (never a transaction pooler) for locks and for writing records.
     pub async fn connect_session(&self) -> Result<Client> {
         self.dump.connect().await
     }
+}
+
+/// The database targets: the application's, and the session-mode one for pg_dump, psql and locks.
+fn targets(settings: &Settings) -> Result<(DbTarget, DbTarget)> {
+    let raw = settings
+        .database_url
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| usage!("--database-url or DATABASE_URL must be set (in the environment or in a .env file)"))?;
+    let db = DbTarget::parse(raw, "--database-url / DATABASE_URL")?;
+    let dump = match settings.dump_url.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(url) => DbTarget::parse(url, "--dump-url / BACKUP_DUMP_URL")?,
+        None if db.is_transaction_pooler() => {
+            let session = db.session_mode()?;
+            tracing::info!(
+                "DATABASE_URL is a transaction pooler (port 6543); pg_dump, psql and locks use session mode instead ({}). Set BACKUP_DUMP_URL to choose another URL.",
+                session.redacted()
+            );
+            session
+        }
+        None => db.clone(),
+    };
+    Ok((db, dump))
 }

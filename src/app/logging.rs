@@ -7,10 +7,9 @@ use std::sync::{Mutex, OnceLock};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::OutputArgs;
-
-pub fn init(args: &OutputArgs) {
-    let level = match (args.verbose, args.quiet) {
+/// `verbose` and `quiet`: how many `-v` and `-q` were given.
+pub fn init(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
         (0, 0) => "info",
         (1, _) => "debug",
         (v, _) if v >= 2 => "trace",

@@ -1,50 +1,68 @@
 //! Results on stdout (a table, or JSON), and the small formatting helpers they share.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use serde::Serialize;
 
-use crate::cli::OutputArgs;
+use crate::app::progress::ProgressMode;
+use crate::error::ClosedStdout;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgressMode {
-    /// An indicatif bar (stderr is a terminal).
-    Bar,
-    /// A plain line every few seconds (cron, logs).
-    Lines,
-    Off,
-}
-
-#[derive(Clone, Copy, Debug)]
+/// How results and progress are shown.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Output {
     pub json: bool,
     pub progress: ProgressMode,
 }
 
 impl Output {
-    pub fn from_args(args: &OutputArgs) -> Self {
-        let progress = if args.no_progress || args.quiet > 0 {
-            ProgressMode::Off
-        } else if std::io::stderr().is_terminal() {
-            ProgressMode::Bar
-        } else {
-            ProgressMode::Lines
-        };
-        Output {
-            json: args.json,
-            progress,
-        }
-    }
-
     /// Prints a serializable result as pretty JSON on stdout, every timestamp in one form:
     /// RFC 3339, UTC, microseconds (`2026-11-22T22:01:01.000000Z`).
-    pub fn json<T: Serialize>(&self, value: &T) -> std::io::Result<()> {
+    pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
         let mut value = serde_json::to_value(value)?;
         uniform_timestamps(&mut value);
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &value)?;
-        writeln!(out)
+        serde_json::to_writer_pretty(&mut out, &value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush())
+            .map_err(stdout_error)
     }
+}
+
+/// Writes results to stdout: what `out!` and `outln!` call. `print!` would panic once the reader
+/// has gone away (clippy.toml forbids it); this ends the command quietly instead
+/// ([`ClosedStdout`], exit 0).
+pub fn write_out(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).map_err(stdout_error)
+}
+
+/// A failed write to stdout: [`ClosedStdout`] when the reader went away, else the error.
+pub fn stdout_error(err: std::io::Error) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(ClosedStdout)
+    } else {
+        anyhow::Error::new(err).context("writing the results to stdout")
+    }
+}
+
+/// `print!` for results: `out!(...)?`.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::app::output::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for results: `outln!(...)?`.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::app::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::app::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
 }
 
 pub use crate::progress::human_size;

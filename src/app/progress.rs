@@ -9,8 +9,32 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
-use crate::app::output::{human_size, ProgressMode};
+use crate::app::output::human_size;
 use crate::progress::{ProgressSink, Tracker};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// An indicatif bar (stderr is a terminal).
+    Bar,
+    /// A plain line every few seconds (cron, logs).
+    Lines,
+    #[default]
+    Off,
+}
+
+impl ProgressMode {
+    /// Bars when stderr is a terminal, periodic lines otherwise, nothing when `off`.
+    pub fn for_stderr(off: bool) -> Self {
+        use std::io::IsTerminal;
+        if off {
+            ProgressMode::Off
+        } else if std::io::stderr().is_terminal() {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Lines
+        }
+    }
+}
 
 const LINE_EVERY: Duration = Duration::from_secs(5);
 

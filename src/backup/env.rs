@@ -29,7 +29,7 @@ use crate::pg::catalog::Catalog;
 /// what it costs at 10 tenants (0.14 s), and past that it only grows.
 pub const NATIVE_ABOVE_TENANTS: u64 = 100;
 use crate::pg::target::DbTarget;
-use crate::pg::tools::{server_version, PgDump};
+use crate::pg::tools::{server_version, FindError, PgDump};
 use crate::secret::Secret;
 use crate::storage::Storage;
 
@@ -168,14 +168,21 @@ pub async fn choose_tools(
                 };
                 (format, Some(p))
             }
+            // An explicit --pg-dump / PG_DUMP that does not exist (or does not answer) is a
+            // mistake to fix, never a quiet switch to another format.
+            Err(e @ FindError::NotFound { .. }) if explicit_pg_dump.is_some() => {
+                return Err(crate::usage!(
+                    "--pg-dump / PG_DUMP: {e}; fix the path, or unset it to let tenant-backup find pg_dump"
+                ))
+            }
             Err(e) if requested == FormatChoice::Auto => {
                 tracing::info!("using the native json format (no pg_dump needed): {e}");
                 (DumpFormat::Json, None)
             }
             Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context("--format sql and custom need pg_dump; --format json or auto do not")
-                )
+                return Err(crate::usage!(
+                    "--format sql and custom need pg_dump: {e}; install the PostgreSQL client programs, or use --format json or auto"
+                ))
             }
         },
     };

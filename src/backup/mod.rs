@@ -267,7 +267,15 @@ async fn produce(
         let spooler = spawn_spool(env, req, encrypt, None, dir, move |opts| {
             spool_stream(JsonLinesReader::new(rx), spool, opts)
         });
-        let counts = crate::jsonl::dump(client, &req.tenant.schema_name, &env.server_version, scope.as_ref(), tx).await;
+        let counts = crate::jsonl::dump(
+            client,
+            &req.tenant.schema_name,
+            &env.server_version,
+            env.clock.now(),
+            scope.as_ref(),
+            tx,
+        )
+        .await;
         // The spool's error explains more (e.g. --max-size) than the dumper's "the spool stopped".
         let mut spooled = spooler
             .await

@@ -12,7 +12,9 @@ use crate::backup::runner::{run_backups, LockPolicy, TenantResult, TenantStatus}
 use crate::backup::BackupRequest;
 use crate::cli::BackupArgs;
 use crate::cmd::Outcome;
+use crate::out;
 use crate::pg::catalog::BackupKind;
+use crate::storage::Access;
 
 pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     let request = args.dump.request();
@@ -47,6 +49,7 @@ pub async fn run(args: BackupArgs, ctx: &Context) -> Result<Outcome> {
     }
     let env = Arc::new(ctx.backup_env(&client, &request).await?);
     drop(client);
+    ctx.prove_storage(Access::Read).await?;
 
     let policy = LockPolicy::Wait(Duration::from_secs(args.lock_timeout));
     let progress = Progress::new(ctx.output.progress);
@@ -84,7 +87,7 @@ fn report(ctx: &Context, results: &[TenantResult]) -> Result<()> {
             ]),
         }
     }
-    print!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows));
+    out!("{}", table(&["tenant", "id", "key", "size", "date", "duration"], &rows))?;
     let failed = results.iter().filter(|r| r.failed()).count();
     if results.len() > 1 || failed > 0 {
         eprintln!("{} backed up, {failed} failed", results.len() - failed);

@@ -11,8 +11,9 @@ use crate::cli::CleanupArgs;
 use crate::cmd::Outcome;
 use crate::pg::lock;
 use crate::policy::retention::{Action, Policy};
-use crate::storage::{Access, StorageError};
+use crate::storage::Access;
 use crate::usage;
+use crate::{out, outln};
 
 pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
     let (days, pre_days) = (args.days, args.pre_restore_days);
@@ -55,11 +56,7 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         } else {
             Access::Read
         };
-        match ctx.storage.probe(access).await {
-            Ok(()) => {}
-            Err(StorageError::Refused(why)) => return Err(usage!("{why}")),
-            Err(e) => anyhow::bail!("{e}"),
-        }
+        ctx.prove_storage(access).await?;
     }
 
     let session = ctx.connect_session().await?;
@@ -160,49 +157,49 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
         })
         .collect();
     if !rows.is_empty() {
-        print!(
+        out!(
             "{}",
             table(&["tenant", "id", "key", "size", "created_at", "result"], &rows)
-        );
+        )?;
     }
     for b in report.backups.iter().filter(|b| b.action == Action::Refuse) {
-        println!(
+        outln!(
             "{}: row {} ({}): {}",
             b.tenant,
             b.id,
             b.key,
             b.result.as_deref().unwrap_or("")
-        );
+        )?;
     }
     let mut kept: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
     for b in report.backups.iter().filter(|b| b.action == Action::Keep) {
         *kept.entry((b.tenant.as_str(), b.reason.as_str())).or_default() += 1;
     }
     for ((tenant, reason), n) in kept {
-        println!("{tenant}: keeping {n}: {reason}");
+        outln!("{tenant}: keeping {n}: {reason}")?;
     }
     for o in &report.orphans {
         let row = o.row_id.map(|i| format!(" (row {i})")).unwrap_or_default();
-        println!("{}: {} {}{row}: {}", o.tenant, o.kind, o.key, o.result);
+        outln!("{}: {} {}{row}: {}", o.tenant, o.kind, o.key, o.result)?;
     }
     for s in &report.pre_restore_schemas {
-        println!(
+        outln!(
             "{}: {} ({}): {}",
             s.tenant,
             s.schema,
             s.created_at.format("%Y-%m-%d %H:%M UTC"),
             s.result
-        );
+        )?;
     }
     let done = if report.dry_run { "would delete" } else { "deleted" };
     if args.days.is_some() || !args.orphans {
-        println!(
+        outln!(
             "{done} {} ({}), kept {}, {} failed",
             counted(report.deleted, "backup"),
             human_size(report.bytes_freed),
             report.kept,
             report.failed
-        );
+        )?;
     }
     if args.orphans {
         let deletable = report.orphans.iter().filter(|o| o.action == Action::Delete).count();
@@ -212,20 +209,20 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
                 .iter()
                 .filter(|o| o.result.starts_with("row deleted"))
                 .count();
-            println!(
+            outln!(
                 "{done} {} of {} found ({} and {}), {} failed",
                 counted(report.orphans_deleted, "orphan"),
                 report.orphans.len(),
                 counted(report.orphans_deleted.saturating_sub(rows), "object"),
                 counted(rows, "row"),
                 report.failed
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "found {}; --fix would delete {deletable} (run `tenant-backup cleanup --orphans --fix`), {} failed",
                 counted(report.orphans.len(), "orphan"),
                 report.failed
-            );
+            )?;
         }
     }
     Ok(())

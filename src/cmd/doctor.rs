@@ -6,8 +6,10 @@ use serde::Serialize;
 use crate::app::context::Context;
 use crate::backup::env::NATIVE_ABOVE_TENANTS;
 use crate::cmd::Outcome;
+use crate::outln;
 use crate::pg::tools::server_version;
-use crate::pg::tools::PgDump;
+use crate::pg::tools::{FindError, PgDump};
+use crate::storage::Access;
 
 #[derive(Serialize)]
 struct Check {
@@ -23,57 +25,63 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
     let mut major = None;
     let mut tenants = 0u64;
     let mut keyed = Vec::new();
-    match ctx.connect().await {
-        Ok(client) => {
-            match ctx.key_store.wrapped(&client).await {
-                Ok(k) => keyed = k,
-                Err(e) => add("keys in bucket", false, format!("{e:#}")),
-            }
-            match server_version(&client).await {
-                Ok((v, m)) => {
-                    major = Some(m);
-                    add(
-                        "database",
-                        true,
-                        format!("{} answers: PostgreSQL {v}", ctx.db.redacted()),
-                    );
+    match &ctx.db_problem {
+        // No database to check: say why, and check everything else.
+        Some(problem) => add("database", false, problem.clone()),
+        None => {
+            match ctx.connect().await {
+                Ok(client) => {
+                    match ctx.key_store.wrapped(&client).await {
+                        Ok(k) => keyed = k,
+                        Err(e) => add("keys in bucket", false, format!("{e:#}")),
+                    }
+                    match server_version(&client).await {
+                        Ok((v, m)) => {
+                            major = Some(m);
+                            add(
+                                "database",
+                                true,
+                                format!("{} answers: PostgreSQL {v}", ctx.db.redacted()),
+                            );
+                        }
+                        Err(e) => add("database", false, format!("{e:#}")),
+                    }
+                    match ctx.catalog.tenants(&client).await {
+                        Ok(t) => {
+                            tenants = t.len() as u64;
+                            add(
+                                "tenants",
+                                true,
+                                format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
+                            )
+                        }
+                        Err(e) => add("tenants", false, format!("{e:#}")),
+                    }
                 }
                 Err(e) => add("database", false, format!("{e:#}")),
             }
-            match ctx.catalog.tenants(&client).await {
-                Ok(t) => {
-                    tenants = t.len() as u64;
-                    add(
-                        "tenants",
-                        true,
-                        format!("{} tenants in {}", t.len(), ctx.catalog.tenants_table),
+            let pooler = ctx.db.is_transaction_pooler();
+            add(
+                "pooler",
+                true,
+                if pooler {
+                    format!(
+                        "DATABASE_URL is a transaction pooler; dumps and locks use {}",
+                        ctx.dump.redacted()
                     )
-                }
-                Err(e) => add("tenants", false, format!("{e:#}")),
+                } else {
+                    "DATABASE_URL is not a transaction pooler".to_string()
+                },
+            );
+            match ctx.connect_session().await {
+                Ok(_) => add(
+                    "session",
+                    true,
+                    format!("{} accepts session connections (pg_dump, locks)", ctx.dump.redacted()),
+                ),
+                Err(e) => add("session", false, format!("{e:#}")),
             }
         }
-        Err(e) => add("database", false, format!("{e:#}")),
-    }
-    let pooler = ctx.db.is_transaction_pooler();
-    add(
-        "pooler",
-        true,
-        if pooler {
-            format!(
-                "DATABASE_URL is a transaction pooler; dumps and locks use {}",
-                ctx.dump.redacted()
-            )
-        } else {
-            "DATABASE_URL is not a transaction pooler".to_string()
-        },
-    );
-    match ctx.connect_session().await {
-        Ok(_) => add(
-            "session",
-            true,
-            format!("{} accepts session connections (pg_dump, locks)", ctx.dump.redacted()),
-        ),
-        Err(e) => add("session", false, format!("{e:#}")),
     }
 
     let (tried, found) = PgDump::candidates(ctx.pg_dump.as_deref());
@@ -93,7 +101,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    add("pg_dump found", true, listed);
+    // An explicit --pg-dump / PG_DUMP that does not answer is a mistake (backup refuses it).
+    let explicit = ctx.pg_dump.is_some();
+    add("pg_dump found", !(explicit && found.is_empty()), listed);
     if let Some(m) = major {
         match PgDump::find(ctx.pg_dump.as_deref(), m) {
             Ok(d) if tenants > NATIVE_ABOVE_TENANTS => add(
@@ -115,6 +125,9 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
                     d.sibling("psql").display()
                 ),
             ),
+            Err(e @ FindError::NotFound { .. }) if explicit => {
+                add("pg_dump used", false, format!("--pg-dump / PG_DUMP: {e}"))
+            }
             Err(e) => add(
                 "pg_dump used",
                 true,
@@ -126,24 +139,35 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
     // At the top of the bucket, so no empty folder is left behind.
     let probe = format!(".tenant-backup-doctor-probe-{}", std::process::id());
     let storage = ctx.storage.describe();
-    match ctx
-        .storage
-        .put_bytes(&probe, b"tenant-backup doctor probe\n".to_vec())
-        .await
-    {
-        Ok(()) => match ctx.storage.delete(&probe).await {
-            Ok(()) => add(
-                "storage",
-                true,
-                format!("{storage} is reachable and writable (probe written and deleted)"),
-            ),
-            Err(e) => add(
-                "storage",
-                false,
-                format!("{storage}: wrote a probe but could not delete it: {e}"),
-            ),
+    let proven = match ctx.storage_configured {
+        // What backup would refuse to use, doctor does not write to.
+        false => Err(
+            "no storage configured: set --storage or BACKUP_STORAGE (backup, run-scheduled and cleanup refuse to run without it)"
+                .to_string(),
+        ),
+        true => ctx.prove_storage(Access::Read).await.map_err(|e| format!("{e:#}")),
+    };
+    match proven {
+        Err(e) => add("storage", false, e),
+        Ok(()) => match ctx
+            .storage
+            .put_bytes(&probe, b"tenant-backup doctor probe\n".to_vec())
+            .await
+        {
+            Ok(()) => match ctx.storage.delete(&probe).await {
+                Ok(()) => add(
+                    "storage",
+                    true,
+                    format!("{storage} is reachable and writable (probe written and deleted)"),
+                ),
+                Err(e) => add(
+                    "storage",
+                    false,
+                    format!("{storage}: wrote a probe but could not delete it: {e}"),
+                ),
+            },
+            Err(e) => add("storage", false, format!("{storage}: {e}")),
         },
-        Err(e) => add("storage", false, format!("{storage}: {e}")),
     }
 
     // Encryption and signing: configured, and consistent (a mismatched identity/recipient pair is
@@ -237,7 +261,7 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
         ctx.output.json(&checks)?;
     } else {
         for c in &checks {
-            println!("{} {:<13} {}", if c.ok { "ok  " } else { "FAIL" }, c.check, c.detail);
+            outln!("{} {:<13} {}", if c.ok { "ok  " } else { "FAIL" }, c.check, c.detail)?;
         }
     }
     Ok(Outcome::from_failures(failed))

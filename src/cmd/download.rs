@@ -9,8 +9,9 @@ use crate::app::context::Context;
 use crate::app::output::human_size;
 use crate::cli::DownloadArgs;
 use crate::cmd::Outcome;
+use crate::outln;
 use crate::restore::access::{check_access, open_decrypted, open_plain};
-use crate::restore::{fetch_verified, resolve, Which};
+use crate::restore::{fetch_verified, resolve_at, Which};
 use crate::{stop, usage};
 
 pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
@@ -23,7 +24,16 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
     let to_stdout = args.output.as_deref().is_some_and(|p| p.as_os_str() == "-");
     let client = ctx.connect().await?;
     let tenant = ctx.catalog.tenant(&client, &args.tenant).await?;
-    let mut source = resolve(&ctx.catalog, &client, ctx.storage.as_ref(), &tenant, &which, None).await?;
+    let mut source = resolve_at(
+        &ctx.catalog,
+        &client,
+        ctx.storage.as_ref(),
+        &tenant,
+        &which,
+        None,
+        ctx.clock.now(),
+    )
+    .await?;
     source.decrypt = check_access(
         &source,
         &ctx.keys,
@@ -86,7 +96,7 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
             ctx.output
                 .json(&serde_json::json!({ "key": source.key, "path": path, "bytes": written }))?;
         } else {
-            println!("{} → {} ({})", source.key, path.display(), human_size(written));
+            outln!("{} → {} ({})", source.key, path.display(), human_size(written))?;
         }
     }
     Ok(Outcome::Done)

@@ -11,6 +11,7 @@ use crate::cli::KeysCommand;
 use crate::cmd::Outcome;
 use crate::crypto::{identity_file, MasterRecipient, NewMaster};
 use crate::usage;
+use crate::{out, outln};
 
 /// Writes `lines` to stdout, failing (not panicking) when stdout cannot take them: a full disk, a
 /// closed pipe, a dropped session.
@@ -83,7 +84,7 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
                     .collect();
                 ctx.output.json(&v)?;
             } else {
-                print!("{}", table(&["tenant", "key"], &rows));
+                out!("{}", table(&["tenant", "key"], &rows))?;
             }
             Ok(Outcome::Done)
         }
@@ -114,11 +115,11 @@ pub async fn run(cmd: KeysCommand, ctx: &Context) -> Result<Outcome> {
                 .await
                 .with_context(|| format!("nothing was forgotten in the database; run `keys forget --tenant {tenant}` again once {} can be reached", ctx.storage.describe()))?;
             if ctx.key_store.forget(&client, &tenant).await? || in_bucket > 0 {
-                println!(
-                    "{tenant}: key forgotten ({in_bucket} copy(ies) deleted from the bucket too); its encrypted backups can no longer be read (cleanup can still delete them). Copies this tool did not write live on: the database provider's own backups until their retention ends, and earlier versions of .keys/{tenant}/ in a bucket with versioning or object lock (see the README)."
-                );
+                outln!(
+                    "{tenant}: key forgotten ({in_bucket} copy(ies) deleted from the bucket too); its encrypted backups can no longer be read (cleanup can still delete them). Copies this tool did not write live on: the database provider's own backups until their retention ends, and earlier versions of .keys/{tenant}/ in a bucket with versioning or object lock (see docs/encryption.md)."
+                )?;
             } else {
-                println!("{tenant}: had no key; nothing changed");
+                outln!("{tenant}: had no key; nothing changed")?;
             }
             Ok(Outcome::Done)
         }

@@ -7,6 +7,7 @@ use crate::app::context::Context;
 use crate::app::output::{human_size, table};
 use crate::cli::ListArgs;
 use crate::cmd::Outcome;
+use crate::out;
 use crate::pg::catalog::BackupRecord;
 use crate::storage::{place, Access, Place};
 
@@ -167,6 +168,6 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
     if args.check {
         headers.push("in bucket");
     }
-    print!("{}", table(&headers, &rows));
+    out!("{}", table(&headers, &rows))?;
     Ok(outcome)
 }

@@ -83,7 +83,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Status(_) => ("status", false, true),
         _ => ("", false, false),
     };
-    let ctx = match Context::from_cli(&cli) {
+    let ctx = match Context::new(&cli.settings()) {
         Ok(ctx) => ctx,
         Err(e) => {
             // A cron job whose configuration broke must still be heard of.
@@ -117,8 +117,10 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         })
     });
     let result = dispatch(cli.command, &ctx).await;
-    let error = result.as_ref().err().map(|e| format!("{e:#}"));
-    let ok = matches!(result, Ok(Outcome::Done));
+    // A reader of the results that went away (`| head`) is not a failed run.
+    let closed = result.as_ref().is_err_and(crate::error::is_closed_stdout);
+    let error = result.as_ref().err().filter(|_| !closed).map(|e| format!("{e:#}"));
+    let ok = closed || matches!(result, Ok(Outcome::Done));
     if pinged {
         alerts.ping_end(ok, error.as_deref()).await;
     }
@@ -131,6 +133,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
 /// What a user can get wrong in a command's own arguments, checked before the configuration (so a
 /// bad `--days` is reported even when DATABASE_URL is missing too) and before anything is touched.
 fn preflight(command: &Command) -> Result<()> {
+    use crate::clock::{Clock, SystemClock};
     use crate::policy::schedule::{parse_setting, ScheduleOptions};
     let when = |w: &crate::cli::WhenArgs| ScheduleOptions::parse(w.daily_at.as_deref(), w.timezone.as_deref());
     match command {
@@ -140,7 +143,7 @@ fn preflight(command: &Command) -> Result<()> {
             when(&a.when)?;
         }
         Command::Status(a) if a.when.daily_at.is_some() => drop(when(&a.when)?),
-        Command::Schedule(a) => drop(parse_setting(&a.schedule, chrono::Utc::now())?),
+        Command::Schedule(a) => drop(parse_setting(&a.schedule, SystemClock.now())?),
         _ => {}
     }
     Ok(())

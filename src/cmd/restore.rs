@@ -12,11 +12,13 @@ use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
+use crate::outln;
 use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::{read_facts, schema_exists};
+use crate::restore::writes::Writes;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
 use crate::usage;
 
@@ -26,6 +28,9 @@ struct Restored<'a> {
     restored_into: &'a str,
     backup: &'a Source,
     previous_schema_kept_as: Option<&'a str>,
+    /// Rows the application inserted, updated or deleted in the tenant while the restore ran: they
+    /// are in the previous schema, not in the restored one.
+    application_writes_during_restore: Option<i64>,
     dry_run: bool,
     duration_seconds: f64,
 }
@@ -123,6 +128,9 @@ async fn restore(
         },
     };
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
+    // What the application writes to the tenant from now on will be in the schema set aside, not
+    // in the restored one: where it stands now, to tell afterwards.
+    let writes = Writes::start(client, &target_name).await?;
 
     // Checked before anything runs.
     let shown = ctx.shown(&source.source_schema);
@@ -155,7 +163,16 @@ async fn restore(
         describe_json(h, &target, &facts, &live_tables);
     }
     if args.dry_run {
-        report(ctx, &tenant.schema_name, &target_name, &source, None, true, started)?;
+        report(
+            ctx,
+            &tenant.schema_name,
+            &target_name,
+            &source,
+            None,
+            None,
+            true,
+            started,
+        )?;
         return Ok(Outcome::Done);
     }
     if !args.yes {
@@ -206,11 +223,21 @@ async fn restore(
         crate::jsonl::restore(session, input, &opts)
             .await
             .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-        let kept = match header.map(|h| h.format_version) {
-            Some(2) => keep_previous,
-            _ => kept.as_deref(),
+        let (kept, wrote) = match header.map(|h| h.format_version) {
+            // Version 2 loads into the live tables, which it holds locked: nobody wrote meanwhile.
+            Some(2) => (keep_previous.map(str::to_string), None),
+            _ => settle_previous(session, &target, kept, &writes, lock_timeout).await,
         };
-        report(ctx, &tenant.schema_name, &target_name, &source, kept, false, started)?;
+        report(
+            ctx,
+            &tenant.schema_name,
+            &target_name,
+            &source,
+            kept.as_deref(),
+            wrote,
+            false,
+            started,
+        )?;
         return Ok(Outcome::Done);
     };
     let ran = through_psql(
@@ -229,16 +256,102 @@ async fn restore(
     if let Some(note) = &ran.note {
         tracing::warn!("{note}");
     }
+    let (kept, wrote) = settle_previous(session, &target, kept, &writes, lock_timeout).await;
     report(
         ctx,
         &tenant.schema_name,
         &target_name,
         &source,
         kept.as_deref(),
+        wrote,
         false,
         started,
     )?;
     Ok(Outcome::Done)
+}
+
+/// After the COMMIT: how many rows the application wrote to the tenant while the restore ran
+/// (they are in the previous schema, set aside), and the previous schema dropped if
+/// `--drop-previous` asked for it and nothing was written there. For the drop, the previous
+/// schema's tables are locked first (within `--lock-timeout`), so the count is exact and nothing
+/// can be written between it and the DROP. Acknowledged writes are never dropped silently: the
+/// schema is kept and the report says so.
+async fn settle_previous(
+    client: &tokio_postgres::Client,
+    target: &Target,
+    kept: Option<String>,
+    writes: &Writes,
+    lock_timeout: Duration,
+) -> (Option<String>, Option<i64>) {
+    let Some(previous) = kept else {
+        return (None, None);
+    };
+    if !matches!(
+        target,
+        Target::Replace {
+            drop_previous: true,
+            ..
+        }
+    ) {
+        return match writes.since(client).await {
+            Ok(n) => (Some(previous), Some(n)),
+            Err(e) => {
+                tracing::warn!("could not tell what the application wrote during the restore: {e:#}");
+                (Some(previous), None)
+            }
+        };
+    }
+    match drop_unless_written(client, &previous, writes, lock_timeout).await {
+        Ok(0) => (None, Some(0)),
+        Ok(n) => {
+            tracing::warn!(
+                "--drop-previous: the previous schema is KEPT as {previous}: the application wrote {n} row(s) to the tenant while the restore ran, and they are there"
+            );
+            (Some(previous), Some(n))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the restore is committed, but the previous schema is KEPT as {previous}: it could not be dropped ({e:#}); drop it yourself once you have checked it"
+            );
+            (Some(previous), None)
+        }
+    }
+}
+
+/// In one transaction: the previous schema's tables locked, the application's writes counted, and
+/// the schema dropped when there were none. Returns the count.
+async fn drop_unless_written(
+    client: &tokio_postgres::Client,
+    previous: &str,
+    writes: &Writes,
+    lock_timeout: Duration,
+) -> Result<i64> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+            lock::timeout_ms(lock_timeout)
+        ))
+        .await?;
+    let result = async {
+        writes.lock_tables(client).await?;
+        let n = writes.since(client).await?;
+        if n == 0 {
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA {} CASCADE",
+                    crate::pg::sql::quote_ident(previous)
+                ))
+                .await?;
+        }
+        anyhow::Ok(n)
+    }
+    .await;
+    let end = if matches!(result, Ok(0)) { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).await?;
+    result.map_err(|e| match e.downcast_ref::<tokio_postgres::Error>() {
+        Some(pg) => anyhow::anyhow!("{}", crate::pg::connect::describe_pg_error(pg)),
+        None => e,
+    })
 }
 
 fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &Facts) {
@@ -266,7 +379,7 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &
             drop_previous: true, ..
         } if facts.target_exists => {
             eprintln!(
-                "  target   {target}: the current schema is replaced and DROPPED in the same transaction ({history})"
+                "  target   {target}: the current schema is replaced, and DROPPED once the restore is committed unless the application wrote to it meanwhile ({history})"
             )
         }
         Target::Replace { .. } if facts.target_exists => eprintln!(
@@ -346,12 +459,14 @@ fn confirm(target: &str) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     ctx: &Context,
     tenant: &str,
     target: &str,
     source: &Source,
     kept_as: Option<&str>,
+    application_writes: Option<i64>,
     dry_run: bool,
     started: Instant,
 ) -> Result<()> {
@@ -362,20 +477,26 @@ fn report(
             restored_into: target,
             backup: source,
             previous_schema_kept_as: kept_as,
+            application_writes_during_restore: application_writes,
             dry_run,
             duration_seconds: (elapsed * 1000.0).round() / 1000.0,
         })?;
         return Ok(());
     }
     if dry_run {
-        println!("dry run: {} verified; nothing was changed", source.key);
+        outln!("dry run: {} verified; nothing was changed", source.key)?;
         return Ok(());
     }
-    println!("restored {target} from {} in {elapsed:.2} s", source.key);
+    outln!("restored {target} from {} in {elapsed:.2} s", source.key)?;
+    if let (Some(n), Some(old)) = (application_writes.filter(|n| *n > 0), kept_as) {
+        outln!(
+            "the application wrote {n} row(s) to {target} while the restore ran: they are not in the restored schema, they are in {old}"
+        )?;
+    }
     if let Some(old) = kept_as {
-        println!(
+        outln!(
             "the previous schema is kept as {old}; check the restore, then drop it with `DROP SCHEMA \"{old}\" CASCADE` (or `tenant-backup cleanup --pre-restore-days N`)"
-        );
+        )?;
     }
     Ok(())
 }

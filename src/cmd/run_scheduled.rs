@@ -14,6 +14,7 @@ use crate::cli::RunScheduledArgs;
 use crate::cmd::Outcome;
 use crate::pg::catalog::BackupKind;
 use crate::policy::schedule::{is_due, Decision, ScheduleOptions};
+use crate::{out, outln};
 
 #[derive(Serialize)]
 struct Summary<'a> {
@@ -72,7 +73,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["tenant", "schedule", "due", "why"], &rows));
+            out!("{}", table(&["tenant", "schedule", "due", "why"], &rows))?;
         }
         return Ok(Outcome::Done);
     }
@@ -95,6 +96,7 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     } else {
         let env = Arc::new(ctx.backup_env(&client, &request).await?);
         drop(client);
+        ctx.prove_storage(crate::storage::Access::Read).await?;
         let progress = Progress::new(ctx.output.progress);
         run_backups(
             &env,
@@ -122,22 +124,25 @@ pub async fn run(args: RunScheduledArgs, ctx: &Context) -> Result<Outcome> {
     } else {
         for r in &results {
             match &r.status {
-                TenantStatus::BackedUp { backup: b } => println!(
+                TenantStatus::BackedUp { backup: b } => outln!(
                     "{}: backed up as {} ({}, id {}, {:.2} s)",
                     r.tenant,
                     b.key,
                     human_size(b.size),
                     b.id,
                     b.duration.as_secs_f64()
-                ),
-                TenantStatus::Skipped { reason } => println!("{}: skipped, {reason}", r.tenant),
-                TenantStatus::Failed { error } => println!("{}: FAILED, {error:#}", r.tenant),
+                )?,
+                TenantStatus::Skipped { reason } => outln!("{}: skipped, {reason}", r.tenant)?,
+                TenantStatus::Failed { error } => outln!("{}: FAILED, {error:#}", r.tenant)?,
             }
         }
-        println!(
+        outln!(
             "{} due, {} backed up, {} failed, {} skipped",
-            summary.due, summary.backed_up, summary.failed, summary.skipped
-        );
+            summary.due,
+            summary.backed_up,
+            summary.failed,
+            summary.skipped
+        )?;
     }
     Ok(Outcome::from_failures(summary.failed))
 }

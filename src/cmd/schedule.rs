@@ -5,6 +5,7 @@ use anyhow::Result;
 use crate::app::context::Context;
 use crate::cli::ScheduleArgs;
 use crate::cmd::Outcome;
+use crate::outln;
 use crate::policy::schedule::parse_setting;
 
 pub async fn run(args: ScheduleArgs, ctx: &Context) -> Result<Outcome> {
@@ -22,12 +23,12 @@ pub async fn run(args: ScheduleArgs, ctx: &Context) -> Result<Outcome> {
         }))?;
     } else {
         match next {
-            Some(at) => println!(
+            Some(at) => outln!(
                 "{}: one backup scheduled at {}",
                 tenant.schema_name,
                 at.format("%Y-%m-%d %H:%M:%S UTC")
-            ),
-            None => println!("{}: backup schedule set to {schedule}", tenant.schema_name),
+            )?,
+            None => outln!("{}: backup schedule set to {schedule}", tenant.schema_name)?,
         }
     }
     Ok(Outcome::Done)

@@ -9,6 +9,7 @@ use crate::app::context::Context;
 use crate::app::output::table;
 use crate::cli::StatusArgs;
 use crate::cmd::Outcome;
+use crate::out;
 use crate::policy::schedule::{next_due, overdue, ScheduleOptions};
 
 #[derive(Serialize)]
@@ -100,7 +101,7 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
                 ]
             })
             .collect();
-        print!(
+        out!(
             "{}",
             table(
                 &[
@@ -113,7 +114,7 @@ pub async fn run(args: StatusArgs, ctx: &Context) -> Result<Outcome> {
                 ],
                 &rows
             )
-        );
+        )?;
         if overdue_count > 0 {
             eprintln!("{overdue_count} tenant(s) overdue");
         }

@@ -17,6 +17,7 @@ use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::state::read_facts;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
+use crate::{out, outln};
 
 #[derive(Serialize)]
 struct TableCheck {
@@ -184,8 +185,8 @@ async fn verify(
                 ]
             })
             .collect();
-        print!("{}", table(&["table", "manifest", "restored", ""], &rows));
-        println!(
+        out!("{}", table(&["table", "manifest", "restored", ""], &rows))?;
+        outln!(
             "{}: checksum {checksum}, restore ok (rolled back), row counts {}",
             result.key,
             if expected.is_none() {
@@ -195,7 +196,7 @@ async fn verify(
             } else {
                 "DIFFER"
             }
-        );
+        )?;
     }
     Ok(if ok { Outcome::Done } else { Outcome::Failed })
 }

@@ -59,8 +59,7 @@ pub fn save(path: &Path, identity: &MasterIdentity, made_by: &str) -> anyhow::Re
         .tempfile_in(dir)
         .map_err(fail)?;
     let text = format!(
-        "# created by {made_by} at {}\n# public key: {}\n{}\n",
-        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+        "# created by {made_by}\n# public key: {}\n{}\n",
         identity.recipient().as_string(),
         identity.secret_string().expose()
     );

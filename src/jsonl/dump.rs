@@ -45,10 +45,11 @@ pub async fn dump(
     client: &Client,
     schema: &str,
     server_version: &str,
+    created_at: chrono::DateTime<Utc>,
     guard: Option<&crate::restore::guard::Scope>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
-    let result = dump_inner(client, schema, server_version, guard, &tx).await;
+    let result = dump_inner(client, schema, server_version, created_at, guard, &tx).await;
     let _ = client.batch_execute("COMMIT").await;
     if let Err(e) = &result {
         let _ = tx.send(Err(io::Error::other(ProducerError(format!("{e:#}"))))).await;
@@ -60,6 +61,7 @@ async fn dump_inner(
     client: &Client,
     schema: &str,
     server_version: &str,
+    created_at: chrono::DateTime<Utc>,
     guard: Option<&crate::restore::guard::Scope>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
@@ -93,7 +95,7 @@ async fn dump_inner(
         tool_version: env!("CARGO_PKG_VERSION").into(),
         schema: schema.into(),
         server_version: server_version.into(),
-        created_at: Utc::now(),
+        created_at,
         tables: specs.clone(),
     };
     let send = |piece: Piece| async move {

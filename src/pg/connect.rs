@@ -17,7 +17,7 @@ impl DbTarget {
     pub async fn connect(&self) -> Result<Client> {
         let tls = self.tls_connector().context("setting up TLS")?;
         let attempts = Cell::new(1u32);
-        let result = (|| self.connect_once(tls.as_ref()))
+        let result = (|| self.connect_allowing(tls.as_ref()))
             .retry(backoff(CONNECT_RETRIES))
             .sleep(tokio::time::sleep)
             .when(is_transient)
@@ -40,26 +40,55 @@ impl DbTarget {
                 )
             } else if matches!(code, Some("28P01" | "28000")) {
                 " (check the user name and password in --database-url / DATABASE_URL, and in BACKUP_DUMP_URL when set; special characters in a URL's password must be percent-encoded)".to_string()
+            } else if is_untrusted_certificate(&err) {
+                " (the server's certificate is not trusted for this sslmode: set sslrootcert=/path/to/its CA in the URL or put the CA in ~/.postgresql/root.crt; verify-full also needs the host name in the certificate)".to_string()
             } else if code == Some("3D000") {
                 " (check the database name at the end of the URL)".to_string()
             } else {
                 String::new()
             };
-            anyhow::anyhow!(
+            let message = format!(
                 "could not connect to {}: {}{hint}",
                 self.redacted(),
                 self.scrub(&describe_pg_error(&err))
-            )
+            );
+            // A wrong password, user or database name is the operator's to fix (exit 2); a server
+            // that does not answer is work that failed (exit 1), which a later run may finish.
+            if matches!(code, Some("28P01" | "28000" | "3D000")) || is_untrusted_certificate(&err) {
+                anyhow::Error::new(crate::error::UsageError::new(message))
+            } else {
+                anyhow::anyhow!(message)
+            }
         })
+    }
+
+    /// One attempt; with `sslmode=allow`, unencrypted first and encrypted when the server
+    /// refuses that (libpq's order).
+    async fn connect_allowing(
+        &self,
+        tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+    ) -> Result<Client, tokio_postgres::Error> {
+        if self.tls != TlsMode::Allow {
+            return self.connect_once(&self.config, tls).await;
+        }
+        match self.connect_once(&self.config, None).await {
+            Err(err) if err.as_db_error().is_some() => {
+                let mut encrypted = self.config.clone();
+                encrypted.ssl_mode(tokio_postgres::config::SslMode::Require);
+                self.connect_once(&encrypted, tls).await
+            }
+            other => other,
+        }
     }
 
     async fn connect_once(
         &self,
+        config: &tokio_postgres::Config,
         tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
     ) -> Result<Client, tokio_postgres::Error> {
         Ok(match tls {
             None => {
-                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
+                let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
                 let cancel = client.cancel_token();
                 drive(conn, async move {
                     let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
@@ -67,7 +96,7 @@ impl DbTarget {
                 client
             }
             Some(tls) => {
-                let (client, conn) = self.config.connect(tls.clone()).await?;
+                let (client, conn) = config.connect(tls.clone()).await?;
                 let (cancel, tls) = (client.cancel_token(), tls.clone());
                 drive(conn, async move {
                     let _ = cancel.cancel_query(tls).await;
@@ -96,6 +125,30 @@ where
         let _ = conn.await;
         drop(on_stop);
     });
+}
+
+/// The server's certificate was refused: a configuration to fix (roots, host name), never retried.
+fn is_untrusted_certificate(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        ) {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)))
+            {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Attempts after the first.

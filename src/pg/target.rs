@@ -17,7 +17,8 @@ pub struct DbTarget {
     raw: Secret<String>,
     pub(super) config: Config,
     pub(super) tls: TlsMode,
-    pub(super) root_cert: Option<String>,
+    /// The root certificates the driver and the client programs trust ([`crate::pg::tls::root_file`]).
+    pub(super) root_cert: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for DbTarget {
@@ -43,8 +44,10 @@ impl DbTarget {
                 "{what} names no host: expected postgres://user:password@host:5432/dbname"
             )));
         }
+        let root_cert = crate::pg::tls::root_file(tls, root_cert.as_deref())?;
         config.ssl_mode(match tls {
-            TlsMode::Disable => SslMode::Disable,
+            // allow: unencrypted first; `connect` tries again encrypted when the server refuses.
+            TlsMode::Disable | TlsMode::Allow => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
         });
@@ -131,7 +134,11 @@ impl DbTarget {
             env.push(("PGPASSWORD", password));
         }
         if let Some(cert) = &self.root_cert {
-            env.push(("PGSSLROOTCERT", cert.clone()));
+            env.push(("PGSSLROOTCERT", cert.display().to_string()));
+        }
+        // Server options from the URL (`options=-c …`, Neon's `endpoint=…`), as libpq reads them.
+        if let Some(options) = self.config.get_options() {
+            env.push(("PGOPTIONS", options.to_string()));
         }
         env
     }

@@ -25,10 +25,12 @@ pub mod run;
 pub mod script;
 pub mod source;
 pub mod state;
+pub mod writes;
 
 pub use psql::{open_decompressed, Counts, PsqlJob};
-pub use script::{plan, Facts, Plan, Target};
-pub use source::{fetch_verified, resolve, resolve_at, Source, Which};
+pub use script::{plan, Plan};
+pub use source::{fetch_verified, resolve_at, Source, Which};
+pub use state::{BucketRow, Facts, Target};
 
 use std::path::Path;
 

@@ -4,56 +4,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use super::source::Source;
-use crate::pg::catalog::{insert_history, BackupKind, Catalog};
+use super::state::{Facts, Target};
+use crate::pg::catalog::{insert_history, Catalog};
 use crate::pg::sql::{literal, quote_ident};
-
-/// Where the restored schema goes.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// Replace the tenant's schema; the old one is renamed aside (and dropped when asked).
-    Replace { schema: String, drop_previous: bool },
-    /// A new schema, leaving everything else untouched.
-    Into { schema: String },
-    /// Restore, count every table's rows, roll back: `verify`.
-    Scratch,
-}
-
-impl Target {
-    /// The schema that exists after the restore (none for verify).
-    pub fn schema(&self) -> Option<&str> {
-        match self {
-            Target::Replace { schema, .. } | Target::Into { schema } => Some(schema),
-            Target::Scratch => None,
-        }
-    }
-}
-
-/// What is there, read under the tenant's lock just before the restore starts.
-#[derive(Clone, Debug, Default)]
-pub struct Facts {
-    pub target_exists: bool,
-    /// The target schema holds its history table.
-    pub records_exist: bool,
-    /// The schema the dump creates exists now (it is held aside for the duration).
-    pub source_exists: bool,
-    /// The free `…__pre_restore_<time>` name the live schema gets.
-    pub previous: Option<String>,
-    /// Backups of the target the bucket's manifests know of: the history of a tenant whose
-    /// history table is gone.
-    pub bucket_rows: Vec<BucketRow>,
-}
-
-/// A history row rebuilt from a manifest.
-#[derive(Clone, Debug)]
-pub struct BucketRow {
-    pub key: String,
-    pub size: u64,
-    pub kind: BackupKind,
-    pub created_at: DateTime<Utc>,
-}
 
 pub struct Plan {
     pub prologue: String,
@@ -112,10 +66,7 @@ pub fn plan(
         pro.push_str(&rename(s, &hold));
     }
     match target {
-        Target::Replace {
-            schema: t,
-            drop_previous,
-        } => {
+        Target::Replace { schema: t, .. } => {
             if t != s {
                 epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(t)));
             }
@@ -123,13 +74,10 @@ pub fn plan(
                 epi.push_str(&rename(&hold, s));
             }
             epi.push_str(&history(catalog, t, previous.as_deref(), source, facts));
-            if let Some(p) = previous {
-                if *drop_previous {
-                    epi.push_str(&format!("DROP SCHEMA {} CASCADE;\n", quote_ident(&p)));
-                } else {
-                    kept_as = Some(p);
-                }
-            }
+            // With --drop-previous the previous schema is dropped after the COMMIT, and only when
+            // the application wrote nothing to it meanwhile (see `restore::writes`): what it wrote
+            // during the restore is never destroyed silently.
+            kept_as = previous;
             epi.push_str("COMMIT;\n");
         }
         Target::Into { schema: t } => {

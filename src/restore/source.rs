@@ -6,7 +6,6 @@ use serde::Serialize;
 use tempfile::NamedTempFile;
 use tokio_postgres::Client;
 
-use super::state::bucket_backups;
 use crate::backup::compress::Compression;
 use crate::backup::format::DumpFormat;
 use crate::backup::key::ObjectKey;
@@ -44,18 +43,6 @@ pub struct Source {
     /// The tenant's key, when the object is encrypted (set by [`super::access::check_access`]).
     #[serde(skip)]
     pub decrypt: Option<TenantKey>,
-}
-
-/// [`resolve_at`] now.
-pub async fn resolve(
-    catalog: &Catalog,
-    client: &Client,
-    storage: &dyn Storage,
-    tenant: &Tenant,
-    which: &Which,
-    from_tenant: Option<&str>,
-) -> Result<Source> {
-    resolve_at(catalog, client, storage, tenant, which, from_tenant, Utc::now()).await
 }
 
 /// Finds the backup and checks it belongs to `tenant` (or to `from_tenant`, when given). The
@@ -283,4 +270,27 @@ pub async fn fetch_verified(storage: &dyn Storage, source: &Source, progress: &S
         ),
     }
     Ok(file)
+}
+
+/// Every backup of `schema` the bucket holds a manifest for, newest first.
+pub async fn bucket_backups(storage: &dyn Storage, schema: &str) -> Result<Vec<Manifest>> {
+    let objects = storage
+        .list(&format!("{schema}/"))
+        .await
+        .with_context(|| format!("listing {schema}/ in {}", storage.describe()))?;
+    let mut out = Vec::new();
+    for o in objects.iter().filter(|o| o.key.ends_with(".manifest.json")) {
+        let object = o.key.trim_end_matches(".manifest.json");
+        let Ok(bytes) = storage.get_bytes(&o.key).await else {
+            continue;
+        };
+        match Manifest::from_bytes(&bytes) {
+            // Only what is under its own name, about this tenant, with its object there.
+            Ok(m) if m.tenant == schema && m.key == object && objects.iter().any(|x| x.key == object) => out.push(m),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{}: not a manifest ({e}); skipped", o.key),
+        }
+    }
+    out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.key.cmp(&a.key)));
+    Ok(out)
 }

@@ -6,10 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use super::script::{BucketRow, Facts, Target};
-use super::source::Source;
-use crate::backup::manifest::Manifest;
-use crate::pg::catalog::{schema_state, Catalog};
+use super::source::{bucket_backups, Source};
+use crate::pg::catalog::{schema_state, BackupKind, Catalog};
 use crate::policy::retention::pre_restore_name;
 use crate::storage::Storage;
 
@@ -24,6 +22,51 @@ pub async fn schema_exists(client: &Client, schema: &str) -> Result<bool> {
     Ok(rows[0].get(0))
 }
 
+/// Where the restored schema goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Replace the tenant's schema; the old one is renamed aside (and dropped when asked).
+    Replace { schema: String, drop_previous: bool },
+    /// A new schema, leaving everything else untouched.
+    Into { schema: String },
+    /// Restore, count every table's rows, roll back: `verify`.
+    Scratch,
+}
+
+impl Target {
+    /// The schema that exists after the restore (none for verify).
+    pub fn schema(&self) -> Option<&str> {
+        match self {
+            Target::Replace { schema, .. } | Target::Into { schema } => Some(schema),
+            Target::Scratch => None,
+        }
+    }
+}
+
+/// What is there, read under the tenant's lock just before the restore starts.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub target_exists: bool,
+    /// The target schema holds its history table.
+    pub records_exist: bool,
+    /// The schema the dump creates exists now (it is held aside for the duration).
+    pub source_exists: bool,
+    /// The free `…__pre_restore_<time>` name the live schema gets.
+    pub previous: Option<String>,
+    /// Backups of the target the bucket's manifests know of: the history of a tenant whose
+    /// history table is gone.
+    pub bucket_rows: Vec<BucketRow>,
+}
+
+/// A history row rebuilt from a manifest.
+#[derive(Clone, Debug)]
+pub struct BucketRow {
+    pub key: String,
+    pub size: u64,
+    pub kind: BackupKind,
+    pub created_at: DateTime<Utc>,
+}
+
 /// The first `<schema>__pre_restore_<time>` name, from `now` on, that no schema has: two restores
 /// in the same second get different names.
 pub async fn free_previous_name(client: &Client, schema: &str, now: DateTime<Utc>) -> Result<String> {
@@ -34,29 +77,6 @@ pub async fn free_previous_name(client: &Client, schema: &str, now: DateTime<Utc
         }
     }
     anyhow::bail!("an hour of {schema}__pre_restore_ names is taken: drop old ones (`tenant-backup cleanup --pre-restore-days N`)")
-}
-
-/// Every backup of `schema` the bucket holds a manifest for, newest first.
-pub async fn bucket_backups(storage: &dyn Storage, schema: &str) -> Result<Vec<Manifest>> {
-    let objects = storage
-        .list(&format!("{schema}/"))
-        .await
-        .with_context(|| format!("listing {schema}/ in {}", storage.describe()))?;
-    let mut out = Vec::new();
-    for o in objects.iter().filter(|o| o.key.ends_with(".manifest.json")) {
-        let object = o.key.trim_end_matches(".manifest.json");
-        let Ok(bytes) = storage.get_bytes(&o.key).await else {
-            continue;
-        };
-        match Manifest::from_bytes(&bytes) {
-            // Only what is under its own name, about this tenant, with its object there.
-            Ok(m) if m.tenant == schema && m.key == object && objects.iter().any(|x| x.key == object) => out.push(m),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("{}: not a manifest ({e}); skipped", o.key),
-        }
-    }
-    out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.key.cmp(&a.key)));
-    Ok(out)
 }
 
 /// What the script needs to know, read under the tenant's lock.

@@ -38,18 +38,22 @@ impl Default for StorageOptions {
     }
 }
 
-/// The storage URL to use when none is given: Supabase when `SUPABASE_URL` is set (bucket from
-/// `SUPABASE_BUCKET_NAME`, else `backups`), else `./backups`.
-pub fn default_url() -> String {
+/// The storage the environment names when `--storage` / `BACKUP_STORAGE` is not given: Supabase
+/// when `SUPABASE_URL` is set (bucket from `SUPABASE_BUCKET_NAME`, else `backups`). `None`: no
+/// storage is configured; commands that store or delete refuse to run (a default local folder on
+/// a machine whose disk is thrown away would lose every backup while reporting success).
+pub fn configured_default() -> Option<String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    match env("SUPABASE_URL") {
-        Some(_) => format!(
+    env("SUPABASE_URL").map(|_| {
+        format!(
             "supabase://{}",
             env("SUPABASE_BUCKET_NAME").unwrap_or_else(|| "backups".into())
-        ),
-        None => "./backups".into(),
-    }
+        )
+    })
 }
+
+/// Where commands that only read look when no storage is configured.
+pub const READ_DEFAULT: &str = "./backups";
 
 /// What a backend returns. [`StorageError::NotFound`] (and `Ok(None)` from [`Storage::size`], and
 /// a short listing) is a proven absence once it has passed [`Checked`], which every backend
@@ -232,14 +236,19 @@ pub trait Storage: Send + Sync {
     }
 }
 
-/// Opens the backend named by a storage URL: a plain path or `file:///abs/path` (local directory),
-/// `s3://bucket/prefix` or `supabase://bucket/prefix`.
-pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageError> {
-    let url = url.trim();
+/// What a storage URL names, before anything is opened.
+enum Location<'a> {
+    Local(&'a str),
+    S3,
+    Supabase,
+}
+
+fn locate(url: &str) -> Result<Location<'_>, UsageError> {
+    const FORMS: &str = "a directory that exists, file:///path, s3://bucket/prefix or supabase://bucket/prefix";
     if url.is_empty() {
-        return Err(UsageError::new(
-            "--storage / BACKUP_STORAGE is empty: give a directory, file:///path, s3://bucket/prefix or supabase://bucket/prefix",
-        ));
+        return Err(UsageError::new(format!(
+            "--storage / BACKUP_STORAGE is empty: give {FORMS}"
+        )));
     }
     if let Some(rest) = url.strip_prefix("file://") {
         if !rest.starts_with('/') {
@@ -247,20 +256,65 @@ pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageE
                 "{url} is not an absolute file URL: use file:///absolute/path or a plain path such as ./backups"
             )));
         }
-        return Ok(Checked::wrap(Arc::new(LocalDir::new(rest))));
+        return Ok(Location::Local(rest));
     }
     if url.starts_with("s3://") {
-        return Ok(Checked::wrap(Arc::new(S3::open(url, opts)?)));
+        return Ok(Location::S3);
     }
     if url.starts_with("supabase://") {
-        return Ok(Checked::wrap(Arc::new(Supabase::open(url, opts)?)));
+        return Ok(Location::Supabase);
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(UsageError::new(format!(
-            "storage scheme {scheme}:// is not supported: use a directory path, file:///path, s3://bucket/prefix or supabase://bucket/prefix"
+            "storage scheme {scheme}:// is not supported: use {FORMS}"
         )));
     }
-    Ok(Checked::wrap(Arc::new(LocalDir::new(url))))
+    if let Some(meant) = mistyped_url(url) {
+        return Err(UsageError::new(format!(
+            "--storage / BACKUP_STORAGE {url:?} looks like a mistyped URL: write {meant} (two slashes after the colon); for a local folder of that name write ./{url}"
+        )));
+    }
+    Ok(Location::Local(url))
+}
+
+/// A relative path that is really a URL with a slash or colon missing (`s3:/bucket`, `s3:bucket`,
+/// `supabase//b`): taken as a local folder it would quietly collect the backups on this machine.
+/// Returns what was probably meant.
+fn mistyped_url(url: &str) -> Option<String> {
+    let first = url.split('/').next().unwrap_or_default();
+    if let Some((scheme, rest)) = url.split_once(':') {
+        if !scheme.is_empty() && !scheme.contains('/') && first.contains(':') {
+            let slashes = if scheme == "file" { "///" } else { "//" };
+            return Some(format!("{scheme}:{slashes}{}", rest.trim_start_matches('/')));
+        }
+    }
+    for scheme in ["s3", "supabase", "file"] {
+        if let Some(rest) = url.strip_prefix(scheme).and_then(|r| r.strip_prefix("//")) {
+            return Some(format!("{scheme}://{rest}"));
+        }
+    }
+    None
+}
+
+/// The directory a storage URL names, when it names a local one.
+pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    match locate(url.trim()) {
+        Ok(Location::Local(path)) => Some(path.into()),
+        _ => None,
+    }
+}
+
+/// Opens the backend named by a storage URL: a plain path or `file:///abs/path` (local directory),
+/// `s3://bucket/prefix` or `supabase://bucket/prefix`. Nothing is created or contacted: a local
+/// directory must already exist when something is stored (see `Context::prove_storage`), and a
+/// string that looks like a mistyped URL is refused rather than taken as a folder.
+pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>, UsageError> {
+    let url = url.trim();
+    Ok(Checked::wrap(match locate(url)? {
+        Location::Local(path) => Arc::new(LocalDir::new(path)),
+        Location::S3 => Arc::new(S3::open(url, opts)?),
+        Location::Supabase => Arc::new(Supabase::open(url, opts)?),
+    }))
 }
 
 /// Writes a download stream to `path`, returning the bytes written. Memory holds one chunk at a time.
@@ -317,6 +371,30 @@ mod tests {
         // The in-memory store exists for unit tests only: a cron job must never record backups
         // that exist nowhere.
         assert!(open("memory://", &o).is_err());
+    }
+
+    #[test]
+    fn mistyped_urls_are_not_taken_for_folders() {
+        let o = StorageOptions::default();
+        for (typo, meant) in [
+            ("s3:/bucket", "s3://bucket"),
+            ("s3:bucket/x", "s3://bucket/x"),
+            ("supabase:/b", "supabase://b"),
+            ("s3//bucket", "s3://bucket"),
+            ("supabase//b/p", "supabase://b/p"),
+            ("file:/var/b", "file:///var/b"),
+        ] {
+            let err = open(typo, &o)
+                .err()
+                .unwrap_or_else(|| panic!("{typo} was accepted"))
+                .to_string();
+            assert!(err.contains("mistyped URL") && err.contains(meant), "{typo}: {err}");
+        }
+        for fine in ["./s3:/bucket", "backups", "/var/backups/s3:x", "./backups/2026"] {
+            assert!(open(fine, &o).is_ok(), "{fine}");
+        }
+        assert_eq!(local_root("file:///var/b"), Some("/var/b".into()));
+        assert_eq!(local_root("s3://b/p"), None);
     }
 
     #[test]

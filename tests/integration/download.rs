@@ -11,10 +11,8 @@ use crate::support::*;
 
 /// The binary as `TestDb::cmd` sets it up, as a std `Command` (for pipes and limits).
 fn command(db: &TestDb) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("tenant-backup"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", db.dir.path())
+    let mut c = crate::support::tool();
+    c.env("HOME", db.dir.path())
         .env("DATABASE_URL", db.url())
         .env("BACKUP_STORAGE", db.storage())
         .current_dir(db.dir.path());

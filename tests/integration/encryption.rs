@@ -685,7 +685,7 @@ fn a_rotation_killed_at_any_moment_is_finished_by_running_it_again() {
     // The kills landed between the steps that matter: the identity written and nothing
     // re-wrapped yet, and (mostly) before the process could finish on its own.
     assert!(states.contains(&(true, 0)), "{states:?}");
-    println!("states at the kills (identity written, keys re-wrapped): {states:?}");
+    eprintln!("states at the kills (identity written, keys re-wrapped): {states:?}");
     // Forgetting leaves nothing of the key in the bucket, not even an interrupted write.
     let out = reader_with_file(&db, &k, &current)
         .args(["keys", "forget", "--tenant", "bienestar", "--yes"])

@@ -140,7 +140,11 @@ fn unknown_and_hostile_tenants_exit_2_and_touch_nothing() {
         "1"
     );
     assert_untouched(&db, before);
-    assert!(!db.storage().exists(), "the bucket directory was created");
+    assert_eq!(
+        std::fs::read_dir(db.storage()).unwrap().count(),
+        0,
+        "something was stored"
+    );
 }
 
 #[test]
@@ -177,6 +181,22 @@ fn missing_invalid_and_unreachable_database_urls() {
         "{stderr}"
     );
     assert!(stderr.contains("DATABASE_URL"), "says where to look: {stderr}");
+    // The tests' fast retry pace (support::FAST_RETRIES) keeps every attempt.
+    assert!(stderr.contains("gave up after 4 attempts"), "{stderr}");
+}
+
+#[test]
+fn a_retry_delay_that_is_not_a_number_of_milliseconds_is_refused() {
+    let db = TestDb::new();
+    for bad in ["fast", "0", "600000", "-5"] {
+        let out = db
+            .cmd()
+            .env("BACKUP_RETRY_DELAY_MS", bad)
+            .args(["list"])
+            .output()
+            .unwrap();
+        assert_fails(&out, 2, "BACKUP_RETRY_DELAY_MS");
+    }
 }
 
 #[test]
@@ -184,7 +204,7 @@ fn wrong_password_is_reported_without_the_password() {
     let db = TestDb::new();
     let wrong = db.url().replace(&cluster().password, "Wr0ng-Pa55");
     let out = db.cmd().env("DATABASE_URL", &wrong).args(["list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("password authentication failed")
@@ -246,4 +266,38 @@ fn an_os_error_is_printed_once() {
         assert_eq!(line.matches("(os error").count(), 1, "{line}");
     }
     assert!(stderr.contains("(os error"), "{stderr}");
+}
+
+#[test]
+fn no_dotenv_leaves_a_projects_env_file_unread_and_debug_says_which_was_read() {
+    let db = TestDb::new();
+    // A Django project's development .env in the working directory of a cron job.
+    std::fs::write(
+        db.dir.path().join(".env"),
+        "DATABASE_URL=postgres://dev:dev@127.0.0.1:1/dev_db\nBACKUP_STORAGE=/nonexistent/dev-backups\n",
+    )
+    .unwrap();
+    let out = db.cmd().args(["-v", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = db.dir.path().join(".env");
+    assert!(
+        text(&out.stderr).contains(&format!("read settings from {}", read.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    // Without the environment's DATABASE_URL the .env one would be used; --no-dotenv says no.
+    for way in [&["--no-dotenv"][..], &[]] {
+        let mut c = db.cmd();
+        c.env_remove("DATABASE_URL").args(way).args(["-v", "list"]);
+        if way.is_empty() {
+            c.env("BACKUP_NO_DOTENV", "1");
+        }
+        let out = c.output().unwrap();
+        assert_fails(&out, 2, "DATABASE_URL must be set");
+        assert!(
+            !text(&out.stderr).contains("read settings from"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

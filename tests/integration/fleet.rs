@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
 
@@ -200,10 +200,9 @@ fn overlapping_ticks_over_more_tenants_than_workers_back_up_each_exactly_once() 
     let db = TestDb::new();
     clone_tenants(&db, 9, &[]);
     db.sql("UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = NULL");
-    let bin = assert_cmd::cargo::cargo_bin("tenant-backup");
     let children: Vec<_> = (0..6)
         .map(|_| {
-            Command::new(&bin)
+            crate::support::tool()
                 .args([
                     "run-scheduled",
                     "--json",
@@ -213,8 +212,6 @@ fn overlapping_ticks_over_more_tenants_than_workers_back_up_each_exactly_once() 
                     "--concurrency",
                     "2",
                 ])
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap())
                 .env("DATABASE_URL", db.url())
                 .env("BACKUP_STORAGE", db.storage())
                 .current_dir(db.dir.path())

@@ -125,3 +125,27 @@ fn legacy_rows_are_not_in_the_bucket_and_commands_say_what_to_do() {
         assert!(!stderr.contains("invalid object key"), "{stderr}");
     }
 }
+
+/// `list | head`: a reader that goes away after the first line ends the command quietly, exit 0
+/// (as ripgrep does), with a table far bigger than the pipe's buffer, as a table and as JSON.
+#[test]
+fn a_reader_that_goes_away_ends_list_quietly_with_exit_0() {
+    use std::io::Read;
+    let db = TestDb::new();
+    // ~5,000 rows of ~150 bytes: 10 times the 64 KiB a pipe holds.
+    db.sql(
+        "INSERT INTO bienestar.backups_backuprecord (id, file_name, file_path, file_size, backup_type, created_at) \
+         SELECT 1000 + g, 'bienestar_' || g || '.sql.gz', '/var/backups/clinic/bienestar/bienestar_' || g || '.sql.gz', g, 'manual', now() - g * interval '1 hour' \
+         FROM generate_series(1, 5000) g",
+    );
+    for json in [false, true] {
+        let mut cmd = db.spawn(if json { &["--json", "list"][..] } else { &["list"] });
+        let mut head = [0u8; 200];
+        cmd.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
+        drop(cmd.stdout.take());
+        let out = cmd.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "json {json}: {stderr}");
+        assert!(stderr.trim().is_empty(), "json {json}: quietly: {stderr}");
+    }
+}

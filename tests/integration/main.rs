@@ -1,13 +1,20 @@
 //! Every test that touches PostgreSQL, storage or the binary: one test binary, one cluster.
 
+// The tests and the stub read the wall clock to age rows and stamp objects; the rule that time
+// comes from Clock (clippy.toml) is the tool's.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../support/mod.rs"]
 mod support;
 
 mod alerts;
 mod backup;
 mod cleanup;
+mod configuration;
+mod deploy;
 mod download;
 mod encryption;
+mod exit_codes;
 mod failures;
 mod fleet;
 mod help;
@@ -26,9 +33,11 @@ mod restore_hostile;
 mod restore_json;
 mod restore_leaks;
 mod restore_truth;
+mod restore_writes;
 mod scheduled;
 mod secrets;
 mod stops;
 mod storage;
 mod storage_supabase;
 mod storage_truth;
+mod tls;

@@ -189,7 +189,17 @@ fn auto_falls_back_to_json_when_pg_dump_is_older_or_missing_and_sql_refuses() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
     let missing = db.dir.path().join("no_such_pg_dump");
-    for pg_dump in [&old, &missing] {
+    // An explicit pg_dump that does not exist is a mistake to fix, not a reason to switch formats.
+    let out = db
+        .cmd()
+        .env("PG_DUMP", &missing)
+        .args(["--json", "backup", "--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 2, "--pg-dump / PG_DUMP");
+    assert!(!text(&out.stderr).contains("native json"), "{}", text(&out.stderr));
+    {
+        let pg_dump = &old;
         let out = db
             .cmd()
             .env("PG_DUMP", pg_dump)
@@ -214,7 +224,8 @@ fn auto_falls_back_to_json_when_pg_dump_is_older_or_missing_and_sql_refuses() {
             .args(["backup", "--tenant", "mindcare", "--format", "sql"])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1));
+        // Something to install or point at: a configuration error.
+        assert_eq!(out.status.code(), Some(2));
         let stderr = text(&out.stderr);
         assert!(
             stderr.contains("postgresql-client-15") || stderr.contains("12.9"),

@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::storage_truth::{enc, moto_port, raw_http, s3_keys, s3_uploads, xml_values, Backend, Kind};
@@ -38,10 +38,8 @@ fn gated_pg_dump(dir: &Path, mb: usize, gate: &Path, fail: bool) -> PathBuf {
 
 /// The binary in the background, pointed at `b`, with a private `$TMPDIR`.
 fn spawn(db: &TestDb, b: &Backend, tmp: &Path, fake: &Path) -> Child {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("tenant-backup"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", db.dir.path())
+    let mut c = crate::support::tool();
+    c.env("HOME", db.dir.path())
         .env("TMPDIR", tmp)
         .env("DATABASE_URL", db.url());
     match b.kind {

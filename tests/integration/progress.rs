@@ -20,6 +20,7 @@ fn on_a_terminal(db: &TestDb, args: &[&str]) -> (bool, String) {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", db.dir.path())
         .env("TERM", "xterm")
+        .env(crate::support::FAST_RETRIES.0, crate::support::FAST_RETRIES.1)
         .env("DATABASE_URL", db.url())
         .env("BACKUP_STORAGE", db.storage())
         .current_dir(db.dir.path())

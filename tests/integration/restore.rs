@@ -195,7 +195,8 @@ fn bad_objects_leave_the_live_schema_untouched() {
 
 #[test]
 fn another_tenants_backup_is_refused_unless_named() {
-    for format in [&[][..], &["--format", "custom"][..]] {
+    // json too (issue #28: --into and --from-tenant work for every format).
+    for format in [&[][..], &["--format", "custom"][..], &["--format", "json"][..]] {
         another_tenants_backup(format);
     }
 }
@@ -248,7 +249,7 @@ fn another_tenants_backup(format: &[&str]) {
 
 #[test]
 fn into_restores_a_copy_and_leaves_the_tenant_alone() {
-    for format in [&[][..], &["--format", "custom"][..]] {
+    for format in [&[][..], &["--format", "custom"][..], &["--format", "json"][..]] {
         into_copy(format);
     }
 }

@@ -32,7 +32,7 @@ fn restore(db: &TestDb, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
-    for format in ["sql", "custom"] {
+    for format in ["sql", "custom", "json"] {
         let db = TestDb::new();
         let at_first = data(&db, "bienestar");
         let first = key_of(&db.backup(&["--tenant", "bienestar", "--format", format]));

@@ -1,6 +1,6 @@
 //! `run-scheduled`, `schedule` and `status` on the fixture, with schedules set relative to now.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -65,13 +65,10 @@ fn eight_simultaneous_ticks_back_up_each_due_tenant_exactly_once() {
     let db = TestDb::new();
     set_schedules(&db);
     db.sql("UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = NULL WHERE schema_name = 'mindcare'");
-    let bin = assert_cmd::cargo::cargo_bin("tenant-backup");
     let children: Vec<_> = (0..8)
         .map(|_| {
-            Command::new(&bin)
+            crate::support::tool()
                 .args(["run-scheduled", "--json", "--concurrency", "3"])
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap())
                 .env("DATABASE_URL", db.url())
                 .env("BACKUP_STORAGE", db.storage())
                 .current_dir(db.dir.path())

@@ -9,10 +9,8 @@ use crate::support::*;
 
 /// The binary in `dir` with nothing but PATH set, pointed at `database_url` (None: unset).
 fn run(dir: &Path, database_url: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = assert_cmd::Command::cargo_bin("tenant-backup").unwrap();
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
+    let mut cmd = crate::support::tool_cmd();
+    cmd.env("HOME", dir)
         .env("BACKUP_STORAGE", dir.join("backups"))
         .current_dir(dir);
     if let Some(url) = database_url {

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::http_recorder::HttpRecorder;
@@ -23,9 +23,7 @@ fn spawn(db: &TestDb, tmp: &Path, args: &[&str]) -> Child {
 }
 
 fn spawn_with(db: &TestDb, tmp: &Path, env: &[(&str, String)], args: &[&str]) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("tenant-backup"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    crate::support::tool()
         .env("HOME", db.dir.path())
         .env("TMPDIR", tmp)
         .env("DATABASE_URL", db.url())

@@ -302,7 +302,8 @@ fn supabase_failures_record_nothing_and_say_what_to_do() {
         .args(["backup", "--tenant", "bienestar"])
         .output()
         .unwrap();
-    assert_fails(&out, 1, "use the service_role key, not the anon key");
+    // A configuration error, found before anything was dumped: exit 2.
+    assert_fails(&out, 2, "use the service_role key, not the anon key");
     assert!(!text(&out.stderr).contains("eyJ-anon-key"));
 
     // A bucket that does not exist.
@@ -311,7 +312,7 @@ fn supabase_failures_record_nothing_and_say_what_to_do() {
         .args(["backup", "--tenant", "bienestar"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("bucket \"nobucket\" does not exist") && text(&out.stderr).contains("create it"),
         "{}",
@@ -335,6 +336,6 @@ fn supabase_failures_record_nothing_and_say_what_to_do() {
         .args(["backup", "--tenant", "bienestar"])
         .output()
         .unwrap();
-    assert_fails(&out, 1, "cannot reach http://127.0.0.1:1/storage/v1");
+    assert_fails(&out, 2, "cannot reach http://127.0.0.1:1/storage/v1");
     assert_eq!(db.record_count("bienestar"), bienestar_rows, "nothing recorded");
 }

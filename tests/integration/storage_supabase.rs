@@ -141,7 +141,7 @@ fn storage_supabase_redirects_are_never_followed() {
         .args(["backup", "--tenant", "mindcare"])
         .output()
         .unwrap();
-    assert_fails(&out, 1, "redirect");
+    assert_fails(&out, 2, "redirect");
     assert!(!redirector.seen.lock().unwrap().is_empty());
     assert!(
         elsewhere.seen.lock().unwrap().is_empty(),

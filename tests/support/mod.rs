@@ -37,10 +37,7 @@ impl TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         cluster().create_database(&name, Some(TEMPLATE)).unwrap();
-        TestDb {
-            name,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        TestDb::with_storage(name)
     }
 
     /// An empty database (no fixture), for restoring dumps into.
@@ -48,10 +45,17 @@ impl TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("e{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         cluster().create_database(&name, None).unwrap();
-        TestDb {
+        TestDb::with_storage(name)
+    }
+
+    /// The tool never creates its storage directory: the test makes it, as an operator would.
+    fn with_storage(name: String) -> TestDb {
+        let db = TestDb {
             name,
             dir: tempfile::tempdir().unwrap(),
-        }
+        };
+        std::fs::create_dir(db.storage()).unwrap();
+        db
     }
 
     pub fn url(&self) -> String {
@@ -72,10 +76,8 @@ impl TestDb {
 
     /// The binary with a clean environment: this database, this bucket, run from the test's directory.
     pub fn cmd(&self) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("tenant-backup").unwrap();
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
+        let mut cmd = tool_cmd();
+        cmd.env("HOME", self.dir.path())
             .env("DATABASE_URL", self.url())
             .env("BACKUP_STORAGE", self.storage())
             .current_dir(self.dir.path());
@@ -84,9 +86,7 @@ impl TestDb {
 
     /// The binary started in the background, with the same environment as [`TestDb::cmd`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tenant-backup"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        tool()
             .env("HOME", self.dir.path())
             .env("DATABASE_URL", self.url())
             .env("BACKUP_STORAGE", self.storage())
@@ -183,6 +183,27 @@ impl Drop for TestDb {
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(&self.name)),
         );
     }
+}
+
+/// The retry pace of every tool process the tests start: the same attempts as in production,
+/// milliseconds apart instead of seconds (`BACKUP_RETRY_DELAY_MS`, read by `retry`). The tests that
+/// wait out real retries (a server that is not there, a stub answering 503) then take
+/// milliseconds, and still see every attempt.
+pub const FAST_RETRIES: (&str, &str) = ("BACKUP_RETRY_DELAY_MS", "5");
+
+/// The binary with a clean environment: only PATH and [`FAST_RETRIES`]. Every test starts the
+/// tool through this (or [`tool_cmd`]), so none waits out the production backoff.
+pub fn tool() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-backup"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(FAST_RETRIES.0, FAST_RETRIES.1);
+    c
+}
+
+/// [`tool`] as an `assert_cmd` command.
+pub fn tool_cmd() -> assert_cmd::Command {
+    assert_cmd::Command::from_std(tool())
 }
 
 pub fn quote(ident: &str) -> String {

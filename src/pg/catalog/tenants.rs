@@ -132,11 +132,21 @@ impl Catalog {
             .map_err(|e| self.table_error(e))?;
         match rows.first() {
             Some(row) => Ok(tenant_from_row(row)),
-            None => Err(UsageError::new(format!(
-                "tenant {schema:?} not found in {}: run `tenant-backup list` or check --tenants-table",
-                self.tenants_table
-            ))
-            .into()),
+            None => {
+                let known = self.listed_schemas(client).await.unwrap_or_default();
+                let guess = match nearest(schema, &known).as_slice() {
+                    [] => String::new(),
+                    names => format!(
+                        "; did you mean {}?",
+                        names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(" or ")
+                    ),
+                };
+                Err(UsageError::new(format!(
+                    "tenant {schema:?} not found in {}{guess} (`tenant-backup status` lists every tenant; check --tenants-table if none is yours)",
+                    self.tenants_table
+                ))
+                .into())
+            }
         }
     }
 
@@ -251,5 +261,53 @@ fn tenant_from_row(row: &Row) -> Tenant {
         backup_schedule: Schedule::from_db(row.get(3)),
         last_backup_at: row.get(4),
         next_scheduled_backup: row.get(5),
+    }
+}
+
+/// The names in `known` nearest to `name` (at most three, within a third of its length in edits,
+/// at least 2): the tenant that was probably meant.
+fn nearest<'a>(name: &str, known: &'a [String]) -> Vec<&'a str> {
+    let limit = (name.chars().count() / 3).max(2);
+    let mut near: Vec<(usize, &str)> = known
+        .iter()
+        .filter(|k| k.as_str() != "public")
+        .map(|k| (edit_distance(name, k), k.as_str()))
+        .filter(|(d, _)| *d <= limit)
+        .collect();
+    near.sort();
+    near.into_iter().take(3).map(|(_, k)| k).collect()
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod nearest_tests {
+    use super::*;
+
+    #[test]
+    fn nearest_names_are_the_few_within_reach() {
+        let known: Vec<String> = ["public", "bienestar", "mindcare", "clinica_demo", "bienestar2"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(nearest("bienestr", &known), ["bienestar", "bienestar2"]);
+        assert_eq!(nearest("mind_care", &known), ["mindcare"]);
+        assert!(nearest("zzzzzzzz", &known).is_empty());
+        assert!(nearest("publc", &known).is_empty(), "public is not a tenant");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 }

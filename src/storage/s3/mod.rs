@@ -80,8 +80,8 @@ impl S3 {
                 max_retries: opts.retries as usize,
                 retry_timeout: Duration::from_secs(300),
                 backoff: object_store::BackoffConfig {
-                    init_backoff: Duration::from_millis(200),
-                    max_backoff: Duration::from_secs(10),
+                    init_backoff: crate::retry::scaled(Duration::from_millis(200)),
+                    max_backoff: crate::retry::scaled(Duration::from_secs(10)),
                     base: 2.0,
                 },
             });
