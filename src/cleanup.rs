@@ -274,9 +274,14 @@ impl Cleanup<'_> {
                 .or_else(|| ObjectKey::parse(base).map(|k| k.created.and_utc()));
         }
         let unfinished = storage.unfinished(&folder).await?;
+        let strays = storage.strays(&folder).await?.into_iter().map(|s| Orphan::Stray {
+            key: s.key,
+            what: s.what,
+        });
         let found = find_orphans(schema, records, &objects, &unfinished, now, opts.grace);
         let decided: Vec<_> = found
             .into_iter()
+            .chain(strays)
             .map(|o| {
                 let d = o.decide(schema, opts.include_manual, opts.grace);
                 (o, d)
@@ -376,7 +381,7 @@ impl Cleanup<'_> {
                 catalog.delete_record(client, schema, *id).await?;
                 Ok(format!("row deleted; {key} is outside the bucket and was not touched"))
             }
-            Orphan::Nested { .. } | Orphan::Foreign { .. } => {
+            Orphan::Nested { .. } | Orphan::Foreign { .. } | Orphan::Stray { .. } => {
                 anyhow::bail!("internal: {} is never deleted", orphan.key())
             }
         }

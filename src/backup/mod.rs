@@ -71,13 +71,17 @@ pub async fn back_up_tenant(env: &BackupEnv, client: &Client, req: &BackupReques
     check_backupable(client, &env.catalog, &schema).await?;
 
     // The tenant's key before the dump starts: a key table the role cannot create fails fast.
+    // It is in the bucket before any object that needs it: the bucket alone restores the tenant.
     let recipient = match &env.seal {
-        Some(seal) => Some(
-            seal.store
+        Some(seal) => {
+            let stored = seal
+                .store
                 .recipient_for(client, &schema, &seal.master)
                 .await
-                .context("getting the tenant's encryption key")?,
-        ),
+                .context("getting the tenant's encryption key")?;
+            crate::crypto::bucket::publish(env.storage.as_ref(), &schema, &stored.wrapped, &stored.wrapped_to).await?;
+            Some(stored.recipient)
+        }
         None => None,
     };
     let ext = format!(

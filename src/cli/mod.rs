@@ -171,7 +171,7 @@ Examples:
   tenant-backup keys init                      # prints BACKUP_AGE_IDENTITY, BACKUP_AGE_RECIPIENT, BACKUP_SIGNING_KEY
   tenant-backup keys status                    # which tenants have a key
   tenant-backup keys forget --tenant bienestar # erases every copy of bienestar's encrypted backups
-  tenant-backup keys rotate                    # re-wraps every tenant key to a new master (needs the old identity)"
+  tenant-backup keys rotate --save-identity master.age   # re-wraps every tenant key to a new master (needs the old identity)"
     )]
     Keys(KeysCommand),
     /// Check the setup: database, pooler, pg_dump, storage (one line each)
@@ -185,7 +185,11 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Make a master key pair and a signing key; prints the three lines to store as secrets
-    Init,
+    Init {
+        /// Also write the master identity to FILE (a new file, mode 0600, synced) before printing
+        #[arg(long, value_name = "FILE")]
+        save_identity: Option<std::path::PathBuf>,
+    },
     /// Which tenants have a key, and whether the configured identity can read them
     Status,
     /// Delete a tenant's key: every copy of its encrypted backups, anywhere, becomes unreadable
@@ -199,9 +203,14 @@ pub enum KeysCommand {
     },
     /// Re-wrap every tenant key to a new master recipient (needs the current master identity)
     Rotate {
-        /// The new master recipient (age1…) [default: make a new master key pair and print it]
-        #[arg(long, value_name = "AGE1…")]
+        /// The new master recipient (age1…), whose identity you already hold
+        #[arg(long, value_name = "AGE1…", conflicts_with = "save_identity")]
         to: Option<String>,
+        /// Make a new master key pair and write its identity to FILE (a new file, mode 0600,
+        /// synced) before any key is re-wrapped; if FILE exists (a rotation that was stopped),
+        /// finish rotating to the identity it holds
+        #[arg(long, value_name = "FILE", required_unless_present = "to")]
+        save_identity: Option<std::path::PathBuf>,
     },
 }
 

@@ -13,6 +13,10 @@ pub struct RestoreArgs {
     /// application's backups, or ones made before signing was turned on)
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Read an unencrypted backup of a tenant that has an encryption key (one taken before
+    /// encryption was turned on) when no valid signature vouches for it
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Tenant schema to restore
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -28,6 +32,10 @@ pub struct RestoreArgs {
     /// Accept a backup made of another tenant (its history is searched for --id/--latest)
     #[arg(long, value_name = "SCHEMA")]
     pub from_tenant: Option<String>,
+    /// Restore into a new database that has no tenant table (after losing the database): the
+    /// tenant and its backup come from the bucket alone. Refused where the tenant table exists
+    #[arg(long, conflicts_with = "id")]
+    pub new_database: bool,
     /// Restore as a new schema, leaving the tenant untouched
     #[arg(long, value_name = "SCHEMA", conflicts_with = "drop_previous")]
     pub into: Option<String>,
@@ -53,6 +61,10 @@ pub struct DownloadArgs {
     /// application's backups, or ones made before signing was turned on)
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Read an unencrypted backup of a tenant that has an encryption key (one taken before
+    /// encryption was turned on) when no valid signature vouches for it
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -79,6 +91,10 @@ pub struct VerifyArgs {
     /// application's backups, or ones made before signing was turned on)
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Read an unencrypted backup of a tenant that has an encryption key (one taken before
+    /// encryption was turned on) when no valid signature vouches for it
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Tenant schema
     #[arg(long, value_name = "SCHEMA")]
     pub tenant: String,
@@ -92,3 +108,18 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,
 }
+
+/// `--allow-unsigned` and `--allow-unencrypted`, for the reading commands.
+macro_rules! reader_allowances {
+    ($($args:ty),*) => {$(
+        impl $args {
+            pub fn allow(&self) -> crate::restore::access::Allow {
+                crate::restore::access::Allow {
+                    unsigned: self.allow_unsigned,
+                    unencrypted: self.allow_unencrypted,
+                }
+            }
+        }
+    )*};
+}
+reader_allowances!(RestoreArgs, VerifyArgs, DownloadArgs);

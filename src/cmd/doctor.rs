@@ -24,12 +24,17 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
 
     let mut major = None;
     let mut tenants = 0u64;
+    let mut keyed = Vec::new();
     match &ctx.db_problem {
         // No database to check: say why, and check everything else.
         Some(problem) => add("database", false, problem.clone()),
         None => {
             match ctx.connect().await {
                 Ok(client) => {
+                    match ctx.key_store.wrapped(&client).await {
+                        Ok(k) => keyed = k,
+                        Err(e) => add("keys in bucket", false, format!("{e:#}")),
+                    }
                     match server_version(&client).await {
                         Ok((v, m)) => {
                             major = Some(m);
@@ -206,6 +211,50 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
         ),
     };
     add("signing", signing.0, signing.1);
+    let identity = match (&keys.identity, &keys.identity_file) {
+        (None, _) => "none here (restore, verify and download need it; backups do not)".to_string(),
+        (Some(_), None) => "from BACKUP_AGE_IDENTITY (the environment)".to_string(),
+        // A file open to others was refused when the configuration was read.
+        (Some(_), Some(path)) => format!("from {} (mode 0600: its owner's only)", path.display()),
+    };
+    add("identity", true, identity);
+
+    // Every tenant key in the bucket too: without its copy, a tenant's backups die with the database.
+    if !keyed.is_empty() {
+        let mut missing = Vec::new();
+        let mut failed = None;
+        for (tenant, wrapped_to) in &keyed {
+            match ctx
+                .storage
+                .size(&crate::crypto::bucket::key_of(tenant, wrapped_to))
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => missing.push(tenant.as_str()),
+                Err(e) => {
+                    failed = Some(format!("{e}"));
+                    break;
+                }
+            }
+        }
+        let (ok, detail) = match (failed, missing.is_empty()) {
+            (Some(e), _) => (false, format!("cannot check: {e}")),
+            (None, true) => (
+                true,
+                format!("all {} tenant keys are in {} (.keys/)", keyed.len(), storage),
+            ),
+            (None, false) => (
+                false,
+                format!(
+                    "{} of {} tenant keys are not in the bucket ({}): if the database is lost, so are their encrypted backups; the next backup of each stores its key",
+                    missing.len(),
+                    keyed.len(),
+                    missing.join(", ")
+                ),
+            ),
+        };
+        add("keys in bucket", ok, detail);
+    }
 
     let failed = checks.iter().filter(|c| !c.ok).count();
     if ctx.output.json {

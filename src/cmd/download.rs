@@ -34,7 +34,15 @@ pub async fn run(args: DownloadArgs, ctx: &Context) -> Result<Outcome> {
         ctx.clock.now(),
     )
     .await?;
-    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, &client, args.allow_unsigned).await?;
+    source.decrypt = check_access(
+        &source,
+        &ctx.keys,
+        &ctx.key_store,
+        &client,
+        ctx.storage.as_ref(),
+        args.allow(),
+    )
+    .await?;
     drop(client);
     let dest: Option<PathBuf> = if to_stdout {
         None

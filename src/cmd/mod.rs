@@ -73,8 +73,8 @@ pub fn left_unchanged(command: &Command) -> String {
 pub async fn run(cli: Cli) -> Result<Outcome> {
     let alerts = cli.alerts.alerts()?;
     preflight(&cli.command)?;
-    if matches!(cli.command, Command::Keys(crate::cli::KeysCommand::Init)) {
-        return keys::init();
+    if let Command::Keys(crate::cli::KeysCommand::Init { save_identity }) = &cli.command {
+        return keys::init(save_identity.as_deref());
     }
     let (name, pinged, notified) = match &cli.command {
         Command::Backup(_) => ("backup", true, true),

@@ -78,7 +78,11 @@ async fn restore(
     started: Instant,
 ) -> Result<Outcome> {
     let lock_timeout = Duration::from_secs(args.lock_timeout);
-    let tenant = ctx.catalog.tenant(client, &args.tenant).await?;
+    let tenant = if args.new_database {
+        ctx.catalog.unlisted_tenant(client, &args.tenant).await?
+    } else {
+        ctx.catalog.tenant(client, &args.tenant).await?
+    };
     let mut source = resolve_at(
         &ctx.catalog,
         client,
@@ -89,7 +93,15 @@ async fn restore(
         ctx.clock.now(),
     )
     .await?;
-    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow_unsigned).await?;
+    source.decrypt = check_access(
+        &source,
+        &ctx.keys,
+        &ctx.key_store,
+        client,
+        ctx.storage.as_ref(),
+        args.allow(),
+    )
+    .await?;
     let target_name = args.into.clone().unwrap_or_else(|| tenant.schema_name.clone());
     let target = match &args.into {
         Some(into) => {

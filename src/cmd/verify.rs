@@ -69,7 +69,15 @@ async fn verify(
         ctx.clock.now(),
     )
     .await?;
-    source.decrypt = check_access(&source, &ctx.keys, &ctx.key_store, client, args.allow_unsigned).await?;
+    source.decrypt = check_access(
+        &source,
+        &ctx.keys,
+        &ctx.key_store,
+        client,
+        ctx.storage.as_ref(),
+        args.allow(),
+    )
+    .await?;
     let tools = crate::restore::tools_for(client, source.format, ctx.pg_dump.as_deref()).await?;
     let shown = ctx.shown(&source.source_schema);
     let file = fetch_verified(ctx.storage.as_ref(), &source, &shown).await?;

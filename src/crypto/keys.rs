@@ -15,6 +15,16 @@ use super::{MasterIdentity, MasterRecipient};
 use crate::error::UsageError;
 use crate::pg::connect::describe_pg_error;
 use crate::pg::sql::QualifiedName;
+use crate::storage::{Storage, StorageError};
+
+/// A tenant's key as the key table holds it: its recipient (public), and its identity wrapped to
+/// the master recipient `wrapped_to`.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    pub recipient: age::x25519::Recipient,
+    pub wrapped: Vec<u8>,
+    pub wrapped_to: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct KeyStore {
@@ -52,7 +62,8 @@ impl KeyStore {
         )
     }
 
-    /// Creates the table when it is missing; a role that may not gets the statement to run by hand.
+    /// Creates the table when it is missing, under a lock; a role that may not gets the statement
+    /// to run by hand.
     pub async fn ensure(&self, client: &Client) -> Result<()> {
         let exists: bool = client
             .query_typed(
@@ -64,7 +75,15 @@ impl KeyStore {
         if exists {
             return Ok(());
         }
-        if let Err(e) = client.batch_execute(&self.ddl()).await {
+        // Concurrent `CREATE TABLE IF NOT EXISTS` race in the catalog (one of them fails on
+        // pg_type's unique index): workers and overlapping ticks take turns on an advisory lock
+        // held for this one implicit transaction (one simple query), so the second sees the table.
+        let create = format!(
+            "SELECT pg_advisory_xact_lock({}); {}",
+            crate::pg::lock::lock_key(&format!("create {}", self.table.quoted())),
+            self.ddl()
+        );
+        if let Err(e) = client.batch_execute(&create).await {
             let code = e.code().map(|c| c.code().to_string());
             if code.as_deref() == Some("42501") {
                 return Err(UsageError::new(format!(
@@ -80,16 +99,11 @@ impl KeyStore {
         Ok(())
     }
 
-    /// The tenant's recipient, creating the tenant's key (wrapped to `master`) on first use. Two
-    /// workers racing here agree: the first insert wins and both read it back.
-    pub async fn recipient_for(
-        &self,
-        client: &Client,
-        tenant: &str,
-        master: &MasterRecipient,
-    ) -> Result<age::x25519::Recipient> {
-        if let Some(r) = self.recipient(client, tenant).await? {
-            return Ok(r);
+    /// The tenant's key, created (wrapped to `master`) on first use. Two workers racing here
+    /// agree: the first insert wins and both read it back.
+    pub async fn recipient_for(&self, client: &Client, tenant: &str, master: &MasterRecipient) -> Result<StoredKey> {
+        if let Some(k) = self.stored(client, tenant).await? {
+            return Ok(k);
         }
         self.ensure(client).await?;
         let identity = age::x25519::Identity::generate();
@@ -111,19 +125,23 @@ impl KeyStore {
             )
             .await
             .map_err(|e| anyhow::anyhow!("storing {tenant}'s key in {}: {}", self.table, describe_pg_error(&e)))?;
-        self.recipient(client, tenant)
+        self.stored(client, tenant)
             .await?
             .with_context(|| format!("{tenant}'s key vanished from {} just after it was stored", self.table))
     }
 
-    async fn recipient(&self, client: &Client, tenant: &str) -> Result<Option<age::x25519::Recipient>> {
+    async fn stored(&self, client: &Client, tenant: &str) -> Result<Option<StoredKey>> {
         let Some(row) = self.row(client, tenant).await? else {
             return Ok(None);
         };
         let raw: String = row.get(0);
-        let r = age::x25519::Recipient::from_str(&raw)
+        let recipient = age::x25519::Recipient::from_str(&raw)
             .map_err(|e| anyhow::anyhow!("{}: {tenant}'s recipient is damaged ({e})", self.table))?;
-        Ok(Some(r))
+        Ok(Some(StoredKey {
+            recipient,
+            wrapped: row.get(1),
+            wrapped_to: row.get(2),
+        }))
     }
 
     async fn row(&self, client: &Client, tenant: &str) -> Result<Option<tokio_postgres::Row>> {
@@ -136,6 +154,11 @@ impl KeyStore {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
             Err(e) => Err(anyhow::anyhow!("reading {}: {}", self.table, describe_pg_error(&e))),
         }
+    }
+
+    /// Whether the tenant has a key: its backups are encrypted.
+    pub async fn has_key(&self, client: &Client, tenant: &str) -> Result<bool> {
+        Ok(self.row(client, tenant).await?.is_some())
     }
 
     /// The tenant's identity, unwrapped with the master identity.
@@ -172,6 +195,16 @@ impl KeyStore {
         Ok(self.row(client, tenant).await?.is_none())
     }
 
+    /// Every tenant that has a key, with the master recipient its key is wrapped to.
+    pub async fn wrapped(&self, client: &Client) -> Result<Vec<(String, String)>> {
+        let sql = format!("SELECT tenant, wrapped_to FROM {} ORDER BY tenant", self.table.quoted());
+        match client.query_typed(&sql, &[]).await {
+            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {}", self.table, describe_pg_error(&e))),
+        }
+    }
+
     /// Tenants that have a key.
     pub async fn tenants(&self, client: &Client) -> Result<BTreeSet<String>> {
         let sql = format!("SELECT tenant FROM {}", self.table.quoted());
@@ -182,8 +215,18 @@ impl KeyStore {
         }
     }
 
-    /// Re-wraps every tenant key from `old` to `new`, in one transaction: all or nothing.
-    pub async fn rotate(&self, client: &Client, old: &MasterIdentity, new: &MasterRecipient) -> Result<usize> {
+    /// Re-wraps every tenant key from `old` to `new`, in one transaction: all or nothing. Each
+    /// re-wrapped key is in the bucket before the transaction commits; the copies wrapped to the
+    /// old recipient are deleted after it did. Keys already wrapped to `new` (a run stopped after
+    /// its commit) are left as they are, so running it again finishes the rotation. How many
+    /// keys were re-wrapped.
+    pub async fn rotate(
+        &self,
+        client: &Client,
+        storage: &dyn Storage,
+        old: &MasterIdentity,
+        new: &MasterRecipient,
+    ) -> Result<usize> {
         self.ensure(client).await?;
         client.batch_execute("BEGIN").await?;
         let result = async {
@@ -198,12 +241,17 @@ impl KeyStore {
             );
             for row in &rows {
                 let (tenant, wrapped, wrapped_to): (String, Vec<u8>, String) = (row.get(0), row.get(1), row.get(2));
+                if wrapped_to == new.as_string() {
+                    // Rotated by a run that was stopped after its commit.
+                    continue;
+                }
                 let identity = unwrap(&wrapped, old).map_err(|_| KeyError::OtherMaster {
                     tenant: tenant.clone(),
                     wrapped_to,
                     ours: old.recipient().as_string(),
                 })?;
                 let rewrapped = age::encrypt(&new.0, identity.to_string().expose_secret().as_bytes())?;
+                super::bucket::publish(storage, &tenant, &rewrapped, &new.as_string()).await?;
                 client
                     .query_typed(
                         &update,
@@ -215,16 +263,27 @@ impl KeyStore {
                     )
                     .await?;
             }
-            anyhow::Ok(rows.len())
+            let rotated = rows.iter().filter(|r| r.get::<_, String>(2) != new.as_string()).count();
+            let tenants: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            anyhow::Ok((rotated, tenants))
         }
         .await;
         match result {
-            Ok(n) => {
+            Ok((rotated, tenants)) => {
                 client
                     .batch_execute("COMMIT")
                     .await
                     .context("committing the rotation")?;
-                Ok(n)
+                // Also after a run stopped between its commit and here: the old copies go.
+                let old_recipient = old.recipient().as_string();
+                for tenant in tenants.iter().filter(|_| old_recipient != new.as_string()) {
+                    let key = super::bucket::key_of(tenant, &old_recipient);
+                    match storage.delete(&key).await {
+                        Ok(()) | Err(StorageError::NotFound(_)) => {}
+                        Err(e) => tracing::warn!("{key}: the copy wrapped to the old master recipient is still in the bucket ({e}): delete it by hand"),
+                    }
+                }
+                Ok(rotated)
             }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
@@ -234,7 +293,7 @@ impl KeyStore {
     }
 }
 
-fn unwrap(wrapped: &[u8], master: &MasterIdentity) -> Result<age::x25519::Identity> {
+pub(super) fn unwrap(wrapped: &[u8], master: &MasterIdentity) -> Result<age::x25519::Identity> {
     let plain = age::decrypt(&master.0, wrapped)?;
     let text = String::from_utf8(plain).context("a damaged tenant key")?;
     let id = age::x25519::Identity::from_str(text.trim()).map_err(|e| anyhow::anyhow!("a damaged tenant key: {e}"))?;

@@ -1,15 +1,19 @@
 //! Encryption and authenticity of stored backups.
 //!
 //! * Every backup is encrypted with [age](https://age-encryption.org) (X25519) to **its tenant's own
-//!   key**. Tenant keys live in a table of the tool's own in `public` ([`keys`]), each identity
-//!   wrapped (age-encrypted) to one master recipient. The cron job holds only the master
-//!   *recipient* (public); reading a backup needs the master *identity*. Deleting a tenant's row
-//!   (`keys forget`) makes every copy of that tenant's encrypted backups unreadable.
+//!   key**. Tenant keys live in a table of the tool's own in `public` ([`keys`]) and in the bucket
+//!   ([`bucket`]), each identity wrapped (age-encrypted) to one master recipient, so the bucket and
+//!   the master identity restore every tenant after the database is lost. The cron job holds only
+//!   the master *recipient* (public); reading a backup needs the master *identity*. Deleting a
+//!   tenant's key (`keys forget`: its row and its bucket copies) makes every copy of that tenant's
+//!   encrypted backups unreadable.
 //! * Every manifest carries an HMAC-SHA256 over its canonical content when a signing key is set
 //!   ([`sign`]), so a rewritten object with a rewritten manifest is refused.
 //! * [`stream`]: the encrypting writer inside the backup pipeline and the decrypting reader inside
 //!   restore, verify and download.
 
+pub mod bucket;
+pub mod identity_file;
 pub mod keys;
 pub mod sign;
 pub mod stream;
@@ -94,6 +98,8 @@ pub struct KeyConfig {
     pub identity: Option<MasterIdentity>,
     /// Set: manifests are signed, and reads refuse unsigned or wrongly signed ones.
     pub signing_key: Option<Secret<Vec<u8>>>,
+    /// Where the identity was read from, when from a file (`--identity`).
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 impl KeyConfig {
@@ -107,11 +113,7 @@ impl KeyConfig {
     ) -> Result<Self, UsageError> {
         let nonempty = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         let identity = match (identity_file, nonempty(identity)) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| UsageError::new(format!("--identity {}: cannot read it ({e})", path.display())))?;
-                Some(MasterIdentity::parse(&text, &format!("--identity {}", path.display()))?)
-            }
+            (Some(path), _) => Some(identity_file::read(path, "--identity")?),
             (None, Some(raw)) => Some(MasterIdentity::parse(&raw, "BACKUP_AGE_IDENTITY")?),
             (None, None) => None,
         };
@@ -142,6 +144,7 @@ impl KeyConfig {
             recipient,
             identity,
             signing_key,
+            identity_file: identity_file.map(|p| p.to_path_buf()),
         })
     }
 
@@ -202,6 +205,7 @@ mod tests {
         assert!(KeyConfig::new(None, None, None, Some("short")).is_err());
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), format!("# created by tenant-backup\n{id}\n")).unwrap();
+        // NamedTempFile is 0600.
         assert!(KeyConfig::new(None, None, Some(file.path()), None)
             .unwrap()
             .identity

@@ -128,6 +128,9 @@ pub enum Orphan {
     Foreign { id: i64, key: String },
     /// An upload that never finished (an S3 multipart upload, a local `.partial` file).
     Unfinished { upload: Unfinished, old_enough: bool },
+    /// Something in the folder that is not an object (a local symbolic link or special file):
+    /// never read, never touched, named so someone removes it.
+    Stray { key: String, what: String },
 }
 
 impl Orphan {
@@ -140,6 +143,7 @@ impl Orphan {
             Orphan::Outside { .. } => "row outside the bucket",
             Orphan::Foreign { .. } => "row in another folder",
             Orphan::Unfinished { .. } => "unfinished upload",
+            Orphan::Stray { .. } => "not an object",
         }
     }
 
@@ -149,7 +153,8 @@ impl Orphan {
             | Orphan::Nested { key }
             | Orphan::Missing { key, .. }
             | Orphan::Outside { key, .. }
-            | Orphan::Foreign { key, .. } => key,
+            | Orphan::Foreign { key, .. }
+            | Orphan::Stray { key, .. } => key,
             Orphan::Unfinished { upload, .. } => &upload.key,
         }
     }
@@ -184,6 +189,7 @@ impl Orphan {
                 format!("{key} is outside the bucket; only the row goes, the file is not touched"),
             ),
             Orphan::Foreign { key, .. } => (Action::Refuse, Place::Foreign(key).refusal(schema).unwrap_or_default()),
+            Orphan::Stray { what, .. } => (Action::Refuse, what.clone()),
         }
     }
 }

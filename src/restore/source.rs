@@ -173,6 +173,33 @@ pub async fn resolve_at(
     })
 }
 
+/// The manifest was written for this object, of this tenant, and for the row that named it: its
+/// key is the key being read (the row's `file_path`, or `--file`), its tenant the tenant whose
+/// folder holds it (the bytes' size and sha256 are checked against it by [`fetch_verified`]). A signature proves the tool wrote a manifest, not that it is this
+/// backup's: without these checks an older signed backup copied (object and manifest) over a
+/// newer one would pass as the newer one.
+pub fn check_claims(source: &Source) -> Result<()> {
+    let Some(m) = &source.manifest else {
+        return Ok(());
+    };
+    let key = &source.key;
+    if m.key != *key {
+        anyhow::bail!(
+            "{key}: its manifest is the manifest of {}: a backup was copied over another (or renamed); nothing was read",
+            m.key
+        );
+    }
+    if m.tenant != source.source_schema || !matches!(place(key, &m.tenant), Place::Tenant(_)) {
+        anyhow::bail!(
+            "{key}: its manifest is the manifest of a backup of {}, not of {} in {}/: nothing was read",
+            m.tenant,
+            source.source_schema,
+            source.source_schema
+        );
+    }
+    Ok(())
+}
+
 /// A row (or `--file`) is followed only into its tenant's own folder; a file outside the bucket
 /// (the old application's `/var/backups/…`) is said to be so, with what to do.
 fn follow_only_own_folder(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Access, GrowingFile, ObjectInfo, Storage, StorageError, Unfinished};
+use super::{Access, GrowingFile, ObjectInfo, Storage, StorageError, Stray, Unfinished};
 
 pub struct Checked {
     inner: Arc<dyn Storage>,
@@ -112,6 +112,11 @@ impl Storage for Checked {
     async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
         self.seen().await?;
         self.inner.unfinished(prefix).await
+    }
+
+    async fn strays(&self, prefix: &str) -> Result<Vec<Stray>, StorageError> {
+        self.seen().await?;
+        self.inner.strays(prefix).await
     }
 
     async fn discard_unfinished(&self, upload: &Unfinished) -> Result<(), StorageError> {

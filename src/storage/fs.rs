@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::{check_key, Access, ObjectInfo, Storage, StorageError, Unfinished};
+use super::{check_key, Access, ObjectInfo, Storage, StorageError, Stray, Unfinished};
 
 pub struct LocalDir {
     root: PathBuf,
@@ -32,6 +32,7 @@ impl LocalDir {
 
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         check_key(key)?;
+        no_links_below(&self.root, key)?;
         Ok(self.root.join(key))
     }
 
@@ -61,6 +62,21 @@ impl LocalDir {
         result.clone().map_err(StorageError::Other)
     }
 
+    /// What `walk` finds under `prefix`, in key order.
+    async fn listing(&self, prefix: &str, want: Want) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.seen().await?;
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &start(&root, &prefix), &prefix, want, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?
+    }
+
     /// `NotFound` for `key`, once the directory is known to be there.
     async fn absent(&self, key: &str) -> StorageError {
         match self.seen().await {
@@ -72,6 +88,8 @@ impl LocalDir {
     async fn not_found_or(&self, e: io::Error, key: &str, doing: &str) -> StorageError {
         if e.kind() == io::ErrorKind::NotFound {
             self.absent(key).await
+        } else if let Some(why) = not_regular(&e) {
+            StorageError::Other(format!("{key}: {why}"))
         } else {
             StorageError::io(format!("{doing} {key}"), e)
         }
@@ -218,33 +236,38 @@ impl Storage for LocalDir {
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
-        let src = self.path(key)?;
-        match tokio::fs::copy(&src, path).await {
+        check_key(key)?;
+        let (root, owned, dest) = (self.root.clone(), key.to_string(), path.to_path_buf());
+        let copied = tokio::task::spawn_blocking(move || {
+            let mut src = open_regular(&root, &owned)?;
+            let mut out = std::fs::File::create(&dest)?;
+            io::copy(&mut src, &mut out)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?;
+        match copied {
             Ok(n) => Ok(n),
             Err(e) => Err(self.not_found_or(e, key, "reading").await),
         }
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        let src = self.path(key)?;
-        match tokio::fs::read(&src).await {
+        check_key(key)?;
+        let (root, owned) = (self.root.clone(), key.to_string());
+        let read = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut open_regular(&root, &owned)?, &mut bytes).map(|_| bytes)
+        })
+        .await
+        .map_err(|e| StorageError::Other(e.to_string()))?;
+        match read {
             Ok(b) => Ok(b),
             Err(e) => Err(self.not_found_or(e, key, "reading").await),
         }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.seen().await?;
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&root, &start(&root, &prefix), &prefix, Want::Objects, &mut out)?;
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StorageError::Other(e.to_string()))?
+        self.listing(prefix, Want::Objects).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -256,27 +279,31 @@ impl Storage for LocalDir {
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
-        let path = self.path(key)?;
-        match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Ok(None),
+        check_key(key)?;
+        let (root, owned) = (self.root.clone(), key.to_string());
+        let meta = tokio::task::spawn_blocking(move || open_regular(&root, &owned)?.metadata())
+            .await
+            .map_err(|e| StorageError::Other(e.to_string()))?;
+        match meta {
+            Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.seen().await.map(|()| None),
-            Err(e) => Err(StorageError::io(format!("checking {key}"), e)),
+            Err(e) => Err(self.not_found_or(e, key, "checking").await),
         }
     }
 
+    async fn strays(&self, prefix: &str) -> Result<Vec<Stray>, StorageError> {
+        let found = self.listing(prefix, Want::Strays).await?;
+        Ok(found
+            .into_iter()
+            .map(|o| Stray {
+                what: STRAY.to_string(),
+                key: o.key,
+            })
+            .collect())
+    }
+
     async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
-        self.seen().await?;
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&root, &start(&root, &prefix), &prefix, Want::Partials, &mut out)?;
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok::<_, StorageError>(out)
-        })
-        .await
-        .map_err(|e| StorageError::Other(e.to_string()))??;
+        let found = self.listing(prefix, Want::Partials).await?;
         Ok(found
             .into_iter()
             .map(|o| Unfinished {
@@ -314,6 +341,87 @@ enum Want {
     Objects,
     /// Our temporary `.partial` files, which a crash leaves behind.
     Partials,
+    /// What is neither a folder nor a regular file (symbolic links, FIFOs, sockets, devices):
+    /// never read, listed so `cleanup --orphans` can name them.
+    Strays,
+}
+
+/// How a stray is described: the words `not_regular` uses too.
+const STRAY: &str = "not a regular file (a symbolic link, FIFO, socket or device): never read, written through or deleted by this tool; remove it by hand";
+
+/// Opens the object `key` (already checked by `check_key`) for reading without following a
+/// symbolic link anywhere below `root`: each folder is opened relative to the one before with
+/// `O_NOFOLLOW | O_DIRECTORY`, the object with `O_NOFOLLOW | O_NONBLOCK` (a FIFO is never waited
+/// on), and it must be a regular file. So nothing outside the root is ever read, whatever the
+/// bucket directory holds, and no check-then-open race lets a link in. The root itself may be a
+/// link: the operator chose it.
+fn open_regular(root: &Path, key: &str) -> io::Result<std::fs::File> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let open_at = |dir: Option<&OwnedFd>, name: &CString, flags: libc::c_int| -> io::Result<OwnedFd> {
+        use std::os::fd::AsRawFd;
+        let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+        // SAFETY: `name` is a NUL-terminated string and `at` an open directory (or AT_FDCWD);
+        // the returned descriptor is owned by nobody else.
+        let fd = unsafe { libc::openat(at, name.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is not owned elsewhere.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let mut dir = open_at(
+        None,
+        &c(root.as_os_str().as_bytes())?,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )?;
+    let mut parts = key.split('/').peekable();
+    while let Some(part) = parts.next() {
+        let name = c(part.as_bytes())?;
+        if parts.peek().is_some() {
+            dir = open_at(Some(&dir), &name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+            continue;
+        }
+        let file = std::fs::File::from(open_at(
+            Some(&dir),
+            &name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        )?);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        return Ok(file);
+    }
+    Err(io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Why `e` (from `open_regular`) is a refusal rather than an ordinary error: a symbolic link (or
+/// special file) met where an object or one of its folders should be.
+fn not_regular(e: &io::Error) -> Option<&'static str> {
+    matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)).then_some(STRAY)
+}
+
+/// Refuses to write or delete `key` when a folder on its way below `root` is a symbolic link:
+/// what is written or deleted stays inside the root.
+fn no_links_below(root: &Path, key: &str) -> Result<(), StorageError> {
+    let mut path = root.to_path_buf();
+    let folders = key.rsplit_once('/').map_or("", |(f, _)| f);
+    for part in folders.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(StorageError::Other(format!("{key}: {} is {STRAY}", path.display())))
+            }
+            // Not a folder: writing fails with the OS's own error.
+            Ok(m) if !m.is_dir() => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io(format!("checking {}", path.display()), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Collects regular files under `dir` whose key starts with `prefix`: objects, or our own hidden
@@ -327,7 +435,9 @@ fn start(root: &Path, prefix: &str) -> PathBuf {
         return root.to_path_buf();
     };
     let plain = |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('\\');
-    if folders.split('/').all(plain) {
+    // A folder that is a symbolic link is never listed through: the walk from the root meets it
+    // as what it is.
+    if folders.split('/').all(plain) && no_links_below(root, &format!("{folders}/")).is_ok() {
         root.join(folders)
     } else {
         root.to_path_buf()
@@ -351,8 +461,19 @@ fn walk(root: &Path, dir: &Path, prefix: &str, want: Want, out: &mut Vec<ObjectI
             .map_err(|e| StorageError::io(format!("reading {}", path.display()), e))?;
         if meta.is_dir() {
             let dir_key = format!("{key}/");
-            if !hidden && (dir_key.starts_with(prefix) || prefix.starts_with(&dir_key)) {
+            // A hidden folder (the bucket's `.keys/`) is listed only when the prefix names it.
+            let named = hidden && prefix.starts_with(&dir_key);
+            if (!hidden || named) && (dir_key.starts_with(prefix) || prefix.starts_with(&dir_key)) {
                 walk(root, &path, prefix, want, out)?;
+            }
+        } else if want == Want::Strays {
+            let within = key.starts_with(prefix) || prefix.starts_with(&format!("{key}/"));
+            if !meta.is_file() && within {
+                out.push(ObjectInfo {
+                    key,
+                    size: 0,
+                    modified: None,
+                });
             }
         } else if meta.is_file() && key.starts_with(prefix) && (hidden == (want == Want::Partials)) {
             if want == Want::Partials && !is_partial(&key) {
@@ -386,6 +507,50 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn a_hidden_folder_is_listed_only_when_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path());
+        store.put_bytes(".keys/t/k.age", b"k".to_vec()).await.unwrap();
+        store.put_bytes("t/a", b"x".to_vec()).await.unwrap();
+        let keys = |p: &'static str| {
+            let store = &store;
+            async move {
+                store
+                    .list(p)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(keys(".keys/t/").await, [".keys/t/k.age"]);
+        assert_eq!(keys("").await, ["t/a"]);
+        assert_eq!(keys("t/").await, ["t/a"]);
+    }
+
+    #[tokio::test]
+    async fn links_and_fifos_are_strays_never_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path().join("root"));
+        store.put_bytes("t/a", b"x".to_vec()).await.unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("root/t/b")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("root/u")).unwrap();
+        let objects: Vec<_> = store.list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(objects, ["t/a"]);
+        let strays: Vec<_> = store.strays("").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(strays, ["t/b", "u"]);
+        assert!(store.get_bytes("t/b").await.is_err());
+        assert!(store.size("t/b").await.is_err());
+        assert!(store.get_bytes("u/secret").await.is_err());
+        assert!(store.list("u/").await.unwrap().is_empty());
+        assert!(store.put_bytes("u/new", b"x".to_vec()).await.is_err());
+        assert!(store.delete("u/secret").await.is_err());
+        assert!(dir.path().join("secret").exists() && !dir.path().join("new").exists());
     }
 
     #[tokio::test]

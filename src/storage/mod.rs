@@ -109,6 +109,15 @@ pub struct ObjectInfo {
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Something under a prefix that is not an object and is never read: a symbolic link or special
+/// file in a local directory ([`Storage::strays`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Stray {
+    pub key: String,
+    /// What it is and what the tool does with it, for reports.
+    pub what: String,
+}
+
 /// What a caller is about to do, for [`Storage::probe`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -202,6 +211,13 @@ pub trait Storage: Send + Sync {
             out.push(self.delete(key).await);
         }
         out
+    }
+
+    /// What lies under `prefix` and is not an object (never read or listed as one): a local
+    /// directory's symbolic links and special files. Object stores have none.
+    async fn strays(&self, prefix: &str) -> Result<Vec<Stray>, StorageError> {
+        let _ = prefix;
+        Ok(Vec::new())
     }
 
     /// Uploads under `prefix` that were started and never finished.

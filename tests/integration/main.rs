@@ -21,6 +21,7 @@ mod help;
 mod isolation;
 mod limits;
 mod list;
+mod local_links;
 mod native;
 mod overlap;
 mod progress;

@@ -138,6 +138,49 @@ fn suite(env: Vec<(String, String)>) {
     );
 }
 
+/// Tenant keys live in the bucket too: with the key table gone, an encrypted backup is read with
+/// the bucket's copy; `keys forget` deletes that copy; cleanup's orphans never see it.
+fn keys_in_the_bucket(env: Vec<(String, String)>) {
+    let db = TestDb::new();
+    let out = run_ok(db.cmd().env_remove("DATABASE_URL").args(["keys", "init"]));
+    let mut env = env;
+    for line in text(&out.stdout).lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        env.push((k.to_string(), v.to_string()));
+    }
+    let supabase = env.iter().any(|(k, _)| k == "SUPABASE_URL");
+    let c = |args: &[&str]| {
+        let mut c = cmd(&db, &env);
+        if supabase {
+            c.env_remove("BACKUP_STORAGE");
+        }
+        c.args(args);
+        c
+    };
+    run_ok(&mut c(&["backup", "--tenant", "bienestar"]));
+    // A second backup finds its key's copy already there.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run_ok(&mut c(&["backup", "--tenant", "bienestar"]));
+    db.sql("DROP TABLE public.tenant_backup_keys");
+    run_ok(&mut c(&["verify", "--tenant", "bienestar"]));
+    let out = run_ok(&mut c(&["cleanup", "--orphans", "--tenant", "bienestar"]));
+    assert!(!text(&out.stdout).contains(".keys"), "{}", text(&out.stdout));
+    run_ok(&mut c(&["keys", "forget", "--tenant", "bienestar", "--yes"]));
+    let out = c(&["verify", "--tenant", "bienestar"]).output().unwrap();
+    assert_fails(&out, 1, "forgotten");
+}
+
+#[test]
+fn keys_in_the_bucket_on_s3() {
+    keys_in_the_bucket(s3_env(&format!("keys-{}", std::process::id())));
+}
+
+#[test]
+fn keys_in_the_bucket_on_supabase() {
+    let stub = SupabaseStub::start("eyJhbGciOiJIUzI1NiJ9.service.role", "backups", 50 * 1000 * 1000);
+    keys_in_the_bucket(supabase_env(&stub));
+}
+
 #[test]
 fn suite_on_a_local_directory() {
     suite(Vec::new());

@@ -150,6 +150,40 @@ impl Catalog {
         }
     }
 
+    /// A tenant of a database that has no tenant table at all (a new one, after a disaster):
+    /// restore takes it from the bucket. Refused when the tenant table exists, where
+    /// [`Catalog::tenant`] is the only way in.
+    pub async fn unlisted_tenant(&self, client: &Client, schema: &str) -> anyhow::Result<Tenant> {
+        check_tenant_schema_name(schema)?;
+        let exists: bool = client
+            .query_typed(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[(&self.tenants_table.quoted(), Type::TEXT)],
+            )
+            .await
+            .map_err(pg_context("looking for the tenant table"))?[0]
+            .get(0);
+        if exists {
+            return Err(UsageError::new(format!(
+                "--new-database is for a database without a tenant table, and this one has {}: restore without --new-database (the tenant must be listed there)",
+                self.tenants_table
+            ))
+            .into());
+        }
+        tracing::warn!(
+            "{} does not exist: restoring {schema} into a new database from the bucket (--new-database)",
+            self.tenants_table
+        );
+        Ok(Tenant {
+            id: 0,
+            schema_name: schema.to_string(),
+            name: schema.to_string(),
+            backup_schedule: Schedule::Disabled,
+            last_backup_at: None,
+            next_scheduled_backup: None,
+        })
+    }
+
     /// The tenants named on the command line, each checked against the tenant table.
     pub async fn named_tenants(&self, client: &Client, names: &[String]) -> anyhow::Result<Vec<Tenant>> {
         let mut out = Vec::new();
