@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio_postgres::Client;
@@ -66,6 +67,10 @@ impl Context {
             &storage_url,
             &StorageOptions {
                 retries: cli.storage.storage_retries,
+                timeouts: storage::Timeouts {
+                    connect: Duration::from_secs(cli.storage.storage_connect_timeout),
+                    idle: Duration::from_secs(cli.storage.storage_idle_timeout),
+                },
             },
         )?;
         Ok(Context {

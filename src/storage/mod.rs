@@ -8,6 +8,7 @@ mod memory;
 mod place;
 mod s3;
 mod supabase;
+mod timeouts;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,17 +25,23 @@ pub use memory::Memory;
 pub use place::{place, Place};
 pub use s3::S3;
 pub use supabase::Supabase;
+pub use timeouts::Timeouts;
 
 /// Settings every remote backend shares.
 #[derive(Clone, Copy, Debug)]
 pub struct StorageOptions {
     /// Attempts after the first, for 429, 5xx and connection errors.
     pub retries: u32,
+    /// How long a connection may take, and how long a request may go without a byte moving.
+    pub timeouts: Timeouts,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        StorageOptions { retries: 5 }
+        StorageOptions {
+            retries: 5,
+            timeouts: Timeouts::default(),
+        }
     }
 }
 

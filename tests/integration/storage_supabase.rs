@@ -448,3 +448,86 @@ fn storage_supabase_cleanup_orphans_fix_deletes_objects_in_one_call() {
         b.stub().keys()
     );
 }
+
+/// A server that accepts every connection and reads nothing, answers nothing (a hung server or a
+/// black-holing proxy); the connections stay open.
+fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[test]
+fn storage_supabase_a_server_that_never_answers_is_given_up_on_after_the_idle_timeout() {
+    let db = TestDb::new();
+    let started = std::time::Instant::now();
+    let out = db
+        .cmd()
+        .env("SUPABASE_URL", silent_server())
+        .env("SUPABASE_KEY", "sb_secret_test")
+        .env("BACKUP_STORAGE", "supabase://backups")
+        .env("BACKUP_STORAGE_RETRIES", "2")
+        .env("BACKUP_STORAGE_IDLE_TIMEOUT", "1")
+        .args(["--no-progress", "backup", "--tenant", "mindcare"])
+        .timeout(std::time::Duration::from_secs(90))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{err}");
+    let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert!(retries.len() >= 2, "every retry is logged: {err}");
+    for line in &retries {
+        assert!(
+            line.contains(
+                "the server sent nothing for 1s (the idle timeout, --storage-idle-timeout / BACKUP_STORAGE_IDLE_TIMEOUT); retrying in"
+            ),
+            "{line}"
+        );
+    }
+    assert!(
+        err.contains("did not answer (the server sent nothing for 1s (the idle timeout, --storage-idle-timeout / BACKUP_STORAGE_IDLE_TIMEOUT), 3 attempts): the server accepted the request and went quiet"),
+        "the error says what happened: {err}"
+    );
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_an_upload_whose_answer_was_lost_is_recognised_when_retried() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // The server stores the object, and its answer never comes: the client gives the request up
+    // after the idle timeout and sends it again, which meets "already exists" for its own object.
+    b.stub().state.lock().unwrap().faults.lose_answers = Some(("POST".into(), "/object/backups/mindcare/".into(), 1));
+    let out = b
+        .cmd(&db)
+        .env("BACKUP_STORAGE_IDLE_TIMEOUT", "1")
+        .args(["--json", "--no-progress", "backup", "--tenant", "mindcare"])
+        .timeout(std::time::Duration::from_secs(90))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = v[0]["backup"]["key"].as_str().unwrap().to_string();
+    assert!(
+        !key.contains("-2."),
+        "not stored a second time under another name: {key}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("retrying in")).count(),
+        1,
+        "one retry, logged once: {err}"
+    );
+    let keys = b.stub().keys();
+    assert_eq!(keys.len(), 2, "the backup and its manifest, no orphan copy: {keys:?}");
+    assert!(keys.contains(&key), "{keys:?}");
+    assert_eq!(db.record_count("mindcare"), 1);
+    b.run_ok(&db, &["verify", "--tenant", "mindcare"]);
+}

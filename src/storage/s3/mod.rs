@@ -18,7 +18,7 @@ mod multipart;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig};
@@ -29,7 +29,8 @@ use crate::storage::stopped;
 use multipart::AbortOnDrop;
 
 use super::{
-    check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions, Unfinished,
+    check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions, Timeouts,
+    Unfinished,
 };
 use crate::error::UsageError;
 
@@ -54,6 +55,9 @@ pub struct S3 {
     http: reqwest::Client,
     /// Attempts after the first for the requests made here rather than by object_store.
     retries: u32,
+    /// Connect and idle timeouts of the requests made here (object_store's own requests have the
+    /// connect timeout and object_store's 30 s bound on each request).
+    timeouts: Timeouts,
     seen: OnceCell<Result<(), String>>,
 }
 
@@ -76,6 +80,10 @@ impl S3 {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_config(
+                AmazonS3ConfigKey::Client(object_store::ClientConfigKey::ConnectTimeout),
+                format!("{}ms", opts.timeouts.connect.as_millis()),
+            )
             .with_retry(RetryConfig {
                 max_retries: opts.retries as usize,
                 retry_timeout: Duration::from_secs(300),
@@ -111,10 +119,9 @@ impl S3 {
             || env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
             || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
             || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(120))
+        let http = opts
+            .timeouts
+            .client()
             .build()
             .map_err(|e| UsageError::new(format!("setting up HTTPS: {e}")))?;
         Ok(S3 {
@@ -127,6 +134,7 @@ impl S3 {
             configured_credentials,
             http,
             retries: opts.retries,
+            timeouts: opts.timeouts,
             seen: OnceCell::new(),
         })
     }

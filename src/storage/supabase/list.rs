@@ -41,8 +41,9 @@ impl Supabase {
                 Err(f) if cursor.is_none() && f.http == 404 && f.body.contains("Route ") => return Ok(None),
                 Err(f) => return Err(self.fail(key_prefix, &f)),
             };
-            let page: ListV2 = resp
-                .json()
+            let page: ListV2 = self
+                .timeouts
+                .json(resp)
                 .await
                 .map_err(|e| StorageError::Other(format!("reading a bucket listing: {e}")))?;
             for o in page.objects {
@@ -119,8 +120,9 @@ impl Supabase {
                     self.request(Method::POST, &path).json(&body)
                 })
                 .await?;
-            let page: Vec<Entry> = resp
-                .json()
+            let page: Vec<Entry> = self
+                .timeouts
+                .json(resp)
                 .await
                 .map_err(|e| StorageError::Other(format!("reading a bucket listing: {e}")))?;
             let n = page.len();
