@@ -18,7 +18,7 @@ use crate::backup::key::ObjectKey;
 use crate::pg::catalog::{BackupRecord, Catalog, Tenant};
 use crate::pg::lock;
 use crate::pg::sql::quote_ident;
-use crate::policy::retention::{find_orphans, plan, pre_restore_copies, Action, Orphan, Policy};
+use crate::policy::retention::{find_orphans, plan, pre_restore_copies, relocate, Action, Orphan, Policy};
 use crate::progress::human_size;
 use crate::storage::{place, Place, Storage, StorageError};
 
@@ -275,6 +275,17 @@ impl Cleanup<'_> {
         }
         let unfinished = storage.unfinished(&folder).await?;
         let found = find_orphans(schema, records, &objects, &unfinished, now, opts.grace);
+        // A row "missing" here may point into another prefix of the bucket (the storage URL's
+        // prefix changed): that one is reported as such and never deleted.
+        let missing: Vec<String> = found
+            .iter()
+            .filter(|o| matches!(o, Orphan::Missing { .. }))
+            .map(|o| o.key().to_string())
+            .collect();
+        let found = match missing.is_empty() {
+            true => found,
+            false => relocate(found, &storage.elsewhere(&missing).await?),
+        };
         let decided: Vec<_> = found
             .into_iter()
             .map(|o| {
@@ -376,7 +387,7 @@ impl Cleanup<'_> {
                 catalog.delete_record(client, schema, *id).await?;
                 Ok(format!("row deleted; {key} is outside the bucket and was not touched"))
             }
-            Orphan::Nested { .. } | Orphan::Foreign { .. } => {
+            Orphan::Nested { .. } | Orphan::Foreign { .. } | Orphan::Elsewhere { .. } => {
                 anyhow::bail!("internal: {} is never deleted", orphan.key())
             }
         }

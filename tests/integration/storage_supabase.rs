@@ -531,3 +531,73 @@ fn storage_supabase_an_upload_whose_answer_was_lost_is_recognised_when_retried()
     assert_eq!(db.record_count("mindcare"), 1);
     b.run_ok(&db, &["verify", "--tenant", "mindcare"]);
 }
+
+#[test]
+fn storage_supabase_rows_under_another_prefix_after_a_prefix_change_are_neither_missing_nor_deleted() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // Two backups at the bucket's root; the second one's object is then really lost.
+    let kept = b.backup(&db, "mindcare", &[]);
+    let lost = b.backup(&db, "mindcare", &[]);
+    b.stub().state.lock().unwrap().objects.remove(&lost);
+    // The operator moves the storage to a prefix of the same bucket.
+    let moved = |args: &[&str]| {
+        b.cmd(&db)
+            .env("BACKUP_STORAGE", "supabase://backups/new-prefix")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = moved(&["--no-progress", "list", "--check", "--tenant", "mindcare"]);
+    let listing = text(&out.stdout);
+    let line = |key: &str| {
+        listing
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line(&kept).ends_with("in another prefix: the bucket's root"),
+        "{listing}\n{}",
+        text(&out.stderr)
+    );
+    assert!(line(&lost).ends_with("MISSING"), "{listing}");
+    let out = moved(&["--json", "list", "--check", "--tenant", "mindcare"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = v[0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file_path"] == kept.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["in_bucket"], "elsewhere");
+    assert_eq!(row["prefix"], "");
+
+    let out = moved(&[
+        "--no-progress",
+        "cleanup",
+        "--orphans",
+        "--fix",
+        "--grace-hours",
+        "0",
+        "--include-manual",
+        "--tenant",
+        "mindcare",
+    ]);
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("row in another prefix")
+            && report
+                .contains("its object is at the bucket's root in the same bucket, not under this storage's prefix"),
+        "{report}\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        db.record_count("mindcare"),
+        1,
+        "only the really missing row went: {report}"
+    );
+    assert!(b.stub().keys().contains(&kept), "{:?}", b.stub().keys());
+}

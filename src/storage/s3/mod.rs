@@ -10,6 +10,7 @@
 //! --orphans --fix`. The probe lists one page of the prefix; "not found" waits for it in
 //! [`Checked`](super::Checked).
 
+use std::collections::HashMap;
 use std::path::Path as FsPath;
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub struct S3 {
     /// connect timeout and object_store's 30 s bound on each request).
     timeouts: Timeouts,
     seen: OnceCell<Result<(), String>>,
+    /// Every object name in the bucket, listed once, for [`Storage::elsewhere`].
+    whole_bucket: OnceCell<Vec<String>>,
 }
 
 impl S3 {
@@ -136,6 +139,7 @@ impl S3 {
             retries: opts.retries,
             timeouts: opts.timeouts,
             seen: OnceCell::new(),
+            whole_bucket: OnceCell::new(),
         })
     }
 
@@ -339,6 +343,28 @@ impl Storage for S3 {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn elsewhere(&self, keys: &[String]) -> Result<HashMap<String, String>, StorageError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let names = self
+            .whole_bucket
+            .get_or_try_init(|| async {
+                let mut stream = self.store.list(None);
+                let mut names = Vec::new();
+                while let Some(meta) = stream.next().await {
+                    names.push(meta.map_err(|e| self.err("", e))?.location.to_string());
+                }
+                Ok::<_, StorageError>(names)
+            })
+            .await?;
+        Ok(super::keys_elsewhere(
+            names.iter().map(String::as_str),
+            &self.prefix,
+            keys,
+        ))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

@@ -14,6 +14,7 @@ mod list;
 mod names;
 mod tus;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -55,6 +56,9 @@ pub struct Supabase {
     seen: OnceCell<Result<(), String>>,
     /// Whether the server has list-v2 (v1.19 and later), found out by the first listing.
     has_list_v2: OnceCell<bool>,
+    /// Every object name in the bucket, listed once, for [`Storage::elsewhere`]; empty on a server
+    /// without list-v2.
+    whole_bucket: OnceCell<Vec<String>>,
 }
 
 impl Supabase {
@@ -141,6 +145,7 @@ impl Supabase {
             timeouts: opts.timeouts,
             seen: OnceCell::new(),
             has_list_v2: OnceCell::new(),
+            whole_bucket: OnceCell::new(),
         })
     }
 
@@ -356,6 +361,24 @@ impl Storage for Supabase {
         };
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn elsewhere(&self, keys: &[String]) -> Result<HashMap<String, String>, StorageError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let names = self
+            .whole_bucket
+            .get_or_try_init(|| async {
+                let entries = self.list_v2_names("").await?.unwrap_or_default();
+                Ok::<_, StorageError>(entries.into_iter().map(|e| e.name).collect())
+            })
+            .await?;
+        Ok(super::keys_elsewhere(
+            names.iter().map(String::as_str),
+            &self.prefix,
+            keys,
+        ))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
