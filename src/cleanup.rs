@@ -34,6 +34,8 @@ pub struct Report {
     pub kept: usize,
     /// Orphans deleted (or, in a dry run, that would be).
     pub orphans_deleted: usize,
+    /// Of those, history rows (the others are objects and unfinished uploads).
+    pub orphan_rows_deleted: usize,
     pub failed: usize,
 }
 
@@ -113,15 +115,18 @@ enum ObjectGone {
 impl Cleanup<'_> {
     /// Deletes the backups `policy` says go: their objects (in bulk), then their manifests, then
     /// the rows of those whose object is gone. A row whose object could not be deleted stays.
-    /// `records` is the tenant's history (read under its lock, unless this is a dry run).
+    /// `records` is the tenant's history (read under its lock, unless this is a dry run). The rows
+    /// that went (or, in a dry run, would go). A dry run counts the bytes of the
+    /// objects that are really there, as the run frees them (one listing of the folder).
     pub async fn expire(
         &self,
         schema: &str,
         records: &[BackupRecord],
         policy: &Policy,
         report: &mut Report,
-    ) -> Result<()> {
+    ) -> Result<Vec<BackupRecord>> {
         let Cleanup {
+            storage,
             catalog,
             client,
             now,
@@ -152,6 +157,18 @@ impl Cleanup<'_> {
         } else {
             self.delete_objects(schema, &doomed).await
         };
+        let in_bucket = |r: &BackupRecord| matches!(place(&r.file_path, schema), Place::Tenant(_));
+        let stored: std::collections::HashSet<String> = if dry_run && doomed.iter().any(|r| in_bucket(r)) {
+            storage
+                .list(&format!("{schema}/"))
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        } else {
+            Default::default()
+        };
+        let mut went = Vec::new();
         let mut gone = gone.into_iter();
         for v in verdicts {
             let mut item = BackupItem {
@@ -173,7 +190,10 @@ impl Cleanup<'_> {
                 }
                 Action::Delete if dry_run => {
                     report.deleted += 1;
-                    report.bytes_freed += v.record.file_size.max(0) as u64;
+                    went.push(v.record.clone());
+                    if stored.contains(&v.record.file_path) {
+                        report.bytes_freed += v.record.file_size.max(0) as u64;
+                    }
                 }
                 Action::Delete => {
                     let outcome = match gone.next() {
@@ -184,6 +204,7 @@ impl Cleanup<'_> {
                     match outcome {
                         Ok(how) => {
                             report.deleted += 1;
+                            went.push(v.record.clone());
                             item.result = Some(match how {
                                 ObjectGone::Deleted => {
                                     report.bytes_freed += v.record.file_size.max(0) as u64;
@@ -205,7 +226,7 @@ impl Cleanup<'_> {
             }
             report.backups.push(item);
         }
-        Ok(())
+        Ok(went)
     }
 
     /// Deletes the objects of `doomed` in bulk, then the manifests of those that are gone; one
@@ -253,11 +274,14 @@ impl Cleanup<'_> {
     /// Objects in the tenant's folder that no row points to, rows whose object is not in the
     /// bucket, unfinished uploads; with `fix` (and not a dry run) those `decide` says go are
     /// deleted. A dry run reports exactly what the run would do.
-    /// `records` is the tenant's history as it is now (after [`Cleanup::expire`], if that ran).
+    /// `records` is the tenant's history as it is now (after [`Cleanup::expire`], if that ran);
+    /// in a dry run, `expired` is what expiring would have deleted (its rows are already left out
+    /// of `records`), whose objects and manifests are then left out of the folder's listing.
     pub async fn orphans(
         &self,
         schema: &str,
         records: &[BackupRecord],
+        expired: &[BackupRecord],
         opts: &OrphanOptions,
         report: &mut Report,
     ) -> Result<()> {
@@ -266,6 +290,10 @@ impl Cleanup<'_> {
         } = *self;
         let folder = format!("{schema}/");
         let mut objects = storage.list(&folder).await?;
+        objects.retain(|o| {
+            let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
+            !expired.iter().any(|r| r.file_path == base)
+        });
         // When the backend cannot say when an object was written, its name can.
         for o in &mut objects {
             let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
@@ -318,13 +346,16 @@ impl Cleanup<'_> {
                 (Action::Delete, false, _) => format!("found (--fix deletes it: {reason})"),
                 (Action::Delete, true, true) => {
                     report.orphans_deleted += 1;
+                    report.orphan_rows_deleted += usize::from(orphan.row_id().is_some());
                     format!("would delete: {reason}")
                 }
                 (Action::Delete, true, false) => match self.fix(schema, &orphan, &mut deleted_objects).await {
-                    Ok(done) => {
+                    Ok((true, done)) => {
                         report.orphans_deleted += 1;
+                        report.orphan_rows_deleted += usize::from(orphan.row_id().is_some());
                         done
                     }
+                    Ok((false, kept)) => kept,
                     Err(e) => {
                         tracing::error!("{schema}: {e:#}");
                         report.failed += 1;
@@ -345,13 +376,14 @@ impl Cleanup<'_> {
         Ok(())
     }
 
-    /// Deletes one orphan; what was done.
+    /// Deletes one orphan; whether it went, and what was done.
     async fn fix(
         &self,
         schema: &str,
         orphan: &Orphan,
         deleted: &mut std::collections::HashMap<String, Result<(), StorageError>>,
-    ) -> Result<String> {
+    ) -> Result<(bool, String)> {
+        let done = |what: &str| Ok((true, what.to_string()));
         let Cleanup {
             storage,
             catalog,
@@ -363,29 +395,29 @@ impl Cleanup<'_> {
                 Some(result) => result,
                 None => storage.delete(key).await,
             } {
-                Ok(()) => Ok("deleted".into()),
-                Err(StorageError::NotFound(_)) => Ok("already gone".into()),
+                Ok(()) => done("deleted"),
+                Err(StorageError::NotFound(_)) => done("already gone"),
                 Err(e) => Err(e.into()),
             },
             Orphan::Unfinished { upload, .. } => {
                 storage.discard_unfinished(upload).await?;
-                Ok("aborted, its parts removed".into())
+                done("aborted, its parts removed")
             }
             Orphan::Missing { id, key, .. } => {
                 // Checked again, one object: a listing is a moment old.
                 if storage.size(key).await?.is_some() {
-                    return Ok("kept: the object is there after all".into());
+                    return Ok((false, "kept: the object is there after all".into()));
                 }
                 match storage.delete(&ObjectKey::manifest_key(key)).await {
                     Ok(()) | Err(StorageError::NotFound(_)) => {}
                     Err(e) => anyhow::bail!("deleting the manifest of {key}: {e}; the row is kept"),
                 }
                 catalog.delete_record(client, schema, *id).await?;
-                Ok("row deleted".into())
+                done("row deleted")
             }
             Orphan::Outside { id, key, .. } => {
                 catalog.delete_record(client, schema, *id).await?;
-                Ok(format!("row deleted; {key} is outside the bucket and was not touched"))
+                done(&format!("row deleted; {key} is outside the bucket and was not touched"))
             }
             Orphan::Nested { .. } | Orphan::Foreign { .. } | Orphan::Elsewhere { .. } => {
                 anyhow::bail!("internal: {} is never deleted", orphan.key())
