@@ -324,6 +324,8 @@ impl Cleanup<'_> {
         // The objects that go, deleted in bulk (up to the backend's batch limit a call), not one
         // request each.
         let mut deleted_objects = std::collections::HashMap::new();
+        let mut deleted_manifests = std::collections::HashMap::new();
+        let mut reappeared = std::collections::HashSet::new();
         if opts.fix && !dry_run {
             let keys: Vec<String> = decided
                 .iter()
@@ -333,6 +335,31 @@ impl Cleanup<'_> {
             if !keys.is_empty() {
                 let results = storage.delete_many(&keys).await;
                 deleted_objects.extend(keys.into_iter().zip(results));
+            }
+            // Rows whose object is missing: checked again with one fresh listing of the folder
+            // (the first one is a moment old), and the manifests of those still missing deleted
+            // in bulk; not a check and a delete per row.
+            let missing: Vec<&str> = decided
+                .iter()
+                .filter(|(o, (action, _))| *action == Action::Delete && matches!(o, Orphan::Missing { .. }))
+                .map(|(o, _)| o.key())
+                .collect();
+            if !missing.is_empty() {
+                let now_listed: std::collections::HashSet<String> =
+                    storage.list(&folder).await?.into_iter().map(|o| o.key).collect();
+                let manifests: Vec<String> = missing
+                    .iter()
+                    .filter(|k| !now_listed.contains(**k))
+                    .map(|k| ObjectKey::manifest_key(k))
+                    .collect();
+                let results = storage.delete_many(&manifests).await;
+                deleted_manifests.extend(manifests.into_iter().zip(results));
+                reappeared.extend(
+                    missing
+                        .iter()
+                        .filter(|k| now_listed.contains(**k))
+                        .map(|k| k.to_string()),
+                );
             }
         }
         for (orphan, (action, reason)) in decided {
@@ -349,7 +376,16 @@ impl Cleanup<'_> {
                     report.orphan_rows_deleted += usize::from(orphan.row_id().is_some());
                     format!("would delete: {reason}")
                 }
-                (Action::Delete, true, false) => match self.fix(schema, &orphan, &mut deleted_objects).await {
+                (Action::Delete, true, false) => match self
+                    .fix(
+                        schema,
+                        &orphan,
+                        &mut deleted_objects,
+                        &mut deleted_manifests,
+                        &reappeared,
+                    )
+                    .await
+                {
                     Ok((true, done)) => {
                         report.orphans_deleted += 1;
                         report.orphan_rows_deleted += usize::from(orphan.row_id().is_some());
@@ -382,6 +418,8 @@ impl Cleanup<'_> {
         schema: &str,
         orphan: &Orphan,
         deleted: &mut std::collections::HashMap<String, Result<(), StorageError>>,
+        manifests: &mut std::collections::HashMap<String, Result<(), StorageError>>,
+        reappeared: &std::collections::HashSet<String>,
     ) -> Result<(bool, String)> {
         let done = |what: &str| Ok((true, what.to_string()));
         let Cleanup {
@@ -404,11 +442,22 @@ impl Cleanup<'_> {
                 done("aborted, its parts removed")
             }
             Orphan::Missing { id, key, .. } => {
-                // Checked again, one object: a listing is a moment old.
-                if storage.size(key).await?.is_some() {
+                // Checked again (a listing is a moment old): by the fresh listing made for all
+                // of them, else by itself.
+                let there = match reappeared.contains(key.as_str()) {
+                    true => true,
+                    false if manifests.contains_key(&ObjectKey::manifest_key(key)) => false,
+                    false => storage.size(key).await?.is_some(),
+                };
+                if there {
                     return Ok((false, "kept: the object is there after all".into()));
                 }
-                match storage.delete(&ObjectKey::manifest_key(key)).await {
+                let manifest = ObjectKey::manifest_key(key);
+                let result = match manifests.remove(&manifest) {
+                    Some(result) => result,
+                    None => storage.delete(&manifest).await,
+                };
+                match result {
                     Ok(()) | Err(StorageError::NotFound(_)) => {}
                     Err(e) => anyhow::bail!("deleting the manifest of {key}: {e}; the row is kept"),
                 }

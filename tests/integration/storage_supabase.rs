@@ -601,3 +601,55 @@ fn storage_supabase_rows_under_another_prefix_after_a_prefix_change_are_neither_
     );
     assert!(b.stub().keys().contains(&kept), "{:?}", b.stub().keys());
 }
+
+#[test]
+fn storage_supabase_cleanup_orphans_fix_removes_missing_rows_without_a_request_per_row() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &[]);
+    // Six rows whose objects are gone; their manifests are still there.
+    for day in 1..=6 {
+        let key = format!("mindcare/backup-sql-mindcare-2026-01-0{day}-000000.sql.zst");
+        db.sql(&format!(
+            "INSERT INTO mindcare.backups_backuprecord (file_name, file_path, file_size, backup_type, created_at) \
+             VALUES ('{name}', '{key}', 100, 'automatic', now())",
+            name = key.trim_start_matches("mindcare/")
+        ));
+        b.stub()
+            .state
+            .lock()
+            .unwrap()
+            .objects
+            .insert(format!("{key}.manifest.json"), b"{}".to_vec());
+    }
+    clear_log(&b);
+    let out = b.run_ok(
+        &db,
+        &[
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--grace-hours",
+            "0",
+            "--tenant",
+            "mindcare",
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("deleted 6 orphans of 6 found (0 objects and 6 rows), 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(db.record_count("mindcare"), 1);
+    let requests = log(&b);
+    let per_row: Vec<_> = requests
+        .iter()
+        .filter(|(m, p)| p.contains("/object/info/") || m == "HEAD" || m == "DELETE")
+        .collect();
+    assert_eq!(
+        per_row.len(),
+        1,
+        "one bulk delete of the six manifests, no check or delete per row: {requests:?}"
+    );
+    assert_eq!(b.stub().keys().len(), 2, "{:?}", b.stub().keys());
+}
