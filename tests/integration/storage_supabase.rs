@@ -653,3 +653,32 @@ fn storage_supabase_cleanup_orphans_fix_removes_missing_rows_without_a_request_p
     );
     assert_eq!(b.stub().keys().len(), 2, "{:?}", b.stub().keys());
 }
+
+#[test]
+fn storage_supabase_expiring_rows_whose_objects_are_gone_checks_them_with_one_listing() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &[]);
+    // Four expired rows whose objects are already gone (the newest one is kept: --keep-last 1).
+    for day in 1..=4 {
+        let key = format!("mindcare/backup-sql-mindcare-2025-01-0{day}-000000.sql.zst");
+        db.sql(&format!(
+            "INSERT INTO mindcare.backups_backuprecord (file_name, file_path, file_size, backup_type, created_at) \
+             VALUES ('{name}', '{key}', 100, 'automatic', now() - interval '400 days')",
+            name = key.trim_start_matches("mindcare/")
+        ));
+    }
+    clear_log(&b);
+    let out = b.run_ok(&db, &["cleanup", "--days", "30", "--tenant", "mindcare"]);
+    assert!(
+        text(&out.stdout).contains("deleted 3 backups (0.00 B), kept 2, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let requests = log(&b);
+    assert!(
+        !requests.iter().any(|(_, p)| p.contains("/object/info/")),
+        "no info request per missing object: {requests:?}"
+    );
+    assert_eq!(db.record_count("mindcare"), 2);
+}

@@ -10,7 +10,7 @@
 //! --orphans --fix`. The probe lists one page of the prefix; "not found" waits for it in
 //! [`Checked`](super::Checked).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path as FsPath;
 use std::time::Duration;
 
@@ -374,6 +374,63 @@ impl Storage for S3 {
         }
         let p = self.path(key)?;
         self.store.delete(&p).await.map_err(|e| self.err(key, e))
+    }
+
+    /// Many keys: which exist from one listing per folder (S3 answers a delete of a missing key
+    /// with success), then the existing ones in bulk `DeleteObjects` requests of up to 1,000
+    /// keys, instead of a HEAD and a DELETE each.
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<(), StorageError>> {
+        if keys.len() < 2 {
+            let mut out = Vec::new();
+            for key in keys {
+                out.push(self.delete(key).await);
+            }
+            return out;
+        }
+        let folder_of = |key: &str| key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+        let mut listed: HashMap<String, Result<HashSet<String>, String>> = HashMap::new();
+        for key in keys {
+            let folder = folder_of(key);
+            if let std::collections::hash_map::Entry::Vacant(slot) = listed.entry(folder) {
+                let found = self.list(slot.key()).await.map_err(|e| e.to_string());
+                slot.insert(found.map(|objects| objects.into_iter().map(|o| o.key).collect()));
+            }
+        }
+        let mut results: Vec<Option<Result<(), StorageError>>> = keys.iter().map(|_| None).collect();
+        let mut present = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match &listed[&folder_of(key)] {
+                Err(e) => results[i] = Some(Err(StorageError::Other(e.clone()))),
+                Ok(there) if !there.contains(key) => results[i] = Some(Err(StorageError::NotFound(key.clone()))),
+                Ok(_) => match self.path(key) {
+                    Ok(p) => present.push((i, p)),
+                    Err(e) => results[i] = Some(Err(e)),
+                },
+            }
+        }
+        for chunk in present.chunks(1000) {
+            let paths = futures::stream::iter(chunk.iter().map(|(_, p)| Ok(p.clone()))).boxed();
+            let answers: Vec<_> = self.store.delete_stream(paths).collect().await;
+            if answers.len() == chunk.len() {
+                for ((i, _), answer) in chunk.iter().zip(answers) {
+                    results[*i] = Some(answer.map(|_| ()).map_err(|e| self.err(&keys[*i], e)));
+                }
+            } else {
+                // The bulk request itself failed: every key of it is said to have failed.
+                let why = answers
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map(|e| self.err("", e).to_string())
+                    .unwrap_or_else(|| "no answer".into());
+                for (i, _) in chunk {
+                    results[*i] = Some(Err(StorageError::Other(format!("deleting {}: {why}", keys[*i]))));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StorageError::Other("not attempted".into()))))
+            .collect()
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {

@@ -14,7 +14,7 @@ mod list;
 mod names;
 mod tus;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -262,6 +262,33 @@ impl Supabase {
             .await
     }
 
+    /// Whether each key exists: one info request for a single key, else one listing per folder.
+    async fn which_exist<'k>(&self, keys: &[&'k str]) -> HashMap<&'k str, Result<bool, String>> {
+        let mut out = HashMap::new();
+        if let [key] = keys {
+            out.insert(
+                *key,
+                self.size(key).await.map(|s| s.is_some()).map_err(|e| e.to_string()),
+            );
+            return out;
+        }
+        let folder_of = |key: &str| key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+        let mut listed: HashMap<String, Result<HashSet<String>, String>> = HashMap::new();
+        for key in keys {
+            let folder = folder_of(key);
+            if !listed.contains_key(&folder) {
+                let found = self.list(&folder).await.map_err(|e| e.to_string());
+                listed.insert(folder.clone(), found.map(|o| o.into_iter().map(|o| o.key).collect()));
+            }
+            let there = match &listed[&folder] {
+                Ok(set) => Ok(set.contains(*key)),
+                Err(e) => Err(e.clone()),
+            };
+            out.insert(*key, there);
+        }
+        out
+    }
+
     /// One bulk delete (at most [`DELETE_BATCH`] names); the names the server says it deleted.
     async fn delete_batch(&self, names: &[String]) -> Result<Vec<String>, StorageError> {
         let path = format!("/object/{}", encode_segment(&self.bucket));
@@ -401,19 +428,28 @@ impl Storage for Supabase {
             let names: Vec<String> = chunk.iter().map(|(_, n)| n.clone()).collect();
             match self.delete_batch(&names).await {
                 Ok(deleted) => {
+                    let deleted: HashSet<&str> = deleted.iter().map(String::as_str).collect();
+                    // Not in the answer: gone already, or this key may not delete it. Which, from
+                    // one listing per folder when there are several (else one info request).
+                    let unanswered: Vec<&str> = chunk
+                        .iter()
+                        .filter(|(_, name)| !deleted.contains(name.as_str()))
+                        .map(|(i, _)| keys[*i].as_str())
+                        .collect();
+                    let still_there = self.which_exist(&unanswered).await;
                     for (i, name) in chunk {
-                        if deleted.iter().any(|d| d == name) {
+                        if deleted.contains(name.as_str()) {
                             results[*i] = Some(Ok(()));
                             continue;
                         }
-                        // Not in the answer: gone already, or this key may not delete it.
                         let key = &keys[*i];
-                        results[*i] = Some(match self.size(key).await {
-                            Ok(None) => Err(StorageError::NotFound(key.clone())),
-                            Ok(Some(_)) => Err(StorageError::Other(format!(
+                        results[*i] = Some(match still_there.get(key.as_str()) {
+                            Some(Ok(false)) => Err(StorageError::NotFound(key.clone())),
+                            Some(Ok(true)) => Err(StorageError::Other(format!(
                                 "Supabase answered the delete of {key} without deleting it, and it is still there (a key or policy that may read but not delete?)"
                             ))),
-                            Err(e) => Err(e),
+                            Some(Err(e)) => Err(StorageError::Other(e.clone())),
+                            None => Err(StorageError::Other(format!("deleting {key}: not checked"))),
                         });
                     }
                 }
