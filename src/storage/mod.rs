@@ -311,6 +311,31 @@ pub(crate) fn keys_elsewhere<'a>(
     out
 }
 
+/// Whether each key exists, from one listing of each folder the keys are in (for a backend whose
+/// bulk delete does not say, or says nothing of missing keys). A listing that fails is the error
+/// of each of its keys.
+pub(crate) async fn exist_by_listing<S: Storage + ?Sized>(
+    storage: &S,
+    keys: &[&str],
+) -> HashMap<String, Result<bool, String>> {
+    let folder_of = |key: &str| key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+    let mut listed: HashMap<String, Result<HashSet<String>, String>> = HashMap::new();
+    let mut out = HashMap::new();
+    for key in keys {
+        let folder = folder_of(key);
+        if let std::collections::hash_map::Entry::Vacant(slot) = listed.entry(folder.clone()) {
+            let found = storage.list(slot.key()).await.map_err(|e| e.to_string());
+            slot.insert(found.map(|objects| objects.into_iter().map(|o| o.key).collect()));
+        }
+        let there = listed[&folder]
+            .as_ref()
+            .map(|set| set.contains(*key))
+            .map_err(Clone::clone);
+        out.insert(key.to_string(), there);
+    }
+    out
+}
+
 /// Rejects keys that could escape a backend's prefix or directory.
 pub fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = key.is_empty()

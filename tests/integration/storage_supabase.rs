@@ -610,11 +610,7 @@ fn storage_supabase_cleanup_orphans_fix_removes_missing_rows_without_a_request_p
     // Six rows whose objects are gone; their manifests are still there.
     for day in 1..=6 {
         let key = format!("mindcare/backup-sql-mindcare-2026-01-0{day}-000000.sql.zst");
-        db.sql(&format!(
-            "INSERT INTO mindcare.backups_backuprecord (file_name, file_path, file_size, backup_type, created_at) \
-             VALUES ('{name}', '{key}', 100, 'automatic', now())",
-            name = key.trim_start_matches("mindcare/")
-        ));
+        record_row(&db, &key, "now()");
         b.stub()
             .state
             .lock()
@@ -662,11 +658,7 @@ fn storage_supabase_expiring_rows_whose_objects_are_gone_checks_them_with_one_li
     // Four expired rows whose objects are already gone (the newest one is kept: --keep-last 1).
     for day in 1..=4 {
         let key = format!("mindcare/backup-sql-mindcare-2025-01-0{day}-000000.sql.zst");
-        db.sql(&format!(
-            "INSERT INTO mindcare.backups_backuprecord (file_name, file_path, file_size, backup_type, created_at) \
-             VALUES ('{name}', '{key}', 100, 'automatic', now() - interval '400 days')",
-            name = key.trim_start_matches("mindcare/")
-        ));
+        record_row(&db, &key, "now() - interval '400 days'");
     }
     clear_log(&b);
     let out = b.run_ok(&db, &["cleanup", "--days", "30", "--tenant", "mindcare"]);
@@ -681,4 +673,13 @@ fn storage_supabase_expiring_rows_whose_objects_are_gone_checks_them_with_one_li
         "no info request per missing object: {requests:?}"
     );
     assert_eq!(db.record_count("mindcare"), 2);
+}
+
+/// A history row of mindcare's (automatic, 100 bytes) for `key`, created at `created` (SQL).
+fn record_row(db: &TestDb, key: &str, created: &str) {
+    db.sql(&format!(
+        "INSERT INTO mindcare.backups_backuprecord (file_name, file_path, file_size, backup_type, created_at) \
+         VALUES ('{name}', '{key}', 100, 'automatic', {created})",
+        name = key.trim_start_matches("mindcare/")
+    ));
 }

@@ -10,7 +10,7 @@
 //! --orphans --fix`. The probe lists one page of the prefix; "not found" waits for it in
 //! [`Checked`](super::Checked).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path as FsPath;
 use std::time::Duration;
 
@@ -387,22 +387,15 @@ impl Storage for S3 {
             }
             return out;
         }
-        let folder_of = |key: &str| key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
-        let mut listed: HashMap<String, Result<HashSet<String>, String>> = HashMap::new();
-        for key in keys {
-            let folder = folder_of(key);
-            if let std::collections::hash_map::Entry::Vacant(slot) = listed.entry(folder) {
-                let found = self.list(slot.key()).await.map_err(|e| e.to_string());
-                slot.insert(found.map(|objects| objects.into_iter().map(|o| o.key).collect()));
-            }
-        }
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let there = super::exist_by_listing(self, &refs).await;
         let mut results: Vec<Option<Result<(), StorageError>>> = keys.iter().map(|_| None).collect();
         let mut present = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            match &listed[&folder_of(key)] {
+            match &there[key] {
                 Err(e) => results[i] = Some(Err(StorageError::Other(e.clone()))),
-                Ok(there) if !there.contains(key) => results[i] = Some(Err(StorageError::NotFound(key.clone()))),
-                Ok(_) => match self.path(key) {
+                Ok(false) => results[i] = Some(Err(StorageError::NotFound(key.clone()))),
+                Ok(true) => match self.path(key) {
                     Ok(p) => present.push((i, p)),
                     Err(e) => results[i] = Some(Err(e)),
                 },

@@ -263,30 +263,12 @@ impl Supabase {
     }
 
     /// Whether each key exists: one info request for a single key, else one listing per folder.
-    async fn which_exist<'k>(&self, keys: &[&'k str]) -> HashMap<&'k str, Result<bool, String>> {
-        let mut out = HashMap::new();
+    async fn which_exist(&self, keys: &[&str]) -> HashMap<String, Result<bool, String>> {
         if let [key] = keys {
-            out.insert(
-                *key,
-                self.size(key).await.map(|s| s.is_some()).map_err(|e| e.to_string()),
-            );
-            return out;
+            let there = self.size(key).await.map(|s| s.is_some()).map_err(|e| e.to_string());
+            return HashMap::from([(key.to_string(), there)]);
         }
-        let folder_of = |key: &str| key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
-        let mut listed: HashMap<String, Result<HashSet<String>, String>> = HashMap::new();
-        for key in keys {
-            let folder = folder_of(key);
-            if !listed.contains_key(&folder) {
-                let found = self.list(&folder).await.map_err(|e| e.to_string());
-                listed.insert(folder.clone(), found.map(|o| o.into_iter().map(|o| o.key).collect()));
-            }
-            let there = match &listed[&folder] {
-                Ok(set) => Ok(set.contains(*key)),
-                Err(e) => Err(e.clone()),
-            };
-            out.insert(*key, there);
-        }
-        out
+        super::exist_by_listing(self, keys).await
     }
 
     /// One bulk delete (at most [`DELETE_BATCH`] names); the names the server says it deleted.
