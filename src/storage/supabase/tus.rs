@@ -219,9 +219,16 @@ impl Supabase {
             if last && !declared {
                 rb = rb.header("Upload-Length", seen.len.to_string());
             }
+            let started = std::time::Instant::now();
             let sent = self.timeouts.send(&self.http, rb.body(buf[..want].to_vec())).await;
             let problem = match sent {
                 Ok(r) if r.status() == StatusCode::NO_CONTENT || r.status() == StatusCode::OK => {
+                    tracing::debug!(
+                        "{key}: {want} bytes at offset {offset} sent in {:.2}s (the spool held {}{})",
+                        started.elapsed().as_secs_f64(),
+                        seen.len,
+                        if seen.complete { ", whole" } else { "" }
+                    );
                     offset = header_u64(&r, "upload-offset").unwrap_or(offset + want as u64);
                     declared |= last;
                     delays = backoff(self.retries).build();
