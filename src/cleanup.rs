@@ -133,7 +133,38 @@ impl Cleanup<'_> {
             dry_run,
             ..
         } = *self;
-        let verdicts = plan(schema, records, now, policy);
+        let mut verdicts = plan(schema, records, now, policy);
+        // What the folder holds (one listing), for a dry run's bytes and for the rows that go
+        // whose object is not there: one under another prefix of the bucket (the storage URL's
+        // prefix changed) is kept, so that its object is not left behind without a row.
+        let in_bucket = |r: &BackupRecord| matches!(place(&r.file_path, schema), Place::Tenant(_));
+        let stored: std::collections::HashSet<String> = if verdicts
+            .iter()
+            .any(|v| v.action == Action::Delete && in_bucket(&v.record))
+        {
+            storage
+                .list(&format!("{schema}/"))
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        } else {
+            Default::default()
+        };
+        let not_here: Vec<String> = verdicts
+            .iter()
+            .filter(|v| v.action == Action::Delete && in_bucket(&v.record) && !stored.contains(&v.record.file_path))
+            .map(|v| v.record.file_path.clone())
+            .collect();
+        if !not_here.is_empty() {
+            let elsewhere = storage.elsewhere(&not_here).await?;
+            for v in verdicts.iter_mut().filter(|v| v.action == Action::Delete) {
+                if let Some(prefix) = elsewhere.get(&v.record.file_path) {
+                    v.action = Action::Keep;
+                    v.reason = crate::policy::retention::elsewhere_reason(prefix);
+                }
+            }
+        }
         let doomed: Vec<&BackupRecord> = verdicts
             .iter()
             .filter(|v| v.action == Action::Delete)
@@ -156,17 +187,6 @@ impl Cleanup<'_> {
             Vec::new()
         } else {
             self.delete_objects(schema, &doomed).await
-        };
-        let in_bucket = |r: &BackupRecord| matches!(place(&r.file_path, schema), Place::Tenant(_));
-        let stored: std::collections::HashSet<String> = if dry_run && doomed.iter().any(|r| in_bucket(r)) {
-            storage
-                .list(&format!("{schema}/"))
-                .await?
-                .into_iter()
-                .map(|o| o.key)
-                .collect()
-        } else {
-            Default::default()
         };
         let mut went = Vec::new();
         let mut gone = gone.into_iter();

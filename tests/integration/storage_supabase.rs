@@ -600,6 +600,32 @@ fn storage_supabase_rows_under_another_prefix_after_a_prefix_change_are_neither_
         "only the really missing row went: {report}"
     );
     assert!(b.stub().keys().contains(&kept), "{:?}", b.stub().keys());
+
+    // Retention keeps it too: deleting the row would leave its object behind for good.
+    db.sql("UPDATE mindcare.backups_backuprecord SET created_at = now() - interval '40 days'");
+    let out = moved(&[
+        "--no-progress",
+        "cleanup",
+        "--days",
+        "30",
+        "--keep-last",
+        "0",
+        "--include-manual",
+        "--tenant",
+        "mindcare",
+    ]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", text(&out.stderr));
+    assert!(
+        report.contains("deleted 0 backups (0.00 B), kept 1, 0 failed"),
+        "{report}"
+    );
+    assert!(
+        report.contains("its object is at the bucket's root in the same bucket"),
+        "{report}"
+    );
+    assert_eq!(db.record_count("mindcare"), 1, "{report}");
+    assert!(b.stub().keys().contains(&kept), "{:?}", b.stub().keys());
 }
 
 #[test]
