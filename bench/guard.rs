@@ -140,7 +140,7 @@ fn big_row(json: &str, mb: usize) -> String {
     let mut lines: Vec<String> = json.lines().map(str::to_string).collect();
     let at = lines
         .iter()
-        .position(|l| l.contains("\"name\":\"appointments_patient\""))
+        .position(|l| l.starts_with("[\"table\"") && l.contains("\"name\":\"appointments_patient\""))
         .unwrap()
         + 1;
     let mut row: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();

@@ -13,10 +13,9 @@
 #![allow(clippy::disallowed_macros)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
@@ -116,7 +115,7 @@ fn main() {
         }
         let d = median(dumps.iter().map(|r| r.wall).collect());
         let u = median(uploads);
-        let rss = median_by_wall(&backups).own_rss_kb;
+        let rss = median_run(backups.clone()).own_rss_kb;
         let b = median(backups.iter().map(|r| r.wall).collect());
         println!(
             "{:<16} {:>6.1} MB {:>8.2}s {:>8.2}s {:>8.2}s {:>15.2}x {:>15.2}x {:>8.1} MB",
@@ -135,32 +134,6 @@ fn main() {
     cluster.stop();
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn median_by_wall(runs: &[Run]) -> Run {
-    let mut v = runs.to_vec();
-    v.sort_by_key(|r| r.wall);
-    v.swap_remove(v.len() / 2)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The one object (not its manifest) a local backup left under `dir`.
-fn find_object(dir: &Path) -> PathBuf {
-    let tenant = dir.join(SCHEMA);
-    std::fs::read_dir(&tenant)
-        .unwrap_or_else(|e| die(&format!("{}: {e}", tenant.display())))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| !p.to_string_lossy().ends_with(".manifest.json"))
-        .unwrap_or_else(|| die("the local backup stored nothing"))
-}
-
 /// Creates the bucket (moto accepts an unsigned PUT), waiting for moto to listen.
 fn create_bucket(port: u16) {
     for _ in 0..150 {
@@ -175,54 +148,4 @@ fn create_bucket(port: u16) {
         std::thread::sleep(Duration::from_millis(200));
     }
     die("moto did not start");
-}
-
-/// A TCP proxy to 127.0.0.1:`upstream` whose client-to-server direction (the upload) is one link
-/// of `bytes_per_sec`, shared by all connections; answers pass freely. Returns its port.
-fn throttle(upstream: u16, bytes_per_sec: f64) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // When the link is free again.
-    let link = Arc::new(Mutex::new(Instant::now()));
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                continue;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let link = link.clone();
-            std::thread::spawn(move || pipe(client, server, Some((link, bytes_per_sec))));
-            std::thread::spawn(move || pipe(s2, c2, None));
-        }
-    });
-    port
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<(Arc<Mutex<Instant>>, f64)>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some((link, rate)) = &limit {
-            // Reserve the link for these bytes, then let them through when they have "arrived".
-            let done = {
-                let mut free = link.lock().unwrap();
-                let start = (*free).max(Instant::now());
-                *free = start + Duration::from_secs_f64(n as f64 / rate);
-                *free
-            };
-            if let Some(wait) = done.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
 }

@@ -18,7 +18,7 @@ use crate::backup::key::ObjectKey;
 use crate::pg::catalog::{BackupRecord, Catalog, Tenant};
 use crate::pg::lock;
 use crate::pg::sql::quote_ident;
-use crate::policy::retention::{find_orphans, plan, pre_restore_copies, Action, Orphan, Policy};
+use crate::policy::retention::{find_orphans, plan, pre_restore_copies, relocate, Action, Orphan, Policy};
 use crate::progress::human_size;
 use crate::storage::{place, Place, Storage, StorageError};
 
@@ -34,6 +34,8 @@ pub struct Report {
     pub kept: usize,
     /// Orphans deleted (or, in a dry run, that would be).
     pub orphans_deleted: usize,
+    /// Of those, history rows (the others are objects and unfinished uploads).
+    pub orphan_rows_deleted: usize,
     pub failed: usize,
 }
 
@@ -113,22 +115,56 @@ enum ObjectGone {
 impl Cleanup<'_> {
     /// Deletes the backups `policy` says go: their objects (in bulk), then their manifests, then
     /// the rows of those whose object is gone. A row whose object could not be deleted stays.
-    /// `records` is the tenant's history (read under its lock, unless this is a dry run).
+    /// `records` is the tenant's history (read under its lock, unless this is a dry run). The rows
+    /// that went (or, in a dry run, would go). A dry run counts the bytes of the
+    /// objects that are really there, as the run frees them (one listing of the folder).
     pub async fn expire(
         &self,
         schema: &str,
         records: &[BackupRecord],
         policy: &Policy,
         report: &mut Report,
-    ) -> Result<()> {
+    ) -> Result<Vec<BackupRecord>> {
         let Cleanup {
+            storage,
             catalog,
             client,
             now,
             dry_run,
             ..
         } = *self;
-        let verdicts = plan(schema, records, now, policy);
+        let mut verdicts = plan(schema, records, now, policy);
+        // What the folder holds (one listing), for a dry run's bytes and for the rows that go
+        // whose object is not there: one under another prefix of the bucket (the storage URL's
+        // prefix changed) is kept, so that its object is not left behind without a row.
+        let in_bucket = |r: &BackupRecord| matches!(place(&r.file_path, schema), Place::Tenant(_));
+        let stored: std::collections::HashSet<String> = if verdicts
+            .iter()
+            .any(|v| v.action == Action::Delete && in_bucket(&v.record))
+        {
+            storage
+                .list(&format!("{schema}/"))
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect()
+        } else {
+            Default::default()
+        };
+        let not_here: Vec<String> = verdicts
+            .iter()
+            .filter(|v| v.action == Action::Delete && in_bucket(&v.record) && !stored.contains(&v.record.file_path))
+            .map(|v| v.record.file_path.clone())
+            .collect();
+        if !not_here.is_empty() {
+            let elsewhere = storage.elsewhere(&not_here).await?;
+            for v in verdicts.iter_mut().filter(|v| v.action == Action::Delete) {
+                if let Some(prefix) = elsewhere.get(&v.record.file_path) {
+                    v.action = Action::Keep;
+                    v.reason = crate::policy::retention::elsewhere_reason(prefix);
+                }
+            }
+        }
         let doomed: Vec<&BackupRecord> = verdicts
             .iter()
             .filter(|v| v.action == Action::Delete)
@@ -152,6 +188,7 @@ impl Cleanup<'_> {
         } else {
             self.delete_objects(schema, &doomed).await
         };
+        let mut went = Vec::new();
         let mut gone = gone.into_iter();
         for v in verdicts {
             let mut item = BackupItem {
@@ -173,7 +210,10 @@ impl Cleanup<'_> {
                 }
                 Action::Delete if dry_run => {
                     report.deleted += 1;
-                    report.bytes_freed += v.record.file_size.max(0) as u64;
+                    went.push(v.record.clone());
+                    if stored.contains(&v.record.file_path) {
+                        report.bytes_freed += v.record.file_size.max(0) as u64;
+                    }
                 }
                 Action::Delete => {
                     let outcome = match gone.next() {
@@ -184,6 +224,7 @@ impl Cleanup<'_> {
                     match outcome {
                         Ok(how) => {
                             report.deleted += 1;
+                            went.push(v.record.clone());
                             item.result = Some(match how {
                                 ObjectGone::Deleted => {
                                     report.bytes_freed += v.record.file_size.max(0) as u64;
@@ -205,7 +246,7 @@ impl Cleanup<'_> {
             }
             report.backups.push(item);
         }
-        Ok(())
+        Ok(went)
     }
 
     /// Deletes the objects of `doomed` in bulk, then the manifests of those that are gone; one
@@ -253,11 +294,14 @@ impl Cleanup<'_> {
     /// Objects in the tenant's folder that no row points to, rows whose object is not in the
     /// bucket, unfinished uploads; with `fix` (and not a dry run) those `decide` says go are
     /// deleted. A dry run reports exactly what the run would do.
-    /// `records` is the tenant's history as it is now (after [`Cleanup::expire`], if that ran).
+    /// `records` is the tenant's history as it is now (after [`Cleanup::expire`], if that ran);
+    /// in a dry run, `expired` is what expiring would have deleted (its rows are already left out
+    /// of `records`), whose objects and manifests are then left out of the folder's listing.
     pub async fn orphans(
         &self,
         schema: &str,
         records: &[BackupRecord],
+        expired: &[BackupRecord],
         opts: &OrphanOptions,
         report: &mut Report,
     ) -> Result<()> {
@@ -266,6 +310,10 @@ impl Cleanup<'_> {
         } = *self;
         let folder = format!("{schema}/");
         let mut objects = storage.list(&folder).await?;
+        objects.retain(|o| {
+            let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
+            !expired.iter().any(|r| r.file_path == base)
+        });
         // When the backend cannot say when an object was written, its name can.
         for o in &mut objects {
             let base = o.key.strip_suffix(".manifest.json").unwrap_or(&o.key);
@@ -279,6 +327,17 @@ impl Cleanup<'_> {
             what: s.what,
         });
         let found = find_orphans(schema, records, &objects, &unfinished, now, opts.grace);
+        // A row "missing" here may point into another prefix of the bucket (the storage URL's
+        // prefix changed): that one is reported as such and never deleted.
+        let missing: Vec<String> = found
+            .iter()
+            .filter(|o| matches!(o, Orphan::Missing { .. }))
+            .map(|o| o.key().to_string())
+            .collect();
+        let found = match missing.is_empty() {
+            true => found,
+            false => relocate(found, &storage.elsewhere(&missing).await?),
+        };
         let decided: Vec<_> = found
             .into_iter()
             .chain(strays)
@@ -290,6 +349,8 @@ impl Cleanup<'_> {
         // The objects that go, deleted in bulk (up to the backend's batch limit a call), not one
         // request each.
         let mut deleted_objects = std::collections::HashMap::new();
+        let mut deleted_manifests = std::collections::HashMap::new();
+        let mut reappeared = std::collections::HashSet::new();
         if opts.fix && !dry_run {
             let keys: Vec<String> = decided
                 .iter()
@@ -299,6 +360,31 @@ impl Cleanup<'_> {
             if !keys.is_empty() {
                 let results = storage.delete_many(&keys).await;
                 deleted_objects.extend(keys.into_iter().zip(results));
+            }
+            // Rows whose object is missing: checked again with one fresh listing of the folder
+            // (the first one is a moment old), and the manifests of those still missing deleted
+            // in bulk; not a check and a delete per row.
+            let missing: Vec<&str> = decided
+                .iter()
+                .filter(|(o, (action, _))| *action == Action::Delete && matches!(o, Orphan::Missing { .. }))
+                .map(|(o, _)| o.key())
+                .collect();
+            if !missing.is_empty() {
+                let now_listed: std::collections::HashSet<String> =
+                    storage.list(&folder).await?.into_iter().map(|o| o.key).collect();
+                let manifests: Vec<String> = missing
+                    .iter()
+                    .filter(|k| !now_listed.contains(**k))
+                    .map(|k| ObjectKey::manifest_key(k))
+                    .collect();
+                let results = storage.delete_many(&manifests).await;
+                deleted_manifests.extend(manifests.into_iter().zip(results));
+                reappeared.extend(
+                    missing
+                        .iter()
+                        .filter(|k| now_listed.contains(**k))
+                        .map(|k| k.to_string()),
+                );
             }
         }
         for (orphan, (action, reason)) in decided {
@@ -312,13 +398,25 @@ impl Cleanup<'_> {
                 (Action::Delete, false, _) => format!("found (--fix deletes it: {reason})"),
                 (Action::Delete, true, true) => {
                     report.orphans_deleted += 1;
+                    report.orphan_rows_deleted += usize::from(orphan.row_id().is_some());
                     format!("would delete: {reason}")
                 }
-                (Action::Delete, true, false) => match self.fix(schema, &orphan, &mut deleted_objects).await {
-                    Ok(done) => {
+                (Action::Delete, true, false) => match self
+                    .fix(
+                        schema,
+                        &orphan,
+                        &mut deleted_objects,
+                        &mut deleted_manifests,
+                        &reappeared,
+                    )
+                    .await
+                {
+                    Ok((true, done)) => {
                         report.orphans_deleted += 1;
+                        report.orphan_rows_deleted += usize::from(orphan.row_id().is_some());
                         done
                     }
+                    Ok((false, kept)) => kept,
                     Err(e) => {
                         tracing::error!("{schema}: {e:#}");
                         report.failed += 1;
@@ -339,13 +437,16 @@ impl Cleanup<'_> {
         Ok(())
     }
 
-    /// Deletes one orphan; what was done.
+    /// Deletes one orphan; whether it went, and what was done.
     async fn fix(
         &self,
         schema: &str,
         orphan: &Orphan,
         deleted: &mut std::collections::HashMap<String, Result<(), StorageError>>,
-    ) -> Result<String> {
+        manifests: &mut std::collections::HashMap<String, Result<(), StorageError>>,
+        reappeared: &std::collections::HashSet<String>,
+    ) -> Result<(bool, String)> {
+        let done = |what: &str| Ok((true, what.to_string()));
         let Cleanup {
             storage,
             catalog,
@@ -357,31 +458,42 @@ impl Cleanup<'_> {
                 Some(result) => result,
                 None => storage.delete(key).await,
             } {
-                Ok(()) => Ok("deleted".into()),
-                Err(StorageError::NotFound(_)) => Ok("already gone".into()),
+                Ok(()) => done("deleted"),
+                Err(StorageError::NotFound(_)) => done("already gone"),
                 Err(e) => Err(e.into()),
             },
             Orphan::Unfinished { upload, .. } => {
                 storage.discard_unfinished(upload).await?;
-                Ok("aborted, its parts removed".into())
+                done("aborted, its parts removed")
             }
             Orphan::Missing { id, key, .. } => {
-                // Checked again, one object: a listing is a moment old.
-                if storage.size(key).await?.is_some() {
-                    return Ok("kept: the object is there after all".into());
+                // Checked again (a listing is a moment old): by the fresh listing made for all
+                // of them, else by itself.
+                let there = match reappeared.contains(key.as_str()) {
+                    true => true,
+                    false if manifests.contains_key(&ObjectKey::manifest_key(key)) => false,
+                    false => storage.size(key).await?.is_some(),
+                };
+                if there {
+                    return Ok((false, "kept: the object is there after all".into()));
                 }
-                match storage.delete(&ObjectKey::manifest_key(key)).await {
+                let manifest = ObjectKey::manifest_key(key);
+                let result = match manifests.remove(&manifest) {
+                    Some(result) => result,
+                    None => storage.delete(&manifest).await,
+                };
+                match result {
                     Ok(()) | Err(StorageError::NotFound(_)) => {}
                     Err(e) => anyhow::bail!("deleting the manifest of {key}: {e}; the row is kept"),
                 }
                 catalog.delete_record(client, schema, *id).await?;
-                Ok("row deleted".into())
+                done("row deleted")
             }
             Orphan::Outside { id, key, .. } => {
                 catalog.delete_record(client, schema, *id).await?;
-                Ok(format!("row deleted; {key} is outside the bucket and was not touched"))
+                done(&format!("row deleted; {key} is outside the bucket and was not touched"))
             }
-            Orphan::Nested { .. } | Orphan::Foreign { .. } | Orphan::Stray { .. } => {
+            Orphan::Nested { .. } | Orphan::Foreign { .. } | Orphan::Stray { .. } | Orphan::Elsewhere { .. } => {
                 anyhow::bail!("internal: {} is never deleted", orphan.key())
             }
         }

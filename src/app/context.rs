@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio_postgres::Client;
@@ -55,6 +56,9 @@ pub struct Settings {
     pub pg_dump: Option<PathBuf>,
     pub storage: Option<String>,
     pub storage_retries: u32,
+    /// Seconds a storage connection may take, and a request may go without a byte moving.
+    pub storage_connect_timeout: u64,
+    pub storage_idle_timeout: u64,
     pub output: Output,
     pub age_recipient: Option<String>,
     pub identity: Option<PathBuf>,
@@ -94,6 +98,10 @@ impl Context {
             &storage_url,
             &StorageOptions {
                 retries: settings.storage_retries,
+                timeouts: storage::Timeouts {
+                    connect: Duration::from_secs(settings.storage_connect_timeout),
+                    idle: Duration::from_secs(settings.storage_idle_timeout),
+                },
             },
         )?;
         Ok(Context {

@@ -7,8 +7,9 @@
 //! for a read, nor pg_dump for it, while a core is free.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -167,17 +168,41 @@ fn read_all(
 }
 
 /// The compressor thread: the pieces through compression, encryption and checksum into the spool.
+/// A failure caused by the size limit or by storage giving the spool up is reported as that
+/// (its marker error), whatever the layers above the spool did with the error on its way up (the
+/// encryption turns its header's write error into text).
 fn compress(
     pieces: mpsc::Receiver<Piece>,
     recycle: mpsc::Sender<Vec<u8>>,
     out: SpoolWriter,
     opts: &SpoolOptions<'_>,
 ) -> io::Result<(SpoolWriter, u64, String)> {
+    let over = Arc::new(AtomicBool::new(false));
+    let given_up = out.grower.given_up_flag();
+    compress_into(pieces, recycle, out, opts, over.clone()).map_err(|e| {
+        if over.load(Ordering::Relaxed) {
+            io::Error::other(TooLargeMarker)
+        } else if given_up.load(Ordering::Relaxed) {
+            io::Error::other(GivenUpMarker)
+        } else {
+            e
+        }
+    })
+}
+
+fn compress_into(
+    pieces: mpsc::Receiver<Piece>,
+    recycle: mpsc::Sender<Vec<u8>>,
+    out: SpoolWriter,
+    opts: &SpoolOptions<'_>,
+    over: Arc<AtomicBool>,
+) -> io::Result<(SpoolWriter, u64, String)> {
     let hashing = HashingWriter {
         inner: out,
         hasher: Sha256::new(),
         written: 0,
         limit: opts.max_size,
+        over,
     };
     let sealing = Sealing::new(opts.encrypt.as_ref(), hashing)?;
     let mut encoder = opts.compression.encoder(sealing)?;
@@ -207,6 +232,8 @@ struct HashingWriter<W> {
     hasher: Sha256,
     written: u64,
     limit: Option<u64>,
+    /// Set once past `limit`.
+    over: Arc<AtomicBool>,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -215,6 +242,7 @@ impl<W: Write> Write for HashingWriter<W> {
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         if self.limit.is_some_and(|l| self.written > l) {
+            self.over.store(true, Ordering::Relaxed);
             return Err(io::Error::other(TooLargeMarker));
         }
         Ok(n)

@@ -56,8 +56,10 @@ pub enum SpoolError {
     GivenUp,
     #[error("{0}")]
     Producer(String),
-    #[error("writing the spool file in {dir}: {source}")]
-    Write { dir: String, source: io::Error },
+    /// The OS error is part of the message and deliberately not a `source` (thiserror would make
+    /// a field named `source` one), so an error chain prints it once.
+    #[error("writing the spool file in {dir}: {error}")]
+    Write { dir: String, error: io::Error },
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -101,9 +103,9 @@ pub fn create(dir: &Path, object_name: &str, durable: bool) -> Result<(Spool, Gr
         .prefix(&format!(".{object_name}."))
         .suffix(".partial")
         .tempfile_in(dir)
-        .map_err(|source| SpoolError::Write {
+        .map_err(|error| SpoolError::Write {
             dir: dir.display().to_string(),
-            source,
+            error,
         })?;
     let (grower, growing) = GrowingFile::new(file.path());
     Ok((Spool { file, grower, durable }, growing))
@@ -120,7 +122,7 @@ fn write_err(opts: &SpoolOptions<'_>, source: io::Error) -> SpoolError {
     }
     SpoolError::Write {
         dir: opts.spool_dir.display().to_string(),
-        source,
+        error: source,
     }
 }
 

@@ -64,6 +64,30 @@ pub struct StorageArgs {
         value_parser = in_range::<u32>(0, 100)
     )]
     pub storage_retries: u32,
+
+    /// Seconds a storage connection (TCP and TLS) may take before the attempt is given up and retried
+    #[arg(
+        long,
+        env = "BACKUP_STORAGE_CONNECT_TIMEOUT",
+        default_value_t = 10,
+        global = true,
+        value_name = "SECONDS",
+        value_parser = in_range::<u64>(1, 300)
+    )]
+    pub storage_connect_timeout: u64,
+
+    /// Seconds a storage request may go without a byte sent or received (a server that accepts and
+    /// never answers) before the attempt is given up and retried; a slow transfer that keeps moving
+    /// is never cut
+    #[arg(
+        long,
+        env = "BACKUP_STORAGE_IDLE_TIMEOUT",
+        default_value_t = 60,
+        global = true,
+        value_name = "SECONDS",
+        value_parser = in_range::<u64>(1, 3600)
+    )]
+    pub storage_idle_timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -226,6 +226,8 @@ impl Cli {
             pg_dump: self.db.pg_dump.clone(),
             storage: self.storage.storage.clone(),
             storage_retries: self.storage.storage_retries,
+            storage_connect_timeout: self.storage.storage_connect_timeout,
+            storage_idle_timeout: self.storage.storage_idle_timeout,
             output: self.output.output(),
             age_recipient: self.keys.age_recipient.clone(),
             identity: self.keys.identity.clone(),

@@ -86,6 +86,7 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
         // the others are still cleaned.
         let read = prefetched.as_mut().map(|p| p.next().expect("one history per tenant"));
         let cleaned = async {
+            let mut expired = Vec::new();
             let mut records = match read {
                 Some(read) => read?,
                 None => ctx.catalog.records(&session, schema).await?,
@@ -96,14 +97,19 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
                     keep_last: args.keep_last,
                     include_manual: args.include_manual,
                 };
-                run.expire(schema, &records, &policy, &mut report).await?;
-                if !args.dry_run {
+                let went = run.expire(schema, &records, &policy, &mut report).await?;
+                if args.dry_run {
+                    // What expiring would leave, for the orphans to be found in.
+                    records.retain(|r| !went.iter().any(|w| w.id == r.id));
+                    expired = went;
+                } else {
                     // What expiring left.
                     records = ctx.catalog.records(&session, schema).await?;
                 }
             }
             if args.orphans {
-                run.orphans(schema, &records, &orphan_opts, &mut report).await?;
+                run.orphans(schema, &records, &expired, &orphan_opts, &mut report)
+                    .await?;
             }
             anyhow::Ok(())
         }
@@ -204,11 +210,7 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     if args.orphans {
         let deletable = report.orphans.iter().filter(|o| o.action == Action::Delete).count();
         if args.fix {
-            let rows = report
-                .orphans
-                .iter()
-                .filter(|o| o.result.starts_with("row deleted"))
-                .count();
+            let rows = report.orphan_rows_deleted;
             outln!(
                 "{done} {} of {} found ({} and {}), {} failed",
                 counted(report.orphans_deleted, "orphan"),

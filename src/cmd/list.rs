@@ -26,6 +26,9 @@ struct TenantHistory {
 enum InBucket {
     Yes,
     Missing,
+    /// Not under this storage's prefix, but under another prefix of the same bucket (the storage
+    /// URL's prefix changed).
+    Elsewhere,
     /// The file is outside the bucket (the old application's `/var/backups/…`).
     Outside,
     /// The row points outside its tenant's folder: not followed.
@@ -41,6 +44,9 @@ struct Listed {
     exists: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     in_bucket: Option<InBucket>,
+    /// With `in_bucket: elsewhere`: the bucket's prefix that holds the object (`""`: its root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
     /// An encrypted backup whose tenant key was forgotten: nobody can read it any more.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     key_forgotten: bool,
@@ -93,10 +99,24 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
         } else {
             Default::default()
         };
+        // Rows not under this prefix: looked for under the bucket's other prefixes (one listing
+        // of the bucket, once).
+        let missing: Vec<String> = records
+            .iter()
+            .filter_map(|r| match place(&r.file_path, &schema) {
+                Place::Tenant(key) if args.check && !stored.contains(key) => Some(key.to_string()),
+                _ => None,
+            })
+            .collect();
+        let elsewhere = match missing.is_empty() {
+            true => Default::default(),
+            false => ctx.storage.elsewhere(&missing).await?,
+        };
         for record in records {
             let in_bucket = if args.check {
                 Some(match place(&record.file_path, &schema) {
                     Place::Tenant(key) if stored.contains(key) => InBucket::Yes,
+                    Place::Tenant(key) if elsewhere.contains_key(key) => InBucket::Elsewhere,
                     Place::Tenant(_) => InBucket::Missing,
                     Place::Outside(_) => InBucket::Outside,
                     Place::Foreign(_) => InBucket::Foreign,
@@ -108,7 +128,12 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
                 problems += 1;
             }
             let key_forgotten = record.file_path.ends_with(".age") && !keyed.contains(&schema);
+            let prefix = match in_bucket {
+                Some(InBucket::Elsewhere) => elsewhere.get(record.file_path.as_str()).cloned(),
+                _ => None,
+            };
             backups.push(Listed {
+                prefix,
                 key_forgotten,
                 record,
                 exists: in_bucket.map(|s| s == InBucket::Yes),
@@ -153,6 +178,10 @@ pub async fn run(args: ListArgs, ctx: &Context) -> Result<Outcome> {
                 row.push(match state {
                     InBucket::Yes => "yes".into(),
                     InBucket::Missing => "MISSING".into(),
+                    InBucket::Elsewhere => match l.prefix.as_deref() {
+                        Some("") | None => "in another prefix: the bucket's root".into(),
+                        Some(p) => format!("in another prefix: {p}/"),
+                    },
                     InBucket::Outside => "outside bucket".into(),
                     InBucket::Foreign => format!("FOREIGN (not under {}/)", h.tenant),
                 });

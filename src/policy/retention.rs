@@ -4,7 +4,7 @@
 //! and the K newest are never deleted however old — when backups have been failing for weeks,
 //! retention must not remove the only copies left.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use serde::Serialize;
@@ -122,6 +122,10 @@ pub enum Orphan {
     Nested { key: String },
     /// A row whose object is not in the bucket.
     Missing { id: i64, key: String, manual: bool },
+    /// A row whose object is not under this storage's prefix but under another prefix of the
+    /// same bucket (`""`: its root): the storage URL's prefix was changed. Never deleted as
+    /// missing.
+    Elsewhere { id: i64, key: String, prefix: String },
     /// A row whose file is outside the bucket (the old application's).
     Outside { id: i64, key: String, manual: bool },
     /// A row that points into another tenant's folder: never followed.
@@ -140,6 +144,7 @@ impl Orphan {
             Orphan::Object { .. } => "object without row",
             Orphan::Nested { .. } => "object in a sub-folder",
             Orphan::Missing { .. } => "row without object",
+            Orphan::Elsewhere { .. } => "row in another prefix",
             Orphan::Outside { .. } => "row outside the bucket",
             Orphan::Foreign { .. } => "row in another folder",
             Orphan::Unfinished { .. } => "unfinished upload",
@@ -152,6 +157,7 @@ impl Orphan {
             Orphan::Object { key, .. }
             | Orphan::Nested { key }
             | Orphan::Missing { key, .. }
+            | Orphan::Elsewhere { key, .. }
             | Orphan::Outside { key, .. }
             | Orphan::Foreign { key, .. }
             | Orphan::Stray { key, .. } => key,
@@ -161,7 +167,10 @@ impl Orphan {
 
     pub fn row_id(&self) -> Option<i64> {
         match self {
-            Orphan::Missing { id, .. } | Orphan::Outside { id, .. } | Orphan::Foreign { id, .. } => Some(*id),
+            Orphan::Missing { id, .. }
+            | Orphan::Elsewhere { id, .. }
+            | Orphan::Outside { id, .. }
+            | Orphan::Foreign { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -184,6 +193,7 @@ impl Orphan {
                 (Action::Keep, manual)
             }
             Orphan::Missing { .. } => (Action::Delete, "its object is not in the bucket".into()),
+            Orphan::Elsewhere { prefix, .. } => (Action::Keep, elsewhere_reason(prefix)),
             Orphan::Outside { key, .. } => (
                 Action::Delete,
                 format!("{key} is outside the bucket; only the row goes, the file is not touched"),
@@ -192,6 +202,35 @@ impl Orphan {
             Orphan::Stray { what, .. } => (Action::Refuse, what.clone()),
         }
     }
+}
+
+/// Why a row whose object lies under another prefix of the bucket is kept.
+pub fn elsewhere_reason(prefix: &str) -> String {
+    let place = if prefix.is_empty() {
+        "at the bucket's root".to_string()
+    } else {
+        format!("under {prefix}/")
+    };
+    format!(
+        "its object is {place} in the same bucket, not under this storage's prefix (the storage URL's prefix was changed?): never deleted as missing; point --storage at that prefix to restore it or clean it up (docs/storage.md, A changed prefix)"
+    )
+}
+
+/// The rows [`find_orphans`] calls missing whose object `elsewhere` (from
+/// [`Storage::elsewhere`](crate::storage::Storage::elsewhere)) finds under another prefix of the
+/// same bucket, made [`Orphan::Elsewhere`].
+pub fn relocate(found: Vec<Orphan>, elsewhere: &HashMap<String, String>) -> Vec<Orphan> {
+    found
+        .into_iter()
+        .map(|o| match o {
+            Orphan::Missing { id, key, .. } if elsewhere.contains_key(&key) => Orphan::Elsewhere {
+                id,
+                prefix: elsewhere[&key].clone(),
+                key,
+            },
+            other => other,
+        })
+        .collect()
 }
 
 /// Orphans of tenant `schema`: `objects` and `unfinished` are what its folder (`<schema>/`) holds

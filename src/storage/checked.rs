@@ -6,6 +6,7 @@
 //! security blinds), never a proven absence. Each backend caches its own probe, so this costs one
 //! probe per process.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -107,6 +108,11 @@ impl Storage for Checked {
             });
         }
         out
+    }
+
+    async fn elsewhere(&self, keys: &[String]) -> Result<HashMap<String, String>, StorageError> {
+        self.seen().await?;
+        self.inner.elsewhere(keys).await
     }
 
     async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {

@@ -8,7 +8,9 @@ mod memory;
 mod place;
 mod s3;
 mod supabase;
+mod timeouts;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,17 +26,23 @@ pub use memory::Memory;
 pub use place::{place, Place};
 pub use s3::S3;
 pub use supabase::Supabase;
+pub use timeouts::Timeouts;
 
 /// Settings every remote backend shares.
 #[derive(Clone, Copy, Debug)]
 pub struct StorageOptions {
     /// Attempts after the first, for 429, 5xx and connection errors.
     pub retries: u32,
+    /// How long a connection may take, and how long a request may go without a byte moving.
+    pub timeouts: Timeouts,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        StorageOptions { retries: 5 }
+        StorageOptions {
+            retries: 5,
+            timeouts: Timeouts::default(),
+        }
     }
 }
 
@@ -220,6 +228,16 @@ pub trait Storage: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// For keys this storage does not hold: another prefix of the same bucket that holds an
+    /// object under the same key (`""` for the bucket's root), as a change of the storage URL's
+    /// prefix leaves behind (`supabase://backups` → `supabase://backups/new-prefix`). One listing
+    /// of the whole bucket, made once per process; asked only when a row's object is missing. A
+    /// backend with no bucket around its prefix (a local directory) finds none.
+    async fn elsewhere(&self, keys: &[String]) -> Result<HashMap<String, String>, StorageError> {
+        let _ = keys;
+        Ok(HashMap::new())
+    }
+
     /// Uploads under `prefix` that were started and never finished.
     async fn unfinished(&self, prefix: &str) -> Result<Vec<Unfinished>, StorageError> {
         let _ = prefix;
@@ -341,6 +359,53 @@ where
     Ok(total)
 }
 
+/// Which of `keys` the bucket's objects (`names`, full names) hold under another prefix than
+/// `own`: key → that prefix (`""` for the bucket's root). A name `a/b/t/x.sql` holds the key
+/// `t/x.sql` under `a/b`, and the key `b/t/x.sql` under `a`.
+pub(crate) fn keys_elsewhere<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    own: &str,
+    keys: &[String],
+) -> HashMap<String, String> {
+    let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
+    let mut out = HashMap::new();
+    for name in names {
+        let splits =
+            std::iter::once(("", name)).chain(name.match_indices('/').map(|(i, _)| (&name[..i], &name[i + 1..])));
+        for (prefix, key) in splits {
+            if prefix != own && wanted.contains(key) && !out.contains_key(key) {
+                out.insert(key.to_string(), prefix.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Whether each key exists, from one listing of each folder the keys are in (for a backend whose
+/// bulk delete does not say, or says nothing of missing keys). A listing that fails is the error
+/// of each of its keys.
+pub(crate) async fn exist_by_listing<S: Storage + ?Sized>(
+    storage: &S,
+    keys: &[&str],
+) -> HashMap<String, Result<bool, String>> {
+    let folder_of = |key: &str| key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+    let mut listed: HashMap<String, Result<HashSet<String>, String>> = HashMap::new();
+    let mut out = HashMap::new();
+    for key in keys {
+        let folder = folder_of(key);
+        if let std::collections::hash_map::Entry::Vacant(slot) = listed.entry(folder.clone()) {
+            let found = storage.list(slot.key()).await.map_err(|e| e.to_string());
+            slot.insert(found.map(|objects| objects.into_iter().map(|o| o.key).collect()));
+        }
+        let there = listed[&folder]
+            .as_ref()
+            .map(|set| set.contains(*key))
+            .map_err(Clone::clone);
+        out.insert(key.to_string(), there);
+    }
+    out
+}
+
 /// Rejects keys that could escape a backend's prefix or directory.
 pub fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = key.is_empty()
@@ -395,6 +460,31 @@ mod tests {
         }
         assert_eq!(local_root("file:///var/b"), Some("/var/b".into()));
         assert_eq!(local_root("s3://b/p"), None);
+    }
+
+    #[test]
+    fn keys_under_another_prefix_of_the_bucket_are_found() {
+        let names = [
+            "mindcare/a.sql",
+            "new/mindcare/b.sql",
+            "old/deep/mindcare/c.sql",
+            "new/mindcare/a.sql",
+        ];
+        let keys: Vec<String> = ["mindcare/a.sql", "mindcare/b.sql", "mindcare/c.sql", "mindcare/d.sql"]
+            .map(String::from)
+            .to_vec();
+        let found = keys_elsewhere(names, "new", &keys);
+        assert_eq!(found.get("mindcare/a.sql").map(String::as_str), Some(""));
+        assert_eq!(found.get("mindcare/b.sql"), None, "under our own prefix: not elsewhere");
+        assert_eq!(found.get("mindcare/c.sql").map(String::as_str), Some("old/deep"));
+        assert_eq!(found.get("mindcare/d.sql"), None);
+        let at_root = keys_elsewhere(names, "", &keys);
+        assert_eq!(
+            at_root.get("mindcare/a.sql").map(String::as_str),
+            Some("new"),
+            "the root is our own prefix there"
+        );
+        assert_eq!(at_root.get("mindcare/b.sql").map(String::as_str), Some("new"));
     }
 
     #[test]

@@ -382,3 +382,63 @@ fn orphans_fix_keeps_manual_legacy_rows_and_its_dry_run_tells_the_truth() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(rows(&db), b["id"].to_string());
 }
+
+#[test]
+fn orphans_fix_dry_run_counts_objects_and_rows_and_totals_as_the_run_does() {
+    let db = TestDb::new();
+    let backup = || db.backup(&["--tenant", "bienestar", "--type", "automatic"]);
+    let kept = backup();
+    // Expired with its object, expired with its object gone, recent with its object gone.
+    let old = backup();
+    let old_gone = backup();
+    let recent_gone = backup();
+    for b in [&old, &old_gone] {
+        db.sql(&format!(
+            "UPDATE bienestar.backups_backuprecord SET created_at = now() - interval '40 days' WHERE id = {}",
+            b["id"]
+        ));
+    }
+    for b in [&old_gone, &recent_gone] {
+        std::fs::remove_file(db.storage().join(b["key"].as_str().unwrap())).unwrap();
+    }
+    // An object no row points to.
+    std::fs::copy(
+        db.storage().join(kept["key"].as_str().unwrap()),
+        db.storage()
+            .join("bienestar/backup-sql-bienestar-2026-01-01-000000.sql.zst"),
+    )
+    .unwrap();
+    let summary = |extra: &[&str]| -> Vec<String> {
+        let out = db
+            .cmd()
+            .args(["cleanup", "--days", "30", "--orphans", "--fix", "--grace-hours", "0"])
+            .args(["--tenant", "bienestar"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let lines: Vec<String> = stdout.lines().map(String::from).collect();
+        lines[lines.len().saturating_sub(2)..].to_vec()
+    };
+    let dry = summary(&["--dry-run"]);
+    let real = summary(&[]);
+    let size = human_size_of(old["size"].as_u64().unwrap());
+    assert_eq!(
+        real,
+        [
+            // The legacy automatic row (outside the bucket: no bytes), `old` and `old_gone`
+            // (only `old`'s object was there to free).
+            format!("deleted 3 backups ({size}), kept 3, 0 failed"),
+            // The unreferenced object and the row of `recent_gone`; the manual legacy row stays.
+            "deleted 2 orphans of 3 found (1 object and 1 row), 0 failed".to_string(),
+        ]
+    );
+    let said: Vec<String> = dry.iter().map(|l| l.replace("would delete", "deleted")).collect();
+    assert_eq!(said, real, "the dry run said what the run did: {dry:?}");
+}
+
+/// `human_size` as the tool prints it.
+fn human_size_of(bytes: u64) -> String {
+    tenant_backup::progress::human_size(bytes)
+}

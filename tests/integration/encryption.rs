@@ -760,3 +760,51 @@ fn doctor_reports_keys_in_the_bucket_signing_and_the_identity_file() {
         "{stdout}"
     );
 }
+
+#[test]
+fn max_size_refusal_of_an_encrypted_backup_says_the_limit_was_hit_once() {
+    let db = TestDb::new();
+    let k = keys_init(&db);
+    let before = db.record_count("bienestar");
+    let limit = "the backup is larger than --max-size (100 bytes); nothing was stored";
+    // 100 bytes: smaller than the encryption's own header, and than any dump.
+    for format in ["sql", "custom", "json"] {
+        let hc = crate::support::http_recorder::HttpRecorder::start();
+        let notify = crate::support::http_recorder::HttpRecorder::start();
+        let out = cron(&db, &k)
+            .env("BACKUP_PING_URL", format!("{}/p", hc.url))
+            .env("BACKUP_NOTIFY_URL", format!("{}/hook", notify.url))
+            .args(["--no-progress", "backup", "--tenant", "bienestar", "--format", format])
+            .args(["--max-size", "100"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{format}: one error line: {err}");
+        assert!(
+            errors[0].ends_with(&format!("ERROR backing up tenant bienestar: {limit}")),
+            "{format}: {err}"
+        );
+        let pings = hc.requests();
+        let fail = pings.iter().find(|r| r.path == "/p/fail").expect("a fail ping");
+        let sent = notify.requests();
+        assert_eq!(sent.len(), 1, "{format}");
+        for (what, body) in [
+            ("stderr", err.as_str()),
+            ("ping", &fail.body),
+            ("notification", &sent[0].body),
+        ] {
+            assert!(body.contains(limit), "{format} {what}: {body}");
+            for noise in ["TooLargeMarker", "IoError", "failed to write header", "Custom {"] {
+                assert!(!body.contains(noise), "{format} {what}: {body}");
+            }
+            assert_eq!(
+                body.matches("--max-size").count(),
+                1,
+                "{format} {what}: said once: {body}"
+            );
+        }
+        assert_eq!(db.record_count("bienestar"), before);
+    }
+}

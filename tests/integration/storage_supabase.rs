@@ -448,3 +448,264 @@ fn storage_supabase_cleanup_orphans_fix_deletes_objects_in_one_call() {
         b.stub().keys()
     );
 }
+
+/// A server that accepts every connection and reads nothing, answers nothing (a hung server or a
+/// black-holing proxy); the connections stay open.
+fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[test]
+fn storage_supabase_a_server_that_never_answers_is_given_up_on_after_the_idle_timeout() {
+    let db = TestDb::new();
+    let started = std::time::Instant::now();
+    let out = db
+        .cmd()
+        .env("SUPABASE_URL", silent_server())
+        .env("SUPABASE_KEY", "sb_secret_test")
+        .env("BACKUP_STORAGE", "supabase://backups")
+        .env("BACKUP_STORAGE_RETRIES", "2")
+        .env("BACKUP_STORAGE_IDLE_TIMEOUT", "1")
+        .args(["--no-progress", "backup", "--tenant", "mindcare"])
+        .timeout(std::time::Duration::from_secs(90))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{err}");
+    let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert!(retries.len() >= 2, "every retry is logged: {err}");
+    for line in &retries {
+        assert!(
+            line.contains(
+                "the server sent nothing for 1s (the idle timeout, --storage-idle-timeout / BACKUP_STORAGE_IDLE_TIMEOUT); retrying in"
+            ),
+            "{line}"
+        );
+    }
+    assert!(
+        err.contains("did not answer (the server sent nothing for 1s (the idle timeout, --storage-idle-timeout / BACKUP_STORAGE_IDLE_TIMEOUT), 3 attempts): the server accepted the request and went quiet"),
+        "the error says what happened: {err}"
+    );
+    assert_eq!(db.record_count("mindcare"), 0);
+}
+
+#[test]
+fn storage_supabase_an_upload_whose_answer_was_lost_is_recognised_when_retried() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // The server stores the object, and its answer never comes: the client gives the request up
+    // after the idle timeout and sends it again, which meets "already exists" for its own object.
+    b.stub().state.lock().unwrap().faults.lose_answers = Some(("POST".into(), "/object/backups/mindcare/".into(), 1));
+    let out = b
+        .cmd(&db)
+        .env("BACKUP_STORAGE_IDLE_TIMEOUT", "1")
+        .args(["--json", "--no-progress", "backup", "--tenant", "mindcare"])
+        .timeout(std::time::Duration::from_secs(90))
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = v[0]["backup"]["key"].as_str().unwrap().to_string();
+    assert!(
+        !key.contains("-2."),
+        "not stored a second time under another name: {key}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("retrying in")).count(),
+        1,
+        "one retry, logged once: {err}"
+    );
+    let keys = b.stub().keys();
+    assert_eq!(keys.len(), 2, "the backup and its manifest, no orphan copy: {keys:?}");
+    assert!(keys.contains(&key), "{keys:?}");
+    assert_eq!(db.record_count("mindcare"), 1);
+    b.run_ok(&db, &["verify", "--tenant", "mindcare"]);
+}
+
+#[test]
+fn storage_supabase_rows_under_another_prefix_after_a_prefix_change_are_neither_missing_nor_deleted() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // Two backups at the bucket's root; the second one's object is then really lost.
+    let kept = b.backup(&db, "mindcare", &[]);
+    let lost = b.backup(&db, "mindcare", &[]);
+    b.stub().state.lock().unwrap().objects.remove(&lost);
+    // The operator moves the storage to a prefix of the same bucket.
+    let moved = |args: &[&str]| {
+        b.cmd(&db)
+            .env("BACKUP_STORAGE", "supabase://backups/new-prefix")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = moved(&["--no-progress", "list", "--check", "--tenant", "mindcare"]);
+    let listing = text(&out.stdout);
+    let line = |key: &str| {
+        listing
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line(&kept).ends_with("in another prefix: the bucket's root"),
+        "{listing}\n{}",
+        text(&out.stderr)
+    );
+    assert!(line(&lost).ends_with("MISSING"), "{listing}");
+    let out = moved(&["--json", "list", "--check", "--tenant", "mindcare"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = v[0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file_path"] == kept.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["in_bucket"], "elsewhere");
+    assert_eq!(row["prefix"], "");
+
+    let out = moved(&[
+        "--no-progress",
+        "cleanup",
+        "--orphans",
+        "--fix",
+        "--grace-hours",
+        "0",
+        "--include-manual",
+        "--tenant",
+        "mindcare",
+    ]);
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("row in another prefix")
+            && report
+                .contains("its object is at the bucket's root in the same bucket, not under this storage's prefix"),
+        "{report}\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        db.record_count("mindcare"),
+        1,
+        "only the really missing row went: {report}"
+    );
+    assert!(b.stub().keys().contains(&kept), "{:?}", b.stub().keys());
+
+    // Retention keeps it too: deleting the row would leave its object behind for good.
+    db.sql("UPDATE mindcare.backups_backuprecord SET created_at = now() - interval '40 days'");
+    let out = moved(&[
+        "--no-progress",
+        "cleanup",
+        "--days",
+        "30",
+        "--keep-last",
+        "0",
+        "--include-manual",
+        "--tenant",
+        "mindcare",
+    ]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", text(&out.stderr));
+    assert!(
+        report.contains("deleted 0 backups (0.00 B), kept 1, 0 failed"),
+        "{report}"
+    );
+    assert!(
+        report.contains("its object is at the bucket's root in the same bucket"),
+        "{report}"
+    );
+    assert_eq!(db.record_count("mindcare"), 1, "{report}");
+    assert!(b.stub().keys().contains(&kept), "{:?}", b.stub().keys());
+}
+
+#[test]
+fn storage_supabase_cleanup_orphans_fix_removes_missing_rows_without_a_request_per_row() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &[]);
+    // Six rows whose objects are gone; their manifests are still there.
+    for day in 1..=6 {
+        let key = format!("mindcare/backup-sql-mindcare-2026-01-0{day}-000000.sql.zst");
+        record_row(&db, &key, "now()");
+        b.stub()
+            .state
+            .lock()
+            .unwrap()
+            .objects
+            .insert(format!("{key}.manifest.json"), b"{}".to_vec());
+    }
+    clear_log(&b);
+    let out = b.run_ok(
+        &db,
+        &[
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--grace-hours",
+            "0",
+            "--tenant",
+            "mindcare",
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("deleted 6 orphans of 6 found (0 objects and 6 rows), 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(db.record_count("mindcare"), 1);
+    let requests = log(&b);
+    let per_row: Vec<_> = requests
+        .iter()
+        .filter(|(m, p)| p.contains("/object/info/") || m == "HEAD" || m == "DELETE")
+        .collect();
+    assert_eq!(
+        per_row.len(),
+        1,
+        "one bulk delete of the six manifests, no check or delete per row: {requests:?}"
+    );
+    assert_eq!(b.stub().keys().len(), 2, "{:?}", b.stub().keys());
+}
+
+#[test]
+fn storage_supabase_expiring_rows_whose_objects_are_gone_checks_them_with_one_listing() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    b.backup(&db, "mindcare", &[]);
+    // Four expired rows whose objects are already gone (the newest one is kept: --keep-last 1).
+    for day in 1..=4 {
+        let key = format!("mindcare/backup-sql-mindcare-2025-01-0{day}-000000.sql.zst");
+        record_row(&db, &key, "now() - interval '400 days'");
+    }
+    clear_log(&b);
+    let out = b.run_ok(&db, &["cleanup", "--days", "30", "--tenant", "mindcare"]);
+    assert!(
+        text(&out.stdout).contains("deleted 3 backups (0.00 B), kept 2, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let requests = log(&b);
+    assert!(
+        !requests.iter().any(|(_, p)| p.contains("/object/info/")),
+        "no info request per missing object: {requests:?}"
+    );
+    assert_eq!(db.record_count("mindcare"), 2);
+}
+
+/// A history row of mindcare's (automatic, 100 bytes) for `key`, created at `created` (SQL).
+fn record_row(db: &TestDb, key: &str, created: &str) {
+    db.sql(&format!(
+        "INSERT INTO mindcare.backups_backuprecord (file_name, file_path, file_size, backup_type, created_at) \
+         VALUES ('{name}', '{key}', 100, 'automatic', {created})",
+        name = key.trim_start_matches("mindcare/")
+    ));
+}

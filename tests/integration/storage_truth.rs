@@ -259,6 +259,8 @@ pub fn s3_start_upload(key: &str) -> String {
 pub struct FailingProxy {
     pub url: String,
     pub failed: Arc<Mutex<Vec<String>>>,
+    /// Every request line it got.
+    pub seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl FailingProxy {
@@ -275,24 +277,33 @@ impl FailingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let failed = Arc::new(Mutex::new(Vec::new()));
-        let f = failed.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (f, s) = (failed.clone(), seen.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (f, left) = (f.clone(), left.clone());
-                std::thread::spawn(move || proxy_one(stream, fail, status, &left, &f));
+                let (f, s, left) = (f.clone(), s.clone(), left.clone());
+                std::thread::spawn(move || proxy_one(stream, fail, status, &left, &f, &s));
             }
         });
-        FailingProxy { url, failed }
+        FailingProxy { url, failed, seen }
     }
 }
 
-fn proxy_one(stream: TcpStream, fail: &str, status: u16, left: &AtomicU32, failed: &Mutex<Vec<String>>) {
+fn proxy_one(
+    stream: TcpStream,
+    fail: &str,
+    status: u16,
+    left: &AtomicU32,
+    failed: &Mutex<Vec<String>>,
+    seen: &Mutex<Vec<String>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        seen.lock().unwrap().push(line.trim().to_string());
         let mut headers = Vec::new();
         let mut len = 0usize;
         loop {
@@ -723,5 +734,56 @@ fn storage_s3_the_unfinished_upload_listing_is_retried() {
         stderr.matches("listing unfinished uploads").count(),
         2,
         "each retry logs one line: {stderr}"
+    );
+}
+
+#[test]
+fn storage_s3_cleanup_orphans_fix_deletes_in_bulk() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::S3);
+    b.backup(&db, "mindcare", &[]);
+    for day in 1..=6 {
+        let key = format!("{}/mindcare/auto-sql-mindcare-2026-01-0{day}-000000.sql.zst", b.prefix);
+        let (status, body) = raw_http(moto_port(), "PUT", &format!("/{S3_BUCKET}/{}", enc(&key)), b"orphan");
+        assert_eq!(status, 200, "{body}");
+    }
+    let proxy = FailingProxy::start_with("never matches", 400, 0);
+    let out = b
+        .cmd(&db)
+        .env("AWS_ENDPOINT_URL", &proxy.url)
+        .args([
+            "cleanup",
+            "--orphans",
+            "--fix",
+            "--grace-hours",
+            "0",
+            "--include-manual",
+        ])
+        .args(["--tenant", "mindcare"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("deleted 6 orphans of 6 found (6 objects and 0 rows)"),
+        "{stdout}"
+    );
+    let seen = proxy.seen.lock().unwrap().clone();
+    let per_key: Vec<_> = seen
+        .iter()
+        .filter(|l| l.starts_with("DELETE ") || l.starts_with("HEAD "))
+        .collect();
+    assert!(per_key.is_empty(), "no HEAD or DELETE per object: {seen:?}");
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.starts_with("POST ") && l.contains("?delete"))
+            .count(),
+        1,
+        "one bulk DeleteObjects: {seen:?}"
+    );
+    assert_eq!(
+        s3_keys(&format!("{}/mindcare/", b.prefix)).len(),
+        2,
+        "the backup and its manifest stay"
     );
 }

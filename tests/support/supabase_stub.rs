@@ -109,6 +109,10 @@ pub struct Faults {
     /// `(method, path suffix)`: matching requests are handled at once but their answer waits
     /// until this is cleared (the server did it; the client has not heard yet).
     pub stall_answer: Option<(String, String)>,
+    /// `(method, path part, n)`: the next `n` matching requests are carried out, but their answer
+    /// never comes: the connection stays open and silent until the client gives up on it (a
+    /// server or network that loses the answer).
+    pub lose_answers: Option<(String, String, u32)>,
     /// Bulk deletes answer `200 []` and delete nothing (as a row-level security policy that lets
     /// the key read objects but not delete them would).
     pub silent_deletes: bool,
@@ -473,6 +477,21 @@ fn serve(stream: TcpStream, state: &Mutex<State>, origin: &str) {
     };
     while answer_stalls(&state.lock().unwrap()) {
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lost = {
+        let mut st = state.lock().unwrap();
+        match &mut st.faults.lose_answers {
+            Some((method, part, n)) if *n > 0 && req.method == *method && req.target.contains(part.as_str()) => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    };
+    if lost {
+        // Silent until the client closes the connection.
+        let _ = reader.read(&mut [0u8; 1]);
+        return;
     }
     if r.hang_up {
         let _ = stream.shutdown(std::net::Shutdown::Both);

@@ -10,6 +10,7 @@
 //! --orphans --fix`. The probe lists one page of the prefix; "not found" waits for it in
 //! [`Checked`](super::Checked).
 
+use std::collections::HashMap;
 use std::path::Path as FsPath;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ mod multipart;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig};
@@ -29,7 +30,8 @@ use crate::storage::stopped;
 use multipart::AbortOnDrop;
 
 use super::{
-    check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions, Unfinished,
+    check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions, Timeouts,
+    Unfinished,
 };
 use crate::error::UsageError;
 
@@ -54,7 +56,12 @@ pub struct S3 {
     http: reqwest::Client,
     /// Attempts after the first for the requests made here rather than by object_store.
     retries: u32,
+    /// Connect and idle timeouts of the requests made here (object_store's own requests have the
+    /// connect timeout and object_store's 30 s bound on each request).
+    timeouts: Timeouts,
     seen: OnceCell<Result<(), String>>,
+    /// Every object name in the bucket, listed once, for [`Storage::elsewhere`].
+    whole_bucket: OnceCell<Vec<String>>,
 }
 
 impl S3 {
@@ -76,6 +83,10 @@ impl S3 {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_config(
+                AmazonS3ConfigKey::Client(object_store::ClientConfigKey::ConnectTimeout),
+                format!("{}ms", opts.timeouts.connect.as_millis()),
+            )
             .with_retry(RetryConfig {
                 max_retries: opts.retries as usize,
                 retry_timeout: Duration::from_secs(300),
@@ -111,10 +122,9 @@ impl S3 {
             || env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
             || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
             || env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(120))
+        let http = opts
+            .timeouts
+            .client()
             .build()
             .map_err(|e| UsageError::new(format!("setting up HTTPS: {e}")))?;
         Ok(S3 {
@@ -127,7 +137,9 @@ impl S3 {
             configured_credentials,
             http,
             retries: opts.retries,
+            timeouts: opts.timeouts,
             seen: OnceCell::new(),
+            whole_bucket: OnceCell::new(),
         })
     }
 
@@ -333,6 +345,28 @@ impl Storage for S3 {
         Ok(out)
     }
 
+    async fn elsewhere(&self, keys: &[String]) -> Result<HashMap<String, String>, StorageError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let names = self
+            .whole_bucket
+            .get_or_try_init(|| async {
+                let mut stream = self.store.list(None);
+                let mut names = Vec::new();
+                while let Some(meta) = stream.next().await {
+                    names.push(meta.map_err(|e| self.err("", e))?.location.to_string());
+                }
+                Ok::<_, StorageError>(names)
+            })
+            .await?;
+        Ok(super::keys_elsewhere(
+            names.iter().map(String::as_str),
+            &self.prefix,
+            keys,
+        ))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         // S3 answers a delete of a missing key with success; ask first so "already gone" is known.
         if self.size(key).await?.is_none() {
@@ -340,6 +374,56 @@ impl Storage for S3 {
         }
         let p = self.path(key)?;
         self.store.delete(&p).await.map_err(|e| self.err(key, e))
+    }
+
+    /// Many keys: which exist from one listing per folder (S3 answers a delete of a missing key
+    /// with success), then the existing ones in bulk `DeleteObjects` requests of up to 1,000
+    /// keys, instead of a HEAD and a DELETE each.
+    async fn delete_many(&self, keys: &[String]) -> Vec<Result<(), StorageError>> {
+        if keys.len() < 2 {
+            let mut out = Vec::new();
+            for key in keys {
+                out.push(self.delete(key).await);
+            }
+            return out;
+        }
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let there = super::exist_by_listing(self, &refs).await;
+        let mut results: Vec<Option<Result<(), StorageError>>> = keys.iter().map(|_| None).collect();
+        let mut present = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match &there[key] {
+                Err(e) => results[i] = Some(Err(StorageError::Other(e.clone()))),
+                Ok(false) => results[i] = Some(Err(StorageError::NotFound(key.clone()))),
+                Ok(true) => match self.path(key) {
+                    Ok(p) => present.push((i, p)),
+                    Err(e) => results[i] = Some(Err(e)),
+                },
+            }
+        }
+        for chunk in present.chunks(1000) {
+            let paths = futures::stream::iter(chunk.iter().map(|(_, p)| Ok(p.clone()))).boxed();
+            let answers: Vec<_> = self.store.delete_stream(paths).collect().await;
+            if answers.len() == chunk.len() {
+                for ((i, _), answer) in chunk.iter().zip(answers) {
+                    results[*i] = Some(answer.map(|_| ()).map_err(|e| self.err(&keys[*i], e)));
+                }
+            } else {
+                // The bulk request itself failed: every key of it is said to have failed.
+                let why = answers
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map(|e| self.err("", e).to_string())
+                    .unwrap_or_else(|| "no answer".into());
+                for (i, _) in chunk {
+                    results[*i] = Some(Err(StorageError::Other(format!("deleting {}: {why}", keys[*i]))));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StorageError::Other("not attempted".into()))))
+            .collect()
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {

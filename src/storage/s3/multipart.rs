@@ -96,13 +96,13 @@ impl S3 {
                     request = request.header(name.as_str(), value.as_bytes());
                 }
             }
-            let problem = match request.send().await {
+            let problem = match self.timeouts.send(&self.http, request).await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let body = resp
-                        .text()
-                        .await
-                        .map_err(|e| StorageError::Other(format!("{what}: {e}")))?;
+                    let body = match self.timeouts.body(resp).await {
+                        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                        Err(e) => return Err(StorageError::Other(format!("{what}: {e}"))),
+                    };
                     if status.is_success() {
                         return quick_xml::de::from_str(&body)
                             .map_err(|e| StorageError::Other(format!("{what}: unreadable answer ({e})")));
@@ -113,8 +113,8 @@ impl S3 {
                     }
                     problem
                 }
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => e.to_string(),
-                Err(e) => return Err(StorageError::Other(format!("{what}: {e}"))),
+                Err(e) if e.transient() => e.describe(&self.timeouts),
+                Err(e) => return Err(StorageError::Other(format!("{what}: {}", e.describe(&self.timeouts)))),
             };
             let Some(delay) = delays.next() else {
                 return Err(StorageError::Other(format!("{what}: {problem}")));

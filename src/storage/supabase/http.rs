@@ -10,7 +10,8 @@ use serde::Deserialize;
 use super::Supabase;
 use crate::retry::backoff;
 use crate::secret::redact;
-use crate::storage::StorageError;
+use crate::storage::timeouts::SendError;
+use crate::storage::{StorageError, Timeouts};
 
 /// A non-success answer, read whole (error bodies are small).
 pub(super) struct Failure {
@@ -92,32 +93,53 @@ impl Supabase {
         }
     }
 
-    /// Sends with retries on 429, 5xx and connection errors (the shared backoff); `make` builds
-    /// a fresh request each attempt. A success comes back as the response; anything else, once
-    /// it is not worth another try, as a [`Failure`].
+    /// Sends with retries on 429, 5xx, connection errors and requests that went quiet for the
+    /// idle timeout (the shared backoff, one log line a retry); `make` builds a fresh request each
+    /// attempt. A success comes back as the response; anything else, once it is not worth another
+    /// try, as a [`Failure`].
     pub(super) async fn exchange(
         &self,
         what: &str,
         make: impl Fn() -> RequestBuilder,
     ) -> Result<Result<Response, Failure>, StorageError> {
+        self.attempts(what, make).await.map(|(answer, _)| answer)
+    }
+
+    /// [`exchange`](Self::exchange), also saying whether an earlier attempt may have been carried
+    /// out by the server without its answer reaching us (it timed out or the connection dropped
+    /// after the request was sent, or a gateway answered 5xx): a create retried after one can
+    /// meet its own object.
+    pub(super) async fn attempts(
+        &self,
+        what: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<(Result<Response, Failure>, bool), StorageError> {
         let mut delays = backoff(self.retries).build();
+        let mut unsure = false;
+        let mut tries = 0u32;
         loop {
-            let problem = match make().send().await {
-                Ok(r) if r.status().is_success() => return Ok(Ok(r)),
+            tries += 1;
+            let problem = match self.timeouts.send(&self.http, make()).await {
+                Ok(r) if r.status().is_success() => return Ok((Ok(r), unsure)),
                 Ok(r) => {
-                    let failure = read_failure(r).await;
+                    let failure = read_failure(r, &self.timeouts).await;
                     if !failure.transient() {
-                        return Ok(Err(failure));
+                        return Ok((Err(failure), unsure));
                     }
                     Err(failure)
                 }
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => Ok(e),
-                Err(e) => return Err(self.unreachable(what, &e)),
+                Err(e) if e.transient() => Ok(e),
+                Err(e) => return Err(self.unreachable(what, &e, tries)),
+            };
+            unsure |= match &problem {
+                Err(f) => f.status() != 429,
+                Ok(SendError::Http(e)) => !e.is_connect(),
+                Ok(SendError::Idle(_)) => true,
             };
             let Some(delay) = delays.next() else {
                 return match problem {
-                    Err(failure) => Ok(Err(failure)),
-                    Ok(e) => Err(self.unreachable(what, &e)),
+                    Err(failure) => Ok((Err(failure), unsure)),
+                    Ok(e) => Err(self.unreachable(what, &e, tries)),
                 };
             };
             match &problem {
@@ -128,7 +150,7 @@ impl Supabase {
                 ),
                 Ok(e) => tracing::warn!(
                     "{what}: {}; retrying in {:.1}s",
-                    self.scrub(&e.to_string()),
+                    self.scrub(&e.describe(&self.timeouts)),
                     delay.as_secs_f64()
                 ),
             }
@@ -149,12 +171,19 @@ impl Supabase {
         }
     }
 
-    fn unreachable(&self, what: &str, e: &reqwest::Error) -> StorageError {
-        StorageError::Other(format!(
-            "{what}: cannot reach {} ({}): check SUPABASE_URL",
-            redact(&self.base),
-            self.scrub(&e.to_string())
-        ))
+    fn unreachable(&self, what: &str, e: &SendError, tries: u32) -> StorageError {
+        let times = match tries {
+            1 => String::new(),
+            n => format!(", {n} attempts"),
+        };
+        let base = redact(&self.base);
+        let why = self.scrub(&e.describe(&self.timeouts));
+        StorageError::Other(match e {
+            SendError::Idle(_) => format!(
+                "{what}: {base} did not answer ({why}{times}): the server accepted the request and went quiet: check the project's status, or raise the idle timeout if it is only slow"
+            ),
+            _ => format!("{what}: cannot reach {base} ({why}{times}): check SUPABASE_URL"),
+        })
     }
 
     pub(super) fn scrub(&self, s: &str) -> String {
@@ -243,14 +272,19 @@ impl Supabase {
     }
 }
 
-pub(super) async fn read_failure(r: Response) -> Failure {
+/// A failure's answer, its body read within the idle timeout (an unreadable body is left empty).
+pub(super) async fn read_failure(r: Response, timeouts: &Timeouts) -> Failure {
     let http = r.status().as_u16();
     let location = r
         .headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let body = r.text().await.unwrap_or_default();
+    let body = timeouts
+        .body(r)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     Failure { http, body, location }
 }
 

@@ -20,8 +20,27 @@ impl Supabase {
     /// Every object whose name starts with the prefix: list-v2 pages with a cursor, names compared
     /// case-sensitively, however deep. `None` when the server has no list-v2 (before v1.19).
     pub(super) async fn list_v2(&self, key_prefix: &str) -> Result<Option<Vec<ObjectInfo>>, StorageError> {
+        let Some(entries) = self.list_v2_names(&self.prefix_of(key_prefix)).await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for o in entries {
+            let Some(key) = self.key_of(&o.name) else { continue };
+            if key.starts_with(key_prefix) {
+                out.push(ObjectInfo {
+                    key,
+                    size: o.metadata.and_then(|m| m.size).unwrap_or(0),
+                    modified: o.updated_at,
+                });
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Every object of the bucket whose full name (this storage's prefix included) starts with
+    /// `full`, by list-v2; `None` when the server has no list-v2.
+    pub(super) async fn list_v2_names(&self, full: &str) -> Result<Option<Vec<Entry>>, StorageError> {
         let path = format!("/object/list-v2/{}", encode_segment(&self.bucket));
-        let full = self.prefix_of(key_prefix);
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -39,22 +58,14 @@ impl Supabase {
                 Ok(r) => r,
                 // fastify's "Route … not found": a server older than list-v2.
                 Err(f) if cursor.is_none() && f.http == 404 && f.body.contains("Route ") => return Ok(None),
-                Err(f) => return Err(self.fail(key_prefix, &f)),
+                Err(f) => return Err(self.fail(full, &f)),
             };
-            let page: ListV2 = resp
-                .json()
+            let page: ListV2 = self
+                .timeouts
+                .json(resp)
                 .await
                 .map_err(|e| StorageError::Other(format!("reading a bucket listing: {e}")))?;
-            for o in page.objects {
-                let Some(key) = self.key_of(&o.name) else { continue };
-                if key.starts_with(key_prefix) && o.id.is_some() {
-                    out.push(ObjectInfo {
-                        key,
-                        size: o.metadata.and_then(|m| m.size).unwrap_or(0),
-                        modified: o.updated_at,
-                    });
-                }
-            }
+            out.extend(page.objects.into_iter().filter(|o| o.id.is_some()));
             match (page.has_next, page.next_cursor) {
                 (true, Some(next)) if cursor.as_ref() != Some(&next) => cursor = Some(next),
                 (true, _) => {
@@ -119,8 +130,9 @@ impl Supabase {
                     self.request(Method::POST, &path).json(&body)
                 })
                 .await?;
-            let page: Vec<Entry> = resp
-                .json()
+            let page: Vec<Entry> = self
+                .timeouts
+                .json(resp)
                 .await
                 .map_err(|e| StorageError::Other(format!("reading a bucket listing: {e}")))?;
             let n = page.len();
@@ -145,7 +157,7 @@ struct ListV2 {
 
 #[derive(Deserialize)]
 pub(super) struct Entry {
-    name: String,
+    pub name: String,
     /// `null` for folders.
     id: Option<String>,
     updated_at: Option<chrono::DateTime<chrono::Utc>>,

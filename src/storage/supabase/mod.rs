@@ -14,8 +14,8 @@ mod list;
 mod names;
 mod tus;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::{Method, Response};
@@ -25,7 +25,9 @@ use tokio::sync::OnceCell;
 use http::content_type;
 use names::{bucket_problem, encode_path, encode_segment, is_loopback, role_of, unstorable, Role};
 
-use super::{check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions};
+use super::{
+    check_key, stream_to_file, Access, GrowingFile, ObjectInfo, Storage, StorageError, StorageOptions, Timeouts,
+};
 use crate::error::UsageError;
 use crate::secret::{redact, Secret};
 
@@ -48,10 +50,15 @@ pub struct Supabase {
     bucket: String,
     prefix: String,
     retries: u32,
+    /// Connect and idle timeouts of every request.
+    timeouts: Timeouts,
     /// Whether the bucket was seen with this key, checked once.
     seen: OnceCell<Result<(), String>>,
     /// Whether the server has list-v2 (v1.19 and later), found out by the first listing.
     has_list_v2: OnceCell<bool>,
+    /// Every object name in the bucket, listed once, for [`Storage::elsewhere`]; empty on a server
+    /// without list-v2.
+    whole_bucket: OnceCell<Vec<String>>,
 }
 
 impl Supabase {
@@ -121,10 +128,9 @@ impl Supabase {
                 redact(&project)
             )));
         }
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(600))
+        let http = opts
+            .timeouts
+            .client()
             .build()
             .map_err(|e| UsageError::new(format!("setting up HTTPS: {e}")))?;
         Ok(Supabase {
@@ -136,8 +142,10 @@ impl Supabase {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             retries: opts.retries,
+            timeouts: opts.timeouts,
             seen: OnceCell::new(),
             has_list_v2: OnceCell::new(),
+            whole_bucket: OnceCell::new(),
         })
     }
 
@@ -180,7 +188,7 @@ impl Supabase {
                     .exchange("checking the bucket", || self.request(Method::GET, &path))
                     .await;
                 let problem = match outcome {
-                    Ok(Ok(r)) => match r.json::<BucketInfo>().await {
+                    Ok(Ok(r)) => match self.timeouts.json::<BucketInfo>(r).await {
                         Ok(b)
                             if b.id.as_deref() == Some(self.bucket.as_str())
                                 || b.name.as_deref() == Some(self.bucket.as_str()) =>
@@ -205,16 +213,46 @@ impl Supabase {
     }
 
     /// A standard upload (at most the project's limit; we use it up to 6 MB), never overwriting.
+    /// When an attempt may have been carried out without its answer reaching us and the retry
+    /// then meets "already exists", the stored object is compared with ours (size, then the bytes'
+    /// SHA-256): our own object is success, not a taken name (which would leave it behind as an
+    /// orphan while the backup went to `…-2`).
     async fn post_object(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         let path = self.object_path("", &self.full(key)?);
-        self.send(&format!("uploading {key}"), key, || {
-            self.request(Method::POST, &path)
-                .header("Content-Type", content_type(key))
-                .header("x-upsert", "false")
-                .body(bytes.clone())
-        })
-        .await
-        .map(|_| ())
+        let what = format!("uploading {key}");
+        let (answer, unsure) = self
+            .attempts(&what, || {
+                self.request(Method::POST, &path)
+                    .header("Content-Type", content_type(key))
+                    .header("x-upsert", "false")
+                    .body(bytes.clone())
+            })
+            .await?;
+        match answer.map_err(|f| self.fail(key, &f)) {
+            Ok(_) => Ok(()),
+            Err(StorageError::AlreadyExists(_)) if unsure => {
+                if self.holds(key, &bytes).await? {
+                    tracing::info!(
+                        "{what}: an earlier attempt had stored it (its answer was lost); same size and checksum"
+                    );
+                    Ok(())
+                } else {
+                    Err(StorageError::AlreadyExists(key.to_string()))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the object `key` holds exactly `bytes` (at most a standard upload's size): its size
+    /// first, then its SHA-256.
+    async fn holds(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        use sha2::{Digest, Sha256};
+        if self.size(key).await? != Some(bytes.len() as u64) {
+            return Ok(false);
+        }
+        let stored = self.get_bytes(key).await?;
+        Ok(Sha256::digest(&stored) == Sha256::digest(bytes))
     }
 
     /// Starts a download; the body is read by the caller.
@@ -222,6 +260,15 @@ impl Supabase {
         let path = self.object_path("authenticated/", &self.full(key)?);
         self.send(&format!("downloading {key}"), key, || self.request(Method::GET, &path))
             .await
+    }
+
+    /// Whether each key exists: one info request for a single key, else one listing per folder.
+    async fn which_exist(&self, keys: &[&str]) -> HashMap<String, Result<bool, String>> {
+        if let [key] = keys {
+            let there = self.size(key).await.map(|s| s.is_some()).map_err(|e| e.to_string());
+            return HashMap::from([(key.to_string(), there)]);
+        }
+        super::exist_by_listing(self, keys).await
     }
 
     /// One bulk delete (at most [`DELETE_BATCH`] names); the names the server says it deleted.
@@ -232,8 +279,9 @@ impl Supabase {
         let resp = self
             .send(&what, &self.bucket, || self.request(Method::DELETE, &path).json(&body))
             .await?;
-        let deleted: Vec<Deleted> = resp
-            .json()
+        let deleted: Vec<Deleted> = self
+            .timeouts
+            .json(resp)
             .await
             .map_err(|e| StorageError::Other(format!("{what}: reading the answer: {e}")))?;
         Ok(deleted.into_iter().filter_map(|d| d.name).collect())
@@ -294,18 +342,19 @@ impl Storage for Supabase {
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
         let resp = self.download(key).await?;
-        stream_to_file(resp.bytes_stream(), path, |e| {
-            StorageError::Other(format!("downloading {key}: {}", self.scrub(&e.to_string())))
+        stream_to_file(self.timeouts.stream(resp), path, |e| {
+            StorageError::Other(format!("downloading {key}: {}", self.scrub(&e)))
         })
         .await
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         let resp = self.download(key).await?;
-        Ok(resp
-            .bytes()
+        Ok(self
+            .timeouts
+            .body(resp)
             .await
-            .map_err(|e| StorageError::Other(format!("downloading {key}: {}", self.scrub(&e.to_string()))))?
+            .map_err(|e| StorageError::Other(format!("downloading {key}: {}", self.scrub(&e))))?
             .to_vec())
     }
 
@@ -321,6 +370,24 @@ impl Storage for Supabase {
         };
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn elsewhere(&self, keys: &[String]) -> Result<HashMap<String, String>, StorageError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let names = self
+            .whole_bucket
+            .get_or_try_init(|| async {
+                let entries = self.list_v2_names("").await?.unwrap_or_default();
+                Ok::<_, StorageError>(entries.into_iter().map(|e| e.name).collect())
+            })
+            .await?;
+        Ok(super::keys_elsewhere(
+            names.iter().map(String::as_str),
+            &self.prefix,
+            keys,
+        ))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -343,19 +410,28 @@ impl Storage for Supabase {
             let names: Vec<String> = chunk.iter().map(|(_, n)| n.clone()).collect();
             match self.delete_batch(&names).await {
                 Ok(deleted) => {
+                    let deleted: HashSet<&str> = deleted.iter().map(String::as_str).collect();
+                    // Not in the answer: gone already, or this key may not delete it. Which, from
+                    // one listing per folder when there are several (else one info request).
+                    let unanswered: Vec<&str> = chunk
+                        .iter()
+                        .filter(|(_, name)| !deleted.contains(name.as_str()))
+                        .map(|(i, _)| keys[*i].as_str())
+                        .collect();
+                    let still_there = self.which_exist(&unanswered).await;
                     for (i, name) in chunk {
-                        if deleted.iter().any(|d| d == name) {
+                        if deleted.contains(name.as_str()) {
                             results[*i] = Some(Ok(()));
                             continue;
                         }
-                        // Not in the answer: gone already, or this key may not delete it.
                         let key = &keys[*i];
-                        results[*i] = Some(match self.size(key).await {
-                            Ok(None) => Err(StorageError::NotFound(key.clone())),
-                            Ok(Some(_)) => Err(StorageError::Other(format!(
+                        results[*i] = Some(match still_there.get(key.as_str()) {
+                            Some(Ok(false)) => Err(StorageError::NotFound(key.clone())),
+                            Some(Ok(true)) => Err(StorageError::Other(format!(
                                 "Supabase answered the delete of {key} without deleting it, and it is still there (a key or policy that may read but not delete?)"
                             ))),
-                            Err(e) => Err(e),
+                            Some(Err(e)) => Err(StorageError::Other(e.clone())),
+                            None => Err(StorageError::Other(format!("deleting {key}: not checked"))),
                         });
                     }
                 }
@@ -381,8 +457,9 @@ impl Storage for Supabase {
             .await
         {
             Ok(r) => {
-                let info: Info = r
-                    .json()
+                let info: Info = self
+                    .timeouts
+                    .json(r)
                     .await
                     .map_err(|e| StorageError::Other(format!("checking {key}: unreadable answer ({e})")))?;
                 Ok(Some(info.size.unwrap_or(0)))

@@ -20,20 +20,20 @@ use super::http::{content_type, header_u64, read_failure, Failure};
 use super::{Supabase, TUS_CHUNK};
 use crate::retry::backoff;
 use crate::secret::Secret;
-use crate::storage::{GrowingFile, StorageError};
+use crate::storage::{GrowingFile, StorageError, Timeouts};
 
 /// Cancels the upload if the future driving it is dropped (a stop by a signal): through
 /// `stop::defer`, so the process waits for the cancel before it exits.
 struct CancelOnDrop {
-    armed: Option<(reqwest::Client, String, Secret<String>)>,
+    armed: Option<(reqwest::Client, String, Secret<String>, Timeouts)>,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some((http, url, key)) = self.armed.take() {
+        if let Some((http, url, key, timeouts)) = self.armed.take() {
             crate::stop::defer(async move {
-                cancel_request(&http, &url, &key)
-                    .send()
+                timeouts
+                    .send(&http, cancel_request(&http, &url, &key))
                     .await
                     .is_ok_and(|r| r.status().is_success())
             });
@@ -112,7 +112,12 @@ impl Supabase {
         Ok(match self.tus_create(full, key, size).await? {
             Created::Url(url) => {
                 let guard = CancelOnDrop {
-                    armed: Some((self.http.clone(), url.clone(), Secret::new(self.key.expose().clone()))),
+                    armed: Some((
+                        self.http.clone(),
+                        url.clone(),
+                        Secret::new(self.key.expose().clone()),
+                        self.timeouts,
+                    )),
                 };
                 Some((url, guard))
             }
@@ -214,16 +219,23 @@ impl Supabase {
             if last && !declared {
                 rb = rb.header("Upload-Length", seen.len.to_string());
             }
-            let sent = rb.body(buf[..want].to_vec()).send().await;
+            let started = std::time::Instant::now();
+            let sent = self.timeouts.send(&self.http, rb.body(buf[..want].to_vec())).await;
             let problem = match sent {
                 Ok(r) if r.status() == StatusCode::NO_CONTENT || r.status() == StatusCode::OK => {
+                    tracing::debug!(
+                        "{key}: {want} bytes at offset {offset} sent in {:.2}s (the spool held {}{})",
+                        started.elapsed().as_secs_f64(),
+                        seen.len,
+                        if seen.complete { ", whole" } else { "" }
+                    );
                     offset = header_u64(&r, "upload-offset").unwrap_or(offset + want as u64);
                     declared |= last;
                     delays = backoff(self.retries).build();
                     continue;
                 }
                 Ok(r) => {
-                    let f = read_failure(r).await;
+                    let f = read_failure(r, &self.timeouts).await;
                     if already_exists(&f) {
                         tracing::info!("{key}: the name was taken while uploading; giving this upload up");
                         return Err(StorageError::AlreadyExists(key.to_string()));
@@ -234,7 +246,7 @@ impl Supabase {
                     }
                     format!("Supabase answered {}", f.label())
                 }
-                Err(e) => self.scrub(&e.to_string()),
+                Err(e) => self.scrub(&e.describe(&self.timeouts)),
             };
             let Some(delay) = delays.next() else {
                 return Err(StorageError::Other(format!(
@@ -257,7 +269,11 @@ impl Supabase {
     /// Where the server is with the upload, and whether it knows the upload's length; `None` when
     /// it could not be asked this time.
     async fn tus_offset(&self, upload_url: &str, key: &str) -> Result<Option<(u64, bool)>, StorageError> {
-        match self.tus_request(Method::HEAD, upload_url).send().await {
+        match self
+            .timeouts
+            .send(&self.http, self.tus_request(Method::HEAD, upload_url))
+            .await
+        {
             Ok(r) if r.status().is_success() => {
                 Ok(header_u64(&r, "upload-offset").map(|at| (at, r.headers().contains_key("upload-length"))))
             }
