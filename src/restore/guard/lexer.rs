@@ -421,6 +421,12 @@ impl Lexer {
             }
         }
         self.stmt.extend_from_slice(&line[start..]);
+        // Blanks and comments before any statement go out as they come (psql drops them too):
+        // only a statement is held, so comments cannot fill the memory a statement may take.
+        if self.stmt_line.is_none() && !self.copy_next && matches!(self.quote, Quote::None | Quote::Block(_)) {
+            let before = std::mem::take(&mut self.stmt);
+            sink.output(&before)?;
+        }
         if self.stmt.len() > MAX_STATEMENT {
             return Err(self.refuse_at(n, "a statement larger than 16 MiB, too large to check (a row this large in a dump made with --inserts: back up with COPY, the default)"));
         }
