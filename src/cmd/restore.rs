@@ -200,63 +200,57 @@ async fn restore(
     .await?;
     let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
     let kept = sql.kept_as.clone();
-    let Some(tools) = tools else {
-        let input = open_decompressed(file.path(), &source, &shown)?;
-        let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout)).await?;
-        let keep_previous = match &target {
-            Target::Replace {
-                drop_previous: false, ..
-            } => facts.previous.as_deref(),
-            _ => None,
-        };
-        let opts = JsonRestore {
-            source_schema: &source.source_schema,
-            target: &target,
-            catalog: &ctx.catalog,
-            plan: &sql,
-            scope: &scope,
-            keep_history: facts.records_exist,
-            keep_previous_as: keep_previous,
-            lock_timeout,
-            reconnect: Some(&ctx.dump),
-        };
-        crate::jsonl::restore(session, input, &opts)
+    let (kept, wrote) = match tools {
+        // A json backup loads through the driver.
+        None => {
+            let input = open_decompressed(file.path(), &source, &shown)?;
+            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout)).await?;
+            let keep_previous = match &target {
+                Target::Replace {
+                    drop_previous: false, ..
+                } => facts.previous.as_deref(),
+                _ => None,
+            };
+            let opts = JsonRestore {
+                source_schema: &source.source_schema,
+                target: &target,
+                catalog: &ctx.catalog,
+                plan: &sql,
+                scope: &scope,
+                keep_history: facts.records_exist,
+                keep_previous_as: keep_previous,
+                lock_timeout,
+                reconnect: Some(&ctx.dump),
+            };
+            crate::jsonl::restore(session, input, &opts)
+                .await
+                .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
+            match header.map(|h| h.format_version) {
+                // Version 2 loads into the live tables, which it holds locked: nobody wrote meanwhile.
+                Some(2) => (keep_previous.map(str::to_string), None),
+                _ => settle_previous(session, &target, kept, &writes, lock_timeout).await,
+            }
+        }
+        Some(tools) => {
+            let ran = through_psql(
+                &tools,
+                &ctx.dump,
+                session,
+                file.path(),
+                &source,
+                sql,
+                true,
+                watch,
+                &shown,
+            )
             .await
-            .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-        let (kept, wrote) = match header.map(|h| h.format_version) {
-            // Version 2 loads into the live tables, which it holds locked: nobody wrote meanwhile.
-            Some(2) => (keep_previous.map(str::to_string), None),
-            _ => settle_previous(session, &target, kept, &writes, lock_timeout).await,
-        };
-        report(
-            ctx,
-            &tenant.schema_name,
-            &target_name,
-            &source,
-            kept.as_deref(),
-            wrote,
-            false,
-            started,
-        )?;
-        return Ok(Outcome::Done);
+            .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
+            if let Some(note) = &ran.note {
+                tracing::warn!("{note}");
+            }
+            settle_previous(session, &target, kept, &writes, lock_timeout).await
+        }
     };
-    let ran = through_psql(
-        &tools,
-        &ctx.dump,
-        session,
-        file.path(),
-        &source,
-        sql,
-        true,
-        watch,
-        &shown,
-    )
-    .await
-    .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
-    if let Some(note) = &ran.note {
-        tracing::warn!("{note}");
-    }
-    let (kept, wrote) = settle_previous(session, &target, kept, &writes, lock_timeout).await;
     report(
         ctx,
         &tenant.schema_name,
