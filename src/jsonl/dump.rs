@@ -211,6 +211,17 @@ impl JsonLinesReader {
                     .as_mut()
                     .ok_or_else(|| io::Error::other("rows before a table"))?;
                 encoder.encode(&bytes, &mut self.current).map_err(io::Error::other)?;
+                // Rows come whole: a line longer than a restore reads fails the backup here.
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', &self.current).chain([self.current.len()]) {
+                    if (end - start) as u64 > super::load::MAX_LINE {
+                        return Err(io::Error::other(ProducerError(format!(
+                            "a row of more than {} MiB as json, which a restore would refuse: back up this tenant with --format sql",
+                            super::load::MAX_LINE >> 20
+                        ))));
+                    }
+                    start = end + 1;
+                }
                 Ok(true)
             }
         }

@@ -70,3 +70,19 @@ fn a_schema_a_restore_would_refuse_fails_its_backup_and_keeps_nothing() {
         );
     }
 }
+
+#[test]
+fn a_json_row_larger_than_a_restore_reads_fails_its_backup() {
+    let db = TestDb::new();
+    db.sql("UPDATE bienestar.appointments_patient SET notes = repeat('n', 33 * 1024 * 1024) WHERE id = (SELECT min(id) FROM bienestar.appointments_patient)");
+    let before = db.record_count("bienestar");
+    let out = db
+        .cmd()
+        .args(["backup", "--tenant", "bienestar", "--format", "json"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a row of more than 32 MiB"), "{stderr}");
+    assert_eq!(db.record_count("bienestar"), before, "no row promises a restore");
+}

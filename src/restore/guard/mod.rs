@@ -485,10 +485,11 @@ impl Sink for Checker<'_, '_> {
 }
 
 /// The most tokens one statement may have (see [`bound::tokens`]). Parsing costs memory in
-/// proportion to the parse tree: about 1 KB of RSS per token at worst (multi-row `VALUES`), so
-/// this bounds one statement's check to about 100 MB. pg_dump writes one row per `INSERT` and a
-/// function or view per statement: a schema's statements are far below it.
-pub const MAX_TOKENS: usize = 100_000;
+/// proportion to the parse tree: about 2 KB of RSS per token at worst (multi-row `VALUES`:
+/// `cargo bench --bench guard` measured 222 MB at 100,000 tokens), so this bounds one
+/// statement's check to about 110 MB. pg_dump writes one row per `INSERT` and a function or view
+/// per statement: a schema's statements are far below it.
+pub const MAX_TOKENS: usize = 50_000;
 
 /// Above this many tokens a statement is checked on a thread of its own with a large stack: the
 /// tree's depth (a long chain of operators) is bounded by its tokens, and parsing, reading and
