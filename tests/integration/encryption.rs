@@ -473,6 +473,34 @@ fn an_encrypted_signed_fleet_restores_into_a_new_database_from_the_bucket_alone(
     for (t, b) in FLEET.iter().zip(&before) {
         assert_eq!(&data_without_history(&fresh, t), b, "{t}");
     }
+    // And into a brand-new cluster: nothing of the old server (roles, other databases) is there.
+    let cluster = devcluster::DevCluster::start().unwrap();
+    cluster.create_database("recovered", None).unwrap();
+    for t in FLEET {
+        let out = reader(&fresh, &k)
+            .env("DATABASE_URL", cluster.url("recovered"))
+            .env("BACKUP_STORAGE", db.storage())
+            .args([
+                "--no-progress",
+                "restore",
+                "--tenant",
+                t,
+                "--latest",
+                "--yes",
+                "--new-database",
+            ])
+            .output()
+            .unwrap();
+        no_key_material(&out, &k);
+        assert!(out.status.success(), "{t} into a new cluster: {}", text(&out.stderr));
+    }
+    for (t, b) in FLEET.iter().zip(&before) {
+        let restored: Vec<_> = fingerprint_via(|q| cluster.sql("recovered", q).unwrap(), t)
+            .into_iter()
+            .filter(|(t, _)| t != "backups_backuprecord")
+            .collect();
+        assert_eq!(&restored, b, "{t} in the new cluster");
+    }
     // --new-database is for a database without a tenant table only.
     let out = reader(&db, &k)
         .args([

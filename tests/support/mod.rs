@@ -121,21 +121,7 @@ impl TestDb {
 
     /// md5 of every table of `schema`, rows in a stable order: equal fingerprints, equal data.
     pub fn fingerprint(&self, schema: &str) -> Vec<(String, String)> {
-        let tables = self.sql(&format!(
-            "SELECT tablename FROM pg_tables WHERE schemaname = '{}' ORDER BY tablename",
-            schema.replace('\'', "''")
-        ));
-        tables
-            .lines()
-            .map(|t| {
-                let q = format!(
-                    "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {}.{} x",
-                    quote(schema),
-                    quote(t)
-                );
-                (t.to_string(), self.sql(&q))
-            })
-            .collect()
+        fingerprint_via(|q| self.sql(q), schema)
     }
 
     /// Every index, constraint (with whether it is validated), index comment and cluster mark of
@@ -492,6 +478,26 @@ pub fn guard_scope(db: &TestDb, schema: &str) -> tenant_backup::restore::guard::
         let _ = task.await;
         scope
     })
+}
+
+/// Every table of `schema` with its row count and an md5 of its rows, read through `sql` (any
+/// database, any cluster).
+pub fn fingerprint_via(sql: impl Fn(&str) -> String, schema: &str) -> Vec<(String, String)> {
+    let tables = sql(&format!(
+        "SELECT tablename FROM pg_tables WHERE schemaname = '{}' ORDER BY tablename",
+        schema.replace('\'', "''")
+    ));
+    tables
+        .lines()
+        .map(|t| {
+            let q = format!(
+                "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {}.{} x",
+                quote(schema),
+                quote(t)
+            );
+            (t.to_string(), sql(&q))
+        })
+        .collect()
 }
 
 /// A stored object's text, decompressed by its extension.
