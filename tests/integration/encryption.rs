@@ -451,55 +451,41 @@ fn an_encrypted_signed_fleet_restores_into_a_new_database_from_the_bucket_alone(
     assert!(out.status.success(), "{}", text(&out.stderr));
     let before: Vec<_> = FLEET.iter().map(|t| data_without_history(&db, t)).collect();
     // The disaster: the database is gone. What is left: the bucket, the master identity and the
-    // signing key. The new database is empty: not migrated, no tenant table, no key table.
+    // signing key. The new database is empty: not migrated, no tenant table, no key table; first one
+    // of the same server, then one of a brand-new cluster (nothing of the old server is there).
     let fresh = TestDb::empty();
-    for t in FLEET {
-        let out = reader(&fresh, &k)
-            .env("BACKUP_STORAGE", db.storage())
-            .args([
-                "--no-progress",
-                "restore",
-                "--tenant",
-                t,
-                "--latest",
-                "--yes",
-                "--new-database",
-            ])
-            .output()
-            .unwrap();
-        no_key_material(&out, &k);
-        assert!(out.status.success(), "{t}: {}", text(&out.stderr));
-    }
-    for (t, b) in FLEET.iter().zip(&before) {
-        assert_eq!(&data_without_history(&fresh, t), b, "{t}");
-    }
-    // And into a brand-new cluster: nothing of the old server (roles, other databases) is there.
     let cluster = devcluster::DevCluster::start().unwrap();
     cluster.create_database("recovered", None).unwrap();
-    for t in FLEET {
-        let out = reader(&fresh, &k)
-            .env("DATABASE_URL", cluster.url("recovered"))
-            .env("BACKUP_STORAGE", db.storage())
-            .args([
-                "--no-progress",
-                "restore",
-                "--tenant",
-                t,
-                "--latest",
-                "--yes",
-                "--new-database",
-            ])
-            .output()
-            .unwrap();
-        no_key_material(&out, &k);
-        assert!(out.status.success(), "{t} into a new cluster: {}", text(&out.stderr));
-    }
-    for (t, b) in FLEET.iter().zip(&before) {
-        let restored: Vec<_> = fingerprint_via(|q| cluster.sql("recovered", q).unwrap(), t)
-            .into_iter()
-            .filter(|(t, _)| t != "backups_backuprecord")
-            .collect();
-        assert_eq!(&restored, b, "{t} in the new cluster");
+    let new_cluster_sql = |q: &str| cluster.sql("recovered", q).unwrap();
+    let fresh_sql = |q: &str| fresh.sql(q);
+    type Sql<'a> = &'a dyn Fn(&str) -> String;
+    let targets: [(String, Sql); 2] = [(fresh.url(), &fresh_sql), (cluster.url("recovered"), &new_cluster_sql)];
+    for (url, sql) in targets {
+        for t in FLEET {
+            let out = reader(&fresh, &k)
+                .env("DATABASE_URL", &url)
+                .env("BACKUP_STORAGE", db.storage())
+                .args([
+                    "--no-progress",
+                    "restore",
+                    "--tenant",
+                    t,
+                    "--latest",
+                    "--yes",
+                    "--new-database",
+                ])
+                .output()
+                .unwrap();
+            no_key_material(&out, &k);
+            assert!(out.status.success(), "{t} into {url}: {}", text(&out.stderr));
+        }
+        for (t, b) in FLEET.iter().zip(&before) {
+            let restored: Vec<_> = fingerprint_via(sql, t)
+                .into_iter()
+                .filter(|(t, _)| t != "backups_backuprecord")
+                .collect();
+            assert_eq!(&restored, b, "{t} in {url}");
+        }
     }
     // --new-database is for a database without a tenant table only.
     let out = reader(&db, &k)
