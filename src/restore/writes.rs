@@ -2,8 +2,8 @@
 //! schema aside and creates the restored one in its place, so writes the application commits
 //! meanwhile land in the schema set aside (its tables keep their identity through the rename).
 //! After the COMMIT the tool counts them, without triggers: the rows of the schema set aside whose
-//! `xmin` is a transaction that was still running when the restore started, or newer (every row
-//! inserted or updated since),
+//! `xmin` the snapshot taken when the restore started does not see (every row inserted or updated
+//! by a transaction that committed since),
 //! plus the rows the statistics say were deleted since (the statistics arrive late — up to seconds
 //! — so deletes of the last moments may be missed; inserts and updates never are).
 
@@ -17,10 +17,11 @@ use crate::pg::sql::qualified;
 #[derive(Clone, Debug)]
 pub struct Writes {
     schema_oid: Option<u32>,
-    /// The oldest transaction still running when the restore started, as a 32-bit transaction id
-    /// (what `xmin` holds): a row written by it or a newer one was committed after the start (or,
-    /// rarely, just before it: the count errs on the side of keeping).
-    start_xid: String,
+    /// The snapshot when the restore started (`txid_current_snapshot()`, as text): a row whose
+    /// `xmin` it does not see was committed after the start.
+    snapshot: String,
+    /// That snapshot's oldest transaction (a full id; `xmin` holds its low 32 bits).
+    snapshot_xmin: i64,
     deleted_before: i64,
 }
 
@@ -34,7 +35,7 @@ impl Writes {
         let row = client
             .query_one(
                 "SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1), \
-                 (pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::bigint % 4294967296)::text",
+                 s::text, pg_catalog.txid_snapshot_xmin(s) FROM pg_catalog.txid_current_snapshot() s",
                 &[&schema],
             )
             .await?;
@@ -45,7 +46,8 @@ impl Writes {
         };
         Ok(Writes {
             schema_oid,
-            start_xid: row.get(1),
+            snapshot: row.get(1),
+            snapshot_xmin: row.get(2),
             deleted_before,
         })
     }
@@ -91,14 +93,26 @@ impl Writes {
             let counts: Vec<String> = tables
                 .iter()
                 .map(|t| {
-                    format!("SELECT count(*) FROM ONLY {t} WHERE pg_catalog.age(xmin) <= pg_catalog.age($1::text::xid)")
+                    // Rows written by the snapshot's oldest transaction or a newer one (their
+                    // distance from it in 32 bits gives the full id) that the snapshot does not
+                    // see: committed after the restore started.
+                    format!(
+                        "SELECT count(*) FROM ONLY {t} \
+                         WHERE pg_catalog.age(xmin) <= pg_catalog.age(($2 % 4294967296)::text::xid) \
+                         AND NOT pg_catalog.txid_visible_in_snapshot( \
+                           $2 + ((xmin::text::bigint - $2 % 4294967296 + 4294967296) % 4294967296), \
+                           $1::text::txid_snapshot)"
+                    )
                 })
                 .collect();
             let sql = format!(
                 "SELECT coalesce(sum(n), 0)::bigint FROM ({}) c (n)",
                 counts.join(" UNION ALL ")
             );
-            changed = client.query_typed(&sql, &[(&self.start_xid, Type::TEXT)]).await?[0].get(0);
+            changed = client
+                .query_typed(&sql, &[(&self.snapshot, Type::TEXT), (&self.snapshot_xmin, Type::INT8)])
+                .await?[0]
+                .get(0);
         }
         let deleted = (deleted(client, oid).await? - self.deleted_before).max(0);
         Ok(changed + deleted)
