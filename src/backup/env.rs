@@ -117,7 +117,7 @@ impl BackupEnv {
         client: &tokio_postgres::Client,
         schema: &str,
     ) -> anyhow::Result<crate::restore::guard::Scope> {
-        use crate::restore::guard::{ForSchema, Names};
+        use crate::restore::guard::Names;
         let names = self.guard_names.get_or_try_init(|| Names::load(client)).await?;
         Ok(names.scope(schema, 0))
     }

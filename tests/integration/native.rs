@@ -31,13 +31,6 @@ fn add_all_types(db: &TestDb) {
     );
 }
 
-fn data(db: &TestDb, schema: &str) -> Vec<(String, String)> {
-    db.fingerprint(schema)
-        .into_iter()
-        .filter(|(t, _)| t != "backups_backuprecord")
-        .collect()
-}
-
 fn json_backup(db: &TestDb, tenant: &str, extra: &[&str]) -> Value {
     db.backup(&[&["--tenant", tenant, "--format", "json"][..], extra].concat())
 }
@@ -46,7 +39,7 @@ fn json_backup(db: &TestDb, tenant: &str, extra: &[&str]) -> Value {
 fn json_round_trips_every_type_and_keeps_the_history() {
     let db = TestDb::new();
     add_all_types(&db);
-    let before = data(&db, "bienestar");
+    let before = db.data("bienestar");
     let structure = db.structure("bienestar");
     assert!(
         structure.contains("all_types_body_flag") && structure.contains("FOREIGN KEY"),
@@ -90,7 +83,7 @@ fn json_round_trips_every_type_and_keeps_the_history() {
         .unwrap();
     assert_no_secret(&out);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(data(&db, "bienestar"), before, "every table identical to the backup");
+    assert_eq!(db.data("bienestar"), before, "every table identical to the backup");
     assert_eq!(
         db.structure("bienestar"),
         structure,
@@ -157,7 +150,7 @@ fn json_verify_passes_and_leaves_no_trace_and_a_changed_schema_is_refused() {
 
     // A version 3 dump brings back the schema as it was backed up, as a plain dump does; the
     // changed one is kept aside.
-    let before_changes = data(&db, "mindcare");
+    let before_changes = db.data("mindcare");
     db.sql("ALTER TABLE mindcare.appointments_patient DROP COLUMN notes");
     let out = db
         .cmd()
@@ -172,7 +165,7 @@ fn json_verify_passes_and_leaves_no_trace_and_a_changed_schema_is_refused() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(data(&db, "mindcare"), before_changes);
+    assert_eq!(db.data("mindcare"), before_changes);
     let kept =
         db.sql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'mindcare__pre_restore_%' ORDER BY 1 DESC LIMIT 1");
     assert_eq!(
@@ -520,7 +513,7 @@ fn a_dropped_schema_restores_from_the_default_format_with_the_structure_pg_dump_
     ] {
         assert!(structure.contains(needle), "{needle}: {structure}");
     }
-    let rows = data(&db, "mindcare");
+    let rows = db.data("mindcare");
     let values = sequence_values(&db, "mindcare");
 
     // The default format at this size is the native one, and it says so.
@@ -554,7 +547,7 @@ fn a_dropped_schema_restores_from_the_default_format_with_the_structure_pg_dump_
         from_native, structure,
         "the native format gives the schema back as it was"
     );
-    assert_eq!(data(&db, "mindcare"), rows);
+    assert_eq!(db.data("mindcare"), rows);
     assert_eq!(sequence_values(&db, "mindcare"), values);
     // It behaves, too: defaults, the identity and the triggers work; the keys hold.
     db.sql("INSERT INTO mindcare.billing_invoice (patient_id, amount) SELECT min(id), 5 FROM mindcare.appointments_patient");
@@ -573,13 +566,13 @@ fn a_dropped_schema_restores_from_the_default_format_with_the_structure_pg_dump_
         from_native,
         "pg_dump's dump gives the same structure as the native format"
     );
-    assert_eq!(data(&db, "mindcare"), rows);
+    assert_eq!(db.data("mindcare"), rows);
 }
 
 #[test]
 fn a_version_2_dump_still_loads_into_the_existing_tables() {
     let db = TestDb::new();
-    let before = data(&db, "bienestar");
+    let before = db.data("bienestar");
     let b = json_backup(&db, "bienestar", &["--compress", "none"]);
     let key = b["key"].as_str().unwrap().to_string();
     // Version 2 is version 3 without the structure line.
@@ -597,7 +590,7 @@ fn a_version_2_dump_still_loads_into_the_existing_tables() {
 
     db.sql("DELETE FROM bienestar.appointments_appointment WHERE id % 3 = 0; UPDATE bienestar.appointments_patient SET notes = 'x'");
     restore_file(&db, "bienestar", &key);
-    assert_eq!(data(&db, "bienestar"), before);
+    assert_eq!(db.data("bienestar"), before);
 
     // It cannot create a dropped schema: it says what to do instead.
     db.sql("DROP SCHEMA bienestar CASCADE");

@@ -8,13 +8,6 @@ fn backup(db: &TestDb, tenant: &str, extra: &[&str]) -> (i64, String) {
 }
 
 /// Every table's fingerprint but the history's, which restores carry forward on purpose.
-fn data(db: &TestDb, schema: &str) -> Vec<(String, String)> {
-    db.fingerprint(schema)
-        .into_iter()
-        .filter(|(t, _)| t != "backups_backuprecord")
-        .collect()
-}
-
 fn schemas(db: &TestDb) -> String {
     db.sql("SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' AND nspname <> 'information_schema'")
 }
@@ -29,10 +22,10 @@ fn vandalize(db: &TestDb) {
 
 fn restore_round_trip(format: &[&str]) {
     let db = TestDb::new();
-    let before = data(&db, "bienestar");
+    let before = db.data("bienestar");
     let (first, _) = backup(&db, "bienestar", format);
     vandalize(&db);
-    assert_ne!(data(&db, "bienestar"), before);
+    assert_ne!(db.data("bienestar"), before);
     let (second, _) = backup(&db, "bienestar", format);
 
     let out = db
@@ -48,7 +41,7 @@ fn restore_round_trip(format: &[&str]) {
         "names the kept schema: {stdout}"
     );
 
-    assert_eq!(data(&db, "bienestar"), before, "data identical to the backup");
+    assert_eq!(db.data("bienestar"), before, "data identical to the backup");
     // History: the two legacy rows, and both backups, the second made after the first.
     let ids = db.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM bienestar.backups_backuprecord");
     assert_eq!(ids, format!("1,2,{first},{second}"));
@@ -81,7 +74,7 @@ fn restore_custom_brings_back_the_data_and_keeps_the_history() {
 #[test]
 fn restore_latest_with_drop_previous_leaves_no_old_schema() {
     let db = TestDb::new();
-    let before = data(&db, "mindcare");
+    let before = db.data("mindcare");
     backup(&db, "mindcare", &["--compress", "gzip"]);
     db.sql("DELETE FROM mindcare.appointments_appointment");
     let out = db
@@ -97,7 +90,7 @@ fn restore_latest_with_drop_previous_leaves_no_old_schema() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(data(&db, "mindcare"), before);
+    assert_eq!(db.data("mindcare"), before);
     assert_eq!(
         db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'mindcare__pre%'"),
         "0"
@@ -214,7 +207,7 @@ fn another_tenants_backup(format: &[&str]) {
     assert_eq!(db.fingerprint("clinica_demo"), before);
 
     // Named: clinica_demo gets mindcare's data and keeps its own history; mindcare is untouched.
-    let mindcare = data(&db, "mindcare");
+    let mindcare = db.data("mindcare");
     let mindcare_all = db.fingerprint("mindcare");
     let history = db
         .fingerprint("clinica_demo")
@@ -236,7 +229,7 @@ fn another_tenants_backup(format: &[&str]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(data(&db, "clinica_demo"), mindcare);
+    assert_eq!(db.data("clinica_demo"), mindcare);
     assert_eq!(db.fingerprint("mindcare"), mindcare_all);
     assert_eq!(
         db.fingerprint("clinica_demo")
@@ -256,7 +249,7 @@ fn into_restores_a_copy_and_leaves_the_tenant_alone() {
 
 fn into_copy(format: &[&str]) {
     let db = TestDb::new();
-    let before = data(&db, "bienestar");
+    let before = db.data("bienestar");
     backup(&db, "bienestar", format);
     db.sql("UPDATE bienestar.appointments_patient SET first_name = 'live' WHERE id = 1");
     let live = db.fingerprint("bienestar");
@@ -277,7 +270,7 @@ fn into_copy(format: &[&str]) {
     let out = restore_copy();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(db.fingerprint("bienestar"), live);
-    assert_eq!(data(&db, "bienestar_copy"), before);
+    assert_eq!(db.data("bienestar_copy"), before);
     // Again: the target now exists.
     let out = restore_copy();
     assert_eq!(out.status.code(), Some(2));

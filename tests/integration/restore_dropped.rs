@@ -2,13 +2,6 @@
 
 use crate::support::*;
 
-fn data(db: &TestDb, schema: &str) -> Vec<(String, String)> {
-    db.fingerprint(schema)
-        .into_iter()
-        .filter(|(t, _)| t != "backups_backuprecord")
-        .collect()
-}
-
 fn key_of(b: &serde_json::Value) -> String {
     b["key"].as_str().unwrap().to_string()
 }
@@ -34,10 +27,10 @@ fn restore(db: &TestDb, args: &[&str]) -> std::process::Output {
 fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
     for format in ["sql", "custom", "json"] {
         let db = TestDb::new();
-        let at_first = data(&db, "bienestar");
+        let at_first = db.data("bienestar");
         let first = key_of(&db.backup(&["--tenant", "bienestar", "--format", format]));
         db.sql("DELETE FROM bienestar.appointments_appointment WHERE id % 2 = 0");
-        let at_second = data(&db, "bienestar");
+        let at_second = db.data("bienestar");
         let second = key_of(&db.backup(&["--tenant", "bienestar", "--format", format]));
         let legacy = "/var/backups/clinic/bienestar/bienestar_20250603_154512.sql.gz";
         assert!(history(&db, "bienestar").contains(legacy));
@@ -46,7 +39,7 @@ fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
         let out = restore(&db, &["--tenant", "bienestar", "--latest"]);
         assert!(out.status.success(), "{format} --latest: {}", text(&out.stderr));
         assert_eq!(
-            data(&db, "bienestar"),
+            db.data("bienestar"),
             at_second,
             "{format}: --latest is the second backup"
         );
@@ -69,7 +62,7 @@ fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
         db.sql("DROP TABLE bienestar.backups_backuprecord");
         let out = restore(&db, &["--tenant", "bienestar", "--file", &first]);
         assert!(out.status.success(), "{format} --file: {}", text(&out.stderr));
-        assert_eq!(data(&db, "bienestar"), at_first, "{format}: --file is the first backup");
+        assert_eq!(db.data("bienestar"), at_first, "{format}: --file is the first backup");
 
         // --into, with the tenant's schema gone.
         db.sql("DROP SCHEMA bienestar CASCADE");
@@ -92,7 +85,7 @@ fn restore_brings_back_a_dropped_tenant_from_latest_and_from_file() {
             ],
         );
         assert!(out.status.success(), "{format} --from-tenant: {}", text(&out.stderr));
-        assert_eq!(data(&db, "clinica_demo"), data(&db, "mindcare"), "{format}");
+        assert_eq!(db.data("clinica_demo"), db.data("mindcare"), "{format}");
     }
 }
 
@@ -102,21 +95,12 @@ fn restore_of_a_dropped_tenant_from_a_json_backup_recreates_it() {
     // comes back from `--latest` (found in the bucket) without migrations. (A v2 dump, rows only,
     // says it needs the tables: native::a_version_2_dump_still_loads_into_the_existing_tables.)
     let db = TestDb::new();
-    let before: Vec<_> = db
-        .fingerprint("bienestar")
-        .into_iter()
-        .filter(|(t, _)| t != "backups_backuprecord")
-        .collect();
+    let before = db.data("bienestar");
     db.backup(&["--tenant", "bienestar", "--format", "json"]);
     db.sql("DROP SCHEMA bienestar CASCADE");
     let out = restore(&db, &["--tenant", "bienestar", "--latest"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let after: Vec<_> = db
-        .fingerprint("bienestar")
-        .into_iter()
-        .filter(|(t, _)| t != "backups_backuprecord")
-        .collect();
-    assert_eq!(after, before);
+    assert_eq!(db.data("bienestar"), before);
 }
 
 #[test]
@@ -125,7 +109,7 @@ fn restore_keeps_every_history_row_the_dump_lacks_and_latest_ignores_future_rows
         let db = TestDb::new();
         let b = db.backup(&["--tenant", "bienestar", "--format", format]);
         let key = key_of(&b);
-        let backed_up = data(&db, "bienestar");
+        let backed_up = db.data("bienestar");
         // Rows the dump does not hold: one the application wrote with an old date, one from the
         // future (a clock gone wrong), one ordinary later backup.
         db.sql(
@@ -146,7 +130,7 @@ fn restore_keeps_every_history_row_the_dump_lacks_and_latest_ignores_future_rows
         let out = restore(&db, &["--tenant", "bienestar", "--latest"]);
         assert!(out.status.success(), "{format}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains(&key), "{format}: {}", text(&out.stdout));
-        assert_eq!(data(&db, "bienestar"), backed_up, "{format}");
+        assert_eq!(db.data("bienestar"), backed_up, "{format}");
         assert_eq!(history(&db, "bienestar"), before, "{format}: every history row is kept");
         assert_eq!(
             db.sql(

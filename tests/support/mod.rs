@@ -124,6 +124,11 @@ impl TestDb {
         fingerprint_via(|q| self.sql(q), schema)
     }
 
+    /// The fingerprint of the tenant's data: every table but its backup history.
+    pub fn data(&self, schema: &str) -> Vec<(String, String)> {
+        without_history(self.fingerprint(schema))
+    }
+
     /// Every index, constraint (with whether it is validated), index comment and cluster mark of
     /// `schema`, one per line, sorted: equal structures, equal strings.
     pub fn structure(&self, schema: &str) -> String {
@@ -497,6 +502,14 @@ pub fn fingerprint_via(sql: impl Fn(&str) -> String, schema: &str) -> Vec<(Strin
             );
             (t.to_string(), sql(&q))
         })
+        .collect()
+}
+
+/// A fingerprint without the backup history table (which a restore carries over, not restores).
+pub fn without_history(fingerprint: Vec<(String, String)>) -> Vec<(String, String)> {
+    fingerprint
+        .into_iter()
+        .filter(|(t, _)| t != "backups_backuprecord")
         .collect()
 }
 

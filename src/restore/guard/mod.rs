@@ -233,15 +233,9 @@ impl Names {
         }
         Ok(Arc::new(names))
     }
-}
 
-/// The scope of a dump of one schema, sharing the database's names.
-pub trait ForSchema {
-    fn scope(&self, schema: &str, lock_timeout_ms: u128) -> Scope;
-}
-
-impl ForSchema for Arc<Names> {
-    fn scope(&self, schema: &str, lock_timeout_ms: u128) -> Scope {
+    /// The scope of a dump of `schema`, sharing these names.
+    pub fn scope(self: &Arc<Self>, schema: &str, lock_timeout_ms: u128) -> Scope {
         Scope {
             schema: schema.to_string(),
             lock_timeout_ms,
