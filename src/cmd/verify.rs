@@ -15,6 +15,7 @@ use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
+use crate::restore::stage::Staged;
 use crate::restore::state::read_facts;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
 use crate::{out, outln};
@@ -99,10 +100,14 @@ async fn verify(
     )
     .await?;
     let sql = plan(&source, &Target::Scratch, &ctx.catalog, &facts, timeout, mark);
+    // Loaded into an empty staging schema inside a transaction that is rolled back, then dropped:
+    // the live schema is never touched.
+    let staged = Staged::create(session, &sql.staging, &ctx.dump, timeout).await?;
     let counts = match tools {
-        // A json backup is loaded as a restore would, in a transaction that is rolled back.
         None => {
-            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout)).await?;
+            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout))
+                .await?
+                .staged(&sql.staging);
             let opts = JsonRestore {
                 source_schema: &source.source_schema,
                 target: &Target::Scratch,
@@ -117,6 +122,7 @@ async fn verify(
             crate::jsonl::restore(session, open_decompressed(file.path(), &source, &shown)?, &opts)
                 .await
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
+                .0
         }
         Some(tools) => {
             through_psql(
@@ -125,7 +131,7 @@ async fn verify(
                 session,
                 file.path(),
                 &source,
-                sql,
+                &sql,
                 false,
                 watch,
                 &shown,
@@ -135,6 +141,7 @@ async fn verify(
             .counts
         }
     };
+    staged.discard().await?;
 
     let expected = source.manifest.as_ref().and_then(|m| m.row_counts.clone());
     let mut names: Vec<String> = counts.keys().cloned().collect();
