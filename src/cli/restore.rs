@@ -42,6 +42,10 @@ pub struct RestoreArgs {
     /// Drop the previous schema once the restore is committed, unless the application wrote to it meanwhile
     #[arg(long)]
     pub drop_previous: bool,
+    /// Connections that build the restored schema's keys, indexes and foreign keys at once, once
+    /// its rows are loaded (as pg_restore -j)
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long)]
     pub yes: bool,

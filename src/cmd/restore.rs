@@ -16,6 +16,7 @@ use crate::outln;
 use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
+use crate::restore::post;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::stage::{swap, Staged};
 use crate::restore::state::{read_facts, schema_exists};
@@ -227,6 +228,7 @@ async fn restore(
                 keep_previous_as: keep_previous,
                 lock_timeout,
                 reconnect: Some(&ctx.dump),
+                defer_post_data: true,
             };
             // On a connection of its own, as psql's is: the tool's session, which holds the
             // tenant's lock, is left for the swap whatever becomes of the load's.
@@ -236,10 +238,10 @@ async fn restore(
                 .await
                 .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
             match loaded {
-                Loaded::Staged => None,
+                Loaded::Staged(deferred) => Ok(deferred),
                 // Version 2 loads into the live tables, which it holds locked: nobody wrote
                 // meanwhile, and there is nothing to swap.
-                Loaded::InPlace => Some(keep_previous.map(str::to_string)),
+                Loaded::InPlace => Err(keep_previous.map(str::to_string)),
             }
         }
         Some(tools) => {
@@ -259,15 +261,24 @@ async fn restore(
             if let Some(note) = &ran.note {
                 tracing::warn!("{note}");
             }
-            None
+            Ok(ran.deferred)
         }
     };
     let (kept, wrote) = match loaded {
-        Some(kept) => {
+        Err(kept) => {
             staged.discard().await?;
             (kept, None)
         }
-        None => {
+        Ok(deferred) => {
+            // The keys, indexes and foreign keys, on --jobs connections at once: the staging
+            // schema is private until the swap.
+            if !deferred.is_empty() {
+                let jobs = usize::from(args.jobs);
+                let clients = post::connect(&ctx.dump, jobs, mark, lock_timeout).await?;
+                post::run(&clients, &deferred)
+                    .await
+                    .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
+            }
             swap(session, &sql, &ctx.dump).await?;
             staged.swapped();
             settle_previous(session, &target, kept, &writes, lock_timeout).await

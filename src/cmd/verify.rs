@@ -118,6 +118,7 @@ async fn verify(
                 keep_previous_as: None,
                 lock_timeout: timeout,
                 reconnect: None,
+                defer_post_data: false,
             };
             crate::jsonl::restore(session, open_decompressed(file.path(), &source, &shown)?, &opts)
                 .await

@@ -29,6 +29,7 @@ use crate::pg::connect::describe_pg_error_without_data;
 use crate::pg::sql::{literal, qualified, quote_ident};
 use crate::pg::target::DbTarget;
 use crate::restore::guard::Scope;
+use crate::restore::post::Deferred;
 use crate::restore::{Plan, Target};
 
 /// What a json restore should do around the load.
@@ -52,6 +53,9 @@ pub struct JsonRestore<'a> {
     pub lock_timeout: Duration,
     /// Where to ask, on a fresh connection, whether a COMMIT whose answer was lost went through.
     pub reconnect: Option<&'a DbTarget>,
+    /// Version 3: hold the structure's last part back (checked and aimed) for the caller to build
+    /// in parallel once the rows are committed, instead of building it in the load's transaction.
+    pub defer_post_data: bool,
 }
 
 impl JsonRestore<'_> {
@@ -61,10 +65,12 @@ impl JsonRestore<'_> {
 }
 
 /// Where a json dump was loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Loaded {
-    /// Into the staging schema (the plan's), committed: the caller swaps it in.
-    Staged,
+    /// Into the staging schema (the plan's), committed: the caller builds what is held back
+    /// (keys, indexes, foreign keys, triggers…, with [`JsonRestore::defer_post_data`]) and swaps
+    /// it in.
+    Staged(Vec<Deferred>),
     /// Into the tenant's existing tables (format version 2, or a structure that does not carry
     /// every object), committed: there is nothing to swap.
     InPlace,
@@ -115,13 +121,15 @@ pub async fn restore(
         .first()
         .map(|r| r.get(0))
         .unwrap_or(0);
-    let loaded = match structure {
-        Some(_) => Loaded::Staged,
-        None => Loaded::InPlace,
-    };
+    let mut deferred = Vec::new();
+    let staged = structure.is_some();
     let result = match &structure {
-        Some(structure) => load_new(client, &header, structure, rx, opts).await,
+        Some(structure) => load_new(client, &header, structure, rx, opts, &mut deferred).await,
         None => load_existing(client, &header, rx, opts).await,
+    };
+    let loaded = match staged {
+        true => Loaded::Staged(deferred),
+        false => Loaded::InPlace,
     };
     let result = match reader.await {
         Ok(()) => result,
@@ -326,6 +334,7 @@ async fn load_new(
     structure: &Structure,
     rx: mpsc::Receiver<Result<Event>>,
     opts: &JsonRestore<'_>,
+    deferred: &mut Vec<Deferred>,
 ) -> Result<BTreeMap<String, u64>> {
     let schema = opts.scope.schema.as_str();
     structure.create_pre_data(client, opts.scope).await?;
@@ -348,7 +357,11 @@ async fn load_new(
         .await
         .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
         .context("checking the rows' constraints")?;
-    structure.create_post_data(client, opts.scope).await?;
+    if opts.defer_post_data && !opts.verify_only() {
+        *deferred = held_back(structure, opts.scope)?;
+    } else {
+        structure.create_post_data(client, opts.scope).await?;
+    }
     if !opts.verify_only() {
         let epilogue = &opts.plan.epilogue;
         let body = epilogue.strip_suffix("COMMIT;\n").unwrap_or(epilogue);
@@ -359,6 +372,22 @@ async fn load_new(
             .context("putting the restored schema in place and carrying the history over")?;
     }
     Ok(counts)
+}
+
+/// The structure's last part, each statement checked and aimed as it would be when run.
+fn held_back(structure: &Structure, scope: &Scope) -> Result<Vec<Deferred>> {
+    let mut own_first = false;
+    let mut out = Vec::new();
+    for d in &structure.post_data {
+        let checked = crate::restore::guard::single(&d.sql, scope, &mut own_first).map_err(|why| {
+            anyhow::anyhow!(
+                "the backup's structure is refused at {}: {why} (the object is not what tenant-backup writes; nothing was changed)",
+                d.object
+            )
+        })?;
+        out.extend(checked.map(Deferred::new));
+    }
+    Ok(out)
 }
 
 /// Every table and column of the dump's header that `live` lacks.

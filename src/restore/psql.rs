@@ -38,6 +38,9 @@ pub struct PsqlJob {
     pub scope: Scope,
     /// Where the check and the restore show how far they are.
     pub progress: Shown,
+    /// Hold the dump's last part (indexes, keys, what follows them) back from psql, for the
+    /// caller to build in parallel once the rows are committed ([`crate::restore::post`]).
+    pub defer_post_data: bool,
 }
 
 /// How psql ended. Whether anything committed is for the caller to find out when psql failed.
@@ -312,11 +315,11 @@ fn feed(stdin: &mut impl Write, dump: &mut Dump, prologue: &str, epilogue: &str)
         Ok(sql) => sql,
         Err(e) => return (Checked::default(), Err(e)),
     };
-    let (checked, streamed) = guard::stream(
-        BufReader::with_capacity(256 * 1024, sql.reader),
-        &job.scope,
-        &mut *stdin,
-    );
+    let input = BufReader::with_capacity(256 * 1024, sql.reader);
+    let (checked, streamed) = match job.defer_post_data {
+        true => guard::stream_deferring(input, &job.scope, &mut *stdin),
+        false => guard::stream(input, &job.scope, &mut *stdin),
+    };
     let nothing = "the transaction was rolled back, nothing was committed";
     let outcome = match streamed {
         Ok(()) => Ok(()),

@@ -15,6 +15,8 @@ use crate::pg::target::DbTarget;
 /// A restore (or verify) that went through.
 pub struct Ran {
     pub counts: Counts,
+    /// The dump's last part, held back to be built in parallel (see [`super::post`]).
+    pub deferred: Vec<super::post::Deferred>,
     /// Said when the outcome had to be asked of the server.
     pub note: Option<String>,
 }
@@ -32,10 +34,12 @@ pub async fn execute(job: PsqlJob, session: &DbTarget, commits: bool, watch: &Wa
     let run = crate::stop::blocking(move || run_psql(&job))
         .await
         .context("the restore task panicked");
-    let run: PsqlRun = run??;
+    let mut run: PsqlRun = run??;
+    let deferred = std::mem::take(&mut run.checked.deferred);
     if run.success {
         return Ok(Ran {
             counts: run.counts(&mark),
+            deferred,
             note: None,
         });
     }
@@ -45,6 +49,7 @@ pub async fn execute(job: PsqlJob, session: &DbTarget, commits: bool, watch: &Wa
                 Ok(Some(true)) => {
                     return Ok(Ran {
                         counts: Counts::new(),
+                        deferred,
                         note: Some(format!(
                             "psql lost its connection after COMMIT was sent; the server says transaction {xid} committed, so the restore is done"
                         )),
@@ -194,6 +199,7 @@ pub async fn through_psql(
         plan,
         scope,
         progress: progress.clone(),
+        defer_post_data: commits,
     };
     execute(job, session, commits, watch).await
 }

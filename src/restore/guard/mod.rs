@@ -33,6 +33,8 @@ use tokio_postgres::Client;
 pub use lexer::Verdict;
 use lexer::{Lexer, Meta, Sink};
 
+use crate::restore::post::{Deferred, Kind};
+
 /// What a statement is checked in: the scope, and where the search path stands.
 pub(crate) struct Ctx<'a> {
     pub scope: &'a Scope,
@@ -300,6 +302,9 @@ pub struct Checked {
     pub lines: u64,
     /// Each COPY: the line its data follows, and its table (to name a failing row's line).
     pub copies: Vec<(u64, String)>,
+    /// The last part of the dump, held back from psql ([`stream_deferring`]): checked, aimed,
+    /// in order.
+    pub deferred: Vec<Deferred>,
 }
 
 impl Checked {
@@ -383,7 +388,7 @@ impl Read for Pieces {
 
 /// Reads the whole dump and checks every statement. Nothing is executed.
 pub fn check(input: impl Read, scope: &Scope) -> Result<Checked, CheckError> {
-    let (checked, outcome) = run(input, scope, None);
+    let (checked, outcome) = run(input, scope, None, None);
     outcome.map(|()| checked)
 }
 
@@ -392,10 +397,32 @@ pub fn check(input: impl Read, scope: &Scope) -> Result<Checked, CheckError> {
 /// dump's lines in psql's errors); the outcome says whether the whole dump passed and was written.
 /// A dump without its closing line passes here: `complete` says so, and the caller must not commit.
 pub fn stream(input: impl Read, scope: &Scope, out: &mut dyn Write) -> (Checked, Result<(), CheckError>) {
-    run(input, scope, Some(out))
+    run(input, scope, Some(out), None)
 }
 
-fn run(mut input: impl Read, scope: &Scope, out: Option<&mut dyn Write>) -> (Checked, Result<(), CheckError>) {
+/// [`stream`], holding back the dump's last part — from the first index, key or foreign key after
+/// its data, everything — for the caller to build in parallel once psql has committed the rows
+/// (`Checked::deferred`). Should a COPY come after that point (pg_dump never writes one there), what
+/// was held back is sent to psql first, in its place, and nothing more is held back.
+pub fn stream_deferring(input: impl Read, scope: &Scope, out: &mut dyn Write) -> (Checked, Result<(), CheckError>) {
+    run(input, scope, Some(out), Some(Deferring::default()))
+}
+
+/// Where the holding back of the last part stands.
+#[derive(Default)]
+struct Deferring {
+    seen_copy: bool,
+    active: bool,
+    /// A COPY came after the last part began: nothing more is held back.
+    over: bool,
+}
+
+fn run(
+    mut input: impl Read,
+    scope: &Scope,
+    out: Option<&mut dyn Write>,
+    defer: Option<Deferring>,
+) -> (Checked, Result<(), CheckError>) {
     let mut lexer = Lexer::default();
     let mut checker = Checker {
         scope,
@@ -404,6 +431,7 @@ fn run(mut input: impl Read, scope: &Scope, out: Option<&mut dyn Write>) -> (Che
         unrestricted: false,
         checked: Checked::default(),
         out,
+        defer,
     };
     let mut buf = vec![0u8; 256 * 1024];
     let outcome = loop {
@@ -452,6 +480,44 @@ struct Checker<'s, 'o> {
     checked: Checked,
     /// Where what passed is written (psql), if anywhere.
     out: Option<&'o mut dyn Write>,
+    defer: Option<Deferring>,
+}
+
+impl Checker<'_, '_> {
+    /// The verdict for psql once the last part is held back: `Blank` for a statement kept for
+    /// later; a COPY after the last part began sends what was kept first.
+    fn hold_back(&mut self, text: &str, verdict: Verdict, kind: Kind) -> Result<Verdict, Stop> {
+        let Some(d) = self.defer.as_mut() else {
+            return Ok(verdict);
+        };
+        if matches!(verdict, Verdict::CopyIn | Verdict::CopyInRewritten(_)) {
+            d.seen_copy = true;
+            if d.active {
+                d.active = false;
+                d.over = true;
+                let kept = std::mem::take(&mut self.checked.deferred);
+                if let Some(out) = self.out.as_mut() {
+                    for s in kept {
+                        out.write_all(s.sql.as_bytes()).map_err(Stop::Write)?;
+                        out.write_all(b"\n").map_err(Stop::Write)?;
+                    }
+                }
+            }
+            return Ok(verdict);
+        }
+        let starts = d.seen_copy && !d.over && matches!(kind, Kind::Index | Kind::ForeignKey);
+        if !(d.active || starts) {
+            return Ok(verdict);
+        }
+        let sql = match verdict {
+            Verdict::Forward => text.trim().to_string(),
+            Verdict::Rewritten(t) | Verdict::Replace(t) => t.trim().to_string(),
+            other => return Ok(other),
+        };
+        d.active = true;
+        self.checked.deferred.push(Deferred { sql, kind });
+        Ok(Verdict::Blank)
+    }
 }
 
 impl Sink for Checker<'_, '_> {
@@ -468,7 +534,7 @@ impl Sink for Checker<'_, '_> {
         if matches!(checked.verdict, Verdict::CopyIn | Verdict::CopyInRewritten(_)) {
             self.checked.copies.push((last_line, checked.copy_table));
         }
-        Ok(checked.verdict)
+        self.hold_back(text, checked.verdict, checked.kind)
     }
 
     fn meta(&mut self, meta: Meta, line: u64) -> Result<(), Stop> {
@@ -513,6 +579,8 @@ const DEEP_TOKENS: usize = 200;
 struct Examined {
     verdict: Verdict,
     copy_table: String,
+    /// What the statement is, for the last part's order ([`crate::restore::post`]).
+    kind: Kind,
 }
 
 /// Checks one statement's text (which psql would send as one): its size, then its parse tree
@@ -558,6 +626,7 @@ fn examine_tree(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Exami
     let parsed = pg_query::parse(text, 0).map_err(|e| format!("not valid SQL ({e})"))?;
     let stmts = &parsed.protobuf.stmts;
     let mut verdict = Verdict::Forward;
+    let mut kind = Kind::Other;
     for raw in stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
             continue;
@@ -574,6 +643,7 @@ fn examine_tree(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Exami
             text: &text[start..end],
         };
         let v = rules::check(&json, &mut ctx)?;
+        kind = crate::restore::post::kind_of(&json);
         if v != Verdict::Forward && stmts.len() > 1 {
             return Err("several statements in one, which psql would send together".into());
         }
@@ -584,7 +654,11 @@ fn examine_tree(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Exami
     } else {
         String::new()
     };
-    Ok(Examined { verdict, copy_table })
+    Ok(Examined {
+        verdict,
+        copy_table,
+        kind,
+    })
 }
 
 /// Checks one statement the tool sends itself (a json backup's structure), never through psql:

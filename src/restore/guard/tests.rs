@@ -377,3 +377,28 @@ fn a_dump_aimed_at_a_staging_schema_creates_everything_there_and_nothing_in_the_
         assert!(matches!(outcome, Err(CheckError::Refused(_))), "{hostile}");
     }
 }
+
+#[test]
+fn the_last_part_is_held_back_in_order_and_a_copy_after_it_gets_it_first() {
+    let staged = scope().staged("st");
+    let mut out = Vec::new();
+    let (checked, outcome) = stream_deferring(DUMP.as_bytes(), &staged, &mut out);
+    outcome.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out.lines().count(), DUMP.lines().count(), "line numbers are kept");
+    let held: Vec<&str> = checked.deferred.iter().map(|d| d.sql.as_str()).collect();
+    assert_eq!(held, ["CREATE INDEX t_name ON \"st\".t USING btree (name);"]);
+    assert!(!out.contains("CREATE INDEX") && out.contains("COPY \"st\".t"));
+    // Not pg_dump's order: a COPY after the last part began gets what was held back first.
+    let odd = DUMP.replace(
+        "\n\\unrestrict",
+        "COPY bienestar.t (id, name, note) FROM stdin;\n3\tBea\t\\N\n\\.\n\n\\unrestrict",
+    );
+    let mut out = Vec::new();
+    let (checked, outcome) = stream_deferring(odd.as_bytes(), &staged, &mut out);
+    outcome.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(checked.deferred.is_empty());
+    let index = out.find("CREATE INDEX").expect("sent to psql");
+    assert!(index < out.rfind("COPY \"st\".t").unwrap(), "{out}");
+}
