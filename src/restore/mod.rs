@@ -20,6 +20,7 @@ pub mod access;
 pub mod child;
 pub mod errors;
 pub mod guard;
+pub mod loader;
 pub mod psql;
 pub mod run;
 pub mod script;
