@@ -1,5 +1,6 @@
 //! The second wall of a restore: the load runs in LOGIN sessions of a role of its own,
-//! `tenant_backup_loader`, that can create and write only inside the staging schema.
+//! `tenant_backup_loader_<database>` ([`loader_role`]), that can create and write only inside the
+//! staging schema.
 //!
 //! `SET ROLE` is no wall (the dump, or a trigger it plants, can `RESET ROLE`). A session whose
 //! session user *is* the loader can never become anyone else, so the loader logs in itself: for
@@ -17,7 +18,8 @@
 //! (`DROP OWNED`: default privileges, large objects, anything not handed over) and resets any
 //! setting it gave itself (`ALTER ROLE … SET`).
 //!
-//! One role serves every restore of a database, one load at a time: [`Loader::open`] takes an
+//! One role serves every restore of a database (each database has its own: a role's password is
+//! the cluster's), one load at a time: [`Loader::open`] takes an
 //! advisory lock that the session holds until it is closed, so no load can reach another's
 //! staging schema (both would be the loader's) and `DROP OWNED` / `REASSIGN OWNED` touch only the
 //! current restore's objects (and a crashed restore's leftovers). Everything else a restore does
@@ -39,8 +41,25 @@ use crate::pg::lock::lock_key;
 use crate::pg::sql::{literal, quote_ident, QualifiedName};
 use crate::pg::target::DbTarget;
 
-/// The loader role's name.
-pub const LOADER_ROLE: &str = "tenant_backup_loader";
+/// The loader roles' names begin so; the rest names the database ([`loader_role`]).
+pub const LOADER_PREFIX: &str = "tenant_backup_loader";
+
+/// The loader role of `database`: `tenant_backup_loader_<database>` (or a hash of a name that
+/// does not fit, or needs quoting). One role per database, because a role and its one password
+/// are the cluster's: restores into two databases of one server (several applications on one
+/// cluster, every parallel test) would otherwise overwrite each other's login.
+pub fn loader_role(database: &str) -> String {
+    let plain = !database.is_empty()
+        && database.len() <= 63 - LOADER_PREFIX.len() - 1
+        && database
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        format!("{LOADER_PREFIX}_{database}")
+    } else {
+        format!("{LOADER_PREFIX}_{:016x}", lock_key(database) as u64)
+    }
+}
 
 /// How long a password given to the loader is valid: enough to open the load's connections.
 /// Sessions already open are not ended by the expiry; a crashed restore's login is.
@@ -58,6 +77,8 @@ fn bootstrap_lock() -> i64 {
 /// What the tool's connection is and can do about the loader role, read from the catalog.
 #[derive(Debug, Clone)]
 pub struct Readiness {
+    /// The loader role of this database ([`loader_role`]).
+    pub role_name: String,
     pub admin: String,
     pub admin_superuser: bool,
     pub admin_createrole: bool,
@@ -83,14 +104,16 @@ impl Readiness {
         let row = admin
             .query_one(
                 "SELECT current_user::text, r.rolsuper, r.rolcreaterole, \
-                        current_setting('server_version_num')::int / 10000 \
+                        current_setting('server_version_num')::int / 10000, current_database()::text \
                  FROM pg_roles r WHERE r.rolname = current_user",
                 &[],
             )
             .await
             .map_err(pg_context("reading the tool's role"))?;
         let server_major: i32 = row.get(3);
+        let database: String = row.get(4);
         let mut readiness = Readiness {
+            role_name: loader_role(&database),
             admin: row.get(0),
             admin_superuser: row.get(1),
             admin_createrole: row.get(2),
@@ -106,7 +129,7 @@ impl Readiness {
                         pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION'), \
                         ARRAY(SELECT m.roleid::regrole::text FROM pg_auth_members m WHERE m.member = r.oid ORDER BY 1) \
                  FROM pg_roles r WHERE rolname = $1",
-                &[&LOADER_ROLE],
+                &[&readiness.role_name],
             )
             .await
             .map_err(pg_context("reading the loader role"))?;
@@ -140,18 +163,19 @@ impl Readiness {
     /// What is wrong, one phrase each; empty when a restore can use the loader.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let role_name = &self.role_name;
         match &self.role {
-            None => out.push(format!("the role {LOADER_ROLE} does not exist")),
+            None => out.push(format!("the role {role_name} does not exist")),
             Some(r) => {
                 if !r.wrong_attributes.is_empty() {
                     out.push(format!(
-                        "{LOADER_ROLE} has {} (it must have none of them)",
+                        "{role_name} has {} (it must have none of them)",
                         r.wrong_attributes.join(", ")
                     ));
                 }
                 if !r.member_of.is_empty() {
                     out.push(format!(
-                        "{LOADER_ROLE} is a member of {} (it must be a member of no role)",
+                        "{role_name} is a member of {} (it must be a member of no role)",
                         r.member_of.join(", ")
                     ));
                 }
@@ -159,14 +183,14 @@ impl Readiness {
         }
         if !self.can_manage() {
             out.push(format!(
-                "{} cannot set {LOADER_ROLE}'s password (it needs CREATEROLE{})",
+                "{} cannot set {role_name}'s password (it needs CREATEROLE{})",
                 self.admin,
                 if self.server_major >= 16 { " and ADMIN OPTION on the role" } else { "" }
             ));
         }
         if self.role.is_some() && !self.admin_superuser && !self.admin_member {
             out.push(format!(
-                "{} is not a member of {LOADER_ROLE} (it must be, to create the staging schema for it and take the restored objects back)",
+                "{} is not a member of {role_name} (it must be, to create the staging schema for it and take the restored objects back)",
                 self.admin
             ));
         }
@@ -181,7 +205,7 @@ impl Readiness {
     /// The one-time SQL for a superuser (or the provider's console) that makes the setup right.
     pub fn one_time_sql(&self) -> String {
         let admin = quote_ident(&self.admin);
-        let role = quote_ident(LOADER_ROLE);
+        let role = quote_ident(&self.role_name);
         let mut sql = Vec::new();
         match &self.role {
             None => sql.push(format!("CREATE ROLE {role} NOLOGIN NOINHERIT;")),
@@ -230,17 +254,16 @@ impl Loader {
         }
         let problems = ready.problems();
         if !problems.is_empty() {
+            let role = &ready.role_name;
             return Err(crate::usage!(
-                "restores load as the role {LOADER_ROLE}, which is not ready: {}. Nothing was touched. \
+                "restores into this database load as the role {role}, which is not ready: {}. Nothing was touched. \
                  Run this once as a superuser (on Supabase, Neon or Render: in the provider's SQL console as the \
                  database owner), then retry (see docs/restore.md, \"The loader role\"):\n\n{}\n",
                 problems.join("; "),
                 ready.one_time_sql()
             ));
         }
-        Ok(Loader {
-            role: LOADER_ROLE.to_string(),
-        })
+        Ok(Loader { role: ready.role_name })
     }
 
     pub fn role(&self) -> &str {
@@ -263,7 +286,7 @@ impl Loader {
         wait: Duration,
     ) -> Result<LoaderSession> {
         let keeper = admin_target.connect().await.context("connecting to manage the loader role")?;
-        wait_for_lock(&keeper, wait).await?;
+        wait_for_lock(&keeper, &self.role, wait).await?;
         let mut session = LoaderSession {
             keeper: Some(keeper),
             role: self.role.clone(),
@@ -309,7 +332,7 @@ pub async fn references_of(admin: &Client, schema: &str) -> Result<Vec<Qualified
 }
 
 async fn bootstrap(admin: &Client, ready: &Readiness) -> Result<()> {
-    let role = quote_ident(LOADER_ROLE);
+    let role = quote_ident(&ready.role_name);
     let key = bootstrap_lock();
     let tx = format!(
         "BEGIN; SELECT pg_advisory_xact_lock({key}); \
@@ -318,7 +341,7 @@ async fn bootstrap(admin: &Client, ready: &Readiness) -> Result<()> {
              CREATE ROLE {role} NOLOGIN NOINHERIT; \
            END IF; \
          END $do$; {grant} COMMIT;",
-        name = literal(LOADER_ROLE),
+        name = literal(&ready.role_name),
         // A superuser has every role's privileges already; anyone else takes the loader's (on
         // PostgreSQL 16, the creator holds ADMIN OPTION on it and may grant it to itself).
         grant = if ready.admin_superuser {
@@ -329,13 +352,16 @@ async fn bootstrap(admin: &Client, ready: &Readiness) -> Result<()> {
     );
     if let Err(e) = admin.batch_execute(&tx).await {
         let _ = admin.batch_execute("ROLLBACK").await;
-        return Err(pg_context(format!("creating the role {LOADER_ROLE}"))(e));
+        return Err(pg_context(format!("creating the role {}", ready.role_name))(e));
     }
-    tracing::info!("created the role {LOADER_ROLE} (NOLOGIN NOINHERIT), which restores load as");
+    tracing::info!(
+        "created the role {} (NOLOGIN NOINHERIT), which restores into this database load as",
+        ready.role_name
+    );
     Ok(())
 }
 
-async fn wait_for_lock(keeper: &Client, wait: Duration) -> Result<()> {
+async fn wait_for_lock(keeper: &Client, role: &str, wait: Duration) -> Result<()> {
     let deadline = Instant::now().checked_add(wait);
     loop {
         let row = keeper
@@ -347,7 +373,7 @@ async fn wait_for_lock(keeper: &Client, wait: Duration) -> Result<()> {
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             anyhow::bail!(
-                "another restore of this database is loading (one load at a time runs as {LOADER_ROLE}); waited {}s: raise --lock-timeout to wait longer",
+                "another restore of this database is loading (one load at a time runs as {role}); waited {}s: raise --lock-timeout to wait longer",
                 wait.as_secs()
             );
         }
@@ -440,9 +466,9 @@ impl LoaderSession {
             return Err(crate::usage!(
                 "{} could reach beyond its staging schema, so it would be no wall: {}. Nothing was restored. \
                  Revoke those privileges from PUBLIC (or from {}), then retry",
-                LOADER_ROLE,
+                self.role,
                 reach.join("; "),
-                LOADER_ROLE
+                self.role
             ));
         }
         Ok(())
@@ -621,7 +647,8 @@ pub async fn reach_outside(keeper: &Client, role: &str, staging: &str, grants: &
         .collect();
     let rows = keeper
         .query(
-            "WITH me AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
+            "WITH me AS (SELECT oid FROM pg_roles WHERE rolname = $1), \
+                  granted AS (SELECT coalesce(array_agg(to_regclass(t)::oid), '{}') AS oids FROM unnest($3::text[]) t) \
              SELECT 'CREATE on the database' FROM me WHERE has_database_privilege(me.oid, current_database(), 'CREATE') \
              UNION ALL \
              SELECT * FROM (SELECT format('CREATE on schema %I', n.nspname) FROM pg_namespace n, me \
@@ -633,15 +660,15 @@ pub async fn reach_outside(keeper: &Client, role: &str, staging: &str, grants: &
                                  CASE WHEN has_table_privilege(me.oid, c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE') THEN 'writes' END, \
                                  CASE WHEN has_table_privilege(me.oid, c.oid, 'TRIGGER') THEN 'TRIGGER' END, \
                                  CASE WHEN has_table_privilege(me.oid, c.oid, 'REFERENCES') \
-                                       AND NOT (format('%I.%I', n.nspname, c.relname) = ANY($3)) THEN 'REFERENCES' END), \
+                                       AND NOT c.oid = ANY(granted.oids) THEN 'REFERENCES' END), \
                  format('%I.%I', n.nspname, c.relname)) \
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, me \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, me, granted \
                WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relowner <> me.oid \
                  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname <> $2 \
                  AND has_schema_privilege(me.oid, n.oid, 'USAGE') \
                  AND (has_table_privilege(me.oid, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,TRIGGER') \
                       OR has_table_privilege(me.oid, c.oid, 'REFERENCES') \
-                         AND NOT (format('%I.%I', n.nspname, c.relname) = ANY($3))) \
+                         AND NOT c.oid = ANY(granted.oids)) \
                ORDER BY 1 LIMIT 5) t",
             &[&role, &staging, &granted],
         )
