@@ -236,6 +236,75 @@ impl Readiness {
     }
 }
 
+/// `doctor`'s check: whether restores into this database can load as the loader role (or the
+/// first one will create it), and the one-time SQL when not. `tenant_schemas` are the live
+/// schemas whose owners the restored objects go to.
+pub async fn doctor(admin: &Client, tenant_schemas: &[String]) -> (bool, String) {
+    let ready = match Readiness::read(admin).await {
+        Ok(r) => r,
+        Err(e) => return (false, format!("{e:#}")),
+    };
+    let role = &ready.role_name;
+    let mut problems = if ready.can_bootstrap() {
+        Vec::new()
+    } else {
+        ready.problems()
+    };
+    let owners = admin
+        .query(
+            "SELECT DISTINCT nspowner::regrole::text FROM pg_namespace \
+             WHERE nspname = ANY($1) AND NOT pg_has_role(current_user, nspowner, 'USAGE') ORDER BY 1",
+            &[&tenant_schemas],
+        )
+        .await;
+    match owners {
+        Ok(rows) if !rows.is_empty() => problems.push(format!(
+            "{} cannot give restored objects to {} (the owner of tenant schemas; it must be a member of that role)",
+            ready.admin,
+            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("cannot read the tenant schemas' owners: {e}")),
+    }
+    if ready.role.is_some() && problems.is_empty() {
+        match reach_outside(admin, role, "", &Grants::default()).await {
+            Ok(reach) if !reach.is_empty() => problems.push(format!(
+                "{role} could reach beyond a staging schema: {} (revoke those privileges from PUBLIC or from {role})",
+                reach.join("; ")
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    if !problems.is_empty() {
+        let sql = ready.one_time_sql();
+        let fix = if sql.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; run this once as a superuser (on Supabase, Neon or Render: in the provider's SQL console as the database owner):\n{sql}"
+            )
+        };
+        return (false, format!("{}{fix}", problems.join("; ")));
+    }
+    if ready.role.is_none() {
+        return (
+            true,
+            format!(
+                "{role} does not exist yet: the first restore creates it ({} may create roles); restores load as it",
+                ready.admin
+            ),
+        );
+    }
+    (
+        true,
+        format!(
+            "restores load as {role} (no attributes, a member of no role, reaching nothing outside its staging schema); {} sets its login per restore",
+            ready.admin
+        ),
+    )
+}
+
 /// The loader role, present and manageable by the tool's connection.
 #[derive(Debug, Clone)]
 pub struct Loader {

@@ -398,10 +398,9 @@ fn the_second_wall_holds(kind: Admin) {
     // Nothing outside the staging schema changed; the application's session lives; no file.
     let after = outside(&db, &staging, &roles);
     if before != after {
-        let b: Vec<&str> = before.lines().collect();
-        let a: Vec<&str> = after.lines().collect();
-        let gone: Vec<_> = b.iter().filter(|l| !a.contains(l)).collect();
-        let new: Vec<_> = a.iter().filter(|l| !b.contains(l)).collect();
+        let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+        let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+        let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
         panic!("{kind:?}: outside the staging schema, gone: {gone:#?}\nnew: {new:#?}");
     }
     assert_eq!(app.pid(), pid, "the application's session was ended");
@@ -434,4 +433,79 @@ fn the_loader_holds_the_hostile_corpus_when_the_tool_is_a_superuser() {
 #[test]
 fn the_loader_holds_the_hostile_corpus_when_the_tool_is_the_database_owner() {
     the_second_wall_holds(Admin::Owner);
+}
+
+/// doctor's line for the loader role: the output's line that starts with its check name.
+fn doctor_loader_line(db: &TestDb, url: &str) -> (Option<i32>, String) {
+    let out = db.cmd().env("DATABASE_URL", url).args(["doctor"]).output().unwrap();
+    assert_no_secret(&out);
+    let stdout = text(&out.stdout);
+    let at = stdout
+        .find("loader role")
+        .unwrap_or_else(|| panic!("no loader role check in:\n{stdout}{}", text(&out.stderr)));
+    let start = stdout[..at].rfind('\n').map_or(0, |i| i + 1);
+    // The detail may go on over lines (the SQL), up to the next check.
+    let rest = &stdout[start..];
+    let end = rest[1..]
+        .find("\nok  ")
+        .into_iter()
+        .chain(rest[1..].find("\nFAIL"))
+        .min()
+        .map_or(rest.len(), |i| i + 1);
+    (out.status.code(), rest[..end].to_string())
+}
+
+#[test]
+fn doctor_checks_the_loader_role_and_prints_the_one_time_sql() {
+    let db = TestDb::new();
+    let loader = loader_role(&db.name);
+    let owner = make_owner(&db);
+    let owner_url = url_as(&db, &owner, OWNER_PASSWORD);
+
+    // The managed case before the one-time SQL: the check fails and says what to run.
+    let (code, line) = doctor_loader_line(&db, &owner_url);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.starts_with("FAIL loader role"), "{line}");
+    let sql = [
+        format!("CREATE ROLE {} NOLOGIN NOINHERIT;", quote(&loader)),
+        format!("ALTER ROLE {} CREATEROLE;", quote(&owner)),
+        format!("GRANT {} TO {};", quote(&loader), quote(&owner)),
+    ];
+    for needle in &sql {
+        assert!(line.contains(needle.as_str()), "{needle:?} missing from:\n{line}");
+    }
+    // A superuser: the first restore will create the role.
+    let (_, line) = doctor_loader_line(&db, &db.url());
+    assert!(line.starts_with("ok   loader role") && line.contains("does not exist yet"), "{line}");
+
+    // The one-time SQL, run as a superuser, is all the owner needs.
+    db.sql(&sql.join("\n"));
+    let (_, line) = doctor_loader_line(&db, &owner_url);
+    assert!(line.starts_with("ok   loader role") && line.contains(&format!("restores load as {loader}")), "{line}");
+
+    // A database that lets PUBLIC create in a schema (PostgreSQL 14 and older did, for public):
+    // the loader would be no wall; doctor says so and a load refuses to start, exit 2.
+    db.sql("GRANT CREATE ON SCHEMA public TO PUBLIC");
+    let (code, line) = doctor_loader_line(&db, &owner_url);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.contains("CREATE on schema public"), "{line}");
+    let target = DbTarget::parse(&owner_url, "the test's URL").unwrap();
+    let rt = runtime();
+    let admin = rt.block_on(target.connect()).unwrap();
+    let handle = rt.block_on(Loader::ensure(&admin)).unwrap();
+    let err = rt
+        .block_on(handle.open(&target, "bienestar__restore_1", &Grants::default(), Duration::from_secs(5)))
+        .err()
+        .expect("a load must not start when the loader can reach public");
+    assert!(tenant_backup::error::is_usage(&err), "{err:#}");
+    assert!(format!("{err:#}").contains("CREATE on schema public"), "{err:#}");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'bienestar__restore_1'"),
+        "0",
+        "the refused load left its staging schema"
+    );
+    assert_eq!(
+        db.sql(&format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{loader}'")),
+        "f"
+    );
 }
