@@ -451,7 +451,10 @@ async fn wait_for_lock(keeper: &Client, role: &str, wait: Duration) -> Result<()
 }
 
 /// One restore's use of the loader role, from [`Loader::open`] to [`LoaderSession::close`].
-/// Dropped without `close`, it closes itself in the background (and the process waits for it).
+/// Dropped without `close` inside the runtime, it closes itself in the background (and the process
+/// waits for it, `stop::defer`); dropped outside one, or when the process dies, its connection goes
+/// and with it the load lock, the password expires within [`LOGIN_VALID_FOR`], and the next
+/// [`Loader::open`] clears the rest.
 pub struct LoaderSession {
     keeper: Option<Client>,
     role: String,

@@ -509,3 +509,72 @@ fn doctor_checks_the_loader_role_and_prints_the_one_time_sql() {
         "f"
     );
 }
+
+#[test]
+fn the_login_window_serves_the_load_only_and_one_load_runs_at_a_time() {
+    let db = TestDb::new();
+    let loader = loader_role(&db.name);
+    let target = DbTarget::parse(&db.url(), "the test's URL").unwrap();
+    let rt = runtime();
+    let admin = rt.block_on(target.connect()).unwrap();
+    let handle = rt.block_on(Loader::ensure(&admin)).unwrap();
+    let grants = Grants::default();
+    let mut session = rt
+        .block_on(handle.open(&target, "bienestar__restore_1", &grants, Duration::from_secs(5)))
+        .unwrap();
+
+    // A psql child connects on its own; once it is in, the window closes and it goes on.
+    let loader_target = session.target().unwrap().clone();
+    let mut child = Command::new(cluster().bin("psql"))
+        .env_clear()
+        .envs(loader_target.libpq_env())
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg("SELECT pg_sleep(1); CREATE TABLE \"bienestar__restore_1\".t AS SELECT 1 AS one")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let driver = rt.block_on(session.connect()).unwrap();
+    rt.block_on(session.wait_for_logins(2, Duration::from_secs(10))).unwrap();
+    rt.block_on(session.seal()).unwrap();
+    assert_eq!(
+        db.sql(&format!("SELECT rolcanlogin::text || coalesce(rolvaliduntil::text, '') FROM pg_roles WHERE rolname = '{loader}'")),
+        "false-infinity"
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the psql that was in before the seal failed");
+    rt.block_on(driver.batch_execute("INSERT INTO \"bienestar__restore_1\".t VALUES (2)"))
+        .unwrap();
+    let out = psql_as(&loader_target, &["-c", "SELECT 1"]);
+    assert!(!out.status.success(), "a new loader session started after the seal");
+
+    // A second load of the same database waits for the first, and gives up after its wait.
+    let second = rt.block_on(handle.open(&target, "mindcare__restore_1", &grants, Duration::from_secs(1)));
+    let err = second.err().expect("two loads at once in one database");
+    assert!(format!("{err:#}").contains("another restore of this database is loading"), "{err:#}");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'mindcare__restore_1'"),
+        "0"
+    );
+
+    // Dropped without close (an error path): closed all the same, before the process ends.
+    drop(driver);
+    assert!(rt.block_on(async move {
+        drop(session);
+        tenant_backup::stop::finish_deferred().await
+    }));
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'bienestar__restore_1') || ',' || \
+                    (SELECT count(*) FROM pg_stat_activity WHERE usename = '{loader}') || ',' || \
+                    (SELECT rolcanlogin FROM pg_roles WHERE rolname = '{loader}')"
+        )),
+        "0,0,false",
+        "a dropped session leaves its staging schema, a session or the login behind"
+    );
+    // And the next load may start.
+    let next = rt
+        .block_on(handle.open(&target, "mindcare__restore_1", &grants, Duration::from_secs(5)))
+        .unwrap();
+    rt.block_on(next.close()).unwrap();
+}
