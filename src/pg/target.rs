@@ -318,6 +318,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn as_login_keeps_the_server_and_changes_the_role() {
+        let admin = DbTarget::parse(
+            "postgres://app:s3cr3t-admin@db.example.com:6000/shop?sslmode=require",
+            "x",
+        )
+        .unwrap();
+        let loader = admin.as_login("tenant_backup_loader_shop", "l0ader-pw");
+        assert_eq!(
+            loader.redacted(),
+            format!("{} as tenant_backup_loader_shop", admin.redacted())
+        );
+        let env = loader.libpq_env();
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PGUSER"), Some("tenant_backup_loader_shop"));
+        assert_eq!(get("PGPASSWORD"), Some("l0ader-pw"));
+        assert_eq!(get("PGHOST"), Some("db.example.com"));
+        assert_eq!(get("PGPORT"), Some("6000"));
+        assert_eq!(get("PGDATABASE"), Some("shop"));
+        assert_eq!(get("PGSSLMODE"), Some("require"));
+        // Both passwords are scrubbed from what the server or a child says.
+        assert_eq!(loader.scrub("l0ader-pw and s3cr3t-admin"), "*** and ***");
+        // Supabase's pooler names the project in the user: the loader's name carries it too.
+        let pooler = DbTarget::parse(
+            "postgres://postgres.abcdef:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            pooler.as_login("tenant_backup_loader_postgres", "p").user(),
+            Some("tenant_backup_loader_postgres.abcdef")
+        );
+    }
+
+    #[test]
     fn honours_sslmode_values() {
         let t = DbTarget::parse("postgres://u:p@h:5432/d?sslmode=verify-full", "x").unwrap();
         assert_eq!(t.tls_mode(), TlsMode::VerifyFull);

@@ -135,9 +135,16 @@ impl Readiness {
             .map_err(pg_context("reading the loader role"))?;
         if let Some(r) = role {
             let mut wrong = Vec::new();
-            for (i, name) in ["SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS", "INHERIT"]
-                .into_iter()
-                .enumerate()
+            for (i, name) in [
+                "SUPERUSER",
+                "CREATEROLE",
+                "CREATEDB",
+                "REPLICATION",
+                "BYPASSRLS",
+                "INHERIT",
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if r.get::<_, bool>(i) {
                     wrong.push(name);
@@ -185,7 +192,11 @@ impl Readiness {
             out.push(format!(
                 "{} cannot set {role_name}'s password (it needs CREATEROLE{})",
                 self.admin,
-                if self.server_major >= 16 { " and ADMIN OPTION on the role" } else { "" }
+                if self.server_major >= 16 {
+                    " and ADMIN OPTION on the role"
+                } else {
+                    ""
+                }
             ));
         }
         if self.role.is_some() && !self.admin_superuser && !self.admin_member {
@@ -261,7 +272,10 @@ pub async fn doctor(admin: &Client, tenant_schemas: &[String]) -> (bool, String)
         Ok(rows) if !rows.is_empty() => problems.push(format!(
             "{} cannot give restored objects to {} (the owner of tenant schemas; it must be a member of that role)",
             ready.admin,
-            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join(", ")
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         Ok(_) => {}
         Err(e) => problems.push(format!("cannot read the tenant schemas' owners: {e}")),
@@ -354,7 +368,10 @@ impl Loader {
         grants: &Grants,
         wait: Duration,
     ) -> Result<LoaderSession> {
-        let keeper = admin_target.connect().await.context("connecting to manage the loader role")?;
+        let keeper = admin_target
+            .connect()
+            .await
+            .context("connecting to manage the loader role")?;
         wait_for_lock(&keeper, &self.role, wait).await?;
         let mut session = LoaderSession {
             keeper: Some(keeper),
@@ -517,7 +534,10 @@ impl LoaderSession {
                 .await
                 .map_err(pg_context(format!("dropping what {} was left with", self.role)))?;
         }
-        let mut sql = format!("BEGIN; CREATE SCHEMA {} AUTHORIZATION {role};", quote_ident(&self.staging));
+        let mut sql = format!(
+            "BEGIN; CREATE SCHEMA {} AUTHORIZATION {role};",
+            quote_ident(&self.staging)
+        );
         for table in &grants.references {
             sql.push_str(&format!(
                 "GRANT REFERENCES ON TABLE {} TO {role};",
@@ -530,7 +550,10 @@ impl LoaderSession {
         sql.push_str("COMMIT;");
         if let Err(e) = keeper.batch_execute(&sql).await {
             let _ = keeper.batch_execute("ROLLBACK").await;
-            return Err(pg_context(format!("creating the staging schema {} for {}", self.staging, self.role))(e));
+            return Err(pg_context(format!(
+                "creating the staging schema {} for {}",
+                self.staging, self.role
+            ))(e));
         }
         let reach = reach_outside(keeper, &self.role, &self.staging, grants).await?;
         if !reach.is_empty() {
@@ -593,7 +616,10 @@ impl LoaderSession {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                anyhow::bail!("{n} of {count} loader connections came up within {}s", timeout.as_secs());
+                anyhow::bail!(
+                    "{n} of {count} loader connections came up within {}s",
+                    timeout.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -747,4 +773,84 @@ pub async fn reach_outside(keeper: &Client, role: &str, staging: &str, grants: &
         .await
         .map_err(pg_context(format!("checking what {role} can reach")))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(superuser: bool, createrole: bool, member: bool, role: bool, major: u32) -> Readiness {
+        Readiness {
+            role_name: loader_role("app"),
+            admin: "app_owner".into(),
+            admin_superuser: superuser,
+            admin_createrole: createrole,
+            admin_member: member,
+            admin_has_admin_option: false,
+            server_major: major,
+            role: role.then(|| RoleFacts {
+                wrong_attributes: vec![],
+                member_of: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_role_per_database_named_plainly_or_hashed() {
+        assert_eq!(loader_role("app"), "tenant_backup_loader_app");
+        assert_eq!(loader_role("t123_4"), "tenant_backup_loader_t123_4");
+        // Needs quoting, or too long for a role name: a stable hash instead.
+        for name in ["My App", "a\"b", &"x".repeat(43)] {
+            let role = loader_role(name);
+            assert!(role.len() <= 63 && role.starts_with("tenant_backup_loader_"), "{role}");
+            assert_eq!(role, loader_role(name));
+        }
+        assert_ne!(loader_role("My App"), loader_role("My App2"));
+    }
+
+    #[test]
+    fn the_one_time_sql_asks_for_what_is_missing_only() {
+        // An owner without CREATEROLE and no role yet (the managed case).
+        let r = ready(false, false, false, false, 15);
+        assert!(!r.can_bootstrap());
+        assert_eq!(
+            r.one_time_sql(),
+            "CREATE ROLE \"tenant_backup_loader_app\" NOLOGIN NOINHERIT;\n\
+             ALTER ROLE \"app_owner\" CREATEROLE;\n\
+             GRANT \"tenant_backup_loader_app\" TO \"app_owner\";"
+        );
+        // With CREATEROLE the tool creates the role itself.
+        assert!(ready(false, true, false, false, 15).can_bootstrap());
+        assert!(ready(true, false, false, false, 15).can_bootstrap());
+        // The role exists, the owner has CREATEROLE but is no member: only the grant.
+        let r = ready(false, true, false, true, 15);
+        assert_eq!(r.one_time_sql(), "GRANT \"tenant_backup_loader_app\" TO \"app_owner\";");
+        assert_eq!(r.problems().len(), 1, "{:?}", r.problems());
+        // PostgreSQL 16: ADMIN OPTION too, even for a member.
+        let r = ready(false, true, true, true, 16);
+        assert!(r.one_time_sql().contains("WITH ADMIN TRUE, INHERIT TRUE"));
+        assert!(!r.problems().is_empty());
+        // A superuser needs nothing once the role is right.
+        let r = ready(true, false, false, true, 15);
+        assert!(r.problems().is_empty());
+        assert_eq!(r.one_time_sql(), "");
+    }
+
+    #[test]
+    fn a_role_with_privileges_is_refused_with_the_fix() {
+        let mut r = ready(true, false, false, true, 15);
+        r.role = Some(RoleFacts {
+            wrong_attributes: vec!["SUPERUSER", "INHERIT"],
+            member_of: vec!["app_owner".into()],
+        });
+        let problems = r.problems().join("; ");
+        assert!(problems.contains("has SUPERUSER, INHERIT"), "{problems}");
+        assert!(problems.contains("is a member of app_owner"), "{problems}");
+        let sql = r.one_time_sql();
+        assert!(sql.contains("NOSUPERUSER") && sql.contains("NOINHERIT"), "{sql}");
+        assert!(
+            sql.contains("REVOKE \"app_owner\" FROM \"tenant_backup_loader_app\";"),
+            "{sql}"
+        );
+    }
 }

@@ -15,7 +15,10 @@ use tenant_backup::restore::loader::{loader_role, Grants, Loader, LoaderSession}
 use crate::support::*;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// `url` with another user and password.
@@ -309,7 +312,11 @@ fn the_second_wall_holds(kind: Admin) {
         .block_on(handle.open(&admin_target, &staging, &grants, Duration::from_secs(10)))
         .unwrap();
     let target = session.target().unwrap().clone();
-    assert!(target.redacted().ends_with(&format!(" as {loader}")), "{}", target.redacted());
+    assert!(
+        target.redacted().ends_with(&format!(" as {loader}")),
+        "{}",
+        target.redacted()
+    );
 
     // What a load needs works: a real copy of bienestar, a foreign key to a shared table, and
     // the code a dump may plant in its own schema.
@@ -328,7 +335,11 @@ fn the_second_wall_holds(kind: Admin) {
     let copy_file = db.dir.path().join("copy.sql");
     std::fs::write(&copy_file, copy).unwrap();
     let out = psql_as(&target, &["-v", "ON_ERROR_STOP=1", "-f", copy_file.to_str().unwrap()]);
-    assert!(out.status.success(), "the loader could not load a real dump: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the loader could not load a real dump: {}",
+        text(&out.stderr)
+    );
     assert_eq!(db.fingerprint(&staging), db.fingerprint("bienestar"));
     let setup = fill(
         "CREATE TABLE {S}.t (id bigint, clinic bigint REFERENCES public.tenants_clinic (id)); \
@@ -388,7 +399,10 @@ fn the_second_wall_holds(kind: Admin) {
            UNION ALL SELECT nspowner::regrole FROM pg_namespace WHERE nspname = '{0}') q",
         staging
     ));
-    assert_eq!(owners, admin_role, "every object of the staging schema goes to the live owner");
+    assert_eq!(
+        owners, admin_role,
+        "every object of the staging schema goes to the live owner"
+    );
     let mut loaded = db.fingerprint(&staging);
     loaded.retain(|(table, _)| table != "t");
     assert_eq!(loaded, db.fingerprint("bienestar"));
@@ -476,12 +490,18 @@ fn doctor_checks_the_loader_role_and_prints_the_one_time_sql() {
     }
     // A superuser: the first restore will create the role.
     let (_, line) = doctor_loader_line(&db, &db.url());
-    assert!(line.starts_with("ok   loader role") && line.contains("does not exist yet"), "{line}");
+    assert!(
+        line.starts_with("ok   loader role") && line.contains("does not exist yet"),
+        "{line}"
+    );
 
     // The one-time SQL, run as a superuser, is all the owner needs.
     db.sql(&sql.join("\n"));
     let (_, line) = doctor_loader_line(&db, &owner_url);
-    assert!(line.starts_with("ok   loader role") && line.contains(&format!("restores load as {loader}")), "{line}");
+    assert!(
+        line.starts_with("ok   loader role") && line.contains(&format!("restores load as {loader}")),
+        "{line}"
+    );
 
     // A database that lets PUBLIC create in a schema (PostgreSQL 14 and older did, for public):
     // the loader would be no wall; doctor says so and a load refuses to start, exit 2.
@@ -494,7 +514,12 @@ fn doctor_checks_the_loader_role_and_prints_the_one_time_sql() {
     let admin = rt.block_on(target.connect()).unwrap();
     let handle = rt.block_on(Loader::ensure(&admin)).unwrap();
     let err = rt
-        .block_on(handle.open(&target, "bienestar__restore_1", &Grants::default(), Duration::from_secs(5)))
+        .block_on(handle.open(
+            &target,
+            "bienestar__restore_1",
+            &Grants::default(),
+            Duration::from_secs(5),
+        ))
         .err()
         .expect("a load must not start when the loader can reach public");
     assert!(tenant_backup::error::is_usage(&err), "{err:#}");
@@ -535,10 +560,13 @@ fn the_login_window_serves_the_load_only_and_one_load_runs_at_a_time() {
         .spawn()
         .unwrap();
     let driver = rt.block_on(session.connect()).unwrap();
-    rt.block_on(session.wait_for_logins(2, Duration::from_secs(10))).unwrap();
+    rt.block_on(session.wait_for_logins(2, Duration::from_secs(10)))
+        .unwrap();
     rt.block_on(session.seal()).unwrap();
     assert_eq!(
-        db.sql(&format!("SELECT rolcanlogin::text || coalesce(rolvaliduntil::text, '') FROM pg_roles WHERE rolname = '{loader}'")),
+        db.sql(&format!(
+            "SELECT rolcanlogin::text || coalesce(rolvaliduntil::text, '') FROM pg_roles WHERE rolname = '{loader}'"
+        )),
         "false-infinity"
     );
     let status = child.wait().unwrap();
@@ -551,7 +579,10 @@ fn the_login_window_serves_the_load_only_and_one_load_runs_at_a_time() {
     // A second load of the same database waits for the first, and gives up after its wait.
     let second = rt.block_on(handle.open(&target, "mindcare__restore_1", &grants, Duration::from_secs(1)));
     let err = second.err().expect("two loads at once in one database");
-    assert!(format!("{err:#}").contains("another restore of this database is loading"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("another restore of this database is loading"),
+        "{err:#}"
+    );
     assert_eq!(
         db.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'mindcare__restore_1'"),
         "0"
