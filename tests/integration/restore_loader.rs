@@ -230,14 +230,27 @@ const UNDONE_BY_CLOSE: &[&str] = &[
     "ANALYZE public.tenants_clinic",
 ];
 
-fn fill(sql: &str, s: &str, l: &str, o: &str, d: &str, p: &str, f: &str, seq: &str) -> String {
-    sql.replace("{SEQ}", seq)
-        .replace("{S}", &quote(s))
-        .replace("{L}", &quote(l))
-        .replace("{O}", &quote(o))
-        .replace("{D}", &quote(d))
-        .replace("{P}", p)
-        .replace("{F}", f)
+/// What the corpus's placeholders stand for.
+struct Places {
+    staging: String,
+    loader: String,
+    admin: String,
+    database: String,
+    pid: String,
+    file: String,
+    sequence: String,
+}
+
+impl Places {
+    fn fill(&self, sql: &str) -> String {
+        sql.replace("{SEQ}", &self.sequence)
+            .replace("{S}", &quote(&self.staging))
+            .replace("{L}", &quote(&self.loader))
+            .replace("{O}", &quote(&self.admin))
+            .replace("{D}", &quote(&self.database))
+            .replace("{P}", &self.pid)
+            .replace("{F}", &self.file)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -303,6 +316,15 @@ fn the_second_wall_holds(kind: Admin) {
     let seq = db.sql("SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1 LIMIT 1");
     assert!(!seq.is_empty());
     let before = outside(&db, &staging, &roles);
+    let places = Places {
+        staging: staging.clone(),
+        loader: loader.clone(),
+        admin: admin_role.clone(),
+        database: db.name.clone(),
+        pid: pid.clone(),
+        file: file.clone(),
+        sequence: seq.clone(),
+    };
 
     let grants = Grants {
         references: vec![QualifiedName::parse("public.tenants_clinic").unwrap()],
@@ -341,21 +363,19 @@ fn the_second_wall_holds(kind: Admin) {
         text(&out.stderr)
     );
     assert_eq!(db.fingerprint(&staging), db.fingerprint("bienestar"));
-    let setup = fill(
+    let setup = places.fill(
         "CREATE TABLE {S}.t (id bigint, clinic bigint REFERENCES public.tenants_clinic (id)); \
          CREATE FUNCTION {S}.planted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN DROP SCHEMA mindcare CASCADE; RETURN NEW; END $$; \
          CREATE TRIGGER planted BEFORE INSERT ON {S}.t FOR EACH ROW EXECUTE FUNCTION {S}.planted(); \
          CREATE FUNCTION {S}.planted_event() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$; \
-         CREATE TYPE {S}.mood AS ENUM ('ok'); CREATE SEQUENCE {S}.s; CREATE VIEW {S}.v AS SELECT * FROM {S}.t",
-        &staging, &loader, &admin_role, &db.name, &pid, &file, &seq,
-    );
+         CREATE TYPE {S}.mood AS ENUM ('ok'); CREATE SEQUENCE {S}.s; CREATE VIEW {S}.v AS SELECT * FROM {S}.t");
     let out = psql_as(&target, &["-v", "ON_ERROR_STOP=1", "-c", &setup]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // Each hostile statement alone: refused by the server.
     let mut corpus = String::new();
     for sql in MUST_FAIL {
-        let sql = fill(sql, &staging, &loader, &admin_role, &db.name, &pid, &file, &seq);
+        let sql = places.fill(sql);
         let out = psql_as(&target, &["-v", "ON_ERROR_STOP=1", "-c", &sql]);
         eprintln!("{sql}\n    {}", text(&out.stderr).lines().next().unwrap_or(""));
         assert!(
@@ -367,7 +387,7 @@ fn the_second_wall_holds(kind: Admin) {
         corpus.push_str(";\n");
     }
     for sql in UNDONE_BY_CLOSE {
-        corpus.push_str(&fill(sql, &staging, &loader, &admin_role, &db.name, &pid, &file, &seq));
+        corpus.push_str(&places.fill(sql));
         corpus.push_str(";\n");
     }
     // And all of it raw, in one session that goes on past every error, as psql -f would.
