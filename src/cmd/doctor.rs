@@ -46,9 +46,11 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
                         }
                         Err(e) => add("database", false, format!("{e:#}")),
                     }
+                    let mut schemas = Vec::new();
                     match ctx.catalog.tenants(&client).await {
                         Ok(t) => {
                             tenants = t.len() as u64;
+                            schemas = t.iter().map(|t| t.schema_name.clone()).collect();
                             add(
                                 "tenants",
                                 true,
@@ -57,6 +59,8 @@ pub async fn run(ctx: &Context) -> Result<Outcome> {
                         }
                         Err(e) => add("tenants", false, format!("{e:#}")),
                     }
+                    let (ok, detail) = crate::restore::loader::doctor(&client, &schemas).await;
+                    add("loader role", ok, detail);
                 }
                 Err(e) => add("database", false, format!("{e:#}")),
             }

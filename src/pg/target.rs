@@ -19,6 +19,16 @@ pub struct DbTarget {
     pub(super) tls: TlsMode,
     /// The root certificates the driver and the client programs trust ([`crate::pg::tls::root_file`]).
     pub(super) root_cert: Option<std::path::PathBuf>,
+    /// Set by [`DbTarget::as_login`]: the role this copy logs in as.
+    login: Option<Login>,
+}
+
+/// Another role on the same URL: its name is shown after the redacted URL, and the URL's own
+/// password is still scrubbed from text.
+#[derive(Clone)]
+struct Login {
+    user: String,
+    admin_password: Option<Secret<String>>,
 }
 
 impl std::fmt::Debug for DbTarget {
@@ -58,11 +68,45 @@ impl DbTarget {
             config,
             tls,
             root_cert,
+            login: None,
         })
     }
 
     pub fn redacted(&self) -> String {
-        redact(self.raw.expose())
+        match &self.login {
+            Some(login) => format!("{} as {}", redact(self.raw.expose()), login.user),
+            None => redact(self.raw.expose()),
+        }
+    }
+
+    /// The same server, database, TLS and options, logging in as `role` with `password` (the
+    /// restore's loader role): for the driver and, through [`DbTarget::libpq_env`], for psql.
+    /// On Supabase's pooler a user name carries the project (`postgres.<ref>`); the role gets the
+    /// same suffix.
+    pub fn as_login(&self, role: &str, password: &str) -> DbTarget {
+        let mut config = self.config.clone();
+        let user = match self.config.get_user().and_then(|u| u.split_once('.')) {
+            Some((_, project)) if self.is_supabase_pooler() => format!("{role}.{project}"),
+            _ => role.to_string(),
+        };
+        config.user(&user);
+        config.password(password);
+        config.application_name("tenant-backup-loader");
+        DbTarget {
+            raw: self.raw.clone(),
+            config,
+            tls: self.tls,
+            root_cert: self.root_cert.clone(),
+            login: Some(Login {
+                user,
+                admin_password: self.password().map(Secret::new),
+            }),
+        }
+    }
+
+    /// The user name this target logs in as.
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
     }
 
     pub fn password(&self) -> Option<String> {
@@ -73,6 +117,14 @@ impl DbTarget {
 
     fn first_port(&self) -> u16 {
         self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    fn is_supabase_pooler(&self) -> bool {
+        self.config.get_hosts().iter().any(|h| match h {
+            Host::Tcp(name) => name.ends_with("pooler.supabase.com"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        })
     }
 
     /// Supabase's transaction pooler (Supavisor, port 6543): it breaks named prepared statements,
@@ -145,10 +197,15 @@ impl DbTarget {
 
     /// Removes this target's password from text that came from elsewhere.
     pub fn scrub(&self, text: &str) -> String {
-        match self.password() {
-            Some(p) => crate::secret::scrub(text, &[&p, self.raw.expose()]),
-            None => text.to_string(),
+        let own = self.password();
+        let admin = self.login.as_ref().and_then(|l| l.admin_password.as_ref());
+        let mut secrets = vec![self.raw.expose().as_str()];
+        secrets.extend(own.as_deref());
+        secrets.extend(admin.map(|p| p.expose().as_str()));
+        if secrets.len() == 1 {
+            return text.to_string();
         }
+        crate::secret::scrub(text, &secrets)
     }
 
     pub fn tls_mode(&self) -> TlsMode {
@@ -259,6 +316,40 @@ fn split_tls_params(raw: &str) -> (String, Option<String>, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_login_keeps_the_server_and_changes_the_role() {
+        let admin = DbTarget::parse(
+            "postgres://app:s3cr3t-admin@db.example.com:6000/shop?sslmode=require",
+            "x",
+        )
+        .unwrap();
+        let loader = admin.as_login("tenant_backup_loader_shop", "l0ader-pw");
+        assert_eq!(
+            loader.redacted(),
+            format!("{} as tenant_backup_loader_shop", admin.redacted())
+        );
+        let env = loader.libpq_env();
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PGUSER"), Some("tenant_backup_loader_shop"));
+        assert_eq!(get("PGPASSWORD"), Some("l0ader-pw"));
+        assert_eq!(get("PGHOST"), Some("db.example.com"));
+        assert_eq!(get("PGPORT"), Some("6000"));
+        assert_eq!(get("PGDATABASE"), Some("shop"));
+        assert_eq!(get("PGSSLMODE"), Some("require"));
+        // Both passwords are scrubbed from what the server or a child says.
+        assert_eq!(loader.scrub("l0ader-pw and s3cr3t-admin"), "*** and ***");
+        // Supabase's pooler names the project in the user: the loader's name carries it too.
+        let pooler = DbTarget::parse(
+            "postgres://postgres.abcdef:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            pooler.as_login("tenant_backup_loader_postgres", "p").user(),
+            Some("tenant_backup_loader_postgres.abcdef")
+        );
+    }
 
     #[test]
     fn honours_sslmode_values() {

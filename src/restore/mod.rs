@@ -24,6 +24,7 @@ pub mod access;
 pub mod child;
 pub mod errors;
 pub mod guard;
+pub mod loader;
 pub mod post;
 pub mod psql;
 pub mod run;
