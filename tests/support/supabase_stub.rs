@@ -167,6 +167,21 @@ impl TusUpload {
     fn done(&self) -> bool {
         self.length == Some(self.data.len() as u64)
     }
+
+    /// The upload without its bytes (which may be hundreds of MB, never copied for a request), and
+    /// how many bytes it holds.
+    fn described(&self) -> (TusUpload, u64) {
+        let head = TusUpload {
+            bucket: self.bucket.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            length: self.length,
+            data: Vec::new(),
+            metadata: self.metadata.clone(),
+            created: self.created,
+        };
+        (head, self.data.len() as u64)
+    }
 }
 
 pub struct State {
@@ -951,10 +966,13 @@ fn http_date(t: &DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
-/// The S3 backend's ETag: an MD5 there; a SHA-256 prefix here, in the same form.
-fn etag(data: &[u8]) -> String {
+/// The S3 backend's ETag, in its form (32 hex digits, quoted). The server keeps the one S3 computed
+/// while the bytes came in and never reads the object to answer; the stub makes one up from the
+/// object's version and size, so an info request or a listing does not hash whole objects.
+fn etag(meta: &ObjectMeta, data: &[u8]) -> String {
     use sha2::Digest;
-    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(data)[..16]))
+    let seed = format!("{}:{}", meta.version, data.len());
+    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..16]))
 }
 
 /// `limits.ts`: `^[A-Za-z0-9_/!.*'() &$=@;:+,?-]*$`, not empty.
@@ -1712,7 +1730,7 @@ fn bucket_get(st: &State, who: &Who, id: &str) -> Result<Reply, StorageError> {
 
 /// The `metadata` column as the S3 backend fills it.
 fn metadata_json(meta: &ObjectMeta, data: &[u8]) -> Value {
-    json!({"eTag": etag(data), "size": data.len(), "mimetype": meta.mimetype, "cacheControl": meta.cache_control,
+    json!({"eTag": etag(meta, data), "size": data.len(), "mimetype": meta.mimetype, "cacheControl": meta.cache_control,
            "lastModified": iso(&meta.updated_at), "contentLength": data.len(), "httpStatusCode": 200})
 }
 
@@ -2043,7 +2061,7 @@ fn asset_headers(meta: &ObjectMeta, data: &[u8]) -> Vec<(&'static str, String)> 
     vec![
         ("Accept-Ranges", "bytes".into()),
         ("Content-Type", ct),
-        ("ETag", etag(data)),
+        ("ETag", etag(meta, data)),
         ("X-Robots-Tag", "none".into()),
         ("Last-Modified", http_date(&meta.updated_at)),
         ("Cache-Control", meta.cache_control.clone()),
@@ -2068,10 +2086,10 @@ fn object(st: &State, who: &Who, bucket: &str, key: &str, asset: Asset, query: &
         Asset::Info => {
             let body = json!({"id": meta.id, "name": key, "version": meta.version, "bucket_id": bucket,
                 "size": data.len(), "content_type": meta.mimetype, "cache_control": meta.cache_control,
-                "etag": etag(data), "metadata": null, "last_modified": iso(&meta.updated_at),
+                "etag": etag(&meta, data), "metadata": null, "last_modified": iso(&meta.updated_at),
                 "created_at": iso(&meta.created_at)});
             let mut r = json_reply(200, &body);
-            r.headers.push(("ETag".into(), etag(data)));
+            r.headers.push(("ETag".into(), etag(&meta, data)));
             r.headers.push(("Last-Modified".into(), http_date(&meta.updated_at)));
             r.headers.push(("Cache-Control".into(), meta.cache_control.clone()));
             r
@@ -2344,19 +2362,25 @@ fn upload_expired(st: &State, up: &TusUpload) -> bool {
     !up.done() && Utc::now() > up.created + st.tus_expiry
 }
 
+fn expired_at(st: &State, up: &TusUpload, held: u64) -> bool {
+    up.length != Some(held) && Utc::now() > up.created + st.tus_expiry
+}
+
 /// Finishing an upload (`onUploadFinish` → `completeUpload`).
 fn tus_finish(st: &mut State, id: &str, upsert: bool) -> Result<(), StorageError> {
-    let up = st.uploads[id].clone();
+    let (up, _) = st.uploads[id].described();
     if !upsert && st.exists(&up.bucket, &up.name) {
         return Err(key_already_exists());
     }
+    // The upload keeps its bytes (a finished upload stays known), the object gets a copy.
+    let data = st.uploads[id].data.clone();
     let mimetype = meta_value(&up.metadata, "contentType")
         .unwrap_or("application/octet-stream")
         .to_string();
     let cache = meta_value(&up.metadata, "cacheControl")
         .unwrap_or("no-cache")
         .to_string();
-    st.store(&up.bucket, &up.name, up.data, mimetype, cache, up.version);
+    st.store(&up.bucket, &up.name, data, mimetype, cache, up.version);
     Ok(())
 }
 
@@ -2465,7 +2489,7 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
         return Err(tus_error(403, "Content-Type header required\n"));
     }
     let id = tus_target(req)?;
-    let Some(up) = st.uploads.get(&id).cloned() else {
+    let Some((up, held)) = st.uploads.get(&id).map(TusUpload::described) else {
         return Err(tus_error(404, "The file for this url was not found\n"));
     };
     let upsert = req.header("x-upsert") == Some("true");
@@ -2473,10 +2497,10 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
     if !st.buckets.contains(&up.bucket) {
         return Err(no_such_bucket());
     }
-    if upload_expired(st, &up) {
+    if expired_at(st, &up, held) {
         return Err(tus_error(410, "The file for this url no longer exists\n"));
     }
-    if offset != up.data.len() as u64 {
+    if offset != held {
         return Err(tus_error(409, "Upload-Offset conflict\n"));
     }
     // PatchHandler: an Upload-Length declares a deferred length, once, and not below the offset.
@@ -2539,12 +2563,12 @@ fn tus_head(st: &State, req: &Request) -> Result<Reply, StorageError> {
 
 fn tus_delete(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageError> {
     let id = tus_target(req)?;
-    let Some(up) = st.uploads.get(&id).cloned() else {
+    let Some((up, held)) = st.uploads.get(&id).map(TusUpload::described) else {
         return Err(tus_error(404, "The file for this url was not found\n"));
     };
     let upsert = req.header("x-upsert") == Some("true");
     can_upload(st, who, &up.bucket, &up.name, upsert)?;
-    if up.done() {
+    if up.length == Some(held) {
         return Err(tus_error(400, "Cannot terminate an already completed upload"));
     }
     st.uploads.remove(&id);
