@@ -61,6 +61,8 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_tenant-backup");
     let url = cluster.url("bench");
     let store = work.path().join("store");
+    // The tool never creates its storage directory.
+    std::fs::create_dir_all(&store).unwrap();
     let keys = keys_init(bin);
     let tool = |args: &[&str], encrypted: bool| {
         let mut c = Command::new(bin);
