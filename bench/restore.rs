@@ -129,9 +129,12 @@ fn main() {
             sql(&format!("DROP SCHEMA {kept} CASCADE"));
         }
     };
+    // The tenant has a key once the encrypted backup is taken: its unencrypted backups are then
+    // read only when asked in so many words.
     let restore = |id: &str, encrypted: bool| {
+        let plain: &[&str] = if encrypted { &[] } else { &["--allow-unencrypted"] };
         tool(
-            &["restore", "--tenant", SCHEMA, "--yes", "--drop-previous", "--id", id],
+            &[&["restore", "--tenant", SCHEMA, "--yes", "--drop-previous", "--id", id], plain].concat(),
             encrypted,
         )
     };
