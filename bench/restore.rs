@@ -134,7 +134,11 @@ fn main() {
     let restore = |id: &str, encrypted: bool| {
         let plain: &[&str] = if encrypted { &[] } else { &["--allow-unencrypted"] };
         tool(
-            &[&["restore", "--tenant", SCHEMA, "--yes", "--drop-previous", "--id", id], plain].concat(),
+            &[
+                &["restore", "--tenant", SCHEMA, "--yes", "--drop-previous", "--id", id],
+                plain,
+            ]
+            .concat(),
             encrypted,
         )
     };

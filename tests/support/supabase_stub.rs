@@ -258,7 +258,10 @@ impl State {
     /// The TUS server's `maxSize` for an upload into `bucket`: the bucket's limit unless it is
     /// null or 0, capped by the project's; `None` for no limit at all.
     fn tus_max(&self, bucket: &str) -> Option<u64> {
-        match (self.settings(bucket).file_size_limit.filter(|&l| l > 0), self.tus_max_size) {
+        match (
+            self.settings(bucket).file_size_limit.filter(|&l| l > 0),
+            self.tus_max_size,
+        ) {
             (Some(own), Some(project)) => Some(own.min(project)),
             (own, project) => own.or(project),
         }
@@ -2447,8 +2450,7 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     // creation-with-upload
     if req.header("content-type") == Some("application/offset+octet-stream") && !req.body.is_empty() {
         // calculateMaxBodySize: the length, or (deferred) the maximum size.
-        if length.or(max).is_some_and(|max| req.body.len() as u64 > max)
-        {
+        if length.or(max).is_some_and(|max| req.body.len() as u64 > max) {
             return Err(tus_error(413, "upload's size exceeded\n"));
         }
         up.data.extend_from_slice(&req.body);

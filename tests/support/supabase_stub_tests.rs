@@ -507,7 +507,11 @@ fn storage_stub_a_buckets_own_size_and_mime_limits_answer_like_the_server() {
         s.call_as(SERVICE, "POST", &path, &[("Content-Type", ty)], body)
     };
     assert_eq!(typed("application/octet-stream", "t/ten", &[1; 10]).status, 200);
-    assert_eq!(typed("text/plain", "t/text", b"x").status, 200, "type/* allows its subtypes");
+    assert_eq!(
+        typed("text/plain", "t/text", b"x").status,
+        200,
+        "type/* allows its subtypes"
+    );
     let big = typed("application/octet-stream", "t/eleven", &[1; 11]);
     assert_eq!(big.status, 400);
     assert_eq!(
@@ -571,7 +575,10 @@ fn storage_stub_a_buckets_own_size_and_mime_limits_answer_like_the_server() {
     };
     assert_eq!(patch(&[("Upload-Offset", "0")], &[1; 8]).status, 204);
     let over = patch(&[("Upload-Offset", "8")], &[1; 3]);
-    assert_eq!((over.status, over.text()), (413, "upload's size exceeded\n".to_string()));
+    assert_eq!(
+        (over.status, over.text()),
+        (413, "upload's size exceeded\n".to_string())
+    );
     let declared = patch(&[("Upload-Offset", "8"), ("Upload-Length", "11")], &[1; 3]);
     assert_eq!(
         (declared.status, declared.text()),
