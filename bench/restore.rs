@@ -8,9 +8,9 @@
 //! each while an "application" works on the live tenant on a connection of its own: one small
 //! SELECT and one small INSERT every 50 ms. For each: the wall time against psql's, the
 //! application's longest stall (the slowest SELECT + INSERT pair), the time it was blocked (what
-//! each pair took beyond the 50 ms tick, summed), how many of its statements failed, and the
-//! restoring process's peak RSS (its own, and with the children it waited for: psql's,
-//! pg_restore's workers). For the two restores into a fresh database the application's figures are
+//! each pair took beyond the 50 ms tick, summed), how many of its statements failed, and peak RSS:
+//! the restoring process's own (sampled) and the largest of it and the children it waited for
+//! (wait4's ru_maxrss: psql under the tool, pg_restore's workers; a maximum, not a sum). For the two restores into a fresh database the application's figures are
 //! the baseline: what this machine's load alone does to it.
 //!
 //! A case is one entry of `cases`: a name, the command, and what to do before and after it
