@@ -100,6 +100,8 @@ fn main() {
         let mut object_size = 0;
         for _ in 0..rounds {
             let _ = std::fs::remove_dir_all(&local);
+            // The tool never creates its storage directory.
+            std::fs::create_dir_all(&local).unwrap();
             dumps.push(measure(backup(local.to_str().unwrap(), extra), "backup to a local directory").wall);
             let object = find_object(&local);
             object_size = std::fs::metadata(&object).unwrap().len();

@@ -316,7 +316,13 @@ fn a_supabase_refusal_stops_the_dump_at_once_and_is_not_sent_again() {
     let fake = gated_pg_dump(db.dir.path(), 20, &gate, false);
     // The bucket takes 7 MB at most: the second 6 MiB chunk is answered 413, a limit no retry
     // lifts, while the dump is far from done (it waits at the gate, which stays shut).
-    b.stub().state.lock().unwrap().tus_max_size = Some(7_000_000);
+    b.stub().set_bucket(
+        "backups",
+        crate::support::supabase_stub::BucketSettings {
+            file_size_limit: Some(7_000_000),
+            allowed_mime_types: None,
+        },
+    );
     let before = db.record_count("bienestar");
     let mut child = spawn(&db, &b, tmp.path(), &fake);
     let ended = wait_for(Duration::from_secs(30), || child.try_wait().unwrap().is_some());
@@ -327,7 +333,7 @@ fn a_supabase_refusal_stops_the_dump_at_once_and_is_not_sent_again() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "as too large (upload's size exceeded): the limit is bucket \"backups\"'s file size limit or the project's upload size limit, whichever is lower; raise it (Dashboard → Storage → the bucket → Edit bucket, and Storage → Settings; 50 MB on the free plan) or use --max-size to refuse such backups before they are dumped"
+            "as too large (upload's size exceeded): bucket \"backups\" takes objects up to 7000000 bytes (6.68 MB), its own file size limit; raise it (Dashboard → Storage → the bucket → Edit bucket) or use --max-size to refuse such backups before they are dumped"
         ),
         "{stderr}"
     );

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use crate::storage_truth::{grow_mindcare, Backend, Kind};
-use crate::support::supabase_stub::Fault;
+use crate::support::supabase_stub::{BucketSettings, Fault};
 use crate::support::*;
 
 /// Requests the stub saw: (method, path).
@@ -710,4 +710,145 @@ fn record_row(db: &TestDb, key: &str, created: &str) {
          VALUES ('{name}', '{key}', 100, 'automatic', {created})",
         name = key.trim_start_matches("mindcare/")
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A bucket's own limits (#24 item 6): the messages name the limit that refused the backup and the
+// type to allow, read from the bucket itself; nothing is left behind and no row is written.
+
+/// What the error line of `stderr` says (after the time and level), with the object's key (which
+/// holds the time) replaced by `KEY`.
+fn refusal(stderr: &str, tenant: &str) -> String {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once(" ERROR ").map(|(_, said)| said))
+        .unwrap_or_else(|| panic!("no error in:\n{stderr}"));
+    let start = line
+        .find(&format!("{tenant}/"))
+        .unwrap_or_else(|| panic!("no key in {line:?}"));
+    let end = start + line[start..].find([' ', ':']).unwrap();
+    let key = &line[start..end];
+    let key = key.strip_suffix("'s").unwrap_or(key);
+    line.replace(key, "KEY")
+}
+
+/// A backup of mindcare that the bucket refuses: its stderr, after checking that it failed with
+/// exit 1 and left no object, no unfinished upload and no row.
+fn refused_backup(db: &TestDb, b: &Backend, extra: &[&str]) -> String {
+    let out = b.run(
+        db,
+        &[&["backup", "--tenant", "mindcare", "--no-progress"], extra].concat(),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(b.stub().keys().is_empty(), "{:?}\n{stderr}", b.stub().keys());
+    assert_eq!(open_uploads(b), 0, "{stderr}");
+    assert_eq!(db.record_count("mindcare"), 0);
+    stderr
+}
+
+fn limit(b: &Backend, bytes: Option<u64>, types: Option<&[&str]>) {
+    b.stub().set_bucket(
+        "backups",
+        BucketSettings {
+            file_size_limit: bytes,
+            allowed_mime_types: types.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        },
+    );
+}
+
+#[test]
+fn storage_supabase_a_buckets_size_limit_is_named_on_a_standard_upload() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    limit(&b, Some(1000), None);
+    let stderr = refused_backup(&db, &b, &["--compress", "none"]);
+    assert_eq!(
+        refusal(&stderr, "mindcare"),
+        "backing up tenant mindcare: storing KEY in supabase://backups/: Supabase refused KEY as too large (Payload too large The object exceeded the maximum allowed size): bucket \"backups\" takes objects up to 1000 bytes, its own file size limit; raise it (Dashboard → Storage → the bucket → Edit bucket) or use --max-size to refuse such backups before they are dumped",
+        "{stderr}"
+    );
+}
+
+#[test]
+fn storage_supabase_a_buckets_size_limit_is_named_on_a_resumable_upload() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // The upload goes past the bucket's 7 MB (the second 6 MiB chunk of a deferred length).
+    limit(&b, Some(7_000_000), None);
+    grow_mindcare(&db, 8);
+    let stderr = refused_backup(&db, &b, &["--compress", "none"]);
+    // The server says "Maximum size exceeded" instead when the dump was whole before the upload
+    // began (its length declared up front): the rest is the tool's own.
+    assert_eq!(
+        refusal(&stderr, "mindcare").replace("(Maximum size exceeded)", "(upload's size exceeded)"),
+        "backing up tenant mindcare: storing KEY in supabase://backups/: Supabase refused KEY as too large (upload's size exceeded): bucket \"backups\" takes objects up to 7000000 bytes (6.68 MB), its own file size limit; raise it (Dashboard → Storage → the bucket → Edit bucket) or use --max-size to refuse such backups before they are dumped",
+        "{stderr}"
+    );
+}
+
+#[test]
+fn storage_supabase_the_projects_size_limit_is_named_when_the_bucket_has_none_or_a_higher_one() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // No limit of the bucket's own: the project's (here 1000 bytes for standard uploads).
+    b.stub().state.lock().unwrap().upload_limit = 1000;
+    let stderr = refused_backup(&db, &b, &["--compress", "none"]);
+    assert_eq!(
+        refusal(&stderr, "mindcare"),
+        "backing up tenant mindcare: storing KEY in supabase://backups/: Supabase refused KEY as too large (Payload too large The object exceeded the maximum allowed size): bucket \"backups\" has no file size limit of its own, so the project's upload size limit applies; raise it (Dashboard → Storage → Settings; 50 MB on the free plan) or use --max-size to refuse such backups before they are dumped",
+        "{stderr}"
+    );
+    // The bucket's own limit is higher than what was refused: the project's is the lower one.
+    limit(&b, Some(2_000_000), None);
+    let stderr = refused_backup(&db, &b, &["--compress", "none"]);
+    let line = refusal(&stderr, "mindcare");
+    let size = line
+        .split("refused at ")
+        .nth(1)
+        .and_then(|r| r.split(" bytes").next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    assert!(size.parse::<u64>().is_ok_and(|s| s > 1000), "{line}");
+    assert_eq!(
+        line,
+        format!("backing up tenant mindcare: storing KEY in supabase://backups/: Supabase refused KEY as too large (Payload too large The object exceeded the maximum allowed size): it was refused at {size} bytes, within bucket \"backups\"'s own file size limit of 2000000 bytes (1.91 MB), so the project's upload size limit is the lower one; raise it (Dashboard → Storage → Settings; 50 MB on the free plan) or use --max-size to refuse such backups before they are dumped"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn storage_supabase_a_refused_type_is_named_with_what_the_bucket_allows() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    limit(&b, None, Some(&["application/json", "image/*"]));
+    // A plain dump goes as application/sql, here in one standard upload.
+    let stderr = refused_backup(&db, &b, &["--compress", "none"]);
+    assert_eq!(
+        refusal(&stderr, "mindcare"),
+        "backing up tenant mindcare: storing KEY in supabase://backups/: bucket \"backups\" does not accept KEY's type application/sql (invalid_mime_type mime type application/sql is not supported): it allows only application/json, image/*; add application/sql to the bucket's allowed MIME types (Dashboard → Storage → the bucket → Edit bucket), or clear that restriction",
+        "{stderr}"
+    );
+    // Larger, in a resumable upload (the type in its metadata, refused as plain text).
+    grow_mindcare(&db, 8);
+    let stderr = refused_backup(&db, &b, &["--compress", "none"]);
+    assert_eq!(
+        refusal(&stderr, "mindcare"),
+        "backing up tenant mindcare: storing KEY in supabase://backups/: bucket \"backups\" does not accept KEY's type application/sql (mime type application/sql is not supported): it allows only application/json, image/*; add application/sql to the bucket's allowed MIME types (Dashboard → Storage → the bucket → Edit bucket), or clear that restriction",
+        "{stderr}"
+    );
+}
+
+#[test]
+fn storage_supabase_a_manifest_the_bucket_refuses_takes_its_backup_away_and_names_the_type() {
+    let db = TestDb::new();
+    let b = Backend::new(Kind::Supabase);
+    // The dump (zstd: application/octet-stream) is taken, its manifest (application/json) is not.
+    limit(&b, None, Some(&["application/octet-stream"]));
+    let stderr = refused_backup(&db, &b, &[]);
+    assert_eq!(
+        refusal(&stderr, "mindcare"),
+        "backing up tenant mindcare: storing the manifest KEY: bucket \"backups\" does not accept KEY's type application/json (invalid_mime_type mime type application/json is not supported): it allows only application/octet-stream; add application/json to the bucket's allowed MIME types (Dashboard → Storage → the bucket → Edit bucket), or clear that restriction",
+        "{stderr}"
+    );
 }

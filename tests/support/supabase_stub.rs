@@ -18,7 +18,11 @@
 //!   `src/storage/database/pg.ts`, `migrations/tenant/0063-fix-search-name-relative-to-prefix.sql`
 //!   (`storage.search`: list v1 is case-insensitive, one folder level, names relative to the prefix),
 //!   `0050-search-v2-optimised.sql` (list-v2), `src/storage/renderer/{renderer,head,info}.ts`;
-//! * buckets: `src/http/routes/bucket/{index,getBucket,getAllBuckets}.ts`;
+//! * buckets: `src/http/routes/bucket/{index,getBucket,getAllBuckets}.ts`; a bucket's own
+//!   `file_size_limit` and `allowed_mime_types` ([`BucketSettings`]) as `src/storage/object.ts`
+//!   (`uploadFromRequest`), `src/storage/uploader.ts` (`fileUploadFromRequest`,
+//!   `validateMimeType`, `getStandardMaxFileSizeLimit`) and the TUS routes' `maxSize` and
+//!   `onCreate` apply them;
 //! * TUS: `src/http/routes/tus/{index,lifecycle}.ts`, `src/storage/protocols/tus/upload-id.ts`,
 //!   @tus/server's `server.ts`, `handlers/{Post,Patch,Head,Delete}Handler.ts`,
 //!   `validators/HeaderValidator.ts`, @tus/utils `constants.ts` and `models/Metadata.ts` (errors
@@ -35,8 +39,9 @@
 //! Not the server's code, so only approximated: the gateway (a request without `apikey` gets 401,
 //! a new-style `sb_…` key is turned into its role's JWT, anything outside `/storage/v1` gets
 //! fastify's plain 404), and the gateway-level knobs below (`fail_uploads`, [`Fault::Gateway`]).
-//! Not modelled: multipart form uploads, Range requests, public buckets, bucket-level size and
-//! MIME limits, TUS concatenation, copy / move.
+//! Not modelled: multipart form uploads, Range requests, public buckets, TUS concatenation, copy /
+//! move. Stricter than the server: a standard upload sent without a Content-Length (chunked) is
+//! held to the size limit too (v1.70.6 checks only a declared length).
 
 #![allow(dead_code)]
 
@@ -129,6 +134,21 @@ pub struct ObjectMeta {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A bucket's own limits (`storage.buckets`), as `GET /bucket/<id>` shows them; `None` is the
+/// column's null. Set with [`SupabaseStub::set_bucket`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketSettings {
+    /// `file_size_limit` in bytes. A standard upload may be at most the lower of it and the
+    /// project's limit (`upload_limit`); a resumable one as well, except that 0 means "the
+    /// project's limit" there (`bucket.file_size_limit || globalFileLimit`) while it refuses every
+    /// non-empty standard upload.
+    pub file_size_limit: Option<u64>,
+    /// `allowed_mime_types`: `type/subtype` or `type/*`. A standard upload's `Content-Type` is
+    /// checked when the list is not empty; a resumable upload's `contentType` metadata whenever the
+    /// list is not null (JavaScript's `[]` is true), so an empty list refuses every typed one there.
+    pub allowed_mime_types: Option<Vec<String>>,
+}
+
 /// A resumable upload, by its TUS id (`bucket/name/version`).
 #[derive(Clone, Debug)]
 pub struct TusUpload {
@@ -147,6 +167,21 @@ impl TusUpload {
     fn done(&self) -> bool {
         self.length == Some(self.data.len() as u64)
     }
+
+    /// The upload without its bytes (which may be hundreds of MB, never copied for a request), and
+    /// how many bytes it holds.
+    fn described(&self) -> (TusUpload, u64) {
+        let head = TusUpload {
+            bucket: self.bucket.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            length: self.length,
+            data: Vec::new(),
+            metadata: self.metadata.clone(),
+            created: self.created,
+        };
+        (head, self.data.len() as u64)
+    }
 }
 
 pub struct State {
@@ -162,10 +197,15 @@ pub struct State {
     /// role sees and may write nothing). Starts with the key given to [`SupabaseStub::start`]
     /// and [`SupabaseStub::anon_key`].
     pub keys: HashMap<String, String>,
-    /// Standard uploads above this many bytes answer 413 EntityTooLarge.
+    /// Standard uploads above this many bytes answer 413 EntityTooLarge (the project's limit and
+    /// the standard-upload limit; a bucket's own limit may be lower).
     pub upload_limit: usize,
-    /// TUS uploads declaring more than this answer 413 "Maximum size exceeded" (none by default).
+    /// The project's limit for TUS uploads (none by default): declaring more answers 413
+    /// "Maximum size exceeded", sending more 413 "upload's size exceeded". A bucket's own limit
+    /// may be lower.
     pub tus_max_size: Option<u64>,
+    /// Buckets' own limits, by bucket id; a bucket not here has none.
+    pub bucket_settings: HashMap<String, BucketSettings>,
     /// Unfinished uploads expire this long after creation (the server's TUS_URL_EXPIRY_MS: 1 h):
     /// past it HEAD and PATCH answer 410, but, as on the server (which never runs @tus/server's
     /// `cleanUpExpiredUploads`), the upload and its bytes stay in `uploads` until it is cancelled.
@@ -198,6 +238,32 @@ impl State {
             &mut self.objects
         } else {
             self.other_objects.entry(bucket.to_string()).or_default()
+        }
+    }
+
+    fn settings(&self, bucket: &str) -> BucketSettings {
+        self.bucket_settings.get(bucket).cloned().unwrap_or_default()
+    }
+
+    /// `getStandardMaxFileSizeLimit`: the lower of the bucket's limit (when set, 0 included) and
+    /// the project's.
+    fn standard_max(&self, bucket: &str) -> u64 {
+        let project = self.upload_limit as u64;
+        match self.settings(bucket).file_size_limit {
+            Some(own) => own.min(project),
+            None => project,
+        }
+    }
+
+    /// The TUS server's `maxSize` for an upload into `bucket`: the bucket's limit unless it is
+    /// null or 0, capped by the project's; `None` for no limit at all.
+    fn tus_max(&self, bucket: &str) -> Option<u64> {
+        match (
+            self.settings(bucket).file_size_limit.filter(|&l| l > 0),
+            self.tus_max_size,
+        ) {
+            (Some(own), Some(project)) => Some(own.min(project)),
+            (own, project) => own.or(project),
         }
     }
 
@@ -313,6 +379,7 @@ impl SupabaseStub {
             keys,
             upload_limit,
             tus_max_size: None,
+            bucket_settings: HashMap::new(),
             tus_expiry: chrono::Duration::hours(1),
             tus_location_origin: None,
             uploads: HashMap::new(),
@@ -342,6 +409,15 @@ impl SupabaseStub {
     /// The names in the stub's bucket.
     pub fn keys(&self) -> Vec<String> {
         self.state.lock().unwrap().objects.keys().cloned().collect()
+    }
+
+    /// Sets a bucket's own size and MIME limits (as the dashboard's "Edit bucket" would).
+    pub fn set_bucket(&self, bucket: &str, settings: BucketSettings) {
+        self.state
+            .lock()
+            .unwrap()
+            .bucket_settings
+            .insert(bucket.to_string(), settings);
     }
 
     /// Adds a fault rule (see [`FaultRule`]).
@@ -674,6 +750,33 @@ fn entity_too_large() -> StorageError {
         "The object exceeded the maximum allowed size",
     )
 }
+fn invalid_mime_type(mime: &str) -> StorageError {
+    StorageError::new(
+        415,
+        "InvalidMimeType",
+        Some("invalid_mime_type"),
+        format!("mime type {mime} is not supported"),
+    )
+}
+
+/// `validateMimeType`: `type/subtype` against each `type/subtype` or `type/*` allowed.
+fn check_mime_type(mime: &str, allowed: &[String]) -> Result<(), StorageError> {
+    let requested: Vec<&str> = mime.split('/').collect();
+    if requested.len() < 2 {
+        return Err(invalid_mime_type(mime));
+    }
+    let fits = allowed.iter().any(|a| {
+        let mut parts = a.split('/');
+        let (ty, ext) = (parts.next().unwrap_or(""), parts.next());
+        ty == requested[0] && ext.is_some_and(|ext| ext == "*" || ext == requested[1])
+    });
+    if fits {
+        Ok(())
+    } else {
+        Err(invalid_mime_type(mime))
+    }
+}
+
 fn access_denied(message: &str) -> StorageError {
     StorageError::new(403, "AccessDenied", Some("Unauthorized"), message)
 }
@@ -866,10 +969,13 @@ fn http_date(t: &DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
-/// The S3 backend's ETag: an MD5 there; a SHA-256 prefix here, in the same form.
-fn etag(data: &[u8]) -> String {
+/// The S3 backend's ETag, in its form (32 hex digits, quoted). The server keeps the one S3 computed
+/// while the bytes came in and never reads the object to answer; the stub makes one up from the
+/// object's version and size, so an info request or a listing does not hash whole objects.
+fn etag(meta: &ObjectMeta, data: &[u8]) -> String {
     use sha2::Digest;
-    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(data)[..16]))
+    let seed = format!("{}:{}", meta.version, data.len());
+    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..16]))
 }
 
 /// `limits.ts`: `^[A-Za-z0-9_/!.*'() &$=@;:+,?-]*$`, not empty.
@@ -1603,8 +1709,9 @@ fn injected(req: &Request, st: &mut State, tus: bool) -> Option<Reply> {
 
 fn bucket_json(st: &State, id: &str) -> Value {
     let t = iso(&st.started);
-    json!({"id": id, "name": id, "owner": "", "public": false, "file_size_limit": null,
-           "allowed_mime_types": null, "created_at": t, "updated_at": t})
+    let own = st.settings(id);
+    json!({"id": id, "name": id, "owner": "", "public": false, "file_size_limit": own.file_size_limit,
+           "allowed_mime_types": own.allowed_mime_types, "created_at": t, "updated_at": t})
 }
 
 fn bucket_list(st: &State, who: &Who) -> Reply {
@@ -1626,7 +1733,7 @@ fn bucket_get(st: &State, who: &Who, id: &str) -> Result<Reply, StorageError> {
 
 /// The `metadata` column as the S3 backend fills it.
 fn metadata_json(meta: &ObjectMeta, data: &[u8]) -> Value {
-    json!({"eTag": etag(data), "size": data.len(), "mimetype": meta.mimetype, "cacheControl": meta.cache_control,
+    json!({"eTag": etag(meta, data), "size": data.len(), "mimetype": meta.mimetype, "cacheControl": meta.cache_control,
            "lastModified": iso(&meta.updated_at), "contentLength": data.len(), "httpStatusCode": 200})
 }
 
@@ -1921,7 +2028,16 @@ fn create(st: &mut State, who: &Who, req: &Request, bucket: &str, key: &str, put
     if !st.buckets.contains(bucket) {
         return Err(no_such_bucket());
     }
-    if req.body.len() > st.upload_limit {
+    // fileUploadFromRequest: the type first, then the size, both before the name is looked at.
+    let mimetype = req
+        .header("content-type")
+        .filter(|t| !t.is_empty())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    if let Some(allowed) = st.settings(bucket).allowed_mime_types.filter(|a| !a.is_empty()) {
+        check_mime_type(&mimetype, &allowed)?;
+    }
+    if req.body.len() as u64 > st.standard_max(bucket) {
         return Err(entity_too_large());
     }
     must_be_valid_key(key)?;
@@ -1932,10 +2048,6 @@ fn create(st: &mut State, who: &Who, req: &Request, bucket: &str, key: &str, put
     if st.exists(bucket, key) && !upsert {
         return Err(key_already_exists());
     }
-    let mimetype = req
-        .header("content-type")
-        .unwrap_or("application/octet-stream")
-        .to_string();
     let cache = req.header("cache-control").unwrap_or("no-cache").to_string();
     st.store(bucket, key, req.body.clone(), mimetype, cache, uuid());
     let id = st.meta_of(bucket, key).id;
@@ -1952,7 +2064,7 @@ fn asset_headers(meta: &ObjectMeta, data: &[u8]) -> Vec<(&'static str, String)> 
     vec![
         ("Accept-Ranges", "bytes".into()),
         ("Content-Type", ct),
-        ("ETag", etag(data)),
+        ("ETag", etag(meta, data)),
         ("X-Robots-Tag", "none".into()),
         ("Last-Modified", http_date(&meta.updated_at)),
         ("Cache-Control", meta.cache_control.clone()),
@@ -1977,10 +2089,10 @@ fn object(st: &State, who: &Who, bucket: &str, key: &str, asset: Asset, query: &
         Asset::Info => {
             let body = json!({"id": meta.id, "name": key, "version": meta.version, "bucket_id": bucket,
                 "size": data.len(), "content_type": meta.mimetype, "cache_control": meta.cache_control,
-                "etag": etag(data), "metadata": null, "last_modified": iso(&meta.updated_at),
+                "etag": etag(&meta, data), "metadata": null, "last_modified": iso(&meta.updated_at),
                 "created_at": iso(&meta.created_at)});
             let mut r = json_reply(200, &body);
-            r.headers.push(("ETag".into(), etag(data)));
+            r.headers.push(("ETag".into(), etag(&meta, data)));
             r.headers.push(("Last-Modified".into(), http_date(&meta.updated_at)));
             r.headers.push(("Cache-Control".into(), meta.cache_control.clone()));
             r
@@ -2253,19 +2365,25 @@ fn upload_expired(st: &State, up: &TusUpload) -> bool {
     !up.done() && Utc::now() > up.created + st.tus_expiry
 }
 
+fn expired_at(st: &State, up: &TusUpload, held: u64) -> bool {
+    up.length != Some(held) && Utc::now() > up.created + st.tus_expiry
+}
+
 /// Finishing an upload (`onUploadFinish` → `completeUpload`).
 fn tus_finish(st: &mut State, id: &str, upsert: bool) -> Result<(), StorageError> {
-    let up = st.uploads[id].clone();
+    let (up, _) = st.uploads[id].described();
     if !upsert && st.exists(&up.bucket, &up.name) {
         return Err(key_already_exists());
     }
+    // The upload keeps its bytes (a finished upload stays known), the object gets a copy.
+    let data = st.uploads[id].data.clone();
     let mimetype = meta_value(&up.metadata, "contentType")
         .unwrap_or("application/octet-stream")
         .to_string();
     let cache = meta_value(&up.metadata, "cacheControl")
         .unwrap_or("no-cache")
         .to_string();
-    st.store(&up.bucket, &up.name, up.data, mimetype, cache, up.version);
+    st.store(&up.bucket, &up.name, data, mimetype, cache, up.version);
     Ok(())
 }
 
@@ -2292,13 +2410,23 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     if !st.buckets.contains(&bucket) {
         return Err(no_such_bucket());
     }
-    if let (Some(max), Some(length)) = (st.tus_max_size, length) {
+    let max = st.tus_max(&bucket);
+    if let (Some(max), Some(length)) = (max, length) {
         if length > max {
             return Err(tus_error(413, "Maximum size exceeded\n"));
         }
     }
     let upsert = req.header("x-upsert") == Some("true");
     can_upload(st, who, &bucket, &name, upsert)?;
+    // onCreate: the declared type against the bucket's list, whenever the list is not null.
+    if let (Some(ty), Some(allowed)) = (
+        meta_value(&metadata, "contentType"),
+        st.settings(&bucket).allowed_mime_types,
+    ) {
+        if !ty.is_empty() {
+            check_mime_type(ty, &allowed)?;
+        }
+    }
     // onCreate: a number of seconds becomes max-age, anything else no-cache.
     let cache = match meta_value(&metadata, "cacheControl") {
         Some(c) if c.trim_start_matches('-').parse::<i64>().is_ok() => format!("max-age={c}"),
@@ -2322,10 +2450,7 @@ fn tus_create(st: &mut State, who: &Who, req: &Request, origin: &str) -> Result<
     // creation-with-upload
     if req.header("content-type") == Some("application/offset+octet-stream") && !req.body.is_empty() {
         // calculateMaxBodySize: the length, or (deferred) the maximum size.
-        if length
-            .or(st.tus_max_size)
-            .is_some_and(|max| req.body.len() as u64 > max)
-        {
+        if length.or(max).is_some_and(|max| req.body.len() as u64 > max) {
             return Err(tus_error(413, "upload's size exceeded\n"));
         }
         up.data.extend_from_slice(&req.body);
@@ -2366,7 +2491,7 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
         return Err(tus_error(403, "Content-Type header required\n"));
     }
     let id = tus_target(req)?;
-    let Some(up) = st.uploads.get(&id).cloned() else {
+    let Some((up, held)) = st.uploads.get(&id).map(TusUpload::described) else {
         return Err(tus_error(404, "The file for this url was not found\n"));
     };
     let upsert = req.header("x-upsert") == Some("true");
@@ -2374,10 +2499,10 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
     if !st.buckets.contains(&up.bucket) {
         return Err(no_such_bucket());
     }
-    if upload_expired(st, &up) {
+    if expired_at(st, &up, held) {
         return Err(tus_error(410, "The file for this url no longer exists\n"));
     }
-    if offset != up.data.len() as u64 {
+    if offset != held {
         return Err(tus_error(409, "Upload-Offset conflict\n"));
     }
     // PatchHandler: an Upload-Length declares a deferred length, once, and not below the offset.
@@ -2386,14 +2511,14 @@ fn tus_patch(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageE
         if length.is_some() || declared < offset {
             return Err(tus_error(400, "Upload-Length or Upload-Defer-Length header required\n"));
         }
-        if st.tus_max_size.is_some_and(|max| declared > max) {
+        if st.tus_max(&up.bucket).is_some_and(|max| declared > max) {
             return Err(tus_error(413, "Maximum size exceeded\n"));
         }
         length = Some(declared);
         st.uploads.get_mut(&id).unwrap().length = length;
     }
     if length
-        .or(st.tus_max_size)
+        .or(st.tus_max(&up.bucket))
         .is_some_and(|max| offset + req.body.len() as u64 > max)
     {
         return Err(tus_error(413, "upload's size exceeded\n"));
@@ -2440,12 +2565,12 @@ fn tus_head(st: &State, req: &Request) -> Result<Reply, StorageError> {
 
 fn tus_delete(st: &mut State, who: &Who, req: &Request) -> Result<Reply, StorageError> {
     let id = tus_target(req)?;
-    let Some(up) = st.uploads.get(&id).cloned() else {
+    let Some((up, held)) = st.uploads.get(&id).map(TusUpload::described) else {
         return Err(tus_error(404, "The file for this url was not found\n"));
     };
     let upsert = req.header("x-upsert") == Some("true");
     can_upload(st, who, &up.bucket, &up.name, upsert)?;
-    if up.done() {
+    if up.length == Some(held) {
         return Err(tus_error(400, "Cannot terminate an already completed upload"));
     }
     st.uploads.remove(&id);

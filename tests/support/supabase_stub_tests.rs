@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Fault, SupabaseStub};
+use super::{BucketSettings, Fault, SupabaseStub};
 
 const SERVICE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2ln";
 
@@ -481,4 +481,124 @@ fn storage_stub_tus_deferred_length_is_declared_by_a_patch_like_tus_server() {
     let p = tus("PATCH", &[("Upload-Offset", "4"), ("Upload-Length", "6")], b"ef");
     assert_eq!((p.status, p.header("tus-complete")), (204, Some("1")));
     assert_eq!(s.state.lock().unwrap().objects["grow.sql"], b"abcdef");
+}
+
+#[test]
+fn storage_stub_a_buckets_own_size_and_mime_limits_answer_like_the_server() {
+    // The project takes standard uploads up to 1000 bytes; the bucket its own 10, of two kinds.
+    let s = stub();
+    s.set_bucket(
+        "backups",
+        BucketSettings {
+            file_size_limit: Some(10),
+            allowed_mime_types: Some(vec!["application/octet-stream".into(), "text/*".into()]),
+        },
+    );
+    let bucket = s.call_as(SERVICE, "GET", "/storage/v1/bucket/backups", &[], b"");
+    assert_eq!(
+        (
+            bucket.json()["file_size_limit"].clone(),
+            bucket.json()["allowed_mime_types"].clone()
+        ),
+        (json!(10), json!(["application/octet-stream", "text/*"]))
+    );
+    let typed = |ty: &str, name: &str, body: &[u8]| {
+        let path = format!("/storage/v1/object/backups/{name}");
+        s.call_as(SERVICE, "POST", &path, &[("Content-Type", ty)], body)
+    };
+    assert_eq!(typed("application/octet-stream", "t/ten", &[1; 10]).status, 200);
+    assert_eq!(
+        typed("text/plain", "t/text", b"x").status,
+        200,
+        "type/* allows its subtypes"
+    );
+    let big = typed("application/octet-stream", "t/eleven", &[1; 11]);
+    assert_eq!(big.status, 400);
+    assert_eq!(
+        big.json(),
+        json!({"statusCode": "413", "code": "EntityTooLarge", "error": "Payload too large",
+               "message": "The object exceeded the maximum allowed size"})
+    );
+    // The type is checked before the size.
+    let sql = typed("application/sql", "t/a.sql", &[1; 11]);
+    assert_eq!(sql.status, 400);
+    assert_eq!(
+        sql.json(),
+        json!({"statusCode": "415", "code": "InvalidMimeType", "error": "invalid_mime_type",
+               "message": "mime type application/sql is not supported"})
+    );
+    assert_eq!(s.keys(), ["t/ten", "t/text"]);
+
+    // Resumable uploads: the declared length against the bucket's limit, then (after the name is
+    // checked) the declared type; a deferred length is held to the limit as the bytes come.
+    let b64 = |v: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(v)
+    };
+    let create = |name: &str, ty: &str, length: Option<&str>| {
+        let meta = format!(
+            "bucketName {},objectName {},contentType {}",
+            b64("backups"),
+            b64(name),
+            b64(ty)
+        );
+        let mut h = vec![("Tus-Resumable", "1.0.0"), ("Upload-Metadata", meta.as_str())];
+        match length {
+            Some(l) => h.push(("Upload-Length", l)),
+            None => h.push(("Upload-Defer-Length", "1")),
+        }
+        s.call_as(SERVICE, "POST", "/storage/v1/upload/resumable", &h, b"")
+    };
+    let c = create("r/big", "application/octet-stream", Some("11"));
+    assert_eq!((c.status, c.text()), (413, "Maximum size exceeded\n".to_string()));
+    let c = create("r/a.sql", "application/sql", Some("3"));
+    assert_eq!(
+        (c.status, c.text()),
+        (415, "mime type application/sql is not supported".to_string())
+    );
+    let c = create("t/ten", "application/sql", Some("3"));
+    assert_eq!(
+        (c.status, c.text()),
+        (409, "The resource already exists".to_string()),
+        "the name before the type"
+    );
+    let c = create("r/grow", "application/octet-stream", None);
+    assert_eq!(c.status, 201, "{}", c.text());
+    let loc = c.header("location").unwrap().to_string();
+    let patch = |extra: &[(&str, &str)], body: &[u8]| {
+        let mut h = vec![
+            ("Tus-Resumable", "1.0.0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ];
+        h.extend_from_slice(extra);
+        s.call_as(SERVICE, "PATCH", loc.strip_prefix(&s.url).unwrap(), &h, body)
+    };
+    assert_eq!(patch(&[("Upload-Offset", "0")], &[1; 8]).status, 204);
+    let over = patch(&[("Upload-Offset", "8")], &[1; 3]);
+    assert_eq!(
+        (over.status, over.text()),
+        (413, "upload's size exceeded\n".to_string())
+    );
+    let declared = patch(&[("Upload-Offset", "8"), ("Upload-Length", "11")], &[1; 3]);
+    assert_eq!(
+        (declared.status, declared.text()),
+        (413, "Maximum size exceeded\n".to_string())
+    );
+
+    // A bucket limit of 0: every standard upload with a byte refused; resumable ones get the
+    // project's limit. An empty type list: standard uploads unchecked, typed resumable ones refused.
+    s.set_bucket(
+        "backups",
+        BucketSettings {
+            file_size_limit: Some(0),
+            allowed_mime_types: Some(vec![]),
+        },
+    );
+    assert_eq!(typed("application/sql", "z/one", b"1").json()["statusCode"], "413");
+    assert_eq!(typed("application/sql", "z/none", b"").status, 200);
+    let c = create("z/r", "application/sql", Some("20"));
+    assert_eq!(
+        (c.status, c.text()),
+        (415, "mime type application/sql is not supported".to_string())
+    );
 }

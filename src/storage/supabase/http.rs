@@ -7,7 +7,7 @@ use backon::BackoffBuilder;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::Deserialize;
 
-use super::Supabase;
+use super::{BucketLimits, Supabase};
 use crate::retry::backoff;
 use crate::secret::redact;
 use crate::storage::timeouts::SendError;
@@ -32,7 +32,33 @@ pub(super) struct ApiError {
     pub message: Option<String>,
 }
 
+/// Which of the bucket's limits a refusal is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Limit {
+    Size,
+    Type,
+}
+
 impl Failure {
+    /// A refusal for the object's size (413 EntityTooLarge) or type (415 InvalidMimeType): as the
+    /// storage API's JSON on the REST routes, as the real status with plain text on the
+    /// resumable ones (`tus`).
+    pub fn limit(&self, tus: bool) -> Option<Limit> {
+        match self.api() {
+            Some(a) => match (a.code.as_deref(), self.status()) {
+                (Some("EntityTooLarge"), _) | (_, 413) => Some(Limit::Size),
+                (Some("InvalidMimeType"), _) | (_, 415) => Some(Limit::Type),
+                _ => None,
+            },
+            None if tus => match self.http {
+                413 => Some(Limit::Size),
+                415 => Some(Limit::Type),
+                _ => None,
+            },
+            None => None,
+        }
+    }
+
     pub fn api(&self) -> Option<ApiError> {
         serde_json::from_str(&self.body).ok()
     }
@@ -66,7 +92,7 @@ impl Failure {
         }
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         match self.api() {
             Some(a) => format!("{} {}", a.error.unwrap_or_default(), a.message.unwrap_or_default())
                 .trim()
@@ -226,8 +252,8 @@ impl Supabase {
                 StorageError::AlreadyExists(key.to_string())
             }
             ("AccessDenied" | "InvalidJWT", _) | (_, 401 | 403) => self.key_rejected(&message),
-            ("EntityTooLarge", _) | (_, 413) => self.too_large(key, &message),
-            ("InvalidMimeType", _) | (_, 415) => self.type_refused(key, &message),
+            ("EntityTooLarge", _) | (_, 413) => self.too_large(key, &message, None, None),
+            ("InvalidMimeType", _) | (_, 415) => self.type_refused(key, &message, None),
             ("InvalidKey", _) => StorageError::Rejected(format!("Supabase cannot store the name {key:?} ({message})")),
             (_, status) => StorageError::Other(format!(
                 "Supabase storage error {status}{} for {key}: {message}",
@@ -253,20 +279,76 @@ impl Supabase {
         ))
     }
 
-    /// A 413: the bucket's file size limit or the project's upload limit, whichever is lower (the
-    /// server does not say which).
-    pub(super) fn too_large(&self, key: &str, message: &str) -> StorageError {
+    /// A refusal for the object's size or type ([`Failure::limit`]), named with the bucket's own
+    /// limits read now; `attempted` is how large the object was when refused (at least), if known.
+    pub(super) async fn refused(&self, key: &str, f: &Failure, attempted: Option<u64>) -> StorageError {
+        let message = self.scrub(&f.text());
+        let tus = f.api().is_none();
+        match f.limit(tus) {
+            Some(limit) => {
+                let bucket = self.bucket_limits().await;
+                match limit {
+                    Limit::Size => self.too_large(key, &message, bucket.as_ref(), attempted),
+                    Limit::Type => self.type_refused(key, &message, bucket.as_ref()),
+                }
+            }
+            None => self.fail(key, f),
+        }
+    }
+
+    /// A 413. The server's message never says which limit: the bucket's own `file_size_limit`
+    /// (`bucket`, when it could be read) or the project's upload size limit, whichever is lower;
+    /// the object's size when refused (`attempted`) tells them apart.
+    pub(super) fn too_large(
+        &self,
+        key: &str,
+        message: &str,
+        bucket: Option<&BucketLimits>,
+        attempted: Option<u64>,
+    ) -> StorageError {
+        const PROJECT: &str = "the project's upload size limit";
+        const RAISE_PROJECT: &str = "raise it (Dashboard → Storage → Settings; 50 MB on the free plan)";
+        let bytes = |n: u64| match n {
+            0..=1023 => format!("{n} bytes"),
+            _ => format!("{n} bytes ({})", crate::progress::human_size(n)),
+        };
+        let name = &self.bucket;
+        let why = match bucket.map(|b| b.file_size_limit) {
+            None => format!(
+                "the limit is bucket {name:?}'s file size limit or {PROJECT}, whichever is lower; raise it (Dashboard → Storage → the bucket → Edit bucket, and Storage → Settings; 50 MB on the free plan)"
+            ),
+            Some(None) => format!(
+                "bucket {name:?} has no file size limit of its own, so {PROJECT} applies; {RAISE_PROJECT}"
+            ),
+            Some(Some(limit)) => match attempted {
+                Some(size) if size <= limit => format!(
+                    "it was refused at {size} bytes, within bucket {name:?}'s own file size limit of {}, so {PROJECT} is the lower one; {RAISE_PROJECT}",
+                    bytes(limit)
+                ),
+                _ => format!(
+                    "bucket {name:?} takes objects up to {}, its own file size limit; raise it (Dashboard → Storage → the bucket → Edit bucket)",
+                    bytes(limit)
+                ),
+            },
+        };
         StorageError::Rejected(format!(
-            "Supabase refused {key} as too large ({message}): the limit is bucket {:?}'s file size limit or the project's upload size limit, whichever is lower; raise it (Dashboard → Storage → the bucket → Edit bucket, and Storage → Settings; 50 MB on the free plan) or use --max-size to refuse such backups before they are dumped",
-            self.bucket
+            "Supabase refused {key} as too large ({message}): {why} or use --max-size to refuse such backups before they are dumped"
         ))
     }
 
-    /// A 415: the bucket's allowed MIME types leave out the type this object is sent as.
-    pub(super) fn type_refused(&self, key: &str, message: &str) -> StorageError {
+    /// A 415: the bucket's allowed MIME types (`bucket`, when they could be read) leave out the
+    /// type this object is sent as.
+    pub(super) fn type_refused(&self, key: &str, message: &str, bucket: Option<&BucketLimits>) -> StorageError {
         let ty = content_type(key);
+        let allowed = match bucket.and_then(|b| b.allowed_mime_types.as_ref()) {
+            Some(types) if types.is_empty() => {
+                "its list of allowed MIME types is empty (which refuses every resumable upload); ".to_string()
+            }
+            Some(types) => format!("it allows only {}; ", types.join(", ")),
+            None => String::new(),
+        };
         StorageError::Rejected(format!(
-            "bucket {:?} does not accept {key}'s type {ty} ({message}): add {ty} to the bucket's allowed MIME types (Dashboard → Storage → the bucket → Edit bucket), or clear that restriction",
+            "bucket {:?} does not accept {key}'s type {ty} ({message}): {allowed}add {ty} to the bucket's allowed MIME types (Dashboard → Storage → the bucket → Edit bucket), or clear that restriction",
             self.bucket
         ))
     }

@@ -228,8 +228,14 @@ impl Supabase {
                     .body(bytes.clone())
             })
             .await?;
-        match answer.map_err(|f| self.fail(key, &f)) {
-            Ok(_) => Ok(()),
+        let failure = match answer {
+            Ok(_) => return Ok(()),
+            Err(f) => f,
+        };
+        if failure.limit(false).is_some() {
+            return Err(self.refused(key, &failure, Some(bytes.len() as u64)).await);
+        }
+        match Err(self.fail(key, &failure)) {
             Err(StorageError::AlreadyExists(_)) if unsure => {
                 if self.holds(key, &bytes).await? {
                     tracing::info!(
@@ -240,8 +246,29 @@ impl Supabase {
                     Err(StorageError::AlreadyExists(key.to_string()))
                 }
             }
-            Err(e) => Err(e),
+            other => other,
         }
+    }
+
+    /// The bucket's own limits, read now (`GET /bucket/<id>`), to name the one that refused an
+    /// upload; `None` when they cannot be read.
+    pub(super) async fn bucket_limits(&self) -> Option<BucketLimits> {
+        let path = format!("/bucket/{}", encode_segment(&self.bucket));
+        let answer = self
+            .exchange("reading the bucket's limits", || self.request(Method::GET, &path))
+            .await;
+        let info: BucketInfo = match answer {
+            Ok(Ok(r)) => self.timeouts.json(r).await.ok()?,
+            _ => return None,
+        };
+        let file_size_limit = match info.file_size_limit {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))?),
+        };
+        Some(BucketLimits {
+            file_size_limit,
+            allowed_mime_types: info.allowed_mime_types,
+        })
     }
 
     /// Whether the object `key` holds exactly `bytes` (at most a standard upload's size): its size
@@ -292,6 +319,17 @@ impl Supabase {
 struct BucketInfo {
     id: Option<String>,
     name: Option<String>,
+    /// Bytes, a number (the server parses int8 columns); null for none.
+    #[serde(default)]
+    file_size_limit: Option<serde_json::Value>,
+    #[serde(default)]
+    allowed_mime_types: Option<Vec<String>>,
+}
+
+/// A bucket's own limits (`storage.buckets`): `None` is the column's null, no limit of its own.
+pub(super) struct BucketLimits {
+    pub file_size_limit: Option<u64>,
+    pub allowed_mime_types: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -160,6 +160,7 @@ impl Supabase {
                 return Err(StorageError::AlreadyExists(key.to_string()))
             }
             Err(f) if size.is_none() && f.http == 501 => return Ok(Created::NoDeferredLength),
+            Err(f) if f.limit(true).is_some() => return Err(self.refused(key, &f, size).await),
             Err(f) => return Err(self.tus_fail(key, &f)),
         };
         let location = resp
@@ -241,6 +242,10 @@ impl Supabase {
                         return Err(StorageError::AlreadyExists(key.to_string()));
                     }
                     // An offset conflict: the server has more (or less) than we think.
+                    if f.limit(true).is_some() {
+                        // What was refused: the length this chunk declares, or the bytes so far.
+                        return Err(self.refused(key, &f, Some(offset + want as u64)).await);
+                    }
                     if !(f.transient() || f.status() == 409) {
                         return Err(self.tus_fail(key, &f));
                     }
@@ -314,8 +319,8 @@ impl Supabase {
         }
         let text = self.scrub(&super::http::one_line(&f.body));
         match f.http {
-            413 => self.too_large(key, &text),
-            415 => self.type_refused(key, &text),
+            413 => self.too_large(key, &text, None, None),
+            415 => self.type_refused(key, &text, None),
             401 | 403 => self.key_rejected(&text),
             404 if text == "Bucket not found" => self.no_such_bucket(),
             status => StorageError::Other(format!(
