@@ -14,11 +14,12 @@ use crate::cmd::Outcome;
 use crate::jsonl::{JsonRestore, Loaded};
 use crate::outln;
 use crate::pg::lock;
-use crate::restore::access::check_access;
+use crate::restore::access::{check_access, read_plain};
 use crate::restore::guard::Scope;
+use crate::restore::loader::{references_of, Grants, Loader};
 use crate::restore::post;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
-use crate::restore::stage::{swap, Staged};
+use crate::restore::stage::{owner_for, swap, Staged};
 use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::writes::Writes;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
@@ -202,88 +203,144 @@ async fn restore(
     .await?;
     let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
     let kept = sql.kept_as.clone();
-    // Everything loads into a staging schema of its own, committed while the application cannot
-    // see it; the live schema is not touched until the swap.
-    let staged = Staged::create(session, &sql.staging, &ctx.dump, lock_timeout).await?;
-    let loaded = match tools {
-        // A json backup loads through the driver.
+    let keep_previous = match &target {
+        Target::Replace {
+            drop_previous: false, ..
+        } => facts.previous.as_deref(),
+        _ => None,
+    };
+    let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout))
+        .await?
+        .staged(&sql.staging);
+    let opts = JsonRestore {
+        source_schema: &source.source_schema,
+        target: &target,
+        catalog: &ctx.catalog,
+        plan: &sql,
+        scope: &scope,
+        keep_history: facts.records_exist,
+        keep_previous_as: keep_previous,
+        lock_timeout,
+        reconnect: Some(&ctx.dump),
+        defer_post_data: true,
+    };
+    let restoring = || format!("restoring {target_name} from {}; nothing was changed", source.key);
+    // A json backup that holds rows only (format version 2, or a structure that does not carry
+    // every object) loads into the live tables, which it holds locked, as the tool: nobody writes
+    // meanwhile, and there is nothing to swap.
+    if source.format == DumpFormat::Json
+        && crate::jsonl::loads_in_place(read_plain(
+            std::fs::File::open(file.path())?,
+            source.compression,
+            source.decrypt.as_ref(),
+        )?)?
+    {
+        let input = open_decompressed(file.path(), &source, &shown)?;
+        crate::jsonl::restore(session, input, &opts)
+            .await
+            .with_context(restoring)?;
+        let kept = keep_previous.map(str::to_string);
+        report(
+            ctx,
+            &tenant.schema_name,
+            &target_name,
+            &source,
+            kept.as_deref(),
+            None,
+            false,
+            started,
+        )?;
+        return Ok(Outcome::Done);
+    }
+
+    // Everything else loads into a staging schema of its own, committed while the application
+    // cannot see it, as the loader role: a login that can create and write only there (the second
+    // wall behind the guard). The live schema is not touched until the swap.
+    let loader = Loader::ensure(session).await?;
+    let references = match target.schema().filter(|_| facts.target_exists) {
+        Some(live) => references_of(session, live).await?,
+        None if schema_exists(session, &source.source_schema).await? => {
+            references_of(session, &source.source_schema).await?
+        }
+        None => Vec::new(),
+    };
+    let grants = Grants {
+        references,
+        usage: Vec::new(),
+    };
+    let mut loading = loader.open(&ctx.dump, &sql.staging, &grants, lock_timeout).await?;
+    let staged = Staged::adopt(&sql.staging, &ctx.dump, lock_timeout);
+    let load_as = loading.target()?.clone();
+    // Every connection of the load opens now, while its login window is open.
+    let builders = post::connect(&load_as, usize::from(args.jobs), mark, lock_timeout).await?;
+    let deferred = match tools {
+        // A json backup loads through the driver, on a connection of its own: the tool's session,
+        // which holds the tenant's lock, is left for the swap whatever becomes of the load's.
         None => {
             let input = open_decompressed(file.path(), &source, &shown)?;
-            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout))
-                .await?
-                .staged(&sql.staging);
-            let keep_previous = match &target {
-                Target::Replace {
-                    drop_previous: false, ..
-                } => facts.previous.as_deref(),
-                _ => None,
-            };
-            let opts = JsonRestore {
-                source_schema: &source.source_schema,
-                target: &target,
-                catalog: &ctx.catalog,
-                plan: &sql,
-                scope: &scope,
-                keep_history: facts.records_exist,
-                keep_previous_as: keep_previous,
-                lock_timeout,
-                reconnect: Some(&ctx.dump),
-                defer_post_data: true,
-            };
-            // On a connection of its own, as psql's is: the tool's session, which holds the
-            // tenant's lock, is left for the swap whatever becomes of the load's.
-            let loader = ctx.connect_session().await?;
-            prepare_session(&loader, mark, lock_timeout).await?;
-            let (_, loaded) = crate::jsonl::restore(&loader, input, &opts)
+            let loader_client = loading.connect().await?;
+            prepare_session(&loader_client, mark, lock_timeout).await?;
+            // Every connection of the load is open: no other can log in as the loader.
+            loading.seal().await?;
+            match crate::jsonl::restore(&loader_client, input, &opts)
                 .await
-                .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-            match loaded {
-                Loaded::Staged(deferred) => Ok(deferred),
-                // Version 2 loads into the live tables, which it holds locked: nobody wrote
-                // meanwhile, and there is nothing to swap.
-                Loaded::InPlace => Err(keep_previous.map(str::to_string)),
+                .with_context(restoring)?
+            {
+                (_, Loaded::Staged(deferred)) => deferred,
+                (_, Loaded::InPlace) => anyhow::bail!("internal: a json backup loaded in place after all"),
             }
         }
         Some(tools) => {
-            let ran = through_psql(
-                &tools,
-                &ctx.dump,
-                session,
-                file.path(),
-                &source,
-                &sql,
-                true,
-                watch,
-                &shown,
-            )
-            .await
-            .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
+            // psql connects on its own: the login window is sealed once it has.
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let load = async {
+                let ran = through_psql(
+                    &tools,
+                    &ctx.dump,
+                    &load_as,
+                    session,
+                    file.path(),
+                    &source,
+                    &sql,
+                    true,
+                    watch,
+                    &shown,
+                )
+                .await;
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                ran
+            };
+            let logins = builders.len() as i64 + 1;
+            let (ran, sealed) = tokio::join!(load, loading.seal_once_connected(logins, &done));
+            sealed?;
+            let ran = ran.with_context(|| format!("restoring {} from {}", target_name, source.key))?;
             if let Some(note) = &ran.note {
                 tracing::warn!("{note}");
             }
-            Ok(ran.deferred)
+            ran.deferred
         }
     };
-    let (kept, wrote) = match loaded {
-        Err(kept) => {
-            staged.discard().await?;
-            (kept, None)
-        }
-        Ok(deferred) => {
-            // The keys, indexes and foreign keys, on --jobs connections at once: the staging
-            // schema is private until the swap.
-            if !deferred.is_empty() {
-                let jobs = usize::from(args.jobs);
-                let clients = post::connect(&ctx.dump, jobs, mark, lock_timeout).await?;
-                post::run(&clients, &deferred)
-                    .await
-                    .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-            }
-            swap(session, &sql, &ctx.dump).await?;
-            staged.swapped();
-            settle_previous(session, &target, kept, &writes, lock_timeout).await
-        }
-    };
+    // The keys, indexes and foreign keys, on --jobs connections at once: the staging schema is
+    // private until the swap.
+    post::run(&builders, &deferred).await.with_context(restoring)?;
+    if !sql.history.is_empty() {
+        builders[0]
+            .batch_execute(&format!("BEGIN;\n{}COMMIT;", sql.history))
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", crate::pg::connect::describe_pg_error_without_data(&e)))
+            .context("carrying the history over")
+            .with_context(restoring)?;
+    }
+    drop(builders);
+    // The restored schema becomes the tenant owner's; then the tool swaps it in.
+    let owner = owner_for(session, target.schema().unwrap_or(&tenant.schema_name)).await?;
+    loading.hand_over(&owner).await.with_context(restoring)?;
+    swap(session, &sql, &ctx.dump).await?;
+    staged.swapped();
+    if let Err(e) = loading.close().await {
+        tracing::warn!("the restore is done, but the loader role could not be put back to rest: {e:#}");
+    }
+    let (kept, wrote) = settle_previous(session, &target, kept, &writes, lock_timeout).await;
     report(
         ctx,
         &tenant.schema_name,

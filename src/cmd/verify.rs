@@ -8,15 +8,17 @@ use serde::Serialize;
 
 use crate::app::context::Context;
 use crate::app::output::table;
+use crate::backup::format::DumpFormat;
 use crate::cli::VerifyArgs;
 use crate::cmd::Outcome;
 use crate::jsonl::JsonRestore;
 use crate::pg::lock;
-use crate::restore::access::check_access;
+use crate::restore::access::{check_access, read_plain};
 use crate::restore::guard::Scope;
+use crate::restore::loader::{references_of, Grants, Loader};
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
 use crate::restore::stage::Staged;
-use crate::restore::state::read_facts;
+use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
 use crate::{out, outln};
 
@@ -100,49 +102,89 @@ async fn verify(
     )
     .await?;
     let sql = plan(&source, &Target::Scratch, &ctx.catalog, &facts, timeout, mark);
-    // Loaded into an empty staging schema inside a transaction that is rolled back, then dropped:
-    // the live schema is never touched.
-    let staged = Staged::create(session, &sql.staging, &ctx.dump, timeout).await?;
-    let counts = match tools {
-        None => {
-            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout))
-                .await?
-                .staged(&sql.staging);
-            let opts = JsonRestore {
-                source_schema: &source.source_schema,
-                target: &Target::Scratch,
-                catalog: &ctx.catalog,
-                plan: &sql,
-                scope: &scope,
-                keep_history: false,
-                keep_previous_as: None,
-                lock_timeout: timeout,
-                reconnect: None,
-                defer_post_data: false,
-            };
-            crate::jsonl::restore(session, open_decompressed(file.path(), &source, &shown)?, &opts)
-                .await
-                .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
-                .0
-        }
-        Some(tools) => {
-            through_psql(
-                &tools,
-                &ctx.dump,
-                session,
-                file.path(),
-                &source,
-                &sql,
-                false,
-                watch,
-                &shown,
-            )
-            .await
-            .with_context(|| format!("restoring {} into a scratch transaction", source.key))?
-            .counts
-        }
+    let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout))
+        .await?
+        .staged(&sql.staging);
+    let opts = JsonRestore {
+        source_schema: &source.source_schema,
+        target: &Target::Scratch,
+        catalog: &ctx.catalog,
+        plan: &sql,
+        scope: &scope,
+        keep_history: false,
+        keep_previous_as: None,
+        lock_timeout: timeout,
+        reconnect: None,
+        defer_post_data: false,
     };
-    staged.discard().await?;
+    let loading_what = || format!("loading {} inside a rolled-back transaction", source.key);
+    let in_place = source.format == DumpFormat::Json
+        && crate::jsonl::loads_in_place(read_plain(
+            std::fs::File::open(file.path())?,
+            source.compression,
+            source.decrypt.as_ref(),
+        )?)?;
+    let counts = if in_place {
+        // Rows only: loaded into temporary copies of the live tables, rolled back.
+        crate::jsonl::restore(session, open_decompressed(file.path(), &source, &shown)?, &opts)
+            .await
+            .with_context(loading_what)?
+            .0
+    } else {
+        // Loaded as the loader role into an empty staging schema, inside a transaction that is
+        // rolled back; the schema is then dropped. The live schema is never touched.
+        let loader = Loader::ensure(session).await?;
+        let references = match schema_exists(session, &source.source_schema).await? {
+            true => references_of(session, &source.source_schema).await?,
+            false => Vec::new(),
+        };
+        let grants = Grants {
+            references,
+            usage: Vec::new(),
+        };
+        let mut loading = loader.open(&ctx.dump, &sql.staging, &grants, timeout).await?;
+        let staged = Staged::adopt(&sql.staging, &ctx.dump, timeout);
+        let load_as = loading.target()?.clone();
+        let counts = match tools {
+            None => {
+                let client = loading.connect().await?;
+                prepare_session(&client, mark, timeout).await?;
+                loading.seal().await?;
+                crate::jsonl::restore(&client, open_decompressed(file.path(), &source, &shown)?, &opts)
+                    .await
+                    .with_context(loading_what)?
+                    .0
+            }
+            Some(tools) => {
+                // psql connects on its own: the login window is sealed once it has.
+                let done = std::sync::atomic::AtomicBool::new(false);
+                let load = async {
+                    let ran = through_psql(
+                        &tools,
+                        &ctx.dump,
+                        &load_as,
+                        session,
+                        file.path(),
+                        &source,
+                        &sql,
+                        false,
+                        watch,
+                        &shown,
+                    )
+                    .await;
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    ran
+                };
+                let (ran, sealed) = tokio::join!(load, loading.seal_once_connected(1, &done));
+                sealed?;
+                ran.with_context(|| format!("restoring {} into a scratch transaction", source.key))?
+                    .counts
+            }
+        };
+        loading.close().await?;
+        staged.discard().await?;
+        counts
+    };
 
     let expected = source.manifest.as_ref().and_then(|m| m.row_counts.clone());
     let mut names: Vec<String> = counts.keys().cloned().collect();

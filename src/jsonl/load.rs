@@ -163,6 +163,25 @@ pub fn peek_header(mut input: Box<dyn BufRead + Send>) -> Result<Header> {
     serde_json::from_slice(&line).context("the dump has no tenant-backup json header")
 }
 
+/// Whether a json dump loads into the tenant's existing tables (format version 2, or a structure
+/// that does not carry every object of the schema) rather than into a staging schema of its own.
+pub fn loads_in_place(mut input: Box<dyn BufRead + Send>) -> Result<bool> {
+    let mut line = Vec::new();
+    read_line(&mut input, &mut line).context("reading the dump (corrupt or truncated object)")?;
+    let header: Header = serde_json::from_slice(&line).context("the dump has no tenant-backup json header")?;
+    if header.format_version == 2 {
+        return Ok(true);
+    }
+    line.clear();
+    read_line(&mut input, &mut line).context("reading the dump (corrupt or truncated object)")?;
+    let marker: (String, serde_json::Value) = serde_json::from_slice(&line).context("a damaged line")?;
+    if marker.0 != "structure" {
+        anyhow::bail!("the dump has no structure section after its header: it is damaged");
+    }
+    let structure: Structure = serde_json::from_value(marker.1)?;
+    Ok(!structure.not_carried.is_empty())
+}
+
 /// The header and (version 3) the structure, checked before anything runs: the format, its
 /// version, and the schema the dump was taken of.
 async fn read_head(

@@ -172,6 +172,7 @@ async fn watch(client: tokio_postgres::Client, app: String, seen: Arc<Mutex<Vec<
 pub async fn through_psql(
     tools: &crate::pg::tools::PgDump,
     session: &DbTarget,
+    load_as: &DbTarget,
     client: &tokio_postgres::Client,
     dump: &std::path::Path,
     source: &super::Source,
@@ -192,7 +193,7 @@ pub async fn through_psql(
         psql: tools.sibling("psql"),
         pg_restore: tools.sibling("pg_restore"),
         restrict: crate::pg::tools::knows_restrict(&tools.version),
-        target: session.clone(),
+        target: load_as.clone(),
         application_name: application_name(&plan.mark),
         dump: dump.to_path_buf(),
         source: source.clone(),

@@ -21,8 +21,14 @@ pub struct Plan {
     /// The swap, one short transaction once the load is committed: the live schema renamed aside,
     /// the staging schema renamed in, the history carried over. Empty for verify.
     pub swap: String,
+    /// The history carried over into the staging schema, run by the loader once the schema's
+    /// keys are built (it needs the history table's primary key), before the swap.
+    pub history: String,
     /// The renamed previous schema, when one is kept.
     pub kept_as: Option<String>,
+    /// Checked by the swap before it renames anything: the live history still has this many rows
+    /// and this largest id (`SELECT count(*), max(id)` of the table), as when it was carried over.
+    pub history_check: Option<(String, i64, i64)>,
     /// Starts every line the scripts print, so nothing the dump prints can pass for one.
     pub mark: String,
 }
@@ -74,8 +80,15 @@ pub fn plan(
     let mut epi = format!("\n{reset_path}");
     let mut swap = String::new();
     let mut kept_as = None;
+    let mut history_check = None;
+    let mut history_sql = String::new();
     match target {
         Target::Replace { schema: t, .. } | Target::Into { schema: t } => {
+            // The history goes into the staging schema by the loader: nothing of the dump (a
+            // trigger, a default, a policy) ever runs as the tool.
+            if matches!(target, Target::Replace { .. }) {
+                history_sql = history(catalog, &staging, t, source, facts);
+            }
             epi.push_str("COMMIT;\n");
             swap.push_str(&format!("BEGIN;\n{timeout}{reset_path}"));
             // With --drop-previous the previous schema is dropped after the swap, and only when
@@ -89,11 +102,12 @@ pub fn plan(
             };
             if let Some(p) = &previous {
                 swap.push_str(&rename(t, p));
+                // Read by the swap once renamed: what was carried over is still all there is.
+                if let Some(h) = &facts.history {
+                    history_check = Some((catalog.records_in(p), h.count, h.max_id));
+                }
             }
             swap.push_str(&rename(&staging, t));
-            if matches!(target, Target::Replace { .. }) {
-                swap.push_str(&history(catalog, t, previous.as_deref(), source, facts));
-            }
             swap.push_str("COMMIT;\n");
             kept_as = previous;
         }
@@ -111,7 +125,9 @@ pub fn plan(
         epilogue: epi,
         staging,
         swap,
+        history: history_sql,
         kept_as,
+        history_check,
         mark: mark.to_string(),
     }
 }
@@ -120,19 +136,22 @@ pub fn plan(
 /// (by id, whatever its date) — or, when there was no history table, every backup of the tenant
 /// the bucket's manifests know and the dump's history does not. A backup of another tenant
 /// (`--from-tenant`) brings that tenant's history, which is replaced by the target's own.
-fn history(catalog: &Catalog, target: &str, previous: Option<&str>, source: &Source, facts: &Facts) -> String {
-    let restored = catalog.records_in(target);
+fn history(catalog: &Catalog, staging: &str, target: &str, source: &Source, facts: &Facts) -> String {
+    let restored = catalog.records_in(staging);
     let mut sql = String::new();
     if source.source_schema != target {
         sql.push_str(&format!("DELETE FROM {restored};\n"));
     }
-    match previous {
-        Some(old) if facts.records_exist => {
-            let users = catalog.users_in(target);
+    match &facts.history {
+        Some(h) if facts.records_exist => {
+            let users = catalog.users_in(staging);
             sql.push_str(&insert_history(
                 &restored,
                 &users,
-                &format!("{} o", catalog.records_in(old)),
+                &format!(
+                    "pg_catalog.json_populate_recordset(NULL::{restored}, {}::pg_catalog.json) o",
+                    literal(&h.rows_json)
+                ),
             ));
         }
         _ if !facts.bucket_rows.is_empty() => {

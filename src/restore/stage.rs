@@ -2,10 +2,12 @@
 //! (`<tenant>__restore_<mark>`, see [`staging_name`](super::script::staging_name)), created empty
 //! and committed first, so the load's transaction takes no lock the application could wait for and
 //! the live schema is not touched at all. Once the load is committed, one short transaction
-//! (bounded by `--lock-timeout`) renames the live schema aside, renames the staging schema in and
-//! carries the history over ([`swap`]). Until then a stop, a failure or a kill leaves the tenant as
-//! it was: the staging schema is dropped on the way out, or, when the process was killed, left for
-//! `cleanup --orphans` to find (no restore holds its tenant's lock) and drop.
+//! (bounded by `--lock-timeout`) renames the live schema aside and renames the staging schema in
+//! ([`swap`]; the loader has carried the history over already, and the swap checks that the live
+//! history did not grow meanwhile). Until then a stop, a failure or a kill leaves the tenant as it
+//! was: the staging schema is dropped on the way out, or, when the process was killed, left for
+//! `cleanup --orphans` to find (no restore holds its tenant's lock) and drop (the next restore in
+//! the database drops it too: it belongs to the loader role).
 
 use std::time::Duration;
 
@@ -27,19 +29,15 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Creates the empty staging schema, committed (it must exist for the load's connections).
-    pub async fn create(client: &Client, name: &str, target: &DbTarget, lock_timeout: Duration) -> Result<Staged> {
-        client
-            .batch_execute(&format!("CREATE SCHEMA {}", quote_ident(name)))
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
-            .with_context(|| format!("creating the staging schema {name}"))?;
-        Ok(Staged {
+    /// The staging schema (created, empty, by the loader's session: see
+    /// [`crate::restore::loader`]), to be dropped unless swapped in.
+    pub fn adopt(name: &str, target: &DbTarget, lock_timeout: Duration) -> Staged {
+        Staged {
             name: name.to_string(),
             target: target.clone(),
             lock_timeout,
             armed: true,
-        })
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -111,6 +109,21 @@ pub async fn swap(client: &Client, plan: &Plan, session: &DbTarget) -> Result<()
     let fail = |e: tokio_postgres::Error| anyhow::anyhow!("{}", describe_pg_error(&e));
     let prepared = async {
         client.batch_execute(body).await.map_err(fail)?;
+        if let Some((records, count, max_id)) = &plan.history_check {
+            let row = client
+                .query_one(
+                    &format!("SELECT count(*), coalesce(max(id), 0)::bigint FROM {records}"),
+                    &[],
+                )
+                .await
+                .map_err(fail)?;
+            let now: (i64, i64) = (row.get(0), row.get(1));
+            if now != (*count, *max_id) {
+                anyhow::bail!(
+                    "the tenant's history changed while the restore ran (another program recorded a backup?), so the restored one would miss it; run the restore again"
+                );
+            }
+        }
         let xid: i64 = client
             .query_one("SELECT pg_catalog.txid_current()", &[])
             .await
@@ -148,4 +161,18 @@ pub async fn swap(client: &Client, plan: &Plan, session: &DbTarget) -> Result<()
             ))),
         },
     }
+}
+
+/// Who the restored schema is handed to: the owner of `schema` (the live tenant's) when it
+/// exists, or the tool's own role.
+pub async fn owner_for(client: &Client, schema: &str) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT pg_catalog.pg_get_userbyid(nspowner)::text FROM pg_catalog.pg_namespace WHERE nspname = $1), current_user::text)",
+            &[&schema],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe_pg_error(&e)))
+        .context("reading who owns the tenant's schema")?;
+    Ok(row.get(0))
 }

@@ -56,6 +56,18 @@ pub struct Facts {
     /// Backups of the target the bucket's manifests know of: the history of a tenant whose
     /// history table is gone.
     pub bucket_rows: Vec<BucketRow>,
+    /// The target's history as it is now (a JSON array of its rows), read by the tool so that
+    /// the loader, which may not read the live schema, carries it over into the staging one.
+    pub history: Option<History>,
+}
+
+/// The live history, read under the tenant's lock: its rows, and how many there were and the
+/// largest id, checked again at the swap (nothing may have been added meanwhile).
+#[derive(Clone, Debug)]
+pub struct History {
+    pub rows_json: String,
+    pub count: i64,
+    pub max_id: i64,
 }
 
 /// A history row rebuilt from a manifest.
@@ -97,7 +109,23 @@ pub async fn read_facts(
         if facts.target_exists {
             facts.previous = Some(free_previous_name(client, schema, now).await?);
         }
-        if !facts.records_exist {
+        if facts.records_exist {
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(pg_catalog.json_agg(r)::text, '[]'), count(*), coalesce(max(r.id), 0)::bigint FROM {} r",
+                        catalog.records_in(schema)
+                    ),
+                    &[],
+                )
+                .await
+                .with_context(|| format!("reading the history of {schema}"))?;
+            facts.history = Some(History {
+                rows_json: row.get(0),
+                count: row.get(1),
+                max_id: row.get(2),
+            });
+        } else {
             facts.bucket_rows = bucket_backups(storage, schema)
                 .await?
                 .into_iter()

@@ -119,6 +119,25 @@ fn a_staging_schema_of_a_running_restore_is_never_dropped_by_cleanup() {
     let out = restore.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(db.sql(STAGING), "", "swapped in, nothing left");
+    // Loaded as the loader role, handed to the tenant's owner, the role put back to rest.
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'bienestar' AND c.relowner <> n.nspowner"
+        ),
+        "0"
+    );
+    assert_eq!(
+        db.sql(
+            "SELECT string_agg(rolcanlogin::text, ',') FROM pg_roles WHERE rolname LIKE 'tenant\\_backup\\_loader\\_%'"
+        ),
+        "false"
+    );
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid WHERE r.rolname LIKE 'tenant\\_backup\\_loader\\_%' AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+        "0",
+        "the loader owns and holds nothing"
+    );
 }
 
 #[test]

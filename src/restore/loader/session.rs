@@ -236,6 +236,20 @@ impl LoaderSession {
         }
     }
 
+    /// Seals the login window as soon as `count` loader sessions are connected (psql children
+    /// connect on their own, while the load runs beside this), or gives up quietly once `done`
+    /// says the load is over (then [`LoaderSession::hand_over`] or `close` seals it).
+    pub async fn seal_once_connected(&mut self, count: i64, done: &std::sync::atomic::AtomicBool) -> Result<()> {
+        loop {
+            if self.wait_for_logins(count, Duration::from_millis(100)).await.is_ok() {
+                return self.seal().await;
+            }
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Takes LOGIN and the password away: the connections already open go on, no new one can
     /// start. Call it once every loader connection is open.
     pub async fn seal(&mut self) -> Result<()> {
