@@ -48,6 +48,11 @@ pub struct RestoreArgs {
     /// Download, verify the checksum and print the plan, touching nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Where a model of an application dumpdata backup goes, when its table is not Django's
+    /// `<app_label>_<model>` (a custom db_table): app_label.model=table, or
+    /// app_label.model.field=table for a many-to-many field's table (repeatable)
+    #[arg(long, value_name = "APP.MODEL=TABLE", value_parser = crate::dumpdata::parse_override)]
+    pub model_table: Vec<(String, String)>,
     /// Seconds to wait for locks (the tenant's backup lock, and the application's locks on the
     /// schema) before giving up cleanly
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
@@ -104,6 +109,11 @@ pub struct VerifyArgs {
     /// The newest backup (the default)
     #[arg(long)]
     pub latest: bool,
+    /// Where a model of an application dumpdata backup goes, when its table is not Django's
+    /// `<app_label>_<model>` (a custom db_table): app_label.model=table, or
+    /// app_label.model.field=table for a many-to-many field's table (repeatable)
+    #[arg(long, value_name = "APP.MODEL=TABLE", value_parser = crate::dumpdata::parse_override)]
+    pub model_table: Vec<(String, String)>,
     /// Seconds to wait for the tenant's lock
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,

@@ -146,8 +146,11 @@ async fn restore(
         ctx.clock.now(),
     )
     .await?;
-    let header = match source.format {
-        DumpFormat::Json => Some(crate::jsonl::peek_header(open_decompressed(
+    // The application's dumpdata backups are json too: recognised by their content.
+    let dumpdata = crate::dumpdata::recognise(client, &source, file.path(), &shown, &args.model_table).await?;
+    let header = match (&dumpdata, source.format) {
+        (Some(d), _) => Some(d.header.clone()),
+        (None, DumpFormat::Json) => Some(crate::jsonl::peek_header(open_decompressed(
             file.path(),
             &source,
             &shown,
@@ -161,6 +164,9 @@ async fn restore(
     describe(&tenant.schema_name, &target_name, &source, &target, &facts);
     if let Some(h) = &header {
         describe_json(h, &target, &facts, &live_tables);
+    }
+    if let Some(d) = &dumpdata {
+        d.describe();
     }
     if args.dry_run {
         report(
@@ -203,7 +209,10 @@ async fn restore(
     let (kept, wrote) = match tools {
         // A json backup loads through the driver.
         None => {
-            let input = open_decompressed(file.path(), &source, &shown)?;
+            let input = match &dumpdata {
+                Some(d) => d.stream(),
+                None => open_decompressed(file.path(), &source, &shown)?,
+            };
             let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout)).await?;
             let keep_previous = match &target {
                 Target::Replace {
