@@ -14,6 +14,16 @@ use super::parse::{Object, Objects};
 use crate::error::UsageError;
 use crate::jsonl::{Column, Header, SequenceValue, TableSpec};
 
+/// Django's own apps whose models set their `db_table`.
+const KNOWN: &[(&str, &str)] = &[
+    ("contenttypes.contenttype", "django_content_type"),
+    ("admin.logentry", "django_admin_log"),
+    ("sessions.session", "django_session"),
+    ("sites.site", "django_site"),
+    ("redirects.redirect", "django_redirect"),
+    ("flatpages.flatpage", "django_flatpage"),
+];
+
 pub struct Plan {
     pub models: Vec<ModelPlan>,
     pub throughs: Vec<Through>,
@@ -144,7 +154,9 @@ impl Plan {
             );
         };
         let over = |key: &str| overrides.iter().find(|(k, _)| k == key).map(|(_, t)| t.clone());
-        let table_name = over(model).unwrap_or_else(|| format!("{app}_{name}"));
+        let table_name = over(model)
+            .or_else(|| KNOWN.iter().find(|(m, _)| m == model).map(|(_, t)| t.to_string()))
+            .unwrap_or_else(|| format!("{app}_{name}"));
         let Some(table) = tables.get(&table_name) else {
             refusals.models.insert(format!("{model} (no table {table_name})"));
             return Ok(None);

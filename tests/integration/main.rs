@@ -27,6 +27,7 @@ mod overlap;
 mod progress;
 mod restore;
 mod restore_bounds;
+mod restore_dumpdata;
 mod restore_dropped;
 mod restore_guard;
 mod restore_hostile;
