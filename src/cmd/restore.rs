@@ -1,4 +1,4 @@
-//! `restore --tenant S (--id N | --latest | --file KEY)`
+//! `restore --tenant S (--id N | --latest | --file KEY | --path FILE)`
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -49,11 +49,12 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             ));
         }
     }
-    let which = match (args.id, args.latest, &args.file) {
-        (Some(id), _, _) => Which::Id(id),
-        (_, true, _) => Which::Latest,
-        (_, _, Some(key)) => Which::Key(key.clone()),
-        _ => return Err(usage!("say which backup: --id N, --latest or --file KEY")),
+    let which = match (args.id, args.latest, &args.file, &args.path) {
+        (Some(id), _, _, _) => Which::Id(id),
+        (_, true, _, _) => Which::Latest,
+        (_, _, Some(key), _) => Which::Key(key.clone()),
+        (_, _, _, Some(path)) => Which::Path(path.clone()),
+        _ => return Err(usage!("say which backup: --id N, --latest, --file KEY or --path FILE")),
     };
     let started = Instant::now();
     let lock_timeout = Duration::from_secs(args.lock_timeout);

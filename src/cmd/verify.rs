@@ -38,7 +38,10 @@ struct Verified {
 }
 
 pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
-    let which = args.id.map(Which::Id).unwrap_or(Which::Latest);
+    let which = match (&args.path, args.id) {
+        (Some(path), _) => Which::Path(path.clone()),
+        (None, id) => id.map(Which::Id).unwrap_or(Which::Latest),
+    };
     let timeout = Duration::from_secs(args.lock_timeout);
     let mark = new_mark();
     let client = ctx.connect_session().await?;

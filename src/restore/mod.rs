@@ -20,6 +20,7 @@ pub mod access;
 pub mod child;
 pub mod errors;
 pub mod guard;
+pub mod local;
 pub mod psql;
 pub mod run;
 pub mod script;
