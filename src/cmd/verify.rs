@@ -117,10 +117,11 @@ async fn verify(
                 lock_timeout: timeout,
                 reconnect: None,
             };
-            let input = match crate::dumpdata::recognise(session, &source, file.path(), &shown, &args.model_table).await? {
-                Some(d) => d.stream(),
-                None => open_decompressed(file.path(), &source, &shown)?,
-            };
+            let input =
+                match crate::dumpdata::recognise(session, &source, file.path(), &shown, &args.model_table).await? {
+                    Some(d) => d.stream(),
+                    None => open_decompressed(file.path(), &source, &shown)?,
+                };
             crate::jsonl::restore(session, input, &opts)
                 .await
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?

@@ -39,7 +39,9 @@ pub fn value(v: &Value, ty: &str) -> Result<Value, String> {
         t if t.ends_with("[]") => {
             // Django's ArrayField: a JSON list, written as a string.
             let list = match v {
-                Value::String(s) => serde_json::from_str::<Value>(s).map_err(|_| "a string that is not a JSON list".to_string())?,
+                Value::String(s) => {
+                    serde_json::from_str::<Value>(s).map_err(|_| "a string that is not a JSON list".to_string())?
+                }
                 other => other.clone(),
             };
             match &list {
@@ -119,7 +121,10 @@ mod tests {
         assert_eq!(value(&json!("3"), "bigint").unwrap(), json!(3));
         assert_eq!(value(&json!(true), "boolean").unwrap(), json!(true));
         assert_eq!(value(&json!("AAH/"), "bytea").unwrap(), json!("\\x0001ff"));
-        assert_eq!(value(&json!({"a": [1, null]}), "jsonb").unwrap(), json!(r#"{"a":[1,null]}"#));
+        assert_eq!(
+            value(&json!({"a": [1, null]}), "jsonb").unwrap(),
+            json!(r#"{"a":[1,null]}"#)
+        );
         assert_eq!(value(&json!("12.50"), "numeric(8,2)").unwrap(), json!("12.50"));
         assert_eq!(value(&json!(1.5), "double precision").unwrap(), json!("1.5"));
         assert_eq!(value(&json!(null), "jsonb").unwrap(), json!(null));
@@ -127,7 +132,10 @@ mod tests {
             value(&json!(r#"["a \"b\"", null, "c"]"#), "character varying(5)[]").unwrap(),
             json!(r#"{"a \"b\"",NULL,"c"}"#)
         );
-        assert_eq!(value(&json!([[1, 2], [3, 4]]), "integer[]").unwrap(), json!(r#"{{"1","2"},{"3","4"}}"#));
+        assert_eq!(
+            value(&json!([[1, 2], [3, 4]]), "integer[]").unwrap(),
+            json!(r#"{{"1","2"},{"3","4"}}"#)
+        );
     }
 
     #[test]

@@ -59,8 +59,8 @@ impl Dumpdata {
         let overrides = overrides.to_vec();
         let schema_name = schema.to_string();
         let opener = open.clone();
-        let plan = tokio::task::spawn_blocking(move || Plan::read(opener()?, &tables, &overrides, &schema_name))
-            .await??;
+        let plan =
+            tokio::task::spawn_blocking(move || Plan::read(opener()?, &tables, &overrides, &schema_name)).await??;
         let header = plan.header(schema, created_at);
         Ok(Dumpdata {
             plan: Arc::new(plan),

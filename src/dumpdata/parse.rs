@@ -113,8 +113,14 @@ impl<R: BufRead> Objects<R> {
                 self.input.consume(1);
                 Ok(b)
             }
-            None => bail!("the file ends before the end of the dumpdata array (after object {}): it is truncated", self.number),
-            Some(_) => bail!("{said} (after object {}): the file is damaged or not a dumpdata backup", self.number),
+            None => bail!(
+                "the file ends before the end of the dumpdata array (after object {}): it is truncated",
+                self.number
+            ),
+            Some(_) => bail!(
+                "{said} (after object {}): the file is damaged or not a dumpdata backup",
+                self.number
+            ),
         }
     }
 

@@ -101,20 +101,26 @@ impl Plan {
                 },
             };
             if o.pk.is_none() {
-                refusals.natural.insert(format!("{} (objects without pk: --natural-primary)", o.model));
+                refusals
+                    .natural
+                    .insert(format!("{} (objects without pk: --natural-primary)", o.model));
                 continue;
             }
             let m = &plan.models[i];
             let table = &tables[&m.table];
             for (f, c) in &m.fields {
                 if o.fields.get(f).is_some_and(Value::is_array) && table.references.contains_key(&c.name) {
-                    refusals.natural.insert(format!("{}.{f} (a key given as a list: --natural-foreign)", o.model));
+                    refusals
+                        .natural
+                        .insert(format!("{}.{f} (a key given as a list: --natural-foreign)", o.model));
                 }
             }
             for (f, _) in &m.m2m {
                 if let Some(Value::Array(items)) = o.fields.get(f) {
                     if items.iter().any(|v| v.is_array()) {
-                        refusals.natural.insert(format!("{}.{f} (keys given as lists: --natural-foreign)", o.model));
+                        refusals
+                            .natural
+                            .insert(format!("{}.{f} (keys given as lists: --natural-foreign)", o.model));
                     }
                 }
             }
@@ -145,7 +151,11 @@ impl Plan {
         refusals: &mut Refusals,
     ) -> Result<Option<usize>> {
         let model = &o.model;
-        let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
         let Some((app, name)) = model.split_once('.').filter(|(a, m)| valid(a) && valid(m)) else {
             bail!(
                 "object {} names model {:?}, which is not an app_label.model label: the file is damaged or not a dumpdata backup",
@@ -176,7 +186,10 @@ impl Plan {
         for (f, v) in &o.fields {
             if let Some(c) = table.column(f).or_else(|| table.column(&format!("{f}_id"))) {
                 if c.name == pk.name || fields.iter().any(|(_, x): &(String, Column)| x.name == c.name) {
-                    bail!("{model}: two of its fields go to column {table_name}.{}: the file is damaged", c.name);
+                    bail!(
+                        "{model}: two of its fields go to column {table_name}.{}: the file is damaged",
+                        c.name
+                    );
                 }
                 fields.push((f.clone(), c.clone()));
                 continue;
@@ -232,7 +245,9 @@ impl Plan {
     pub fn model_of(&self, o: &Object, number: u64) -> Result<usize> {
         match self.index.get(&o.model) {
             Some(i) => Ok(*i),
-            None => bail!("object {number} is of a model the first reading did not see: the file changed while it was read"),
+            None => {
+                bail!("object {number} is of a model the first reading did not see: the file changed while it was read")
+            }
         }
     }
 
@@ -240,7 +255,12 @@ impl Plan {
     pub fn row(&self, i: usize, o: &Object, number: u64, out: &mut Vec<u8>) -> Result<Option<i64>> {
         let m = &self.models[i];
         if o.fields.len() != m.fields.len() + m.m2m.len()
-            || !m.fields.iter().map(|(f, _)| f).chain(m.m2m.iter().map(|(f, _)| f)).all(|f| o.fields.contains_key(f))
+            || !m
+                .fields
+                .iter()
+                .map(|(f, _)| f)
+                .chain(m.m2m.iter().map(|(f, _)| f))
+                .all(|f| o.fields.contains_key(f))
         {
             bail!(
                 "object {number} ({}) has other fields than the model's first object: the file is damaged",
@@ -287,7 +307,10 @@ impl Plan {
         for (f, t) in &m.m2m {
             let through = &self.throughs[*t];
             let Some(Value::Array(items)) = o.fields.get(f) else {
-                bail!("object {number} ({}): field {f} is not a list: the file is damaged", m.model);
+                bail!(
+                    "object {number} ({}): field {f} is not a list: the file is damaged",
+                    m.model
+                );
             };
             let source = convert::value(o.pk.as_ref().unwrap_or(&Value::Null), &through.source.type_name)
                 .map_err(|why| anyhow::anyhow!("object {number} ({}): its pk is {why}", m.model))?;
@@ -339,7 +362,9 @@ impl Plan {
         let m = &self.models[i];
         TableSpec {
             name: m.table.clone(),
-            columns: std::iter::once(m.pk.clone()).chain(m.fields.iter().map(|(_, c)| c.clone())).collect(),
+            columns: std::iter::once(m.pk.clone())
+                .chain(m.fields.iter().map(|(_, c)| c.clone()))
+                .collect(),
         }
     }
 
@@ -393,7 +418,11 @@ impl Plan {
 /// (`from_<model>_id` when both point at it) and the other.
 fn through(t: &Table, name: &str, table: &str, model: &str) -> Option<(Option<Column>, Column, Column)> {
     let id = t.pk.as_deref().and_then(|p| t.column(p)).cloned();
-    let rest: Vec<&Column> = t.columns.iter().filter(|c| Some(&c.name) != id.as_ref().map(|i| &i.name)).collect();
+    let rest: Vec<&Column> = t
+        .columns
+        .iter()
+        .filter(|c| Some(&c.name) != id.as_ref().map(|i| &i.name))
+        .collect();
     if rest.len() != 2 {
         return None;
     }

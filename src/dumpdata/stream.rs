@@ -18,7 +18,11 @@ const CHUNK: usize = 256 * 1024;
 pub fn start(plan: Arc<Plan>, header: Header, open: Opener) -> Box<dyn BufRead + Send> {
     let (tx, rx) = sync_channel::<Result<Vec<u8>, String>>(4);
     std::thread::spawn(move || {
-        let mut out = Out { tx, buf: Vec::new(), gone: false };
+        let mut out = Out {
+            tx,
+            buf: Vec::new(),
+            gone: false,
+        };
         if let Err(e) = produce(&plan, &header, &open, &mut out) {
             let _ = out.tx.send(Err(format!("{e:#}")));
         }
@@ -104,7 +108,10 @@ fn produce(plan: &Plan, header: &Header, open: &Opener, out: &mut Out) -> Result
         }
     }
     out.marker(&("sequences", plan.sequences()))?;
-    out.marker(&("end", serde_json::json!({"tables": header.tables.len(), "rows": plan.rows})))?;
+    out.marker(&(
+        "end",
+        serde_json::json!({"tables": header.tables.len(), "rows": plan.rows}),
+    ))?;
     out.flush();
     Ok(())
 }

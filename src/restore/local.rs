@@ -180,7 +180,10 @@ fn sniff(path: &Path, key: &str) -> Result<(DumpFormat, Compression)> {
             ))
             .into());
         }
-        return Ok((DumpFormat::from_key(key), Compression::from_ext(key.trim_end_matches(".age"))));
+        return Ok((
+            DumpFormat::from_key(key),
+            Compression::from_ext(key.trim_end_matches(".age")),
+        ));
     }
     let compression = if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip { level: 6 }
@@ -196,7 +199,9 @@ fn sniff(path: &Path, key: &str) -> Result<(DumpFormat, Compression)> {
     )
     .with_context(|| format!("{}: not a {} file", path.display(), compression.name()))?;
     let text = &plain[..n];
-    let first = text.iter().find(|b| !b.is_ascii_whitespace() && !matches!(b, 0xEF | 0xBB | 0xBF));
+    let first = text
+        .iter()
+        .find(|b| !b.is_ascii_whitespace() && !matches!(b, 0xEF | 0xBB | 0xBF));
     let format = if text.starts_with(b"PGDMP") {
         DumpFormat::Custom
     } else if matches!(first, Some(b'{' | b'[')) {

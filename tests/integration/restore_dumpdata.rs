@@ -39,7 +39,9 @@ fn application_backup(db: &TestDb, ext: &str, bytes: &[u8]) -> i64 {
 /// The tenant as its dumpdata holds it: Django's serializer keeps datetimes to the millisecond, and
 /// writes a JSONField's json `null` as it writes SQL NULL (one appointment's `extra` is `'null'`).
 fn as_dumpdata_holds(db: &TestDb) {
-    db.sql(&format!("UPDATE {TENANT}.appointments_appointment SET extra = NULL WHERE extra = 'null'::jsonb"));
+    db.sql(&format!(
+        "UPDATE {TENANT}.appointments_appointment SET extra = NULL WHERE extra = 'null'::jsonb"
+    ));
     db.sql(&format!(
         "DO $$ DECLARE c record; BEGIN \
            FOR c IN SELECT table_name, column_name FROM information_schema.columns \
@@ -100,9 +102,14 @@ fn dumpdata_backups_restore_to_the_data_they_were_taken_of() {
         );
         assert_eq!(db.data(TENANT), before, "{ext}: the data the dump was taken of");
         // Tables the dump does not hold are left as they are; the history row of the backup stays.
-        assert_eq!(db.sql(&format!("SELECT count(*) FROM {TENANT}.django_migrations")), migrations);
         assert_eq!(
-            db.sql(&format!("SELECT count(*) FROM {TENANT}.backups_backuprecord WHERE id = {id}")),
+            db.sql(&format!("SELECT count(*) FROM {TENANT}.django_migrations")),
+            migrations
+        );
+        assert_eq!(
+            db.sql(&format!(
+                "SELECT count(*) FROM {TENANT}.backups_backuprecord WHERE id = {id}"
+            )),
             "1"
         );
         // The previous rows are kept aside; the next row gets a fresh id.
@@ -121,7 +128,10 @@ fn dumpdata_backups_restore_to_the_data_they_were_taken_of() {
         let next = db.sql(&format!(
             "INSERT INTO {TENANT}.appointments_patient_tags (patient_id, tag_id) VALUES (1, 2) RETURNING id"
         ));
-        assert!(next.parse::<i64>().unwrap() > max.parse::<i64>().unwrap(), "{next} > {max}");
+        assert!(
+            next.parse::<i64>().unwrap() > max.parse::<i64>().unwrap(),
+            "{next} > {max}"
+        );
     }
 }
 
@@ -130,13 +140,13 @@ fn damaged_foreign_or_unplaceable_dumpdata_is_refused_and_nothing_is_touched() {
     let db = TestDb::new();
     let plain = String::from_utf8(genuine("clinica_demo.json")).unwrap();
     let cases: Vec<(&str, Vec<u8>, i32, &str)> = vec![
-        ("truncated", plain.as_bytes()[..plain.len() / 2].to_vec(), 1, "truncated"),
         (
-            "natural keys",
-            genuine("clinica_demo.natural.json"),
-            2,
-            "natural keys",
+            "truncated",
+            plain.as_bytes()[..plain.len() / 2].to_vec(),
+            1,
+            "truncated",
         ),
+        ("natural keys", genuine("clinica_demo.natural.json"), 2, "natural keys"),
         (
             "unknown models",
             plain
@@ -148,11 +158,18 @@ fn damaged_foreign_or_unplaceable_dumpdata_is_refused_and_nothing_is_touched() {
         ),
         (
             "a wrong type",
-            plain.replacen("\"is_active\": true", "\"is_active\": \"secret-value\"", 1).into_bytes(),
+            plain
+                .replacen("\"is_active\": true", "\"is_active\": \"secret-value\"", 1)
+                .into_bytes(),
             1,
             "is_active does not fit column users_user.is_active (boolean)",
         ),
-        ("not json", b"[{\"model\": secret-value}]".to_vec(), 1, "not a dumpdata object"),
+        (
+            "not json",
+            b"[{\"model\": secret-value}]".to_vec(),
+            1,
+            "not a dumpdata object",
+        ),
         ("gzip garbage", gzip(b"[1, 2, 3]"), 1, "not an object"),
     ];
     as_dumpdata_holds(&db);
@@ -171,11 +188,17 @@ fn damaged_foreign_or_unplaceable_dumpdata_is_refused_and_nothing_is_touched() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
         assert!(stderr.contains(needle), "{what}: {stderr}");
-        assert!(!stderr.contains("secret-value"), "{what}: no row data in errors: {stderr}");
+        assert!(
+            !stderr.contains("secret-value"),
+            "{what}: no row data in errors: {stderr}"
+        );
         assert_eq!(without_history(db.fingerprint(TENANT)), live, "{what}: nothing touched");
         assert_eq!(db.schemas(), schemas, "{what}: no schema made");
         if what == "unknown models" {
-            assert!(stderr.contains("accounts.member (no table accounts_member)"), "every model named: {stderr}");
+            assert!(
+                stderr.contains("accounts.member (no table accounts_member)"),
+                "every model named: {stderr}"
+            );
             assert!(stderr.contains("--model-table"), "{stderr}");
             unknown = Some((id, live));
         }

@@ -36,7 +36,11 @@ fn run(mut cmd: assert_cmd::Command, args: &[&str], path: &Path) -> std::process
 }
 
 fn restore(db: &TestDb, tenant: &str, path: &Path, extra: &[&str]) -> std::process::Output {
-    run(db.cmd(), &[&["restore", "--tenant", tenant, "--yes"][..], extra].concat(), path)
+    run(
+        db.cmd(),
+        &[&["restore", "--tenant", tenant, "--yes"][..], extra].concat(),
+        path,
+    )
 }
 
 fn vandalize(db: &TestDb) {
@@ -101,13 +105,21 @@ fn the_applications_sql_and_dumpdata_backups_restore_from_a_file() {
     db.sql("DELETE FROM clinica_demo.appointments_appointment");
     let out = restore(&db, "clinica_demo", &json, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(db.sql("SELECT count(*) FROM clinica_demo.appointments_appointment"), "120");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM clinica_demo.appointments_appointment"),
+        "120"
+    );
 }
 
 #[test]
 fn an_encrypted_backup_restores_from_a_file_with_its_manifest_and_the_identity() {
     let db = TestDb::new();
-    let out = db.cmd().args(["keys", "init"]).env_remove("DATABASE_URL").output().unwrap();
+    let out = db
+        .cmd()
+        .args(["keys", "init"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let keys = text(&out.stdout);
     let get = |k: &str| {
