@@ -64,7 +64,7 @@ pub fn source(path: &Path, tenant: &str, from_tenant: Option<&str>) -> Result<So
         refuse_other_owner(o, tenant, from_tenant, &shown.to_string())?;
     } else if from_tenant.is_none() {
         return Err(UsageError::new(format!(
-            "cannot tell which tenant {shown} belongs to (no manifest beside it, and its name is not a backup's name): add --from-tenant SCHEMA (--from-tenant {tenant} if it is {tenant}'s own)"
+            "cannot tell which tenant {shown} belongs to (no manifest beside it, and its name is not a backup's name): restore it with --from-tenant SCHEMA (--from-tenant {tenant} if it is {tenant}'s own), or give it the name the backup had (backup-<format>-<schema>-<YYYY-MM-DD-HHMMSS>.<ext>, as the history's file_name says)"
         ))
         .into());
     }

@@ -241,3 +241,52 @@ fn hostile_or_mismatched_files_are_refused_and_nothing_is_touched() {
     assert_fails(&out, 2, "missing.sql");
     untouched("not a file");
 }
+
+/// The application's download button (#25): it served `file_path` straight from the bucket, which
+/// now holds compressed (and maybe encrypted) objects. The one line it runs instead writes the
+/// readable dump to stdout; the row's `file_name` is the stored object's name and `file_size` its
+/// stored size, so the application's list stays truthful about what the bucket holds.
+#[test]
+fn the_download_button_serves_a_readable_dump_and_the_rows_tell_the_truth() {
+    let db = TestDb::new();
+    for format in ["sql", "json"] {
+        let b = db.backup(&["--tenant", "bienestar", "--format", format]);
+        let id = b["id"].as_i64().unwrap();
+        let key = b["key"].as_str().unwrap();
+        let out = db
+            .cmd()
+            .args([
+                "download",
+                "--tenant",
+                "bienestar",
+                "--id",
+                &id.to_string(),
+                "--decompress",
+                "-o",
+                "-",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let readable = text(&out.stdout);
+        assert!(readable.contains("Gómez-Ruiz"), "{format}: the readable dump");
+        let row = db.sql(&format!(
+            "SELECT file_name || ' ' || file_path || ' ' || file_size FROM bienestar.backups_backuprecord WHERE id = {id}"
+        ));
+        let stored = std::fs::metadata(db.storage().join(key)).unwrap().len();
+        assert_eq!(
+            row,
+            format!("{} {key} {stored}", key.rsplit('/').next().unwrap()),
+            "{format}"
+        );
+        assert!(
+            key.ends_with(".zst") && (stored as usize) < readable.len(),
+            "{format}: stored compressed"
+        );
+        // The file the button hands out restores with --path, as it is.
+        let saved = disk(&db).join(key.rsplit('/').next().unwrap().trim_end_matches(".zst"));
+        std::fs::write(&saved, &out.stdout).unwrap();
+        let out = run(db.cmd(), &["verify", "--tenant", "bienestar"], &saved);
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+    }
+}
