@@ -228,7 +228,7 @@ fn follow_only_own_folder(
             let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
             Err(UsageError::new(format!(
                 "{what} is not in the configured storage ({}): {path} is a file outside the bucket, as the old application wrote them. \
-                 To use it, copy it into the bucket under {schema}/ (e.g. as {schema}/{name}) and pass --file {schema}/{name}, or point --storage at the storage that holds it",
+                 To use it, restore it from this machine's disk with --path {path} (if it is here), or copy it into the bucket under {schema}/ (e.g. as {schema}/{name}) and pass --file {schema}/{name}, or point --storage at the storage that holds it",
                 storage.describe()
             )))
         }
