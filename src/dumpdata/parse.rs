@@ -236,6 +236,16 @@ mod tests {
     }
 
     #[test]
+    fn an_object_without_end_is_refused_at_the_bound_not_held() {
+        use std::io::Read as _;
+        let head = br#"[{"model": "a.b", "pk": 1, "fields": {"x": ""#;
+        let endless = head.chain(std::io::repeat(b'a').take(1 << 40));
+        let mut o = Objects::new(std::io::BufReader::new(endless));
+        let e = format!("{:#}", o.next_object().unwrap_err());
+        assert!(e.contains("larger than 16 MiB"), "{e}");
+    }
+
+    #[test]
     fn refuses_damage_without_quoting_data() {
         for bad in [
             r#"[{"model": "a.b", "pk": 1, "fields": {}}"#,
