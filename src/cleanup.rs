@@ -28,6 +28,8 @@ pub struct Report {
     pub backups: Vec<BackupItem>,
     pub orphans: Vec<OrphanItem>,
     pub pre_restore_schemas: Vec<SchemaItem>,
+    /// Staging schemas a killed restore left (`<tenant>__restore_<mark>`), found by `--orphans`.
+    pub restore_leftovers: Vec<LeftoverItem>,
     /// Backups (rows, with their objects when in the bucket) deleted, or that would be.
     pub deleted: usize,
     pub bytes_freed: u64,
@@ -89,6 +91,13 @@ impl Report {
             .filter(|(_, r)| r.starts_with("FAILED"))
             .collect()
     }
+}
+
+#[derive(Serialize)]
+pub struct LeftoverItem {
+    pub tenant: String,
+    pub schema: String,
+    pub result: String,
 }
 
 /// One cleanup run over one database and bucket.
@@ -545,6 +554,73 @@ impl Cleanup<'_> {
                 tenant: copy.tenant.schema_name.clone(),
                 schema: copy.name,
                 created_at: copy.at,
+                result,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Cleanup<'_> {
+    /// The staging schemas restores of `tenants` left behind when they were killed: a restore
+    /// holds its tenant's lock from before it creates its staging schema until the schema is
+    /// swapped in or dropped, so a staging schema whose tenant's lock is free is a leftover. With
+    /// `fix` (and not a dry run) each is dropped, under the tenant's lock. Never a schema the
+    /// tenant table lists.
+    pub async fn restore_leftovers(
+        &self,
+        tenants: &[Tenant],
+        listed: &[String],
+        fix: bool,
+        report: &mut Report,
+    ) -> Result<()> {
+        let Cleanup { client, dry_run, .. } = *self;
+        let pattern = crate::restore::STAGING;
+        let rows = client
+            .query_typed(
+                "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE strpos(nspname, $1) > 0 ORDER BY 1",
+                &[(&pattern, tokio_postgres::types::Type::TEXT)],
+            )
+            .await?;
+        for row in rows {
+            let name: String = row.get(0);
+            let Some(mark) = name.rsplit_once(pattern).map(|(_, m)| m) else {
+                continue;
+            };
+            let Some(tenant) = tenants
+                .iter()
+                .find(|t| crate::restore::staging_name(&t.schema_name, mark) == name)
+            else {
+                continue;
+            };
+            if listed.contains(&name) {
+                continue;
+            }
+            let result = if !lock::try_lock(client, &tenant.schema_name).await? {
+                "kept: a restore of this tenant is running".to_string()
+            } else {
+                let result = if !fix {
+                    "left by a restore that did not finish (--fix drops it)".to_string()
+                } else if dry_run {
+                    "would drop".to_string()
+                } else {
+                    match client
+                        .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&name)))
+                        .await
+                    {
+                        Ok(()) => "dropped".to_string(),
+                        Err(e) => {
+                            report.failed += 1;
+                            format!("FAILED: {}", crate::pg::connect::describe_pg_error(&e))
+                        }
+                    }
+                };
+                lock::unlock(client, &tenant.schema_name).await?;
+                result
+            };
+            report.restore_leftovers.push(LeftoverItem {
+                tenant: tenant.schema_name.clone(),
+                schema: name,
                 result,
             });
         }

@@ -122,6 +122,9 @@ pub async fn run(args: CleanupArgs, ctx: &Context) -> Result<Outcome> {
             lock::unlock(&session, schema).await?;
         }
     }
+    if args.orphans {
+        run.restore_leftovers(&tenants, &listed, args.fix, &mut report).await?;
+    }
     if let Some(days) = pre_days {
         run.pre_restore(&tenants, &listed, days, timeout, &mut report).await?;
     }
@@ -187,6 +190,9 @@ fn print(ctx: &Context, report: &Report, args: &CleanupArgs) -> Result<()> {
     for o in &report.orphans {
         let row = o.row_id.map(|i| format!(" (row {i})")).unwrap_or_default();
         outln!("{}: {} {}{row}: {}", o.tenant, o.kind, o.key, o.result)?;
+    }
+    for s in &report.restore_leftovers {
+        outln!("{}: staging schema {}: {}", s.tenant, s.schema, s.result)?;
     }
     for s in &report.pre_restore_schemas {
         outln!(

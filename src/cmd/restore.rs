@@ -11,12 +11,13 @@ use crate::app::output::human_size;
 use crate::backup::format::DumpFormat;
 use crate::cli::RestoreArgs;
 use crate::cmd::Outcome;
-use crate::jsonl::JsonRestore;
+use crate::jsonl::{JsonRestore, Loaded};
 use crate::outln;
 use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
+use crate::restore::stage::{swap, Staged};
 use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::writes::Writes;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
@@ -207,14 +208,19 @@ async fn restore(
     .await?;
     let sql = plan(&source, &target, &ctx.catalog, &facts, lock_timeout, mark);
     let kept = sql.kept_as.clone();
-    let (kept, wrote) = match tools {
+    // Everything loads into a staging schema of its own, committed while the application cannot
+    // see it; the live schema is not touched until the swap.
+    let staged = Staged::create(session, &sql.staging, &ctx.dump, lock_timeout).await?;
+    let loaded = match tools {
         // A json backup loads through the driver.
         None => {
             let input = match &dumpdata {
                 Some(d) => d.stream(),
                 None => open_decompressed(file.path(), &source, &shown)?,
             };
-            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout)).await?;
+            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(lock_timeout))
+                .await?
+                .staged(&sql.staging);
             let keep_previous = match &target {
                 Target::Replace {
                     drop_previous: false, ..
@@ -232,13 +238,18 @@ async fn restore(
                 lock_timeout,
                 reconnect: Some(&ctx.dump),
             };
-            crate::jsonl::restore(session, input, &opts)
+            // On a connection of its own, as psql's is: the tool's session, which holds the
+            // tenant's lock, is left for the swap whatever becomes of the load's.
+            let loader = ctx.connect_session().await?;
+            prepare_session(&loader, mark, lock_timeout).await?;
+            let (_, loaded) = crate::jsonl::restore(&loader, input, &opts)
                 .await
                 .with_context(|| format!("restoring {target_name} from {}; nothing was changed", source.key))?;
-            match header.map(|h| h.format_version) {
-                // Version 2 loads into the live tables, which it holds locked: nobody wrote meanwhile.
-                Some(2) => (keep_previous.map(str::to_string), None),
-                _ => settle_previous(session, &target, kept, &writes, lock_timeout).await,
+            match loaded {
+                Loaded::Staged => None,
+                // Version 2 loads into the live tables, which it holds locked: nobody wrote
+                // meanwhile, and there is nothing to swap.
+                Loaded::InPlace => Some(keep_previous.map(str::to_string)),
             }
         }
         Some(tools) => {
@@ -248,7 +259,7 @@ async fn restore(
                 session,
                 file.path(),
                 &source,
-                sql,
+                &sql,
                 true,
                 watch,
                 &shown,
@@ -258,6 +269,17 @@ async fn restore(
             if let Some(note) = &ran.note {
                 tracing::warn!("{note}");
             }
+            None
+        }
+    };
+    let (kept, wrote) = match loaded {
+        Some(kept) => {
+            staged.discard().await?;
+            (kept, None)
+        }
+        None => {
+            swap(session, &sql, &ctx.dump).await?;
+            staged.swapped();
             settle_previous(session, &target, kept, &writes, lock_timeout).await
         }
     };

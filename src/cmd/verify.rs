@@ -15,6 +15,7 @@ use crate::pg::lock;
 use crate::restore::access::check_access;
 use crate::restore::guard::Scope;
 use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
+use crate::restore::stage::Staged;
 use crate::restore::state::read_facts;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
 use crate::{out, outln};
@@ -102,10 +103,14 @@ async fn verify(
     )
     .await?;
     let sql = plan(&source, &Target::Scratch, &ctx.catalog, &facts, timeout, mark);
+    // Loaded into an empty staging schema inside a transaction that is rolled back, then dropped:
+    // the live schema is never touched.
+    let staged = Staged::create(session, &sql.staging, &ctx.dump, timeout).await?;
     let counts = match tools {
-        // A json backup is loaded as a restore would, in a transaction that is rolled back.
         None => {
-            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout)).await?;
+            let scope = Scope::load(session, &source.source_schema, lock::timeout_ms(timeout))
+                .await?
+                .staged(&sql.staging);
             let opts = JsonRestore {
                 source_schema: &source.source_schema,
                 target: &Target::Scratch,
@@ -125,6 +130,7 @@ async fn verify(
             crate::jsonl::restore(session, input, &opts)
                 .await
                 .with_context(|| format!("loading {} inside a rolled-back transaction", source.key))?
+                .0
         }
         Some(tools) => {
             through_psql(
@@ -133,7 +139,7 @@ async fn verify(
                 session,
                 file.path(),
                 &source,
-                sql,
+                &sql,
                 false,
                 watch,
                 &shown,
@@ -143,6 +149,7 @@ async fn verify(
             .counts
         }
     };
+    staged.discard().await?;
 
     let expected = source.manifest.as_ref().and_then(|m| m.row_counts.clone());
     let mut names: Vec<String> = counts.keys().cloned().collect();

@@ -1,9 +1,10 @@
-//! The loader. A version 3 dump (it carries its structure) loads exactly as a plain dump does: in
-//! one transaction around the same SQL ([`crate::restore::plan`]: the live schema renamed aside,
-//! the history carried over, the previous schema kept or dropped), it creates the schema again
-//! from its structure — each statement held to the restore guard — loads the rows with COPY, then
-//! builds keys, indexes and foreign keys. A version 2 dump (rows only) loads into the tenant's
-//! existing tables. Verify does the same and rolls back.
+//! The loader. A version 3 dump (it carries its structure) loads exactly as a plain dump does:
+//! into the restore's staging schema, in one transaction around the same SQL
+//! ([`crate::restore::plan`]), it creates every object from its structure — each statement held to
+//! the restore guard, aimed at the staging schema — loads the rows with COPY, then builds keys,
+//! indexes and foreign keys; the caller swaps the staging schema in ([`crate::restore::stage`]). A
+//! version 2 dump (rows only) loads into the tenant's existing tables. Verify does the same and
+//! rolls back.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -59,13 +60,23 @@ impl JsonRestore<'_> {
     }
 }
 
+/// Where a json dump was loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// Into the staging schema (the plan's), committed: the caller swaps it in.
+    Staged,
+    /// Into the tenant's existing tables (format version 2, or a structure that does not carry
+    /// every object), committed: there is nothing to swap.
+    InPlace,
+}
+
 /// Loads a json dump in one transaction, returning the rows loaded per table. Any error rolls
 /// everything back.
 pub async fn restore(
     client: &Client,
     input: Box<dyn BufRead + Send>,
     opts: &JsonRestore<'_>,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<(BTreeMap<String, u64>, Loaded)> {
     let (tx, mut rx) = mpsc::channel::<Result<Event>>(8);
     let reader = tokio::task::spawn_blocking(move || read_events(input, tx));
     let (header, structure) = read_head(&mut rx, opts).await?;
@@ -104,6 +115,10 @@ pub async fn restore(
         .first()
         .map(|r| r.get(0))
         .unwrap_or(0);
+    let loaded = match structure {
+        Some(_) => Loaded::Staged,
+        None => Loaded::InPlace,
+    };
     let result = match &structure {
         Some(structure) => load_new(client, &header, structure, rx, opts).await,
         None => load_existing(client, &header, rx, opts).await,
@@ -118,7 +133,9 @@ pub async fn restore(
         (Ok(_), false) => match crate::stop::shield() {
             Some(_commit) => {
                 if let Err(e) = client.batch_execute("COMMIT").await {
-                    return commit_lost(e, xid, opts).await.map(|()| result.unwrap_or_default());
+                    return commit_lost(e, xid, opts)
+                        .await
+                        .map(|()| (result.unwrap_or_default(), loaded));
                 }
             }
             None => {
@@ -128,7 +145,7 @@ pub async fn restore(
         },
         _ => client.batch_execute("ROLLBACK").await?,
     }
-    result
+    result.map(|counts| (counts, loaded))
 }
 
 /// The header of a json dump (its first line), to say what a restore will do before it runs.
@@ -301,8 +318,8 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
     }
 }
 
-/// A version 3 dump: the schema is created from its structure (the plan's prologue has moved any
-/// schema of that name aside), loaded, completed, and the plan's epilogue run.
+/// A version 3 dump: everything is created from its structure in the staging schema (the guard's
+/// scope is aimed there), loaded, completed, and the plan's epilogue run.
 async fn load_new(
     client: &Client,
     header: &Header,
@@ -310,7 +327,7 @@ async fn load_new(
     rx: mpsc::Receiver<Result<Event>>,
     opts: &JsonRestore<'_>,
 ) -> Result<BTreeMap<String, u64>> {
-    let schema = opts.source_schema;
+    let schema = opts.scope.schema.as_str();
     structure.create_pre_data(client, opts.scope).await?;
     let live = tables(client, schema).await?;
     let problems = missing_columns(header, &live, schema);

@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
-pub use load::{peek_header, restore, JsonRestore};
+pub use load::{peek_header, restore, JsonRestore, Loaded};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
 

@@ -399,10 +399,13 @@ impl Structure {
         let schema = scope.schema.as_str();
         self.refuse_incomplete(schema)?;
         let s = quote_ident(schema);
-        client
-            .batch_execute(&format!("CREATE SCHEMA {s}"))
-            .await
-            .with_context(|| format!("creating schema {schema}"))?;
+        // A restore aims the structure at a staging schema it has created already.
+        if scope.dumped_as.is_none() {
+            client
+                .batch_execute(&format!("CREATE SCHEMA {s}"))
+                .await
+                .with_context(|| format!("creating schema {schema}"))?;
+        }
         if let Some(c) = &self.schema_comment {
             client
                 .batch_execute(&format!("COMMENT ON SCHEMA {s} IS {}", literal(c)))

@@ -9,12 +9,16 @@
 //! * [`psql`], [`child`], [`errors`], [`run`]: driving a restricted psql (and pg_restore for
 //!   custom archives) that dies with the tool, and telling what happened, truthfully.
 //!
-//! The whole restore is one psql session fed on stdin: `BEGIN`, rename the live schema aside, the
-//! dump (which recreates the schema), carry over the history rows the dump lacks, `COMMIT`. psql
-//! runs with `ON_ERROR_STOP`, and `COMMIT` is sent only once the whole dump has streamed through
-//! complete, so any failure (a bad statement, a truncated or corrupt object, a lock timeout) ends
-//! the session without committing: the live schema is exactly as before. Native json backups load
-//! through the driver instead ([`crate::jsonl`]).
+//! * [`stage`]: the staging schema every format is loaded into, and the swap.
+//!
+//! A restore loads the dump into an empty staging schema of its own (`<tenant>__restore_<mark>`),
+//! every statement aimed there ([`guard`]'s retarget), in one transaction: psql fed on stdin
+//! (`BEGIN`, the dump, `COMMIT`) for plain dumps and custom archives, the driver for native json
+//! ([`crate::jsonl`]). psql runs with `ON_ERROR_STOP`, and `COMMIT` is sent only once the whole
+//! dump has streamed through complete. The live schema is not touched until the load has
+//! committed; then one short transaction renames it aside, renames the staging schema in and
+//! carries the history over. Any failure before that drops the staging schema: the live schema
+//! is exactly as before.
 
 pub mod access;
 pub mod child;
@@ -25,11 +29,12 @@ pub mod psql;
 pub mod run;
 pub mod script;
 pub mod source;
+pub mod stage;
 pub mod state;
 pub mod writes;
 
 pub use psql::{open_decompressed, Counts, PsqlJob};
-pub use script::{plan, Plan};
+pub use script::{plan, staging_name, Plan, STAGING};
 pub use source::{fetch_verified, resolve_at, Source, Which};
 pub use state::{BucketRow, Facts, Target};
 

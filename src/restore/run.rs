@@ -170,7 +170,7 @@ pub async fn through_psql(
     client: &tokio_postgres::Client,
     dump: &std::path::Path,
     source: &super::Source,
-    plan: super::Plan,
+    plan: &super::Plan,
     commits: bool,
     watch: &Watch,
     progress: &crate::progress::Shown,
@@ -180,7 +180,9 @@ pub async fn through_psql(
         &source.source_schema,
         crate::pg::lock::timeout_ms(watch.lock_timeout),
     )
-    .await?;
+    .await?
+    .staged(&plan.staging);
+    let plan = plan.clone();
     let job = PsqlJob {
         psql: tools.sibling("psql"),
         pg_restore: tools.sibling("pg_restore"),

@@ -9,9 +9,18 @@ use super::state::{Facts, Target};
 use crate::pg::catalog::{insert_history, Catalog};
 use crate::pg::sql::{literal, quote_ident};
 
+#[derive(Clone, Debug)]
 pub struct Plan {
+    /// The load's transaction, around the dump: it creates everything in the staging schema.
     pub prologue: String,
+    /// Its end: COMMIT (the staging schema, still invisible to the application, holds the
+    /// restore), or for verify every table's row count and ROLLBACK.
     pub epilogue: String,
+    /// The schema the dump is loaded into (created, empty, before the load).
+    pub staging: String,
+    /// The swap, one short transaction once the load is committed: the live schema renamed aside,
+    /// the staging schema renamed in, the history carried over. Empty for verify.
+    pub swap: String,
     /// The renamed previous schema, when one is kept.
     pub kept_as: Option<String>,
     /// Starts every line the scripts print, so nothing the dump prints can pass for one.
@@ -27,6 +36,14 @@ pub fn with_suffix(s: &str, suffix: &str) -> String {
     format!("{}{suffix}", &s[..cut])
 }
 
+/// What separates a tenant's name from a restore's mark in its staging schema's name.
+pub const STAGING: &str = "__restore_";
+
+/// The staging schema of the restore marked `mark` into `schema`: `bienestar__restore_tb-…`.
+pub fn staging_name(schema: &str, mark: &str) -> String {
+    with_suffix(schema, &format!("{STAGING}{mark}"))
+}
+
 pub fn plan(
     source: &Source,
     target: &Target,
@@ -35,63 +52,56 @@ pub fn plan(
     lock_timeout: Duration,
     mark: &str,
 ) -> Plan {
-    let s = &source.source_schema;
-    let q_s = quote_ident(s);
-    let hold = with_suffix(s, "__restore_hold");
+    // Named after a tenant whose lock the restore holds throughout (`cleanup --orphans` tells a
+    // killed restore's leftover by that lock being free).
+    let staging = match target {
+        Target::Replace { schema, .. } => staging_name(schema, mark),
+        Target::Into { .. } | Target::Scratch => staging_name(&source.source_schema, mark),
+    };
+    let timeout = format!(
+        "SET LOCAL lock_timeout = '{}ms';\n",
+        crate::pg::lock::timeout_ms(lock_timeout)
+    );
     let rename = |from: &str, to: &str| format!("ALTER SCHEMA {} RENAME TO {};\n", quote_ident(from), quote_ident(to));
     // Names are resolved in pg_catalog only, whatever search_path the dump left behind.
     let reset_path = "SELECT pg_catalog.set_config('search_path', '', true);\n";
-    let mut pro = format!(
-        "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nSET LOCAL standard_conforming_strings = on;\n{reset_path}\
+    let pro = format!(
+        "BEGIN;\n{timeout}SET LOCAL standard_conforming_strings = on;\n{reset_path}\
          SELECT '{mark}|xid|' || pg_catalog.txid_current();\n\
          SELECT pg_catalog.set_config('client_connection_check_interval', '1000', true) \
-         WHERE pg_catalog.current_setting('server_version_num')::int >= 140000;\n",
-        crate::pg::lock::timeout_ms(lock_timeout)
+         WHERE pg_catalog.current_setting('server_version_num')::int >= 140000;\n"
     );
     let mut epi = format!("\n{reset_path}");
+    let mut swap = String::new();
     let mut kept_as = None;
-    let previous = match target {
-        Target::Replace { .. } if facts.target_exists => {
-            Some(facts.previous.clone().expect("a free name for the previous schema"))
-        }
-        _ => None,
-    };
-    if let (Some(p), Some(t)) = (&previous, target.schema()) {
-        pro.push_str(&rename(t, p));
-    }
-    // The dump recreates `s`: a live `s` (another tenant, or the tenant itself for --into and
-    // verify) waits aside meanwhile.
-    let held = facts.source_exists && target.schema() != Some(s.as_str());
-    if held {
-        pro.push_str(&rename(s, &hold));
-    }
     match target {
-        Target::Replace { schema: t, .. } => {
-            if t != s {
-                epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(t)));
+        Target::Replace { schema: t, .. } | Target::Into { schema: t } => {
+            epi.push_str("COMMIT;\n");
+            swap.push_str(&format!("BEGIN;\n{timeout}{reset_path}"));
+            // With --drop-previous the previous schema is dropped after the swap, and only when
+            // the application wrote nothing to it meanwhile (see `restore::writes`): what it
+            // wrote during the restore is never destroyed silently.
+            let previous = match target {
+                Target::Replace { .. } if facts.target_exists => {
+                    Some(facts.previous.clone().expect("a free name for the previous schema"))
+                }
+                _ => None,
+            };
+            if let Some(p) = &previous {
+                swap.push_str(&rename(t, p));
             }
-            if held {
-                epi.push_str(&rename(&hold, s));
+            swap.push_str(&rename(&staging, t));
+            if matches!(target, Target::Replace { .. }) {
+                swap.push_str(&history(catalog, t, previous.as_deref(), source, facts));
             }
-            epi.push_str(&history(catalog, t, previous.as_deref(), source, facts));
-            // With --drop-previous the previous schema is dropped after the COMMIT, and only when
-            // the application wrote nothing to it meanwhile (see `restore::writes`): what it wrote
-            // during the restore is never destroyed silently.
+            swap.push_str("COMMIT;\n");
             kept_as = previous;
-            epi.push_str("COMMIT;\n");
-        }
-        Target::Into { schema: t } => {
-            epi.push_str(&format!("ALTER SCHEMA {q_s} RENAME TO {};\n", quote_ident(t)));
-            if held {
-                epi.push_str(&rename(&hold, s));
-            }
-            epi.push_str("COMMIT;\n");
         }
         Target::Scratch => {
             epi.push_str(&format!(
                 "SELECT '{mark}|count|' || c.relname || '|' || (pg_catalog.xpath('/row/n/text()', pg_catalog.query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relkind IN ('r', 'p') ORDER BY 1;\n",
-                literal(s)
+                literal(&staging)
             ));
             epi.push_str("ROLLBACK;\n");
         }
@@ -99,6 +109,8 @@ pub fn plan(
     Plan {
         prologue: pro,
         epilogue: epi,
+        staging,
+        swap,
         kept_as,
         mark: mark.to_string(),
     }
@@ -161,5 +173,10 @@ mod tests {
         assert!(held.len() <= 63 && held.ends_with("__restore_hold"), "{held}");
         assert!(held.starts_with(&"a".repeat(48)));
         assert_eq!(with_suffix("bienestar", "__restore_hold"), "bienestar__restore_hold");
+        let staging = staging_name(&"ñ".repeat(40), "tb-abcdefghijkl");
+        assert!(
+            staging.len() <= 63 && staging.ends_with("__restore_tb-abcdefghijkl"),
+            "{staging}"
+        );
     }
 }

@@ -34,6 +34,7 @@ mod restore_hostile;
 mod restore_json;
 mod restore_leaks;
 mod restore_path;
+mod restore_staging;
 mod restore_truth;
 mod restore_writes;
 mod scheduled;

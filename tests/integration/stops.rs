@@ -332,24 +332,34 @@ fn verify_stopped_by_a_signal_cancels_its_query_and_leaves_nothing() {
     let objects = db.objects();
     let tenant = db.fingerprint("bienestar");
     for signal in SIGNALS {
+        // A verify never touches the live schema (it loads into a staging schema of its own):
+        // what it waits for is the tenant's lock, which a backup holds.
         let holder = Holder::new(
             &db,
-            // A json verify never touches the live tables: it waits only to hold the schema aside.
-            "GRANT USAGE ON SCHEMA bienestar TO PUBLIC",
+            &format!(
+                "DO $$ BEGIN PERFORM pg_advisory_xact_lock({}); END $$",
+                tenant_backup::pg::lock::lock_key("bienestar")
+            ),
         );
         let child = spawn(
             &db,
             tmp.path(),
             &["verify", "--tenant", "bienestar", "--lock-timeout", "120"],
         );
-        wait_until("verify to wait for the lock", Duration::from_secs(20), || {
-            waiting_for_a_lock(&db)
+        wait_until("verify to wait for the tenant's lock", Duration::from_secs(20), || {
+            db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup restore%'") != "0"
         });
+        std::thread::sleep(Duration::from_millis(300));
         unsafe { libc::kill(child.id() as i32, signal.0) };
         let out = finish(child, Duration::from_secs(15));
         assert_stopped_cleanly(&db, tmp.path(), &out, signal, &objects);
         drop(holder);
         assert_eq!(db.fingerprint("bienestar"), tenant);
+        assert_eq!(
+            db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE '%\\_\\_restore\\_%'"),
+            "0",
+            "no staging schema is left"
+        );
     }
     let out = db.cmd().args(["verify", "--tenant", "bienestar"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));

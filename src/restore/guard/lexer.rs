@@ -18,6 +18,10 @@ pub enum Verdict {
     CopyIn,
     /// Replaced by this one-line statement (the line count is kept).
     Replace(String),
+    /// Replaced by this text, the whole statement's with names rewritten (its lines are the same).
+    Rewritten(String),
+    /// A COPY, rewritten: passed on as this text, and the lines after it are COPY data up to `\.`.
+    CopyInRewritten(String),
     /// Left out (its lines become empty, so that line numbers stay the same).
     Blank,
 }
@@ -488,6 +492,11 @@ impl Lexer {
             Verdict::Forward => sink.output(&text)?,
             Verdict::CopyIn => {
                 sink.output(&text)?;
+                self.copy_next = true;
+            }
+            Verdict::Rewritten(sql) => sink.output(sql.as_bytes())?,
+            Verdict::CopyInRewritten(sql) => {
+                sink.output(sql.as_bytes())?;
                 self.copy_next = true;
             }
             Verdict::Replace(sql) => {

@@ -18,6 +18,7 @@
 mod bound;
 mod lexer;
 mod names;
+mod retarget;
 mod rules;
 mod settings;
 mod tree;
@@ -71,8 +72,13 @@ impl From<Refusal> for Stop {
 /// What the dump may name besides its own schema.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
-    /// The schema the dump creates.
+    /// The schema the dump creates: its own schema, or the staging schema it is aimed at.
     pub schema: String,
+    /// When the dump is aimed at a staging schema: the name the dump gives its schema, rewritten
+    /// to `schema` wherever it binds when a statement runs ([`retarget`]). A function body may
+    /// still name it (a body binds when it runs, after the swap has given `schema` this name), and
+    /// the dump's `CREATE SCHEMA` is left out (the staging schema exists already).
+    pub dumped_as: Option<String>,
     /// What the dump's own `SET lock_timeout` becomes.
     pub lock_timeout_ms: u128,
     /// What the database holds besides: read once, shared by every tenant of a run.
@@ -174,6 +180,18 @@ const REVEALING: &[&str] = &[
 ];
 
 impl Scope {
+    /// The same scope, aimed at the staging schema `staging` (already created).
+    pub fn staged(mut self, staging: &str) -> Scope {
+        self.dumped_as = Some(std::mem::replace(&mut self.schema, staging.to_string()));
+        self
+    }
+
+    /// `schema` is the dump's own where a name is only referred to (not created or altered): the
+    /// schema it creates, or the name that schema will have after the swap.
+    pub(crate) fn refers_to_own(&self, schema: &str) -> bool {
+        schema == self.schema || self.dumped_as.as_deref() == Some(schema)
+    }
+
     /// The scope of a dump of `schema` restored into the database `client` is connected to.
     pub async fn load(client: &Client, schema: &str, lock_timeout_ms: u128) -> Result<Scope> {
         Ok(Names::load(client).await?.scope(schema, lock_timeout_ms))
@@ -238,6 +256,7 @@ impl Names {
     pub fn scope(self: &Arc<Self>, schema: &str, lock_timeout_ms: u128) -> Scope {
         Scope {
             schema: schema.to_string(),
+            dumped_as: None,
             lock_timeout_ms,
             names: Arc::clone(self),
         }
@@ -446,7 +465,7 @@ impl Sink for Checker<'_, '_> {
         if checked.verdict == Verdict::Blank {
             self.checked.skipped += 1;
         }
-        if checked.verdict == Verdict::CopyIn {
+        if matches!(checked.verdict, Verdict::CopyIn | Verdict::CopyInRewritten(_)) {
             self.checked.copies.push((last_line, checked.copy_table));
         }
         Ok(checked.verdict)
@@ -499,6 +518,22 @@ struct Examined {
 /// Checks one statement's text (which psql would send as one): its size, then its parse tree
 /// against the rules.
 fn examine(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Examined, String> {
+    let Some(from) = scope.dumped_as.as_deref() else {
+        return examine_bounded(text, scope, own_first);
+    };
+    let aimed = retarget::retarget(text, from, &scope.schema);
+    let mut examined = examine_bounded(&aimed, scope, own_first)?;
+    if let std::borrow::Cow::Owned(new) = aimed {
+        examined.verdict = match examined.verdict {
+            Verdict::Forward => Verdict::Rewritten(new),
+            Verdict::CopyIn => Verdict::CopyInRewritten(new),
+            other => other,
+        };
+    }
+    Ok(examined)
+}
+
+fn examine_bounded(text: &str, scope: &Scope, own_first: &mut bool) -> Result<Examined, String> {
     let tokens = bound::tokens(text.as_bytes());
     if tokens > MAX_TOKENS {
         return Err(format!(
@@ -604,8 +639,11 @@ impl Sink for One<'_, '_> {
         self.run = match &examined.verdict {
             Verdict::Forward => Some(sql.trim().to_string()),
             Verdict::Replace(s) => Some(s.clone()),
+            Verdict::Rewritten(s) => Some(s.trim().to_string()),
             Verdict::Blank => None,
-            Verdict::CopyIn => return Err(refuse("a COPY, which only the loader runs".into())),
+            Verdict::CopyIn | Verdict::CopyInRewritten(_) => {
+                return Err(refuse("a COPY, which only the loader runs".into()))
+            }
         };
         // The lexer is told to leave it out: nothing is written anywhere.
         Ok(Verdict::Blank)

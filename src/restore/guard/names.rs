@@ -65,7 +65,7 @@ fn refers(ctx: &Ctx, names: &[&str]) -> Result<(), String> {
     }
     let (schema, name) = (names[names.len() - 2], names[names.len() - 1]);
     let own = ctx.scope.schema.as_str();
-    if schema == own || schema == "pg_catalog" {
+    if ctx.scope.refers_to_own(schema) || schema == "pg_catalog" {
         return Ok(());
     }
     if ctx
@@ -138,7 +138,7 @@ fn relation(rv: &Value, ctx: &Ctx) -> Result<(), String> {
             ctx.scope.schema
         )),
         "" => Ok(()),
-        s if s == ctx.scope.schema => Ok(()),
+        s if ctx.scope.refers_to_own(s) => Ok(()),
         s => Err(format!(
             "{s}.{name} is in another schema: the dump may use only tables of {}",
             ctx.scope.schema
@@ -166,7 +166,7 @@ fn call(fc: &Value, ctx: &Ctx) -> Result<(), String> {
     for arg in fc["args"].as_array().into_iter().flatten() {
         if let Some(s) = arg["node"]["AConst"]["val"]["Sval"]["sval"].as_str() {
             let parts = qualified_string(s);
-            if parts.len() >= 2 && parts[0] != ctx.scope.schema && ctx.scope.names.schemas.contains(&parts[0]) {
+            if parts.len() >= 2 && !ctx.scope.refers_to_own(&parts[0]) && ctx.scope.names.schemas.contains(&parts[0]) {
                 return Err(format!("{name}('{s}') names another schema"));
             }
         }
@@ -191,7 +191,7 @@ pub fn function_ref(names: &[&str], ctx: &Ctx) -> Result<(), String> {
         0 | 1 => return Ok(()),
         n => names[n - 2],
     };
-    if schema == own
+    if ctx.scope.refers_to_own(schema)
         || ctx
             .scope
             .names
@@ -282,7 +282,7 @@ fn def_elem(de: &Value, ctx: &Ctx) -> Result<(), String> {
 
 fn own_name(ctx: &Ctx, names: &[&str], from_end: usize) -> Result<(), String> {
     match names.len().checked_sub(from_end).map(|i| names[i]) {
-        Some(s) if s != ctx.scope.schema => Err(format!(
+        Some(s) if !ctx.scope.refers_to_own(s) => Err(format!(
             "{} is in another schema than {}",
             names.join("."),
             ctx.scope.schema

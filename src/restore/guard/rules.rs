@@ -81,7 +81,11 @@ pub fn check(stmt: &Value, ctx: &mut Ctx) -> Result<Verdict, String> {
             if !body["authrole"].is_null() || body["schema_elts"].as_array().is_some_and(|a| !a.is_empty()) {
                 return Err("CREATE SCHEMA with AUTHORIZATION or with elements, which pg_dump does not write".into());
             }
-            Ok(Verdict::Forward)
+            // Aimed at a staging schema: the restore has created it already.
+            Ok(match ctx.scope.dumped_as {
+                Some(_) => Verdict::Blank,
+                None => Verdict::Forward,
+            })
         }
         "CopyStmt" => {
             let from_stdin = body["is_from"] == true

@@ -92,7 +92,7 @@ pub fn search_path(values: &[String], ctx: &mut Ctx, top: bool) -> Result<(), St
         .filter(|e| !e.is_empty())
         .collect();
     for e in &entries {
-        if e != ctx.own() && e != "pg_catalog" {
+        if !ctx.scope.refers_to_own(e) && e != "pg_catalog" {
             return Err(format!(
                 "a search_path with {e}: only {} and pg_catalog may be searched",
                 ctx.own()

@@ -31,6 +31,7 @@ fn scope() -> Scope {
     };
     Scope {
         schema: "bienestar".into(),
+        dumped_as: None,
         lock_timeout_ms: 5000,
         names: std::sync::Arc::new(names),
     }
@@ -336,5 +337,43 @@ fn single_statements_of_the_json_structure_are_held_to_the_same_rules() {
     ] {
         let e = single(bad, &scope, &mut own_first).unwrap_err();
         assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_dump_aimed_at_a_staging_schema_creates_everything_there_and_nothing_in_the_live_one() {
+    let staged = scope().staged("bienestar__restore_x");
+    let mut out = Vec::new();
+    let (checked, outcome) = stream(Trickle(DUMP.as_bytes(), 7), &staged, &mut out);
+    outcome.unwrap();
+    assert!(checked.complete);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out.lines().count(), DUMP.lines().count(), "line numbers are kept");
+    // The schema exists already; every object, default, sequence value and trigger goes there.
+    assert!(!out.contains("CREATE SCHEMA"), "{out}");
+    for line in out.lines().filter(|l| l.contains("bienestar")) {
+        let outside_bodies =
+            !line.contains("FROM bienestar.t;") && !line.contains("INSERT INTO bienestar.t (id, note)");
+        if outside_bodies {
+            assert!(
+                line.replace("bienestar__restore_x", "").find("bienestar").is_none(),
+                "a name left in the live schema: {line}"
+            );
+        }
+    }
+    assert!(out.contains("COPY \"bienestar__restore_x\".t (id, name, note) FROM stdin;\n1\tAna\t\\N\n"));
+    assert!(out.contains("setval('\"bienestar__restore_x\".\"t_id_seq\"', 2, true)"));
+    assert!(out.contains("EXECUTE FUNCTION \"bienestar__restore_x\".log_it()"));
+    // Aimed at the staging schema, a statement still may not reach another one, nor create in
+    // the live one.
+    for hostile in [
+        "CREATE TABLE mindcare.x (a int);\n",
+        "DROP SCHEMA mindcare CASCADE;\n",
+        "CREATE SCHEMA mindcare;\n",
+        "SELECT pg_catalog.setval('mindcare.t_id_seq', 2, true);\n",
+    ] {
+        let dump = DUMP.replace("CREATE INDEX t_name", &format!("{hostile}CREATE INDEX t_name"));
+        let (_, outcome) = stream(dump.as_bytes(), &staged, &mut Vec::new());
+        assert!(matches!(outcome, Err(CheckError::Refused(_))), "{hostile}");
     }
 }
