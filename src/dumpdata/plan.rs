@@ -127,6 +127,8 @@ impl Plan {
             if !refusals.is_empty() {
                 continue;
             }
+            // Checked and thrown away: the load converts again, from the second reading.
+            scratch.clear();
             let pk = plan.row(i, &o, n, &mut scratch)?;
             let pairs = plan.pairs(i, &o, n, &mut |_, _| Ok(()))?;
             let m = &mut plan.models[i];
