@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod crypto;
+pub mod dumpdata;
 pub mod error;
 pub mod jsonl;
 pub mod pg;

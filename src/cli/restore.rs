@@ -7,7 +7,7 @@ use clap::Args;
 use super::values::*;
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "latest", "file"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "latest", "file", "path"])))]
 pub struct RestoreArgs {
     /// Read a backup whose manifest is not signed although BACKUP_SIGNING_KEY is set (the old
     /// application's backups, or ones made before signing was turned on)
@@ -29,6 +29,11 @@ pub struct RestoreArgs {
     /// Object key in the bucket
     #[arg(long, value_name = "KEY")]
     pub file: Option<String>,
+    /// A backup file on this machine, in any format the tool reads (its own objects, with their
+    /// manifest beside them as FILE.manifest.json when there is one; the application's SQL and
+    /// dumpdata backups), checked like an object from the bucket
+    #[arg(long, value_name = "FILE")]
+    pub path: Option<PathBuf>,
     /// Accept a backup made of another tenant (its history is searched for --id/--latest)
     #[arg(long, value_name = "SCHEMA")]
     pub from_tenant: Option<String>,
@@ -52,6 +57,11 @@ pub struct RestoreArgs {
     /// Download, verify the checksum and print the plan, touching nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Where a model of an application dumpdata backup goes, when its table is not Django's
+    /// `<app_label>_<model>` (a custom db_table): app_label.model=table, or
+    /// app_label.model.field=table for a many-to-many field's table (repeatable)
+    #[arg(long, value_name = "APP.MODEL=TABLE", value_parser = crate::dumpdata::parse_override)]
+    pub model_table: Vec<(String, String)>,
     /// Seconds to wait for locks (the tenant's backup lock, and the application's locks on the
     /// schema) before giving up cleanly
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
@@ -108,6 +118,16 @@ pub struct VerifyArgs {
     /// The newest backup (the default)
     #[arg(long)]
     pub latest: bool,
+    /// A backup file on this machine, in any format the tool reads (its own objects, with their
+    /// manifest beside them as FILE.manifest.json when there is one; the application's SQL and
+    /// dumpdata backups), checked like an object from the bucket
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["id", "latest"])]
+    pub path: Option<PathBuf>,
+    /// Where a model of an application dumpdata backup goes, when its table is not Django's
+    /// `<app_label>_<model>` (a custom db_table): app_label.model=table, or
+    /// app_label.model.field=table for a many-to-many field's table (repeatable)
+    #[arg(long, value_name = "APP.MODEL=TABLE", value_parser = crate::dumpdata::parse_override)]
+    pub model_table: Vec<(String, String)>,
     /// Seconds to wait for the tenant's lock
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = lock_timeout())]
     pub lock_timeout: u64,

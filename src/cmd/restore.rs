@@ -1,4 +1,4 @@
-//! `restore --tenant S (--id N | --latest | --file KEY)`
+//! `restore --tenant S (--id N | --latest | --file KEY | --path FILE)`
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -52,11 +52,12 @@ pub async fn run(args: RestoreArgs, ctx: &Context) -> Result<Outcome> {
             ));
         }
     }
-    let which = match (args.id, args.latest, &args.file) {
-        (Some(id), _, _) => Which::Id(id),
-        (_, true, _) => Which::Latest,
-        (_, _, Some(key)) => Which::Key(key.clone()),
-        _ => return Err(usage!("say which backup: --id N, --latest or --file KEY")),
+    let which = match (args.id, args.latest, &args.file, &args.path) {
+        (Some(id), _, _, _) => Which::Id(id),
+        (_, true, _, _) => Which::Latest,
+        (_, _, Some(key), _) => Which::Key(key.clone()),
+        (_, _, _, Some(path)) => Which::Path(path.clone()),
+        _ => return Err(usage!("say which backup: --id N, --latest, --file KEY or --path FILE")),
     };
     let started = Instant::now();
     let lock_timeout = Duration::from_secs(args.lock_timeout);
@@ -149,8 +150,11 @@ async fn restore(
         ctx.clock.now(),
     )
     .await?;
-    let header = match source.format {
-        DumpFormat::Json => Some(crate::jsonl::peek_header(open_decompressed(
+    // The application's dumpdata backups are json too: recognised by their content.
+    let dumpdata = crate::dumpdata::recognise(client, &source, file.path(), &shown, &args.model_table).await?;
+    let header = match (&dumpdata, source.format) {
+        (Some(d), _) => Some(d.header.clone()),
+        (None, DumpFormat::Json) => Some(crate::jsonl::peek_header(open_decompressed(
             file.path(),
             &source,
             &shown,
@@ -164,6 +168,9 @@ async fn restore(
     describe(&tenant.schema_name, &target_name, &source, &target, &facts);
     if let Some(h) = &header {
         describe_json(h, &target, &facts, &live_tables);
+    }
+    if let Some(d) = &dumpdata {
+        d.describe();
     }
     if args.dry_run {
         report(
@@ -228,14 +235,19 @@ async fn restore(
     // A json backup that holds rows only (format version 2, or a structure that does not carry
     // every object) loads into the live tables, which it holds locked, as the tool: nobody writes
     // meanwhile, and there is nothing to swap.
-    if source.format == DumpFormat::Json
-        && crate::jsonl::loads_in_place(read_plain(
-            std::fs::File::open(file.path())?,
-            source.compression,
-            source.decrypt.as_ref(),
-        )?)?
+    // The application's dumpdata backups are rows only too.
+    if dumpdata.is_some()
+        || source.format == DumpFormat::Json
+            && crate::jsonl::loads_in_place(read_plain(
+                std::fs::File::open(file.path())?,
+                source.compression,
+                source.decrypt.as_ref(),
+            )?)?
     {
-        let input = open_decompressed(file.path(), &source, &shown)?;
+        let input = match &dumpdata {
+            Some(d) => d.stream(),
+            None => open_decompressed(file.path(), &source, &shown)?,
+        };
         crate::jsonl::restore(session, input, &opts)
             .await
             .with_context(restoring)?;

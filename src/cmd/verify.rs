@@ -41,7 +41,10 @@ struct Verified {
 }
 
 pub async fn run(args: VerifyArgs, ctx: &Context) -> Result<Outcome> {
-    let which = args.id.map(Which::Id).unwrap_or(Which::Latest);
+    let which = match (&args.path, args.id) {
+        (Some(path), _) => Which::Path(path.clone()),
+        (None, id) => id.map(Which::Id).unwrap_or(Which::Latest),
+    };
     let timeout = Duration::from_secs(args.lock_timeout);
     let mark = new_mark();
     let client = ctx.connect_session().await?;
@@ -118,15 +121,27 @@ async fn verify(
         defer_post_data: false,
     };
     let loading_what = || format!("loading {} inside a rolled-back transaction", source.key);
-    let in_place = source.format == DumpFormat::Json
-        && crate::jsonl::loads_in_place(read_plain(
-            std::fs::File::open(file.path())?,
-            source.compression,
-            source.decrypt.as_ref(),
-        )?)?;
+    // The application's dumpdata backups are rows only too.
+    let dumpdata = match source.format {
+        DumpFormat::Json => {
+            crate::dumpdata::recognise(session, &source, file.path(), &shown, &args.model_table).await?
+        }
+        _ => None,
+    };
+    let in_place = dumpdata.is_some()
+        || source.format == DumpFormat::Json
+            && crate::jsonl::loads_in_place(read_plain(
+                std::fs::File::open(file.path())?,
+                source.compression,
+                source.decrypt.as_ref(),
+            )?)?;
     let counts = if in_place {
         // Rows only: loaded into temporary copies of the live tables, rolled back.
-        crate::jsonl::restore(session, open_decompressed(file.path(), &source, &shown)?, &opts)
+        let input = match &dumpdata {
+            Some(d) => d.stream(),
+            None => open_decompressed(file.path(), &source, &shown)?,
+        };
+        crate::jsonl::restore(session, input, &opts)
             .await
             .with_context(loading_what)?
             .0

@@ -501,14 +501,16 @@ async fn load_existing(
                 .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
                 .with_context(|| format!("keeping the previous rows in {previous}"))?;
         }
+        // The keys go first: a table the dump does not hold (an application dumpdata covers only
+        // the models that had rows) may reference one it replaces; they are checked when rebuilt.
+        rebuild = Rebuild::plan(client, schema).await?;
+        rebuild.drop_all(client).await?;
         let all: Vec<&str> = dest.values().map(String::as_str).collect();
         client
             .batch_execute(&format!("TRUNCATE {}", all.join(", ")))
             .await
             .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
             .context("emptying the tables the backup holds")?;
-        rebuild = Rebuild::plan(client, schema).await?;
-        rebuild.drop_all(client).await?;
     }
     let counts = load_rows(client, header, rx, &dest, schema).await?;
     if opts.verify_only() {

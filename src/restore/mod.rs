@@ -25,6 +25,7 @@ pub mod child;
 pub mod errors;
 pub mod guard;
 pub mod loader;
+pub mod local;
 pub mod post;
 pub mod psql;
 pub mod run;

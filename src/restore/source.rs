@@ -23,6 +23,8 @@ pub enum Which {
     Id(i64),
     Latest,
     Key(String),
+    /// A file on the operator's disk (`--path`): see [`super::local`].
+    Path(std::path::PathBuf),
 }
 
 /// A backup, resolved and described.
@@ -43,6 +45,9 @@ pub struct Source {
     /// The tenant's key, when the object is encrypted (set by [`super::access::check_access`]).
     #[serde(skip)]
     pub decrypt: Option<TenantKey>,
+    /// The file on the operator's disk it is read from (`--path`), instead of the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// Finds the backup and checks it belongs to `tenant` (or to `from_tenant`, when given). The
@@ -59,6 +64,9 @@ pub async fn resolve_at(
     now: DateTime<Utc>,
 ) -> Result<Source> {
     let schema = &tenant.schema_name;
+    if let Which::Path(path) = which {
+        return super::local::source(path, schema, from_tenant);
+    }
     let history_of = from_tenant.unwrap_or(schema);
     let (_, has_history) = schema_state(client, catalog, history_of).await?;
     let records = if has_history {
@@ -90,6 +98,7 @@ pub async fn resolve_at(
         (Which::Latest, None) => None,
         (Which::Key(key), Some(records)) => records.iter().find(|r| &r.file_path == key).cloned(),
         (Which::Key(_), None) => None,
+        (Which::Path(_), _) => None, // read above
     };
     let key = match (&record, which) {
         (Some(r), _) => r.file_path.clone(),
@@ -170,6 +179,7 @@ pub async fn resolve_at(
         format,
         manifest,
         decrypt: None,
+        path: None,
     })
 }
 
@@ -218,7 +228,7 @@ fn follow_only_own_folder(
             let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
             Err(UsageError::new(format!(
                 "{what} is not in the configured storage ({}): {path} is a file outside the bucket, as the old application wrote them. \
-                 To use it, copy it into the bucket under {schema}/ (e.g. as {schema}/{name}) and pass --file {schema}/{name}, or point --storage at the storage that holds it",
+                 To use it, restore it from this machine's disk with --path {path} (if it is here), or copy it into the bucket under {schema}/ (e.g. as {schema}/{name}) and pass --file {schema}/{name}, or point --storage at the storage that holds it",
                 storage.describe()
             )))
         }
@@ -243,10 +253,13 @@ pub async fn fetch_verified(storage: &dyn Storage, source: &Source, progress: &S
         .prefix("tenant-backup-restore-")
         .tempfile()
         .context("creating a temporary file")?;
-    let size = storage
-        .get_to_file(&source.key, file.path())
-        .await
-        .with_context(|| format!("downloading {} from {}", source.key, storage.describe()))?;
+    let size = match &source.path {
+        Some(path) => super::local::copy(path, file.path()).await?,
+        None => storage
+            .get_to_file(&source.key, file.path())
+            .await
+            .with_context(|| format!("downloading {} from {}", source.key, storage.describe()))?,
+    };
     match &source.manifest {
         Some(m) => {
             let stored = Counting::new(

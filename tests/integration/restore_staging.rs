@@ -127,14 +127,16 @@ fn a_staging_schema_of_a_running_restore_is_never_dropped_by_cleanup() {
         ),
         "0"
     );
+    let role = tenant_backup::restore::loader::loader_role(&db.name);
     assert_eq!(
-        db.sql(
-            "SELECT string_agg(rolcanlogin::text, ',') FROM pg_roles WHERE rolname LIKE 'tenant\\_backup\\_loader\\_%'"
-        ),
-        "false"
+        db.sql(&format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}'")),
+        "f"
     );
     assert_eq!(
-        db.sql("SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid WHERE r.rolname LIKE 'tenant\\_backup\\_loader\\_%' AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid WHERE r.rolname = '{role}' \
+             AND d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )),
         "0",
         "the loader owns and holds nothing"
     );
