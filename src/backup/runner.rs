@@ -78,6 +78,10 @@ pub async fn run_backups(
     policy: LockPolicy,
     progress: &dyn ProgressSink,
 ) -> Vec<TenantResult> {
+    if env.pg_dump.is_none() {
+        env.prefetch
+            .plan(jobs.iter().map(|j| j.tenant.schema_name.clone()).collect());
+    }
     let idle = Connections::default();
     let idle = &idle;
     stream::iter(jobs)
