@@ -306,6 +306,8 @@ impl Bench<'_> {
     }
 
     fn tool_of(&self, bin: &str, args: &[&str], store: &Path) -> Command {
+        // The tool never creates its storage directory (a missing one is a mistake to fix).
+        std::fs::create_dir_all(store).unwrap_or_else(|e| die(&format!("{}: {e}", store.display())));
         let mut c = Command::new(bin);
         c.args(["-q", "--no-progress"])
             .args(args)

@@ -283,7 +283,8 @@ pub enum Scope {
 /// `xmin`. Any DDL that commits in between changes one of them (a new row, a row gone, or a new row
 /// version with its own `xmin`), so a structure read in another snapshot, for many tenants at once,
 /// is used only when the tenant's own snapshot shows the very same rows. No deparser runs: each part
-/// is an index lookup. With `$2` it also reads the schema's sequences' current values (which are
+/// is an index lookup (one condition per part: an `OR` of two would scan a whole catalog, as
+/// bitmap scans are off). With `$2` it also reads the schema's sequences' current values (which are
 /// not transactional, and must be read after the snapshot that reads the rows).
 const FINGERPRINT: &str = "\
 SELECT n.nspname::text, md5(concat_ws('/', n.xmin, d.deps, \
@@ -300,10 +301,18 @@ SELECT n.nspname::text, md5(concat_ws('/', n.xmin, d.deps, \
   (SELECT string_agg(concat_ws(':', p.oid, p.xmin), ',' ORDER BY p.oid) FROM pg_policy p WHERE p.polrelid = ANY(d.rels)), \
   (SELECT string_agg(concat_ws(':', h.inhrelid, h.inhseqno, h.xmin), ',' ORDER BY h.inhrelid, h.inhseqno) \
      FROM pg_inherits h WHERE h.inhrelid = ANY(d.rels)), \
-  (SELECT string_agg(concat_ws(':', e.classid, e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid, e.deptype), ',' \
-     ORDER BY e.classid, e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid) FROM pg_depend e \
-     WHERE (e.classid = 'pg_class'::regclass AND e.objid = ANY(d.rels)) OR (e.classid = 'pg_proc'::regclass AND e.objid = ANY(d.procs)) \
-        OR (e.classid = 'pg_type'::regclass AND e.objid = ANY(d.types)) OR (e.classid = 'pg_rewrite'::regclass AND e.objid = ANY(o.rules))), \
+  (SELECT string_agg(concat_ws(':', e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid, e.deptype), ',' \
+     ORDER BY e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid) FROM pg_depend e \
+     WHERE e.classid = 'pg_class'::regclass AND e.objid = ANY(d.rels)), \
+  (SELECT string_agg(concat_ws(':', e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid, e.deptype), ',' \
+     ORDER BY e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid) FROM pg_depend e \
+     WHERE e.classid = 'pg_proc'::regclass AND e.objid = ANY(d.procs)), \
+  (SELECT string_agg(concat_ws(':', e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid, e.deptype), ',' \
+     ORDER BY e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid) FROM pg_depend e \
+     WHERE e.classid = 'pg_type'::regclass AND e.objid = ANY(d.types)), \
+  (SELECT string_agg(concat_ws(':', e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid, e.deptype), ',' \
+     ORDER BY e.objid, e.objsubid, e.refclassid, e.refobjid, e.refobjsubid) FROM pg_depend e \
+     WHERE e.classid = 'pg_rewrite'::regclass AND e.objid = ANY(o.rules)), \
   (SELECT string_agg(concat_ws(':', p.oid, p.xmin), ',' ORDER BY p.oid) FROM pg_proc p WHERE p.oid = ANY(d.procs)), \
   (SELECT string_agg(concat_ws(':', t.oid, t.xmin), ',' ORDER BY t.oid) FROM pg_type t WHERE t.oid = ANY(d.types)), \
   (SELECT string_agg(concat_ws(':', e.oid, e.xmin), ',' ORDER BY e.oid) FROM pg_enum e WHERE e.enumtypid = ANY(d.types)), \
