@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
 pub use load::{peek_header, restore, JsonRestore};
-pub use objects::{Prefetched, PREFETCH_CHUNK};
+pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
 

@@ -340,6 +340,55 @@ CROSS JOIN LATERAL ( \
     ARRAY(SELECT r.oid FROM pg_rewrite r WHERE r.ev_class = ANY(d.rels)) AS rules) o \
 WHERE n.nspname = ANY($1::text[]::name[])";
 
+/// The name under which a run's connections keep [`FINGERPRINT`] prepared ([`prepare_fingerprint`]):
+/// planned once, its generic plan then costs 0.007 ms instead of 9.9 ms of planning per tenant
+/// (`EXPLAIN ANALYZE` on the fixture's database).
+const FINGERPRINT_NAME: &str = "tenant_backup_fingerprint";
+
+/// Prepares the fingerprint on a session connection, for the dumps it will run with a prefetched
+/// structure (a session-level prepared statement: a run's connections are session connections).
+pub async fn prepare_fingerprint(client: &Client) -> Result<()> {
+    client
+        .batch_execute(&format!("PREPARE {FINGERPRINT_NAME} (text[], bool) AS {FINGERPRINT}"))
+        .await?;
+    Ok(())
+}
+
+/// The schema's fingerprint and its sequences' values now, through the prepared statement (see
+/// [`prepare_fingerprint`]). None when the schema is gone.
+async fn fingerprint_now(client: &Client, schema: &str) -> Result<Option<(String, HashMap<u32, Option<i64>>)>> {
+    use tokio_postgres::SimpleQueryMessage;
+    let sql = format!(
+        "EXECUTE {FINGERPRINT_NAME}(ARRAY[{}]::text[], true)",
+        crate::pg::sql::literal(schema)
+    );
+    let Some(row) = client.simple_query(&sql).await?.into_iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let array = |i: usize| -> Vec<String> {
+        let text = row.get(i).unwrap_or("{}");
+        let inner = text.trim_start_matches('{').trim_end_matches('}');
+        if inner.is_empty() {
+            Vec::new()
+        } else {
+            inner.split(',').map(str::to_string).collect()
+        }
+    };
+    let mut values = HashMap::new();
+    for (oid, value) in array(2).into_iter().zip(array(3)) {
+        let oid: u32 = oid.parse().context("a sequence's oid")?;
+        let value = match value.as_str() {
+            "NULL" => None,
+            v => Some(v.parse::<i64>().context("a sequence's value")?),
+        };
+        values.insert(oid, value);
+    }
+    Ok(Some((row.get(1).unwrap_or_default().to_string(), values)))
+}
+
 /// Schemas whose structure one run reads in one go (one statement per catalog for all of them).
 pub const PREFETCH_CHUNK: usize = 100;
 
@@ -598,26 +647,21 @@ impl SchemaObjects {
     /// Inside the caller's transaction (a dump's snapshot): `prefetched`'s objects when the
     /// schema's catalog rows are still the ones they were read from, with the sequences' values
     /// read now; None when anything changed since (a migration ran in between), and the caller
-    /// reads the schema again in its own snapshot.
+    /// reads the schema again in its own snapshot. The connection has the fingerprint prepared
+    /// ([`prepare_fingerprint`]), as a run's connections do.
     pub async fn still_current(client: &Client, schema: &str, prefetched: Prefetched) -> Result<Option<SchemaObjects>> {
         client
             .batch_execute(&format!("SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}"))
             .await?;
-        let names = vec![schema.to_string()];
-        let with_values = true;
-        let rows = client
-            .query_typed(FINGERPRINT, &[(&names, Type::TEXT_ARRAY), (&with_values, Type::BOOL)])
-            .await;
+        let read = fingerprint_now(client, schema).await;
         client.batch_execute(INDEXES_ONLY_END).await?;
-        let rows = rows.with_context(|| format!("reading the catalog of schema {schema}"))?;
-        let Some(row) = rows.first() else {
+        let Some((fingerprint, values)) = read.with_context(|| format!("reading the catalog of schema {schema}"))?
+        else {
             return Ok(None);
         };
-        if row.get::<_, String>(1) != prefetched.fingerprint {
+        if fingerprint != prefetched.fingerprint {
             return Ok(None);
         }
-        let (oids, values): (Vec<u32>, Vec<Option<i64>>) = (row.get(2), row.get(3));
-        let values: HashMap<u32, Option<i64>> = oids.into_iter().zip(values).collect();
         let mut objects = prefetched.objects;
         for s in &mut objects.sequences {
             s.last_value = values.get(&s.oid).copied().flatten();

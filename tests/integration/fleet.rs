@@ -298,6 +298,8 @@ fn the_structure_read_for_many_tenants_at_once_is_used_only_while_the_tenants_ow
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await.unwrap();
         let task = tokio::spawn(conn);
+        // As a run's connections do.
+        tenant_backup::jsonl::prepare_fingerprint(&client).await.unwrap();
         let schemas: Vec<String> = vec!["mindcare".into(), "bienestar".into(), "no_such_schema".into()];
 
         // Nothing changed: the batched structure gives the very dump a tenant's own read gives.
