@@ -28,6 +28,8 @@ pub struct Run {
     pub own_rss_kb: u64,
     /// Peak over the process and every child it waited for (wait4).
     pub tree_rss_kb: u64,
+    /// The process's own CPU time (user + system) and its waited-for children's (wait4).
+    pub cpu: Duration,
 }
 
 pub fn measure(cmd: Command, name: &str) -> Run {
@@ -66,8 +68,13 @@ pub fn measure_any(mut cmd: Command, name: &str) -> (Run, bool) {
         wall,
         own_rss_kb: own,
         tree_rss_kb: usage.ru_maxrss as u64,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
     };
     (run, ok)
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
 }
 
 fn read_hwm(path: &str) -> Option<u64> {

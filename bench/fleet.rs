@@ -9,7 +9,11 @@
 //! 2. the whole fleet: `backup --all` and a `run-scheduled` tick with every tenant due, against one
 //!    whole-database `pg_dump | zstd` (BENCH_FLEET_REPEAT runs, default 3), with the peak RSS;
 //! 3. `list`, `status` and `cleanup --dry-run --days 30 --orphans` against
-//!    `psql -c 'select count(*) from public.tenants_clinic'` (BENCH_REPEAT runs).
+//!    `psql -c 'select count(*) from public.tenants_clinic'` and against the floor for reading
+//!    every tenant's history, `psql` running one `UNION ALL` over all their tables (BENCH_REPEAT
+//!    runs).
+//!
+//! BENCH_BIN runs another build of the tool (an earlier commit's) on the same fleet.
 //!
 //! Then the growth: each figure at the big size over the same at 10 tenants. BENCH_SQL_ALL=1 adds
 //! `backup --all --format sql` to the fleet runs (pg_dump per tenant: slow at 1,000 tenants).
@@ -38,6 +42,8 @@ struct Cost {
     wall: Duration,
     server: Duration,
     rss_kb: u64,
+    /// The tool's own CPU (user + system), where measured.
+    own: Duration,
 }
 
 struct Bench<'a> {
@@ -50,6 +56,8 @@ struct Bench<'a> {
     bucket: PathBuf,
     /// Tenants now.
     size: usize,
+    /// BENCH_BEFORE: an earlier build of the tool, run beside this one on the same fleet.
+    before: Option<String>,
 }
 
 fn main() {
@@ -77,14 +85,17 @@ fn main() {
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
         .unwrap_or_else(|| die("cannot read the server's pid"));
+    // BENCH_BIN: another build of the tool (an earlier commit's), to compare on the same fleet.
+    let bin = std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenant-backup").to_string());
     let bench = Bench {
         cluster: &cluster,
-        bin: env!("CARGO_BIN_EXE_tenant-backup"),
+        bin: &bin,
         url: cluster.url(DB),
         work: work.path(),
         postmaster,
         bucket: work.path().join("none"),
         size: 0,
+        before: std::env::var("BENCH_BEFORE").ok(),
     };
     let template = bench.template();
     let version = bench.sql("SHOW server_version");
@@ -156,6 +167,7 @@ fn median(mut v: Vec<Cost>) -> Cost {
     Cost {
         server,
         rss_kb: v.iter().map(|c| c.rss_kb).max().unwrap_or(0),
+        own: v.iter().map(|c| c.own).sum::<Duration>() / v.len().max(1) as u32,
         ..mid
     }
 }
@@ -290,7 +302,13 @@ impl Bench<'_> {
     }
 
     fn tool(&self, args: &[&str], store: &Path) -> Command {
-        let mut c = Command::new(self.bin);
+        self.tool_of(self.bin, args, store)
+    }
+
+    fn tool_of(&self, bin: &str, args: &[&str], store: &Path) -> Command {
+        // The tool never creates its storage directory (a missing one is a mistake to fix).
+        std::fs::create_dir_all(store).unwrap_or_else(|e| die(&format!("{}: {e}", store.display())));
+        let mut c = Command::new(bin);
         c.args(["-q", "--no-progress"])
             .args(args)
             .env("DATABASE_URL", &self.url)
@@ -315,6 +333,7 @@ impl Bench<'_> {
             wall,
             server,
             rss_kb: 0,
+            own: Duration::ZERO,
         }
     }
 
@@ -327,6 +346,7 @@ impl Bench<'_> {
             wall: r.wall,
             server: self.server_cpu().saturating_sub(before),
             rss_kb: r.own_rss_kb,
+            own: r.cpu,
         }
     }
 
@@ -392,6 +412,7 @@ impl Bench<'_> {
             wall,
             server: self.server_cpu().saturating_sub(before),
             rss_kb: 0,
+            own: Duration::ZERO,
         }
     }
 
@@ -404,8 +425,26 @@ impl Bench<'_> {
         if sql_all {
             names.push("fleet: backup --all --format sql");
         }
+        let before = self.before.clone();
+        let first_before = names.len();
+        if before.is_some() {
+            names.push("fleet: backup --all (auto), BENCH_BEFORE");
+            names.push("fleet: run-scheduled, every tenant due, BENCH_BEFORE");
+        }
         let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); names.len()];
         for round in 0..repeat {
+            if let Some(bin) = &before {
+                let store = self.work.join(format!("before-all-{}-{round}", self.size));
+                let c = self.tool_of(bin, &["backup", "--all"], &store);
+                costs[first_before].push(self.run_measured(c, "backup --all (before)"));
+                let _ = std::fs::remove_dir_all(&store);
+                self.sql("UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = NULL");
+                let store = self.work.join(format!("before-tick-{}-{round}", self.size));
+                let c = self.tool_of(bin, &["run-scheduled"], &store);
+                costs[first_before + 1].push(self.run_measured(c, "run-scheduled (before)"));
+                let _ = std::fs::remove_dir_all(&store);
+                self.sql("UPDATE public.tenants_clinic SET backup_schedule = 'daily', last_backup_at = NULL");
+            }
             costs[0].push(self.whole_dump());
             let store = self.work.join(format!("all-{}-{round}", self.size));
             costs[1].push(self.run_measured(self.tool(&["backup", "--all"], &store), "backup --all"));
@@ -433,17 +472,23 @@ impl Bench<'_> {
         }
         let base = median(costs[0].clone());
         println!(
-            "{:<52} {:>10} {:>8} {:>12} {:>10}",
-            "every tenant", "wall", "ratio", "server CPU", "peak RSS"
+            "{:<52} {:>10} {:>8} {:>12} {:>8} {:>12} {:>10}",
+            "every tenant", "wall", "ratio", "server CPU", "ratio", "tool CPU", "peak RSS"
         );
         for (name, c) in names.iter().zip(costs) {
             let m = median(c);
             println!(
-                "{:<52} {:>10} {:>7.2}x {:>12} {:>10}",
+                "{:<52} {:>10} {:>7.2}x {:>12} {:>7.2}x {:>12} {:>10}",
                 name,
                 secs(m.wall),
                 m.wall.as_secs_f64() / base.wall.as_secs_f64(),
                 secs(m.server),
+                m.server.as_secs_f64() / base.server.as_secs_f64().max(1e-3),
+                if m.own > Duration::ZERO {
+                    secs(m.own)
+                } else {
+                    "-".into()
+                },
                 if m.rss_kb > 0 {
                     format!("{:.1} MB", m.rss_kb as f64 / 1024.0)
                 } else {
@@ -456,38 +501,60 @@ impl Bench<'_> {
 
     fn listings(&mut self, repeat: usize, out: &mut Vec<(&'static str, Cost)>) {
         let store = self.bucket.clone();
-        let names: [&'static str; 4] = [
+        let names: [&'static str; 5] = [
             "all tenants: psql -c 'select count(*) …'",
+            "all tenants: psql, every history in one UNION ALL",
             "all tenants: list",
             "all tenants: status",
             "all tenants: cleanup --dry-run --days 30 --orphans",
         ];
+        // The honest floor for reading every tenant's history table: one statement naming them all.
+        let union = self.work.join("union.sql");
+        let arms: Vec<String> = self
+            .sql("SELECT schema_name FROM public.tenants_clinic WHERE schema_name <> 'public' ORDER BY 1")
+            .lines()
+            .map(|s| format!("SELECT id, created_at, backup_type FROM \"{s}\".backups_backuprecord"))
+            .collect();
+        std::fs::write(
+            &union,
+            format!(
+                "SELECT count(*), max(created_at) FROM (\n{}\n) x;\n",
+                arms.join("\nUNION ALL\n")
+            ),
+        )
+        .unwrap_or_else(|e| die(&e.to_string()));
         let mut costs: Vec<Vec<Cost>> = vec![Vec::new(); names.len()];
         for _ in 0..repeat {
             let mut c = self.cluster.psql_command(DB);
             c.args(["-c", "select count(*) from public.tenants_clinic"])
                 .stdout(Stdio::null());
             costs[0].push(self.run(c, 0));
-            costs[1].push(self.run(self.tool(&["list"], &store), 0));
-            costs[2].push(self.run(self.tool(&["status"], &store), 1));
-            costs[3].push(self.run(
+            let mut c = self.cluster.psql_command(DB);
+            c.arg("-f").arg(&union).stdout(Stdio::null());
+            costs[1].push(self.run(c, 0));
+            costs[2].push(self.run(self.tool(&["list"], &store), 0));
+            costs[3].push(self.run(self.tool(&["status"], &store), 1));
+            costs[4].push(self.run(
                 self.tool(&["cleanup", "--dry-run", "--days", "30", "--orphans"], &store),
                 1,
             ));
         }
         let base = median(costs[0].clone());
+        let floor = median(costs[1].clone());
         println!(
-            "{:<52} {:>10} {:>8} {:>12}",
-            "over all tenants", "wall", "ratio", "server CPU"
+            "{:<52} {:>10} {:>8} {:>12} {:>14} {:>12}",
+            "over all tenants", "wall", "ratio", "server CPU", "wall / floor", "CPU / floor"
         );
         for (name, c) in names.iter().zip(costs) {
             let m = median(c);
             println!(
-                "{:<52} {:>10} {:>7.2}x {:>12}",
+                "{:<52} {:>10} {:>7.2}x {:>12} {:>13.2}x {:>11.2}x",
                 name,
                 secs(m.wall),
                 m.wall.as_secs_f64() / base.wall.as_secs_f64(),
-                secs(m.server)
+                secs(m.server),
+                m.wall.as_secs_f64() / floor.wall.as_secs_f64().max(1e-6),
+                m.server.as_secs_f64() / floor.server.as_secs_f64().max(1e-3),
             );
             out.push((name, m));
         }

@@ -7,6 +7,7 @@ pub mod env;
 pub mod format;
 pub mod key;
 pub mod manifest;
+pub mod prefetch;
 mod pump;
 pub mod runner;
 pub mod spool;
@@ -267,12 +268,14 @@ async fn produce(
         let spooler = spawn_spool(env, req, encrypt, None, dir, move |opts| {
             spool_stream(JsonLinesReader::new(rx), spool, opts)
         });
+        let prefetched = env.prefetch.take(client, &req.tenant.schema_name).await;
         let counts = crate::jsonl::dump(
             client,
             &req.tenant.schema_name,
             &env.server_version,
             env.clock.now(),
             scope.as_ref(),
+            prefetched,
             tx,
         )
         .await;

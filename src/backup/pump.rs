@@ -20,6 +20,8 @@ use crate::pg::dumpscan::PlainDumpScanner;
 use crate::storage::Grower;
 
 const READ_CHUNK: usize = 1024 * 1024;
+/// A new buffer's first size; it doubles as it fills, up to a piece.
+const FIRST_READ: usize = 64 * 1024;
 /// What the reader hands over at once: one zstd frame's worth.
 const PIECE: usize = crate::backup::compress::ZSTD_FRAME;
 /// Pieces waiting for the compressor: with the one being filled and the one being compressed,
@@ -123,10 +125,15 @@ fn read_all(
     let mut raw: u64 = 0;
     let mut ended = false;
     while !ended {
-        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; PIECE]);
+        // A new buffer grows with what is read: a small tenant's dump never pays for zeroing a
+        // whole piece (8 MiB, once per tenant: about half the tool's own time at 10,000 tenants).
+        let mut buf = spare.try_recv().unwrap_or_default();
         let mut filled = 0;
         while filled < PIECE {
-            let end = (filled + READ_CHUNK).min(PIECE);
+            if filled == buf.len() {
+                buf.resize((buf.len() * 2).clamp(FIRST_READ, PIECE), 0);
+            }
+            let end = (filled + READ_CHUNK).min(buf.len());
             let n = match input.read(&mut buf[filled..end]) {
                 Ok(0) => {
                     ended = true;

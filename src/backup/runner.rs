@@ -78,7 +78,15 @@ pub async fn run_backups(
     policy: LockPolicy,
     progress: &dyn ProgressSink,
 ) -> Vec<TenantResult> {
-    let idle = Connections::default();
+    let prefetching = env.pg_dump.is_none() && jobs.len() > 1;
+    if prefetching {
+        env.prefetch
+            .plan(jobs.iter().map(|j| j.tenant.schema_name.clone()).collect());
+    }
+    let idle = Connections {
+        prepare_fingerprint: prefetching,
+        ..Default::default()
+    };
     let idle = &idle;
     stream::iter(jobs)
         .map(|job| async move {
@@ -114,14 +122,27 @@ pub async fn run_backups(
 
 /// The run's session connections between tenants.
 #[derive(Default)]
-struct Connections(Mutex<Vec<Client>>);
+struct Connections {
+    idle: Mutex<Vec<Client>>,
+    /// Each new connection prepares the catalog fingerprint its dumps check (see
+    /// [`crate::backup::prefetch`]).
+    prepare_fingerprint: bool,
+}
 
 impl Connections {
     async fn take(&self, session: &DbTarget) -> Result<Client> {
-        let idle = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => session.connect().await,
+            _ => {
+                let client = session.connect().await?;
+                if self.prepare_fingerprint {
+                    crate::jsonl::prepare_fingerprint(&client)
+                        .await
+                        .context("preparing the catalog fingerprint")?;
+                }
+                Ok(client)
+            }
         }
     }
 
@@ -135,7 +156,7 @@ impl Connections {
             tracing::debug!("dropping a connection that could not release its locks: {e}");
             return;
         }
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(client);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(client);
     }
 }
 

@@ -350,6 +350,51 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
+    /// A stream longer than two pieces, read in odd sizes: the buffers grow from small to a
+    /// whole piece and are reused, and every byte arrives once, in order.
+    #[test]
+    fn a_stream_of_several_pieces_read_in_odd_sizes_is_spooled_whole() {
+        struct Odd {
+            left: usize,
+            next: u8,
+            step: usize,
+        }
+        impl Read for Odd {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.step = self.step % 70_001 + 12_345;
+                let n = buf.len().min(self.left).min(self.step);
+                for b in &mut buf[..n] {
+                    *b = self.next;
+                    self.next = self.next.wrapping_mul(31).wrapping_add(7);
+                }
+                self.left -= n;
+                Ok(n)
+            }
+        }
+        let total = 2 * crate::backup::compress::ZSTD_FRAME + 333_333;
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.format = DumpFormat::Json;
+        o.compression = Compression::None;
+        let (spool, _) = create(dir.path(), "x.jsonl", false).unwrap();
+        let input = Odd {
+            left: total,
+            next: 1,
+            step: 0,
+        };
+        let s = spool_stream(input, spool, &o).unwrap();
+        let mut expected = Vec::new();
+        Odd {
+            left: total,
+            next: 1,
+            step: 0,
+        }
+        .read_to_end(&mut expected)
+        .unwrap();
+        assert_eq!(std::fs::read(s.file.path()).unwrap(), expected);
+        assert_eq!(s.uncompressed_size, total as u64);
+    }
+
     #[test]
     fn max_size_stops_the_dump() {
         let dir = tempfile::tempdir().unwrap();

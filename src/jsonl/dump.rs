@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use super::codec::RowEncoder;
-use super::objects::{SchemaObjects, Scope};
+use super::objects::{Prefetched, SchemaObjects, Scope};
 use super::structure::Structure;
 use super::tables::tables_of;
 use super::{Header, SequenceValue, TableSpec, BATCH, FORMAT, FORMAT_VERSION, VALUE_SETTINGS};
@@ -40,16 +40,20 @@ pub enum Piece {
 }
 
 /// Streams the schema into `tx` and returns each table's row count. Runs its own snapshot
-/// transaction on `client` (a session connection).
+/// transaction on `client` (a session connection). `prefetched`, the schema's structure read
+/// earlier with other tenants' ([`super::prefetch`]), is used only when the snapshot shows the same
+/// catalog rows it came from; otherwise the structure is read again in the snapshot, so the
+/// structure written always matches the rows.
 pub async fn dump(
     client: &Client,
     schema: &str,
     server_version: &str,
     created_at: chrono::DateTime<Utc>,
     guard: Option<&crate::restore::guard::Scope>,
+    prefetched: Option<Prefetched>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
-    let result = dump_inner(client, schema, server_version, created_at, guard, &tx).await;
+    let result = dump_inner(client, schema, server_version, created_at, guard, prefetched, &tx).await;
     let _ = client.batch_execute("COMMIT").await;
     if let Err(e) = &result {
         let _ = tx.send(Err(io::Error::other(ProducerError(format!("{e:#}"))))).await;
@@ -63,6 +67,7 @@ async fn dump_inner(
     server_version: &str,
     created_at: chrono::DateTime<Utc>,
     guard: Option<&crate::restore::guard::Scope>,
+    prefetched: Option<Prefetched>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
     client
@@ -70,7 +75,23 @@ async fn dump_inner(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {VALUE_SETTINGS}"
         ))
         .await?;
-    let Some(objects) = SchemaObjects::read(client, schema, Scope::Structure).await? else {
+    let current = match prefetched {
+        Some(p) => {
+            let current = SchemaObjects::still_current(client, schema, p).await?;
+            if current.is_none() {
+                tracing::info!(
+                    "{schema}: its catalog changed since this run read it with other tenants' (a migration?); reading its structure again in the backup's own snapshot"
+                );
+            }
+            current
+        }
+        None => None,
+    };
+    let objects = match current {
+        Some(objects) => Some(objects),
+        None => SchemaObjects::read(client, schema, Scope::Structure).await?,
+    };
+    let Some(objects) = objects else {
         anyhow::bail!("schema {schema:?} does not exist");
     };
     let specs = tables_of(&objects);

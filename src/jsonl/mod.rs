@@ -35,8 +35,19 @@ use serde::{Deserialize, Serialize};
 
 pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
 pub use load::{loads_in_place, peek_header, restore, JsonRestore, Loaded};
+pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
+
+/// The structure of many schemas read at once, in a transaction of its own on `client`, for
+/// [`dump`] to use when the dump's snapshot shows the same catalog rows (see
+/// [`objects::SchemaObjects::read_many`]).
+pub async fn prefetch(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, Prefetched>> {
+    objects::SchemaObjects::read_many(client, schemas).await
+}
 
 pub const FORMAT: &str = "tenant-backup-jsonl";
 /// 3: a structure section (see [`structure`]); 2: values in PostgreSQL's text form (see
