@@ -16,10 +16,9 @@ use crate::outln;
 use crate::pg::lock;
 use crate::restore::access::{check_access, read_plain};
 use crate::restore::guard::Scope;
-use crate::restore::loader::{references_of, Grants, Loader};
 use crate::restore::post;
-use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
-use crate::restore::stage::{owner_for, swap, Staged};
+use crate::restore::run::{application_name, new_mark, prepare_session, through_psql_as_loader, Watch};
+use crate::restore::stage::{open_load, owner_for, swap};
 use crate::restore::state::{read_facts, schema_exists};
 use crate::restore::writes::Writes;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Facts, Source, Target, Which};
@@ -268,20 +267,9 @@ async fn restore(
     // Everything else loads into a staging schema of its own, committed while the application
     // cannot see it, as the loader role: a login that can create and write only there (the second
     // wall behind the guard). The live schema is not touched until the swap.
-    let loader = Loader::ensure(session).await?;
-    let references = match target.schema().filter(|_| facts.target_exists) {
-        Some(live) => references_of(session, live).await?,
-        None if schema_exists(session, &source.source_schema).await? => {
-            references_of(session, &source.source_schema).await?
-        }
-        None => Vec::new(),
-    };
-    let grants = Grants {
-        references,
-        usage: Vec::new(),
-    };
-    let mut loading = loader.open(&ctx.dump, &sql.staging, &grants, lock_timeout).await?;
-    let staged = Staged::adopt(&sql.staging, &ctx.dump, lock_timeout);
+    let live = target.schema().filter(|_| facts.target_exists);
+    let references_from: Vec<&str> = live.into_iter().chain([source.source_schema.as_str()]).collect();
+    let (mut loading, staged) = open_load(session, &ctx.dump, &sql.staging, &references_from, lock_timeout).await?;
     let load_as = loading.target()?.clone();
     // Every connection of the load opens now, while its login window is open.
     let builders = post::connect(&load_as, usize::from(args.jobs), mark, lock_timeout).await?;
@@ -303,29 +291,21 @@ async fn restore(
             }
         }
         Some(tools) => {
-            // psql connects on its own: the login window is sealed once it has.
-            let done = std::sync::atomic::AtomicBool::new(false);
-            let load = async {
-                let ran = through_psql(
-                    &tools,
-                    &ctx.dump,
-                    &load_as,
-                    session,
-                    file.path(),
-                    &source,
-                    &sql,
-                    true,
-                    watch,
-                    &shown,
-                )
-                .await;
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-                ran
-            };
-            let logins = builders.len() as i64 + 1;
-            let (ran, sealed) = tokio::join!(load, loading.seal_once_connected(logins, &done));
-            sealed?;
-            let ran = ran.with_context(|| format!("restoring {} from {}", target_name, source.key))?;
+            let ran = through_psql_as_loader(
+                &mut loading,
+                builders.len(),
+                &tools,
+                &ctx.dump,
+                session,
+                file.path(),
+                &source,
+                &sql,
+                true,
+                watch,
+                &shown,
+            )
+            .await
+            .with_context(|| format!("restoring {} from {}", target_name, source.key))?;
             if let Some(note) = &ran.note {
                 tracing::warn!("{note}");
             }

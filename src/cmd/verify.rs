@@ -15,10 +15,9 @@ use crate::jsonl::JsonRestore;
 use crate::pg::lock;
 use crate::restore::access::{check_access, read_plain};
 use crate::restore::guard::Scope;
-use crate::restore::loader::{references_of, Grants, Loader};
-use crate::restore::run::{application_name, new_mark, prepare_session, through_psql, Watch};
-use crate::restore::stage::Staged;
-use crate::restore::state::{read_facts, schema_exists};
+use crate::restore::run::{application_name, new_mark, prepare_session, through_psql_as_loader, Watch};
+use crate::restore::stage::open_load;
+use crate::restore::state::read_facts;
 use crate::restore::{fetch_verified, open_decompressed, plan, resolve_at, Target, Which};
 use crate::{out, outln};
 
@@ -148,18 +147,8 @@ async fn verify(
     } else {
         // Loaded as the loader role into an empty staging schema, inside a transaction that is
         // rolled back; the schema is then dropped. The live schema is never touched.
-        let loader = Loader::ensure(session).await?;
-        let references = match schema_exists(session, &source.source_schema).await? {
-            true => references_of(session, &source.source_schema).await?,
-            false => Vec::new(),
-        };
-        let grants = Grants {
-            references,
-            usage: Vec::new(),
-        };
-        let mut loading = loader.open(&ctx.dump, &sql.staging, &grants, timeout).await?;
-        let staged = Staged::adopt(&sql.staging, &ctx.dump, timeout);
-        let load_as = loading.target()?.clone();
+        let (mut loading, staged) =
+            open_load(session, &ctx.dump, &sql.staging, &[&source.source_schema], timeout).await?;
         let counts = match tools {
             None => {
                 let client = loading.connect().await?;
@@ -171,29 +160,22 @@ async fn verify(
                     .0
             }
             Some(tools) => {
-                // psql connects on its own: the login window is sealed once it has.
-                let done = std::sync::atomic::AtomicBool::new(false);
-                let load = async {
-                    let ran = through_psql(
-                        &tools,
-                        &ctx.dump,
-                        &load_as,
-                        session,
-                        file.path(),
-                        &source,
-                        &sql,
-                        false,
-                        watch,
-                        &shown,
-                    )
-                    .await;
-                    done.store(true, std::sync::atomic::Ordering::SeqCst);
-                    ran
-                };
-                let (ran, sealed) = tokio::join!(load, loading.seal_once_connected(1, &done));
-                sealed?;
-                ran.with_context(|| format!("restoring {} into a scratch transaction", source.key))?
-                    .counts
+                through_psql_as_loader(
+                    &mut loading,
+                    0,
+                    &tools,
+                    &ctx.dump,
+                    session,
+                    file.path(),
+                    &source,
+                    &sql,
+                    false,
+                    watch,
+                    &shown,
+                )
+                .await
+                .with_context(|| format!("restoring {} into a scratch transaction", source.key))?
+                .counts
             }
         };
         loading.close().await?;

@@ -230,3 +230,34 @@ pub async fn prepare_session(client: &tokio_postgres::Client, mark: &str, lock_t
 pub fn new_mark() -> String {
     format!("tb-{}", super::psql::random_key(12))
 }
+
+/// [`through_psql`] logged in as the loader: psql connects on its own, so the loader's login
+/// window is sealed once it (and the `others` connections already open) are connected.
+#[allow(clippy::too_many_arguments)]
+pub async fn through_psql_as_loader(
+    loading: &mut crate::restore::loader::LoaderSession,
+    others: usize,
+    tools: &crate::pg::tools::PgDump,
+    session: &DbTarget,
+    client: &tokio_postgres::Client,
+    dump: &std::path::Path,
+    source: &super::Source,
+    plan: &super::Plan,
+    commits: bool,
+    watch: &Watch,
+    progress: &crate::progress::Shown,
+) -> Result<Ran> {
+    let load_as = loading.target()?.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let ran = through_psql(
+            tools, session, &load_as, client, dump, source, plan, commits, watch, progress,
+        )
+        .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        ran
+    };
+    let (ran, sealed) = tokio::join!(load, loading.seal_once_connected(others as i64 + 1, &done));
+    sealed?;
+    ran
+}

@@ -176,3 +176,31 @@ pub async fn owner_for(client: &Client, schema: &str) -> Result<String> {
         .context("reading who owns the tenant's schema")?;
     Ok(row.get(0))
 }
+
+/// Starts a load into the plan's staging schema as the loader role (see
+/// [`crate::restore::loader`]): the role made ready (or the one-time SQL, exit 2), REFERENCES on
+/// the shared tables the foreign keys of the first existing schema of `references_from` point to,
+/// the staging schema created as the loader's, and its guard, which drops it unless swapped in.
+pub async fn open_load(
+    admin: &Client,
+    admin_target: &DbTarget,
+    staging: &str,
+    references_from: &[&str],
+    lock_timeout: Duration,
+) -> Result<(crate::restore::loader::LoaderSession, Staged)> {
+    use crate::restore::loader::{references_of, Grants, Loader};
+    let loader = Loader::ensure(admin).await?;
+    let mut references = Vec::new();
+    for schema in references_from {
+        if super::state::schema_exists(admin, schema).await? {
+            references = references_of(admin, schema).await?;
+            break;
+        }
+    }
+    let grants = Grants {
+        references,
+        usage: Vec::new(),
+    };
+    let loading = loader.open(admin_target, staging, &grants, lock_timeout).await?;
+    Ok((loading, Staged::adopt(staging, admin_target, lock_timeout)))
+}
