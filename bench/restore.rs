@@ -53,7 +53,25 @@ struct AppSeen {
 fn main() {
     let size_mb: u64 = env_or("BENCH_SIZE_MB", 1024);
     let rounds: usize = env_or("BENCH_ROUNDS", 5);
-    let cluster = bench_cluster();
+    let cluster = match std::env::var("BENCH_PG_LOG") {
+        // Profiling: every statement the server runs, with its duration, logged into that
+        // directory (which the server's user must be able to write).
+        Ok(dir) if !dir.is_empty() => {
+            let cluster = devcluster::DevCluster::start_with(&[
+                ("logging_collector", "on"),
+                ("log_directory", &dir),
+                ("log_min_duration_statement", "0"),
+                ("log_line_prefix", "%m [%p] %a: "),
+            ])
+            .unwrap_or_else(|e| die(&e.to_string()));
+            cluster
+                .create_database("bench", None)
+                .unwrap_or_else(|e| die(&e.to_string()));
+            cluster.sql("bench", SETUP).unwrap_or_else(|e| die(&e.to_string()));
+            cluster
+        }
+        _ => bench_cluster(),
+    };
     let sql = |q: &str| cluster.sql("bench", q).unwrap_or_else(|e| die(&e.to_string()));
     grow_to(&sql, size_mb);
     sql("VACUUM ANALYZE");
@@ -131,18 +149,25 @@ fn main() {
     };
     // The tenant has a key once the encrypted backup is taken: its unencrypted backups are then
     // read only when asked in so many words.
+    // BENCH_JOBS: the restores' --jobs (the tool's default otherwise).
+    let jobs = std::env::var("BENCH_JOBS").ok().filter(|j| !j.is_empty());
     let restore = |id: &str, encrypted: bool| {
         let plain: &[&str] = if encrypted { &[] } else { &["--allow-unencrypted"] };
+        let jobs: &[&str] = match &jobs {
+            Some(j) => &["--jobs", j],
+            None => &[],
+        };
         tool(
             &[
                 &["restore", "--tenant", SCHEMA, "--yes", "--drop-previous", "--id", id],
                 plain,
+                jobs,
             ]
             .concat(),
             encrypted,
         )
     };
-    let cases: Vec<Case> = vec![
+    let mut cases: Vec<Case> = vec![
         Case {
             name: "psql -1 -f dump.sql (fresh database)",
             before: Box::new(|r| create(fresh("plain", r))),
@@ -186,6 +211,13 @@ fn main() {
         },
     ];
 
+    // BENCH_CASES=json,sql: only the cases whose name holds one of these (psql's, the baseline,
+    // always runs).
+    if let Ok(only) = std::env::var("BENCH_CASES") {
+        let only: Vec<&str> = only.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let mut first = true;
+        cases.retain(|c| std::mem::take(&mut first) || only.iter().any(|o| c.name.contains(o)));
+    }
     let mut runs: Vec<Vec<(Run, AppSeen)>> = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
         for (case, runs) in cases.iter().zip(&mut runs) {

@@ -83,6 +83,20 @@ pub async fn restore(
     input: Box<dyn BufRead + Send>,
     opts: &JsonRestore<'_>,
 ) -> Result<(BTreeMap<String, u64>, Loaded)> {
+    restore_on(client, &[], input, opts).await
+}
+
+/// [`restore`], with the rows of a dump that loads into the staging schema spread over `loaders`
+/// (connections as the loader role, on the restore's settings: see
+/// [`crate::restore::post::connect`]), each in a transaction of its own ([`super::parallel`]).
+/// Without `loaders`, for verify, or when the last part is built here rather than by the caller
+/// ([`JsonRestore::defer_post_data`]), everything runs in one transaction on `client`.
+pub async fn restore_on(
+    client: &Client,
+    loaders: &[Client],
+    input: Box<dyn BufRead + Send>,
+    opts: &JsonRestore<'_>,
+) -> Result<(BTreeMap<String, u64>, Loaded)> {
     let (tx, mut rx) = mpsc::channel::<Result<Event>>(8);
     let reader = tokio::task::spawn_blocking(move || read_events(input, tx));
     let (header, structure) = read_head(&mut rx, opts).await?;
@@ -97,6 +111,16 @@ pub async fn restore(
         }
         other => other,
     };
+    if let Some(structure) = structure.as_deref().filter(|_| {
+        !loaders.is_empty() && opts.defer_post_data && !opts.verify_only()
+    }) {
+        let result = super::parallel::load_staged(client, loaders, &header, structure, rx, opts).await;
+        let result = match reader.await {
+            Ok(()) => result,
+            Err(_) => result.and(Err(anyhow::anyhow!("the dump reader panicked"))),
+        };
+        return result.map(|(counts, deferred)| (counts, Loaded::Staged(deferred)));
+    }
     let begin = match &structure {
         Some(_) => opts.plan.prologue.clone(),
         None => {
@@ -245,7 +269,7 @@ async fn commit_lost(e: tokio_postgres::Error, xid: i64, opts: &JsonRestore<'_>)
 }
 
 /// What the reading thread finds in the dump, rows already turned into COPY text.
-enum Event {
+pub(super) enum Event {
     Header(Header),
     Structure(Box<Structure>),
     Table(TableSpec),
@@ -394,7 +418,7 @@ async fn load_new(
 }
 
 /// The structure's last part, each statement checked and aimed as it would be when run.
-fn held_back(structure: &Structure, scope: &Scope) -> Result<Vec<Deferred>> {
+pub(super) fn held_back(structure: &Structure, scope: &Scope) -> Result<Vec<Deferred>> {
     let mut own_first = false;
     let mut out = Vec::new();
     for d in &structure.post_data {
@@ -410,7 +434,7 @@ fn held_back(structure: &Structure, scope: &Scope) -> Result<Vec<Deferred>> {
 }
 
 /// Every table and column of the dump's header that `live` lacks.
-fn missing_columns(header: &Header, live: &[TableSpec], schema: &str) -> Vec<String> {
+pub(super) fn missing_columns(header: &Header, live: &[TableSpec], schema: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for t in &header.tables {
         match live.iter().find(|l| l.name == t.name) {
@@ -599,7 +623,7 @@ async fn load_rows(
     Ok(counts)
 }
 
-async fn set_sequences(client: &Client, schema: &str, seqs: &[SequenceValue]) -> Result<()> {
+pub(super) async fn set_sequences(client: &Client, schema: &str, seqs: &[SequenceValue]) -> Result<()> {
     for s in seqs {
         let q = literal(&qualified(schema, &s.name));
         if let Some(v) = s.last_value {

@@ -26,6 +26,7 @@ mod codec;
 mod dump;
 mod load;
 mod objects;
+mod parallel;
 mod rebuild;
 mod structure;
 mod tables;
@@ -34,7 +35,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
-pub use load::{loads_in_place, peek_header, restore, JsonRestore, Loaded};
+pub use load::{loads_in_place, peek_header, restore, restore_on, JsonRestore, Loaded};
 pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
