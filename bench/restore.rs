@@ -10,8 +10,15 @@
 //! application's longest stall (the slowest SELECT + INSERT pair), the time it was blocked (what
 //! each pair took beyond the 50 ms tick, summed), how many of its statements failed, and peak RSS:
 //! the restoring process's own (sampled) and the largest of it and the children it waited for
-//! (wait4's ru_maxrss: psql under the tool, pg_restore's workers; a maximum, not a sum). For the two restores into a fresh database the application's figures are
-//! the baseline: what this machine's load alone does to it.
+//! (wait4's ru_maxrss: psql under the tool, pg_restore's workers; a maximum, not a sum), and the
+//! client side's CPU time (the process and the children it waited for; the server's is not
+//! counted). For the two restores into a fresh database the application's figures are the
+//! baseline: what this machine's load alone does to it.
+//!
+//! Knobs: BENCH_CASES=json,sql runs only the cases whose name holds one of these (psql's, the
+//! baseline, always runs); BENCH_JOBS=N gives the restores `--jobs N`; BENCH_PG_LOG=DIR logs every
+//! statement the server runs, with its duration, into DIR (writable by the server's user): where a
+//! restore's time goes.
 //!
 //! A case is one entry of `cases`: a name, the command, and what to do before and after it
 //! (untimed), so a restore with other options is one more entry.
@@ -240,12 +247,14 @@ fn main() {
         TICK.as_millis()
     );
     println!(
-        "{:<44} {:>8} {:>6} {:>9} {:>9} {:>7} {:>10} {:>11}",
-        "restore", "wall", "ratio", "stall", "blocked", "errors", "RSS (own)", "RSS (tree)"
+        "{:<44} {:>8} {:>6} {:>8} {:>9} {:>9} {:>7} {:>10} {:>11}",
+        "restore", "wall", "ratio", "CPU", "stall", "blocked", "errors", "RSS (own)", "RSS (tree)"
     );
     let base = median(runs[0].iter().map(|(r, _)| r.wall).collect()).as_secs_f64();
     for (case, runs) in cases.iter().zip(&runs) {
         let wall = median(runs.iter().map(|(r, _)| r.wall).collect()).as_secs_f64();
+        // The client side's CPU (the process and the children it waited for), not the server's.
+        let cpu = median(runs.iter().map(|(r, _)| r.cpu).collect()).as_secs_f64();
         let stall = median(runs.iter().map(|(_, a)| a.longest).collect());
         let blocked = median(runs.iter().map(|(_, a)| a.blocked).collect());
         let mut errors: Vec<u32> = runs.iter().map(|(_, a)| a.errors).collect();
@@ -254,10 +263,11 @@ fn main() {
         let own = runs.iter().map(|(r, _)| r.own_rss_kb).max().unwrap_or(0);
         let tree = runs.iter().map(|(r, _)| r.tree_rss_kb).max().unwrap_or(0);
         println!(
-            "{:<44} {:>7.2}s {:>5.2}x {:>8.3}s {:>8.3}s {:>7} {:>7.1} MB {:>8.1} MB",
+            "{:<44} {:>7.2}s {:>5.2}x {:>7.2}s {:>8.3}s {:>8.3}s {:>7} {:>7.1} MB {:>8.1} MB",
             case.name,
             wall,
             wall / base,
+            cpu,
             stall.as_secs_f64(),
             blocked.as_secs_f64(),
             errors[errors.len() / 2],
