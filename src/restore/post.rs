@@ -4,10 +4,11 @@
 //! guard and aimed at the staging schema; their order is kept except inside a run of statements
 //! that cannot depend on one another: indexes, primary keys, unique and exclusion constraints
 //! (each reads one table and builds one index), then foreign keys (each needs the keys before it,
-//! so they wait for every index). Everything else — a comment, `CLUSTER ON`, a trigger, a setting
+//! so they wait for every index), and inside a run never two on one table at once (they would
+//! lock each other out, and one waiting longer than the lock timeout would fail the restore: a
+//! connection takes the next statement whose tables are free). Everything else — a comment, `CLUSTER ON`, a trigger, a setting
 //! — runs alone, in its place, after what went before it; a setting runs on every connection.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -120,20 +121,109 @@ pub async fn run(clients: &[Client], statements: &[Deferred]) -> Result<()> {
                 }
             }
             Kind::Other => execute(&clients[0], &run_of[0].sql).await?,
-            Kind::Index | Kind::ForeignKey => {
-                let queue = Mutex::new(run_of.iter().collect::<VecDeque<_>>());
-                let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let workers = clients.iter().map(|c| async {
-                    while let Some(s) = next() {
-                        execute(c, &s.sql).await?;
-                    }
-                    anyhow::Ok(())
-                });
-                futures::future::try_join_all(workers).await?;
-            }
+            Kind::Index | Kind::ForeignKey => run_apart(clients, run_of).await?,
         }
         at = end;
     }
+    Ok(())
+}
+
+/// A relation a statement locks: (schema, name).
+type Rel = (String, String);
+
+/// The relations `sql` (an index, a key or a foreign key) locks: its table, and for a foreign key
+/// the table it references too. Empty when the statement cannot be read (it then waits for
+/// nobody, as before).
+fn locked_relations(sql: &str) -> Vec<Rel> {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return Vec::new();
+    };
+    let rel = |r: &pg_query::protobuf::RangeVar| (r.schemaname.clone(), r.relname.clone());
+    let mut rels = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(pg_query::NodeEnum::IndexStmt(i)) => rels.extend(i.relation.as_ref().map(rel)),
+            Some(pg_query::NodeEnum::AlterTableStmt(a)) => {
+                rels.extend(a.relation.as_ref().map(rel));
+                for cmd in &a.cmds {
+                    if let Some(pg_query::NodeEnum::AlterTableCmd(c)) = cmd.node.as_ref() {
+                        if let Some(pg_query::NodeEnum::Constraint(k)) = c.def.as_ref().and_then(|d| d.node.as_ref()) {
+                            rels.extend(k.pktable.as_ref().map(rel));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    rels
+}
+
+/// The first of `pending` that locks none of the relations `busy` holds.
+fn pick(pending: &[(usize, Vec<Rel>)], busy: &[Rel]) -> Option<usize> {
+    pending
+        .iter()
+        .position(|(_, rels)| !rels.iter().any(|r| busy.contains(r)))
+}
+
+/// A run of indexes, keys or foreign keys on every connection at once, never two on one table
+/// at a time: they would lock each other out (a primary key locks its table against everything, a
+/// foreign key against another foreign key or an index build on either of its tables), and a
+/// build that waits longer than the lock timeout for another fails the restore. A connection with
+/// nothing it may start waits for one to finish.
+async fn run_apart(clients: &[Client], run_of: &[Deferred]) -> Result<()> {
+    struct Board {
+        pending: Vec<(usize, Vec<Rel>)>,
+        busy: Vec<Rel>,
+    }
+    let board = Mutex::new(Board {
+        pending: run_of
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i, locked_relations(&d.sql)))
+            .collect(),
+        busy: Vec::new(),
+    });
+    let finished = tokio::sync::Notify::new();
+    let lock = || board.lock().unwrap_or_else(|e| e.into_inner());
+    let workers = clients.iter().map(|c| async {
+        loop {
+            let waiting = finished.notified();
+            tokio::pin!(waiting);
+            // Registered before the board is read: a finish in between is not missed.
+            waiting.as_mut().enable();
+            let taken = {
+                let mut b = lock();
+                if b.pending.is_empty() {
+                    return anyhow::Ok(());
+                }
+                match pick(&b.pending, &b.busy) {
+                    Some(at) => {
+                        let (i, rels) = b.pending.remove(at);
+                        b.busy.extend(rels.iter().cloned());
+                        Some((i, rels))
+                    }
+                    None => None,
+                }
+            };
+            let Some((i, rels)) = taken else {
+                waiting.await;
+                continue;
+            };
+            let done = execute(c, &run_of[i].sql).await;
+            {
+                let mut b = lock();
+                for r in &rels {
+                    if let Some(at) = b.busy.iter().position(|x| x == r) {
+                        b.busy.swap_remove(at);
+                    }
+                }
+            }
+            finished.notify_waiters();
+            done?;
+        }
+    });
+    futures::future::try_join_all(workers).await?;
     Ok(())
 }
 
@@ -160,6 +250,34 @@ mod tests {
         let parsed = pg_query::parse(sql, 0).unwrap();
         let node = parsed.protobuf.stmts[0].stmt.as_ref().unwrap().node.as_ref().unwrap();
         kind_of(&serde_json::to_value(node).unwrap())
+    }
+
+    #[test]
+    fn builds_on_one_table_never_run_at_once() {
+        let rel = |t: &str| ("s".to_string(), t.to_string());
+        assert_eq!(
+            locked_relations("ALTER TABLE ONLY s.t ADD CONSTRAINT p PRIMARY KEY (id);"),
+            [rel("t")]
+        );
+        assert_eq!(locked_relations("CREATE INDEX i ON s.t USING btree (a);"), [rel("t")]);
+        assert_eq!(
+            locked_relations("ALTER TABLE ONLY s.t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES s.u(id);"),
+            [rel("t"), rel("u")]
+        );
+        let run = |sqls: &[&str]| -> Vec<(usize, Vec<Rel>)> {
+            sqls.iter().enumerate().map(|(i, s)| (i, locked_relations(s))).collect()
+        };
+        // The big table's key is being built: its index waits, the other table's key goes.
+        let pending = run(&["CREATE INDEX i ON s.t (a);", "ALTER TABLE s.u ADD CONSTRAINT p PRIMARY KEY (id);"]);
+        assert_eq!(pick(&pending, &[rel("t")]), Some(1));
+        // A foreign key waits for either of its tables.
+        let fks = run(&[
+            "ALTER TABLE s.a ADD CONSTRAINT f1 FOREIGN KEY (x) REFERENCES s.u(id);",
+            "ALTER TABLE s.b ADD CONSTRAINT f2 FOREIGN KEY (x) REFERENCES s.v(id);",
+        ]);
+        assert_eq!(pick(&fks, &[rel("u")]), Some(1));
+        assert_eq!(pick(&fks, &[rel("u"), rel("b")]), None);
+        assert_eq!(pick(&fks, &[]), Some(0));
     }
 
     #[test]
