@@ -14,6 +14,16 @@ const STAGING: &str =
 /// Every step of `restore::engine::Engine::restore`, in order, before the swap.
 const BEFORE_THE_SWAP: [&str; 6] = ["locked", "staged", "loaded", "built", "history", "handed-over"];
 
+const RESTORE: [&str; 7] = [
+    "restore",
+    "--tenant",
+    "bienestar",
+    "--id",
+    "ID",
+    "--yes",
+    "--drop-previous",
+];
+
 fn restore_killed_at(db: &TestDb, id: &str, step: &str) {
     let out = db
         .cmd()
@@ -47,8 +57,7 @@ fn a_restore_killed_at_every_step_leaves_the_tenant_as_it_was() {
         let restored = db.data("bienestar");
         db.sql("INSERT INTO bienestar.appointments_tag (name) VALUES ('after the backup')");
         // (--fix deletes the fixture's history rows whose objects never existed: done once first.)
-        let out = db.cmd().args(["cleanup", "--orphans", "--fix"]).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        db.ok(&["cleanup", "--orphans", "--fix"]);
         let live = db.fingerprint("bienestar");
         let schemas = db.schemas();
         for step in BEFORE_THE_SWAP {
@@ -56,9 +65,8 @@ fn a_restore_killed_at_every_step_leaves_the_tenant_as_it_was() {
             assert_eq!(db.fingerprint("bienestar"), live, "{format}, killed at {step}");
             // A leftover staging schema, if the kill left one, is found and dropped; nothing else
             // changed.
-            let out = db.cmd().args(["cleanup", "--orphans", "--fix"]).output().unwrap();
-            assert!(out.status.success(), "{format}, {step}: {}", text(&out.stderr));
-            assert_eq!(db.sql(STAGING), "", "{format}, killed at {step}: {}", text(&out.stdout));
+            let fixed = db.ok(&["cleanup", "--orphans", "--fix"]);
+            assert_eq!(db.sql(STAGING), "", "{format}, killed at {step}: {fixed}");
             assert_eq!(db.schemas(), schemas, "{format}, killed at {step}");
             assert_eq!(db.fingerprint("bienestar"), live, "{format}, killed at {step}");
         }
