@@ -14,29 +14,24 @@ const STAGING: &str =
 /// Every step of `restore::engine::Engine::restore`, in order, before the swap.
 const BEFORE_THE_SWAP: [&str; 6] = ["locked", "staged", "loaded", "built", "history", "handed-over"];
 
-const RESTORE: [&str; 7] = [
-    "restore",
-    "--tenant",
-    "bienestar",
-    "--id",
-    "ID",
-    "--yes",
-    "--drop-previous",
-];
+/// The restore the test runs, killed or not.
+fn restore_args(id: &str) -> [&str; 7] {
+    [
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--id",
+        id,
+        "--yes",
+        "--drop-previous",
+    ]
+}
 
 fn restore_killed_at(db: &TestDb, id: &str, step: &str) {
     let out = db
         .cmd()
         .env("TENANT_BACKUP_KILL_AT", step)
-        .args([
-            "restore",
-            "--tenant",
-            "bienestar",
-            "--id",
-            id,
-            "--yes",
-            "--drop-previous",
-        ])
+        .args(restore_args(id))
         .output()
         .unwrap();
     assert_eq!(
@@ -81,20 +76,7 @@ fn a_restore_killed_at_every_step_leaves_the_tenant_as_it_was() {
         assert!(!previous.contains(','), "{previous}");
         db.sql(&format!("DROP SCHEMA {} CASCADE", quote(&previous)));
         // The next restore runs, and the loader role is back at rest after it.
-        let out = db
-            .cmd()
-            .args([
-                "restore",
-                "--tenant",
-                "bienestar",
-                "--id",
-                &id,
-                "--yes",
-                "--drop-previous",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+        db.ok(&restore_args(&id));
         assert_eq!(db.data("bienestar"), restored, "{format}");
         let role = tenant_backup::restore::loader::loader_role(&db.name);
         assert_eq!(
