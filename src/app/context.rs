@@ -150,6 +150,20 @@ impl Context {
         })
     }
 
+    /// What the restore engine works with (restore and verify).
+    pub fn restore_parts(&self) -> crate::restore::engine::Parts<'_> {
+        crate::restore::engine::Parts {
+            session: &self.dump,
+            catalog: &self.catalog,
+            storage: self.storage.as_ref(),
+            clock: self.clock.as_ref(),
+            pg_dump: self.pg_dump.as_deref(),
+            keys: &self.keys,
+            key_store: &self.key_store,
+            progress: Arc::new(Progress::new(self.output.progress)),
+        }
+    }
+
     /// Where one tenant's work is shown (bars, lines or nothing, as the output asks).
     pub fn shown(&self, tenant: &str) -> Shown {
         Shown::new(Arc::new(Progress::new(self.output.progress)), tenant)

@@ -22,6 +22,7 @@
 
 pub mod access;
 pub mod child;
+pub mod engine;
 pub mod errors;
 pub mod guard;
 pub mod loader;
@@ -39,20 +40,3 @@ pub use psql::{open_decompressed, Counts, PsqlJob};
 pub use script::{plan, staging_name, Plan, STAGING};
 pub use source::{fetch_verified, resolve_at, Source, Which};
 pub use state::{BucketRow, Facts, Target};
-
-use std::path::Path;
-
-use anyhow::Result;
-use tokio_postgres::Client;
-
-use crate::backup::format::DumpFormat;
-use crate::pg::tools::PgDump;
-
-/// What restoring a dump of `format` needs: pg_dump's installation (for psql and pg_restore), or
-/// nothing for the native json format, which is loaded through the driver.
-pub async fn tools_for(client: &Client, format: DumpFormat, explicit_pg_dump: Option<&Path>) -> Result<Option<PgDump>> {
-    if format == DumpFormat::Json {
-        return Ok(None);
-    }
-    Ok(Some(crate::pg::tools::for_server(client, explicit_pg_dump).await?.0))
-}

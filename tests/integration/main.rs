@@ -32,6 +32,7 @@ mod restore_dumpdata;
 mod restore_guard;
 mod restore_hostile;
 mod restore_json;
+mod restore_kill;
 mod restore_leaks;
 mod restore_loader;
 mod restore_path;

@@ -84,6 +84,19 @@ impl TestDb {
         cmd
     }
 
+    /// The binary run to its end with `args`, as [`TestDb::cmd`] sets it up; a command that must
+    /// succeed is checked with [`TestDb::ok`].
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// [`TestDb::run`], which must succeed: its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
     /// The binary started in the background, with the same environment as [`TestDb::cmd`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         tool()
