@@ -465,7 +465,9 @@ impl<'a> Engine<'a> {
                 prepare_session(&client, &self.mark, lock_timeout).await?;
                 // Every connection of the load is open: no other can log in as the loader.
                 loading.seal().await?;
-                match crate::jsonl::restore(&client, input, opts).await? {
+                // A restore's rows load on its builders' connections at once; a verify's in one
+                // transaction on this one.
+                match crate::jsonl::restore_on(&client, &builders, input, opts).await? {
                     (counts, Loaded::Staged(deferred)) => (counts, deferred),
                     (_, Loaded::InPlace) => anyhow::bail!("internal: a json backup loaded in place after all"),
                 }

@@ -35,6 +35,7 @@ mod restore_json;
 mod restore_kill;
 mod restore_leaks;
 mod restore_loader;
+mod restore_parallel;
 mod restore_path;
 mod restore_staging;
 mod restore_truth;
