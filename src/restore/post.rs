@@ -4,10 +4,11 @@
 //! guard and aimed at the staging schema; their order is kept except inside a run of statements
 //! that cannot depend on one another: indexes, primary keys, unique and exclusion constraints
 //! (each reads one table and builds one index), then foreign keys (each needs the keys before it,
-//! so they wait for every index), and inside a run never two on one table at once (they would
-//! lock each other out, and one waiting longer than the lock timeout would fail the restore: a
-//! connection takes the next statement whose tables are free). Everything else — a comment, `CLUSTER ON`, a trigger, a setting
-//! — runs alone, in its place, after what went before it; a setting runs on every connection.
+//! so they wait for every index). Inside a run no two run on one table at once: they would lock
+//! each other out, and one waiting longer than the lock timeout would fail the restore, so a
+//! connection takes the next statement whose tables are free. Everything else — a comment,
+//! `CLUSTER ON`, a trigger, a setting — runs alone, in its place, after what went before it; a
+//! setting runs on every connection.
 
 use std::sync::Mutex;
 use std::time::Duration;
