@@ -37,7 +37,8 @@ struct Piece {
 }
 
 /// Loads the dump (its header and structure already read from `rx`) into the staging schema:
-/// the structure on `client`, committed; the rows on `loaders`, committed once all are in. Returns
+/// the structure on `client`, committed; the rows (and the sequences) on `loaders`, committed once
+/// all are in. A COMMIT whose answer is lost is settled by asking the server. Returns
 /// the rows loaded per table and the structure's last part, checked and aimed, for the caller to
 /// build. On an error nothing of the rows is committed unless a COMMIT failed half-way; either way
 /// the caller drops the staging schema.
@@ -52,9 +53,9 @@ pub(super) async fn load_staged(
     // The last part is checked before a row is loaded: a refused statement refuses the dump now.
     let deferred = held_back(structure, opts.scope)?;
     create_structure(client, header, structure, opts).await?;
-    let loaded = load_rows(client, loaders, header, rx, opts.scope.schema.as_str()).await;
-    let counts = match loaded {
-        Ok(counts) => counts,
+    let loaded = load_rows(loaders, header, rx, opts.scope.schema.as_str()).await;
+    let (counts, xids) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             roll_back(loaders).await;
             return Err(e);
@@ -66,14 +67,40 @@ pub(super) async fn load_staged(
         roll_back(loaders).await;
         return Err(crate::stop::Stopped.into());
     };
-    for loader in loaders {
-        loader
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
-            .context("committing the rows loaded into the staging schema")?;
+    for (loader, xid) in loaders.iter().zip(xids) {
+        commit(loader, xid, opts, "committing the rows loaded into the staging schema").await?;
     }
     Ok((counts, deferred))
+}
+
+/// The transaction id of the transaction `client` is in.
+async fn xid(client: &Client) -> Result<i64> {
+    Ok(client
+        .query_one("SELECT pg_catalog.txid_current()", &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))?
+        .get(0))
+}
+
+/// COMMIT on `client`; when its answer is lost (the connection dropped), the server is asked on a
+/// fresh connection whether transaction `xid` committed, and the load goes on if it did.
+async fn commit(client: &Client, xid: i64, opts: &JsonRestore<'_>, what: &str) -> Result<()> {
+    let Err(e) = client.batch_execute("COMMIT").await else {
+        return Ok(());
+    };
+    let error = anyhow::anyhow!("{}", describe_pg_error_without_data(&e)).context(what.to_string());
+    let Some(target) = opts.reconnect else {
+        return Err(error);
+    };
+    match crate::pg::xact::committed(target, xid).await {
+        Ok(Some(true)) => {
+            tracing::warn!(
+                "the connection was lost after COMMIT was sent; the server says transaction {xid} committed, so the load goes on"
+            );
+            Ok(())
+        }
+        _ => Err(error),
+    }
 }
 
 /// The staging schema's tables (and everything else of the structure's first part), created and
@@ -93,28 +120,27 @@ async fn create_structure(client: &Client, header: &Header, structure: &Structur
                 problems.join("; ")
             );
         }
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", describe_pg_error_without_data(&e)))
-            .context("committing the staging schema's tables")
+        xid(client).await
     }
     .await;
-    if created.is_err() {
-        let _ = client.batch_execute("ROLLBACK").await;
+    match created {
+        Ok(xid) => commit(client, xid, opts, "committing the staging schema's tables").await,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
     }
-    created
 }
 
-/// The rows, read in order from `rx` and spread over `loaders`; the sequences set on `client`.
-/// Every table's rows are counted twice: as read from the dump and as the server loaded them.
+/// The rows, read in order from `rx` and spread over `loaders`, and the sequences set on the first
+/// of them once every row is in. Every table's rows are counted twice: as read from the dump and
+/// as the server loaded them. Returns the rows per table and each loader's transaction id.
 async fn load_rows(
-    client: &Client,
     loaders: &[Client],
     header: &Header,
     mut rx: mpsc::Receiver<Result<Event>>,
     schema: &str,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<(BTreeMap<String, u64>, Vec<i64>)> {
     let copies: Vec<String> = header
         .tables
         .iter()
@@ -129,6 +155,7 @@ async fn load_rows(
     let waiting = Mutex::new(waiting);
     let read = async move {
         let mut read: Vec<u64> = vec![0; header.tables.len()];
+        let mut sequences = Vec::new();
         let mut table: Option<usize> = None;
         let mut total = 0u64;
         let mut ended = false;
@@ -138,7 +165,7 @@ async fn load_rows(
                     let at = table.context("rows before a table")?;
                     // A closed channel means a loader failed: its error is the one to tell.
                     if pieces.send(Piece { table: at, copy: Bytes::from(copy) }).await.is_err() {
-                        return Ok(read);
+                        return Ok((read, sequences));
                     }
                     read[at] += rows;
                     total += rows;
@@ -153,7 +180,7 @@ async fn load_rows(
                     };
                     table = Some(at);
                 }
-                Event::Sequences(seqs) => set_sequences(client, schema, &seqs).await?,
+                Event::Sequences(seqs) => sequences.extend(seqs),
                 Event::End { rows } => {
                     if rows != total {
                         anyhow::bail!("the dump says it holds {rows} rows but {total} were read: it is damaged");
@@ -166,10 +193,15 @@ async fn load_rows(
         if !ended {
             anyhow::bail!("the dump is truncated (no end marker)");
         }
-        Ok(read)
+        Ok((read, sequences))
     };
     let loads = loaders.iter().map(|c| load_pieces(c, &waiting, &copies, &names));
-    let (read, loaded) = futures::future::try_join(read, futures::future::try_join_all(loads)).await?;
+    let ((read, sequences), loaded) = futures::future::try_join(read, futures::future::try_join_all(loads)).await?;
+    let xids = loaded.iter().map(|(xid, _)| *xid).collect();
+    let loaded: Vec<BTreeMap<usize, u64>> = loaded.into_iter().map(|(_, l)| l).collect();
+    if let Some(first) = loaders.first() {
+        set_sequences(first, schema, &sequences).await?;
+    }
     let mut counts = BTreeMap::new();
     for (at, name) in names.iter().enumerate() {
         let by_server: u64 = loaded.iter().map(|l| l.get(&at).copied().unwrap_or(0)).sum();
@@ -181,17 +213,18 @@ async fn load_rows(
         }
         counts.insert(name.to_string(), read[at]);
     }
-    Ok(counts)
+    Ok((counts, xids))
 }
 
 /// One loader connection's share: in one transaction, every piece it takes, each into a COPY of
-/// its table (opened when the table changes). Returns the rows the server loaded per table.
+/// its table (opened when the table changes). Returns its transaction's id and the rows the server
+/// loaded per table.
 async fn load_pieces(
     client: &Client,
     waiting: &Mutex<mpsc::Receiver<Piece>>,
     copies: &[String],
     names: &[&str],
-) -> Result<BTreeMap<usize, u64>> {
+) -> Result<(i64, BTreeMap<usize, u64>)> {
     let failed = |at: usize, e: tokio_postgres::Error| {
         anyhow::anyhow!("{}", describe_pg_error_without_data(&e)).context(format!("loading {}", names[at]))
     };
@@ -199,6 +232,7 @@ async fn load_pieces(
         .batch_execute(&format!("BEGIN; SET CONSTRAINTS ALL DEFERRED; {VALUE_SETTINGS}"))
         .await
         .context("starting a load's transaction")?;
+    let xid = xid(client).await?;
     let mut loaded = BTreeMap::new();
     let mut copy: Option<(usize, Pin<Box<CopyInSink<Bytes>>>)> = None;
     loop {
@@ -224,7 +258,7 @@ async fn load_pieces(
         let n = sink.as_mut().finish().await.map_err(|e| failed(at, e))?;
         *loaded.entry(at).or_insert(0) += n;
     }
-    Ok(loaded)
+    Ok((xid, loaded))
 }
 
 /// Rolls every loader's transaction back, not waiting long for one whose connection is stuck (the

@@ -107,6 +107,12 @@ pub async fn connect(target: &DbTarget, jobs: usize, mark: &str, lock_timeout: D
 /// Runs `statements` on `clients` (each already on the restore's settings), in parallel where the
 /// order allows. The first failure stops the rest and is returned.
 pub async fn run(clients: &[Client], statements: &[Deferred]) -> Result<()> {
+    // A connection lost after its load's COMMIT went through (the server said so) builds nothing.
+    let clients: Vec<&Client> = clients.iter().filter(|c| !c.is_closed()).collect();
+    if clients.is_empty() && !statements.is_empty() {
+        anyhow::bail!("every connection for the keys and indexes was lost");
+    }
+    let clients = clients.as_slice();
     let mut at = 0;
     while at < statements.len() {
         let kind = statements[at].kind;
@@ -172,7 +178,7 @@ fn pick(pending: &[(usize, Vec<Rel>)], busy: &[Rel]) -> Option<usize> {
 /// foreign key against another foreign key or an index build on either of its tables), and a
 /// build that waits longer than the lock timeout for another fails the restore. A connection with
 /// nothing it may start waits for one to finish.
-async fn run_apart(clients: &[Client], run_of: &[Deferred]) -> Result<()> {
+async fn run_apart(clients: &[&Client], run_of: &[Deferred]) -> Result<()> {
     struct Board {
         pending: Vec<(usize, Vec<Rel>)>,
         busy: Vec<Rel>,
