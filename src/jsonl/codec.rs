@@ -510,7 +510,11 @@ mod tests {
         // A string is copied as it stands when it has no escape: a raw tab, newline or backslash
         // would end a COPY field or row, so a line holding one is refused, never passed on.
         for raw in [&b"{\"b\":\"x\ty\"}"[..], b"{\"b\":\"x\ny\"}", b"{\"b\":\"x\ry\"}"] {
-            assert!(err(raw).contains("control character"), "{}", String::from_utf8_lossy(raw));
+            assert!(
+                err(raw).contains("control character"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
         assert!(err(b"{\"b\":\"\xff\"}").contains("not valid UTF-8"));
         let mut out = Vec::new();

@@ -111,9 +111,10 @@ pub async fn restore_on(
         }
         other => other,
     };
-    if let Some(structure) = structure.as_deref().filter(|_| {
-        !loaders.is_empty() && opts.defer_post_data && !opts.verify_only()
-    }) {
+    if let Some(structure) = structure
+        .as_deref()
+        .filter(|_| !loaders.is_empty() && opts.defer_post_data && !opts.verify_only())
+    {
         let result = super::parallel::load_staged(client, loaders, &header, structure, rx, opts).await;
         let result = match reader.await {
             Ok(()) => result,

@@ -105,7 +105,12 @@ async fn commit(client: &Client, xid: i64, opts: &JsonRestore<'_>, what: &str) -
 
 /// The staging schema's tables (and everything else of the structure's first part), created and
 /// committed in one transaction on `client`, with the plan's settings.
-async fn create_structure(client: &Client, header: &Header, structure: &Structure, opts: &JsonRestore<'_>) -> Result<()> {
+async fn create_structure(
+    client: &Client,
+    header: &Header,
+    structure: &Structure,
+    opts: &JsonRestore<'_>,
+) -> Result<()> {
     client.batch_execute(&opts.plan.prologue).await?;
     let created = async {
         client
@@ -164,7 +169,14 @@ async fn load_rows(
                 Event::Rows { copy, rows } => {
                     let at = table.context("rows before a table")?;
                     // A closed channel means a loader failed: its error is the one to tell.
-                    if pieces.send(Piece { table: at, copy: Bytes::from(copy) }).await.is_err() {
+                    if pieces
+                        .send(Piece {
+                            table: at,
+                            copy: Bytes::from(copy),
+                        })
+                        .await
+                        .is_err()
+                    {
                         return Ok((read, sequences));
                     }
                     read[at] += rows;

@@ -275,7 +275,10 @@ mod tests {
             sqls.iter().enumerate().map(|(i, s)| (i, locked_relations(s))).collect()
         };
         // The big table's key is being built: its index waits, the other table's key goes.
-        let pending = run(&["CREATE INDEX i ON s.t (a);", "ALTER TABLE s.u ADD CONSTRAINT p PRIMARY KEY (id);"]);
+        let pending = run(&[
+            "CREATE INDEX i ON s.t (a);",
+            "ALTER TABLE s.u ADD CONSTRAINT p PRIMARY KEY (id);",
+        ]);
         assert_eq!(pick(&pending, &[rel("t")]), Some(1));
         // A foreign key waits for either of its tables.
         let fks = run(&[

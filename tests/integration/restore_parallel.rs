@@ -45,7 +45,11 @@ fn a_json_restore_loads_one_table_on_every_jobs_connection() {
         assert_eq!(db.sql(STAGING), "", "--jobs {jobs}");
     }
     // Verify loads in one transaction and counts every table as before.
-    let out = db.cmd().args(["verify", "--tenant", "bienestar", "--id", &id]).output().unwrap();
+    let out = db
+        .cmd()
+        .args(["verify", "--tenant", "bienestar", "--id", &id])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("match"), "{}", text(&out.stdout));
 }
@@ -72,7 +76,16 @@ fn a_copy_failing_on_one_loader_connection_rolls_the_whole_load_back() {
     let live = db.fingerprint("bienestar");
     let out = db
         .cmd()
-        .args(["restore", "--tenant", "bienestar", "--file", &key, "--yes", "--jobs", "2"])
+        .args([
+            "restore",
+            "--tenant",
+            "bienestar",
+            "--file",
+            &key,
+            "--yes",
+            "--jobs",
+            "2",
+        ])
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
