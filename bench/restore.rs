@@ -5,6 +5,7 @@
 //!   tenant-backup restore        of the sql backup (zstd, local directory), --drop-previous,
 //!   the same, encrypted          (age, signed),
 //!   tenant-backup restore        of the json backup, --drop-previous,
+//!   the same, --jobs 1           (the rows loaded and the keys built on one connection),
 //! each while an "application" works on the live tenant on a connection of its own: one small
 //! SELECT and one small INSERT every 50 ms. For each: the wall time against psql's, the
 //! application's longest stall (the slowest SELECT + INSERT pair), the time it was blocked (what
@@ -158,7 +159,7 @@ fn main() {
     // read only when asked in so many words.
     // BENCH_JOBS: the restores' --jobs (the tool's default otherwise).
     let jobs = std::env::var("BENCH_JOBS").ok().filter(|j| !j.is_empty());
-    let restore = |id: &str, encrypted: bool| {
+    let restore_with = |id: &str, encrypted: bool, jobs: Option<&str>| {
         let plain: &[&str] = if encrypted { &[] } else { &["--allow-unencrypted"] };
         let jobs: &[&str] = match &jobs {
             Some(j) => &["--jobs", j],
@@ -174,6 +175,7 @@ fn main() {
             encrypted,
         )
     };
+    let restore = |id: &str, encrypted: bool| restore_with(id, encrypted, jobs.as_deref());
     let mut cases: Vec<Case> = vec![
         Case {
             name: "psql -1 -f dump.sql (fresh database)",
@@ -214,6 +216,13 @@ fn main() {
             name: "tenant-backup restore (json)",
             before: Box::new(|_| {}),
             command: Box::new(|_| restore(&json_id, false)),
+            after: Box::new(|_| drop_kept()),
+        },
+        Case {
+            // What the parallel load buys: the rows on one connection (and the keys built on one).
+            name: "tenant-backup restore (json, --jobs 1)",
+            before: Box::new(|_| {}),
+            command: Box::new(|_| restore_with(&json_id, false, Some("1"))),
             after: Box::new(|_| drop_kept()),
         },
     ];
