@@ -127,7 +127,7 @@ pub async fn run(clients: &[Client], statements: &[Deferred]) -> Result<()> {
                     execute(c, &run_of[0].sql).await?;
                 }
             }
-            Kind::Other => execute(&clients[0], &run_of[0].sql).await?,
+            Kind::Other => execute(clients[0], &run_of[0].sql).await?,
             Kind::Index | Kind::ForeignKey => run_apart(clients, run_of).await?,
         }
         at = end;
