@@ -154,22 +154,13 @@ fn describe_json(header: &crate::jsonl::Header, plan: &Target, facts: &Facts, li
         .map(|l| l.name.as_str())
         .collect();
     if header.format_version == 2 {
-        let kept = match plan {
-            Target::Replace {
-                drop_previous: false, ..
-            } => format!(
-                "their previous rows are copied to {} first",
-                facts.previous.as_deref().unwrap_or("?")
-            ),
-            _ => "their previous rows are not kept (--drop-previous)".into(),
-        };
         eprintln!(
-            "  json     format version 2 (rows only): the {} tables it holds are emptied and loaded in the existing schema; {kept}",
+            "  json     format version 2 (rows only): the {} tables it holds get its rows, every other table keeps the rows it has; the schema's structure is the live one's (loaded beside it, then swapped in)",
             header.tables.len()
         );
         if !missing.is_empty() {
             eprintln!(
-                "  untouched tables the backup does not hold, left as they are: {}",
+                "  untouched tables the backup does not hold, their rows kept: {}",
                 missing.join(", ")
             );
         }

@@ -310,25 +310,61 @@ impl<'a> Engine<'a> {
         let target_name = target.schema().unwrap_or(&opened.tenant.schema_name);
         let restoring = || format!("restoring {target_name} from {}; nothing was changed", source.key);
 
-        // Rows only load into the live tables, which the load holds locked, as the tool: nobody
-        // writes meanwhile, and there is nothing to swap.
-        if opened.in_place {
-            crate::jsonl::restore(session, opened.rows()?, &opts)
-                .await
-                .with_context(restoring)?;
-            return Ok(Restored {
-                kept_as: keep_previous.map(str::to_string),
-                application_writes: None,
-            });
+        // Rows only (they cannot create the schema): completed from the live schema's structure
+        // and the rows of the tables they do not hold, they load like the rest (see
+        // [`super::rows`]); into the live tables only when the live schema is gone or holds what
+        // the native format cannot create.
+        let tenant_schema = opened.tenant.schema_name.as_str();
+        let mut whole = None;
+        if opened.in_place && !matches!(target, Target::Scratch) {
+            whole = super::rows::whole_schema(
+                self.parts.session,
+                tenant_schema,
+                &source.source_schema,
+                opened.rows()?,
+                self.lock_timeout,
+                self.parts.clock.now(),
+            )
+            .await
+            .with_context(restoring)?;
+            if whole.is_none() {
+                // Into the live tables, which the load holds locked, as the tool: nobody writes
+                // meanwhile, and there is nothing to swap.
+                crate::jsonl::restore(session, opened.rows()?, &opts)
+                    .await
+                    .with_context(restoring)?;
+                return Ok(Restored {
+                    kept_as: keep_previous.map(str::to_string),
+                    application_writes: None,
+                });
+            }
         }
+        // The whole-schema stream is the live schema's: its statements are aimed from there.
+        let completed;
+        let (opts, scope_of) = match &whole {
+            Some(_) => {
+                completed = self.scope_of(tenant_schema, &sql).await?;
+                (
+                    JsonRestore {
+                        source_schema: tenant_schema,
+                        scope: &completed,
+                        keep_history: false,
+                        keep_previous_as: None,
+                        ..opts
+                    },
+                    tenant_schema,
+                )
+            }
+            None => (opts, source.source_schema.as_str()),
+        };
 
-        // Everything else loads into a staging schema of its own, committed while the
-        // application cannot see it, as the loader role: a login that can create and write only
-        // there (the second wall behind the guard). The live schema is not touched until the swap.
+        // Everything loads into a staging schema of its own, committed while the application
+        // cannot see it, as the loader role: a login that can create and write only there (the
+        // second wall behind the guard). The live schema is not touched until the swap.
         let live = target.schema().filter(|_| facts.target_exists);
-        let references_from: Vec<&str> = live.into_iter().chain([source.source_schema.as_str()]).collect();
+        let references_from: Vec<&str> = live.into_iter().chain([scope_of]).collect();
         let load = self
-            .load(&opened, &sql, &opts, &references_from, Some(jobs.max(1)))
+            .load(&opened, whole, &sql, &opts, &references_from, Some(jobs.max(1)))
             .await
             .with_context(restoring)?;
         let Load {
@@ -413,7 +449,7 @@ impl<'a> Engine<'a> {
                 .0);
         }
         let load = self
-            .load(&opened, &sql, &opts, &[&source.source_schema], None)
+            .load(&opened, None, &sql, &opts, &[&source.source_schema], None)
             .await
             .with_context(loading_what)?;
         load.loading.close().await?;
@@ -423,20 +459,25 @@ impl<'a> Engine<'a> {
 
     /// The guard's scope for a dump of `source`, aimed at the plan's staging schema.
     async fn scope(&self, source: &Source, sql: &Plan) -> Result<Scope> {
-        Ok(
-            Scope::load(&self.client, &source.source_schema, lock::timeout_ms(self.lock_timeout))
-                .await?
-                .staged(&sql.staging),
-        )
+        self.scope_of(&source.source_schema, sql).await
+    }
+
+    /// The guard's scope for a dump of schema `dumped`, aimed at the plan's staging schema.
+    async fn scope_of(&self, dumped: &str, sql: &Plan) -> Result<Scope> {
+        Ok(Scope::load(&self.client, dumped, lock::timeout_ms(self.lock_timeout))
+            .await?
+            .staged(&sql.staging))
     }
 
     /// The load into the plan's staging schema, as the loader role, through psql (plain and
-    /// custom) or the driver (json), every format by the same steps. A restore (`jobs`) opens its
+    /// custom) or the driver (json: the fetched object, or `input` when given), every format by
+    /// the same steps. A restore (`jobs`) opens its
     /// builders' connections while the loader's login window is open, commits, and gets the last
     /// part back to build on them; a verify loads in one transaction that is rolled back.
     async fn load(
         &self,
         opened: &Opened,
+        input: Option<Box<dyn std::io::BufRead + Send>>,
         sql: &Plan,
         opts: &JsonRestore<'_>,
         references_from: &[&str],
@@ -460,7 +501,10 @@ impl<'a> Engine<'a> {
             None => {
                 // Through the driver, on a connection of its own: the tool's session, which holds
                 // the tenant's lock, is left for the swap whatever becomes of the load's.
-                let input = open_decompressed(opened.file.path(), source, &opened.shown)?;
+                let input = match input {
+                    Some(input) => input,
+                    None => open_decompressed(opened.file.path(), source, &opened.shown)?,
+                };
                 let client = loading.connect().await?;
                 prepare_session(&client, &self.mark, lock_timeout).await?;
                 // Every connection of the load is open: no other can log in as the loader.

@@ -244,3 +244,42 @@ fn damaged_foreign_or_unplaceable_dumpdata_is_refused_and_nothing_is_touched() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(without_history(db.fingerprint(TENANT)), live, "the same data, restored");
 }
+
+#[test]
+fn a_dumpdata_restore_loads_beside_the_application_and_swaps_in() {
+    // Rows only, like every format: loaded into a staging schema (the live structure, the rows of
+    // the tables it does not hold) as the loader role, then swapped in. The application, mid-way
+    // through a transaction on a table the backup holds, is never waited for: a load into the
+    // live tables would need them emptied first, and wait for it past --lock-timeout.
+    let db = TestDb::new();
+    as_dumpdata_holds(&db);
+    let before = db.data(TENANT);
+    let id = application_backup(&db, "json", &genuine("clinica_demo.json"));
+    vandalize(&db);
+    let app = AppSession::start(
+        &db,
+        "clinic",
+        &format!("BEGIN; INSERT INTO {TENANT}.appointments_tag (name) VALUES ('open'); SELECT pg_sleep(600)"),
+    );
+    let out = restore(&db, id, &["--lock-timeout", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(app);
+    assert_eq!(db.data(TENANT), before);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = '{TENANT}' AND c.relowner <> n.nspowner"
+        )),
+        "0",
+        "loaded by the loader, handed to the tenant's owner"
+    );
+    // Into another schema too, now that it creates one (the tenant left as it is).
+    let live = db.fingerprint(TENANT);
+    let out = restore(&db, id, &["--into", "clinica_copy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(db.fingerprint(TENANT), live);
+    assert_eq!(
+        without(&db.data("clinica_copy"), "backups_backuprecord"),
+        without(&before, "backups_backuprecord")
+    );
+}
