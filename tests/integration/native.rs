@@ -596,20 +596,16 @@ fn a_version_2_dump_still_loads_into_the_existing_tables() {
         "clinic",
         "BEGIN; INSERT INTO bienestar.appointments_tag (name) VALUES ('open'); SELECT pg_sleep(600)",
     );
-    let out = db
-        .cmd()
-        .args([
-            "restore",
-            "--tenant",
-            "bienestar",
-            "--file",
-            &key,
-            "--yes",
-            "--lock-timeout",
-            "3",
-        ])
-        .output()
-        .unwrap();
+    let out = db.run(&[
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--file",
+        &key,
+        "--yes",
+        "--lock-timeout",
+        "3",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     drop(app);
     assert_eq!(db.data("bienestar"), before);
