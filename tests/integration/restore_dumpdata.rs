@@ -282,4 +282,27 @@ fn a_dumpdata_restore_loads_beside_the_application_and_swaps_in() {
         without(&db.data("clinica_copy"), "backups_backuprecord"),
         without(&before, "backups_backuprecord")
     );
+    // And into another tenant, said in so many words (its own history kept).
+    let key = db.sql(&format!(
+        "SELECT file_path FROM {TENANT}.backups_backuprecord WHERE id = {id}"
+    ));
+    let history = db.sql("SELECT count(*) FROM mindcare.backups_backuprecord");
+    let out = db.run(&[
+        "restore",
+        "--tenant",
+        "mindcare",
+        "--file",
+        &key,
+        "--from-tenant",
+        TENANT,
+        "--yes",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        db.sql("SELECT string_agg(first_name, ',' ORDER BY id) FROM mindcare.appointments_patient"),
+        db.sql(&format!(
+            "SELECT string_agg(first_name, ',' ORDER BY id) FROM {TENANT}.appointments_patient"
+        ))
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM mindcare.backups_backuprecord"), history);
 }
