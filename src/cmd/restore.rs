@@ -93,7 +93,9 @@ async fn restore(
     if !args.yes {
         confirm(&target_name)?;
     }
-    let done = engine.restore(opened, &target, usize::from(args.jobs)).await?;
+    let done = engine
+        .restore(opened, &target, usize::from(args.jobs), args.maintenance)
+        .await?;
     report(
         ctx,
         &tenant,

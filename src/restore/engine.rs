@@ -269,8 +269,9 @@ impl<'a> Engine<'a> {
         read_facts(&self.client, p.catalog, p.storage, source, target, p.clock.now()).await
     }
 
-    /// Restores `opened` into `target`, building its last part on `jobs` connections.
-    pub async fn restore(&self, opened: Opened, target: &Target, jobs: usize) -> Result<Restored> {
+    /// Restores `opened` into `target`, building its last part on `jobs` connections;
+    /// `maintenance`: refuse the swap if the application wrote to the tenant meanwhile.
+    pub async fn restore(&self, opened: Opened, target: &Target, jobs: usize, maintenance: bool) -> Result<Restored> {
         let (session, source) = (&self.client, &opened.source);
         // Hold the tenants' locks for the whole restore: no backup, cleanup or other restore of
         // them can run meanwhile.
@@ -393,7 +394,8 @@ impl<'a> Engine<'a> {
         let owner = owner_for(session, target_name).await?;
         loading.hand_over(&owner).await.with_context(restoring)?;
         failpoint("handed-over");
-        swap(session, &sql, self.parts.session).await?;
+        let unwritten = opened.writes.as_ref().filter(|_| maintenance);
+        swap(session, &sql, self.parts.session, unwritten).await?;
         staged.swapped();
         failpoint("swapped");
         if let Err(e) = loading.close().await {
