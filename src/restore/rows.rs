@@ -264,6 +264,12 @@ impl Merge {
             *live = block.spec.clone();
         }
         if !problems.is_empty() {
+            // Named, a few: a hostile header may name a million tables.
+            let more = problems.len().saturating_sub(10);
+            problems.truncate(10);
+            if more > 0 {
+                problems.push(format!("and {more} more"));
+            }
             anyhow::bail!(
                 "the schema does not match the backup ({}): the backup holds rows, not tables, so run the application's migrations for this tenant first",
                 problems.join("; ")
