@@ -325,6 +325,7 @@ impl<'a> Engine<'a> {
                 opened.rows()?,
                 self.lock_timeout,
                 self.parts.clock.now(),
+                &self.mark,
             )
             .await
             .with_context(restoring)?;

@@ -43,7 +43,8 @@ struct Spooled {
 
 /// The whole-schema stream for a rows-only backup (`rows`, of schema `source_schema`), completed
 /// from the live schema `live`; `None` when `live` does not exist or holds what the native format
-/// cannot create (the caller then loads the rows into the live tables).
+/// cannot create (the caller then loads the rows into the live tables). Its reads wait for a lock
+/// no longer than `lock_timeout`, on a session named by `mark` (see [`super::run::Watch`]).
 pub async fn whole_schema(
     session: &DbTarget,
     live: &str,
@@ -51,18 +52,15 @@ pub async fn whole_schema(
     rows: Box<dyn BufRead + Send>,
     lock_timeout: Duration,
     now: chrono::DateTime<chrono::Utc>,
+    mark: &str,
 ) -> Result<Option<Box<dyn BufRead + Send>>> {
     let expected = source_schema.to_string();
     let spooled = tokio::task::spawn_blocking(move || spool(rows, &expected))
         .await
         .context("the reading task panicked")??;
     let client = session.connect().await?;
-    client
-        .batch_execute(&format!(
-            "SET lock_timeout = '{}ms'",
-            crate::pg::lock::timeout_ms(lock_timeout)
-        ))
-        .await?;
+    // Named as the restore's sessions are, so that who blocks its reads can be told.
+    super::run::prepare_session(&client, mark, lock_timeout).await?;
     if !super::state::schema_exists(&client, live).await? {
         return Ok(None);
     }

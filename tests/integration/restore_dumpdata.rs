@@ -306,3 +306,28 @@ fn a_dumpdata_restore_loads_beside_the_application_and_swaps_in() {
     );
     assert_eq!(db.sql("SELECT count(*) FROM mindcare.backups_backuprecord"), history);
 }
+
+#[test]
+fn a_dumpdata_restore_blocked_by_the_application_names_it_and_changes_nothing() {
+    // The live schema's rows are read for the tables the dump does not hold; a migration holding
+    // one of them is waited for no longer than --lock-timeout, and named.
+    let db = TestDb::new();
+    let id = application_backup(&db, "json", &genuine("clinica_demo.json"));
+    let live = db.fingerprint(TENANT);
+    let app = AppSession::start(
+        &db,
+        "migrating",
+        &format!("BEGIN; LOCK TABLE {TENANT}.django_migrations IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)"),
+    );
+    let out = restore(&db, id, &["--lock-timeout", "2"]);
+    drop(app);
+    assert_fails(&out, 1, "--lock-timeout");
+    assert!(text(&out.stderr).contains("migrating"), "{}", text(&out.stderr));
+    assert_eq!(db.fingerprint(TENANT), live);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '{TENANT}\\_\\_%'"
+        )),
+        "0"
+    );
+}
