@@ -295,9 +295,18 @@ impl<'a> Engine<'a> {
             } => facts.previous.as_deref(),
             _ => None,
         };
-        let scope = self.scope(source, &sql).await?;
+        let target_name = target.schema().unwrap_or(&opened.tenant.schema_name);
+        let restoring = || format!("restoring {target_name} from {}; nothing was changed", source.key);
+        // Rows only (they cannot create the schema): completed from the live schema's structure and
+        // the rows of the tables they do not hold, they load like the rest.
+        let whole = match opened.in_place {
+            true => self.completed(&opened).await.with_context(restoring)?,
+            false => None,
+        };
+        let dumped = self.dumped(&opened, whole.is_some());
+        let scope = self.scope_of(dumped, &sql).await?;
         let opts = JsonRestore {
-            source_schema: &source.source_schema,
+            source_schema: dumped,
             target,
             catalog: self.parts.catalog,
             plan: &sql,
@@ -308,63 +317,23 @@ impl<'a> Engine<'a> {
             reconnect: Some(self.parts.session),
             defer_post_data: true,
         };
-        let target_name = target.schema().unwrap_or(&opened.tenant.schema_name);
-        let restoring = || format!("restoring {target_name} from {}; nothing was changed", source.key);
-
-        // Rows only (they cannot create the schema): completed from the live schema's structure
-        // and the rows of the tables they do not hold, they load like the rest (see
-        // [`super::rows`]); into the live tables only when the live schema is gone or holds what
-        // the native format cannot create.
-        let tenant_schema = opened.tenant.schema_name.as_str();
-        let mut whole = None;
-        if opened.in_place && !matches!(target, Target::Scratch) {
-            whole = super::rows::whole_schema(
-                self.parts.session,
-                tenant_schema,
-                &source.source_schema,
-                opened.rows()?,
-                self.lock_timeout,
-                self.parts.clock.now(),
-                &self.mark,
-            )
-            .await
-            .with_context(restoring)?;
-            if whole.is_none() {
-                // Into the live tables, which the load holds locked, as the tool: nobody writes
-                // meanwhile, and there is nothing to swap.
-                crate::jsonl::restore(session, opened.rows()?, &opts)
-                    .await
-                    .with_context(restoring)?;
-                return Ok(Restored {
-                    kept_as: keep_previous.map(str::to_string),
-                    application_writes: None,
-                });
-            }
+        if opened.in_place && whole.is_none() {
+            // Into the live tables, which the load holds locked, as the tool: nobody writes
+            // meanwhile, and there is nothing to swap.
+            crate::jsonl::restore(session, opened.rows()?, &opts)
+                .await
+                .with_context(restoring)?;
+            return Ok(Restored {
+                kept_as: keep_previous.map(str::to_string),
+                application_writes: None,
+            });
         }
-        // The whole-schema stream is the live schema's: its statements are aimed from there.
-        let completed;
-        let (opts, scope_of) = match &whole {
-            Some(_) => {
-                completed = self.scope_of(tenant_schema, &sql).await?;
-                (
-                    JsonRestore {
-                        source_schema: tenant_schema,
-                        scope: &completed,
-                        keep_history: false,
-                        keep_previous_as: None,
-                        ..opts
-                    },
-                    tenant_schema,
-                )
-            }
-            None => (opts, source.source_schema.as_str()),
-        };
 
         // Everything loads into a staging schema of its own, committed while the application
         // cannot see it, as the loader role: a login that can create and write only there (the
         // second wall behind the guard). The live schema is not touched until the swap.
         let live = target.schema().filter(|_| facts.target_exists);
-        let references_from: Vec<&str> = live.into_iter().chain([scope_of]).collect();
+        let references_from: Vec<&str> = live.into_iter().chain([dumped]).collect();
         let load = self
             .load(&opened, whole, &sql, &opts, &references_from, Some(jobs.max(1)))
             .await
@@ -431,9 +400,15 @@ impl<'a> Engine<'a> {
             self.lock_timeout,
             &self.mark,
         );
-        let scope = self.scope(source, &sql).await?;
+        let loading_what = || format!("loading {} inside a rolled-back transaction", source.key);
+        let whole = match opened.in_place {
+            true => self.completed(&opened).await.with_context(loading_what)?,
+            false => None,
+        };
+        let dumped = self.dumped(&opened, whole.is_some());
+        let scope = self.scope_of(dumped, &sql).await?;
         let opts = JsonRestore {
-            source_schema: &source.source_schema,
+            source_schema: dumped,
             target: &Target::Scratch,
             catalog: self.parts.catalog,
             plan: &sql,
@@ -444,25 +419,49 @@ impl<'a> Engine<'a> {
             reconnect: None,
             defer_post_data: false,
         };
-        let loading_what = || format!("loading {} inside a rolled-back transaction", source.key);
-        if opened.in_place {
+        if opened.in_place && whole.is_none() {
+            // Into temporary copies of the live tables, rolled back.
             return Ok(crate::jsonl::restore(session, opened.rows()?, &opts)
                 .await
                 .with_context(loading_what)?
                 .0);
         }
-        let load = self
-            .load(&opened, None, &sql, &opts, &[&source.source_schema], None)
+        let mut load = self
+            .load(&opened, whole, &sql, &opts, &[dumped], None)
             .await
             .with_context(loading_what)?;
+        // A rows-only backup is checked on what it holds (the rest is the live schema's).
+        if let (true, Some(header)) = (opened.in_place, &opened.header) {
+            load.counts.retain(|t, _| header.tables.iter().any(|h| h.name == *t));
+        }
         load.loading.close().await?;
         load.staged.discard().await?;
         Ok(load.counts)
     }
 
-    /// The guard's scope for a dump of `source`, aimed at the plan's staging schema.
-    async fn scope(&self, source: &Source, sql: &Plan) -> Result<Scope> {
-        self.scope_of(&source.source_schema, sql).await
+    /// A rows-only backup completed from the tenant's live schema into one whole-schema stream
+    /// ([`super::rows`]), so that it loads like the rest; `None` when the live schema is gone or
+    /// holds what the native format cannot create (it then loads into the live tables).
+    async fn completed(&self, opened: &Opened) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
+        super::rows::whole_schema(
+            self.parts.session,
+            &opened.tenant.schema_name,
+            &opened.source.source_schema,
+            opened.rows()?,
+            self.lock_timeout,
+            self.parts.clock.now(),
+            &self.mark,
+        )
+        .await
+    }
+
+    /// The schema the loaded stream was taken of: the backup's, or for a rows-only backup
+    /// completed from the live schema, the tenant's.
+    fn dumped<'o>(&self, opened: &'o Opened, completed: bool) -> &'o str {
+        match completed {
+            true => &opened.tenant.schema_name,
+            false => &opened.source.source_schema,
+        }
     }
 
     /// The guard's scope for a dump of schema `dumped`, aimed at the plan's staging schema.
