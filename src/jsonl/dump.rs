@@ -53,7 +53,6 @@ pub async fn dump(
     prefetched: Option<Prefetched>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
-    let none = std::collections::BTreeSet::new();
     let result = dump_inner(
         client,
         schema,
@@ -61,21 +60,40 @@ pub async fn dump(
         created_at,
         guard,
         prefetched,
-        &none,
+        Skip::Nothing,
         &tx,
     )
     .await;
     finish(client, result, &tx).await
 }
 
-/// [`dump`] without the rows of the tables in `skip_rows` (their markers are written, with no rows):
-/// the live schema a rows-only restore completes (`restore::rows`).
+/// Whose rows a dump leaves out (their tables' markers are written, with no rows).
+#[derive(Clone, Copy)]
+pub enum Skip<'a> {
+    Nothing,
+    Tables(&'a std::collections::BTreeSet<String>),
+    /// Every table's but these.
+    AllBut(&'a std::collections::BTreeSet<String>),
+}
+
+impl Skip<'_> {
+    fn skips(&self, table: &str) -> bool {
+        match self {
+            Skip::Nothing => false,
+            Skip::Tables(t) => t.contains(table),
+            Skip::AllBut(t) => !t.contains(table),
+        }
+    }
+}
+
+/// [`dump`] without the rows `skip_rows` names: the live schema a rows-only restore completes
+/// (`restore::rows`).
 pub async fn dump_skipping_rows(
     client: &Client,
     schema: &str,
     server_version: &str,
     created_at: chrono::DateTime<Utc>,
-    skip_rows: &std::collections::BTreeSet<String>,
+    skip_rows: Skip<'_>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
     let result = dump_inner(client, schema, server_version, created_at, None, None, skip_rows, &tx).await;
@@ -103,7 +121,7 @@ async fn dump_inner(
     created_at: chrono::DateTime<Utc>,
     guard: Option<&crate::restore::guard::Scope>,
     prefetched: Option<Prefetched>,
-    skip_rows: &std::collections::BTreeSet<String>,
+    skip_rows: Skip<'_>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
     client
@@ -166,7 +184,7 @@ async fn dump_inner(
     let mut total = 0u64;
     for t in &specs {
         send(Piece::Table(t.clone())).await?;
-        if skip_rows.contains(&t.name) {
+        if skip_rows.skips(&t.name) {
             counts.insert(t.name.clone(), 0);
             continue;
         }

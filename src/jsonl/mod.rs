@@ -33,7 +33,7 @@ mod tables;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use dump::{dump, dump_skipping_rows, JsonLinesReader, Piece, ProducerError};
+pub use dump::{dump, dump_skipping_rows, JsonLinesReader, Piece, ProducerError, Skip};
 pub use load::{loads_in_place, peek_header, restore, JsonRestore, Loaded, MAX_LINE};
 pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
 pub use structure::{Ddl, Structure};

@@ -225,22 +225,26 @@ impl<'a> Engine<'a> {
         let file = fetch_verified(self.parts.storage, &source, &shown).await?;
         // The application's dumpdata backups are json too: recognised by their content.
         let dumpdata = crate::dumpdata::recognise(&self.client, &source, file.path(), &shown, &model_table).await?;
-        let header = match (&dumpdata, source.format) {
-            (Some(d), _) => Some(d.header.clone()),
-            (None, DumpFormat::Json) => Some(crate::jsonl::peek_header(open_decompressed(
-                file.path(),
-                &source,
-                &shown,
-            )?)?),
-            _ => None,
+        // A json backup's first lines (up to two of 32 MiB, decrypted and decompressed) are read
+        // off the runtime's thread.
+        let (header, in_place) = match (&dumpdata, source.format) {
+            (Some(d), _) => (Some(d.header.clone()), true),
+            (None, DumpFormat::Json) => {
+                let (path, source, shown) = (file.path().to_path_buf(), source.clone(), shown.clone());
+                tokio::task::spawn_blocking(move || -> Result<_> {
+                    let header = crate::jsonl::peek_header(open_decompressed(&path, &source, &shown)?)?;
+                    let in_place = crate::jsonl::loads_in_place(read_plain(
+                        std::fs::File::open(&path)?,
+                        source.compression,
+                        source.decrypt.as_ref(),
+                    )?)?;
+                    Ok((Some(header), in_place))
+                })
+                .await
+                .context("the reading task panicked")??
+            }
+            _ => (None, false),
         };
-        let in_place = dumpdata.is_some()
-            || source.format == DumpFormat::Json
-                && crate::jsonl::loads_in_place(read_plain(
-                    std::fs::File::open(file.path())?,
-                    source.compression,
-                    source.decrypt.as_ref(),
-                )?)?;
         Ok(Opened {
             tenant,
             source,
@@ -626,6 +630,9 @@ async fn drop_unless_written(client: &Client, previous: &str, writes: &Writes, l
         ))
         .await?;
     let result = async {
+        if !writes.is(client, previous).await? {
+            anyhow::bail!("the tenant's schema was made again while the restore ran, so what the application wrote to it cannot be counted");
+        }
         writes.lock_tables(client).await?;
         let n = writes.since(client).await?;
         if n == 0 {

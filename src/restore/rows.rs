@@ -1,45 +1,34 @@
 //! A rows-only backup restored like every other: into a staging schema, as the loader role, then
 //! swapped in. Rows only are a json backup of format version 2, a newer one whose source schema
 //! held what the native format cannot carry, and the application's dumpdata backups: none of them
-//! can create the schema. What they lack comes from the live schema, read by the tool the way a
-//! native backup reads it (one snapshot, [`crate::jsonl::dump_skipping_rows`]): its structure,
-//! and the rows of every table the backup does not hold (those are left as they are, as
-//! `loaddata` leaves them). The load gets one whole-schema native stream:
+//! can create the schema. What they lack comes from the live schema of the tenant, read by the
+//! tool the way a native backup reads it (one snapshot, [`crate::jsonl::dump_skipping_rows`]): its
+//! structure, and the rows of every table the backup does not hold (left as they are, as
+//! `loaddata` leaves them; emptied when the backup is another tenant's, `--from-tenant`, so that no
+//! clinic's rows end up beside another's — all but `django_migrations`, which describes the
+//! structure). The load gets one whole-schema native stream:
 //!
-//! the live header (the backup's own columns for the tables it holds) · the live structure · for
-//! each table, the backup's rows when it holds the table, the live rows otherwise · the live
-//! sequences, the backup's values where it has them · the end, counting what was handed on.
+//! the live header (the backup's own columns for the tables it holds) · the live structure · the
+//! backup's tables and rows, as they come · the live tables it does not hold, with their rows · the
+//! live sequences, the backup's values where it has them · the end, counting what was handed on.
 //!
 //! Nothing of the backup is ever SQL here: its rows go through COPY, its table and column names
-//! must be the live schema's. The backup is spooled to a private temporary file first (read
-//! once, each line bounded by [`MAX_LINE`], its end marker checked), so a damaged object is
-//! refused before anything is created.
+//! must be the live schema's. It streams through, checked line by line (each bounded by
+//! [`MAX_LINE`], every table marker against its header, its end marker's count): a damaged object
+//! fails the load, which leaves the tenant as it was, like any failed load.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::sync::mpsc;
 
-use crate::jsonl::{Header, JsonLinesReader, SequenceValue, Structure, TableSpec, FORMAT, MAX_LINE};
+use crate::jsonl::{
+    Header, JsonLinesReader, SequenceValue, Skip, Structure, TableSpec, FORMAT, FORMAT_VERSION, MAX_LINE,
+    OLDEST_READABLE_VERSION,
+};
 use crate::pg::target::DbTarget;
-
-/// One table of the backup: its columns, and where its rows are in the spool.
-struct Block {
-    spec: TableSpec,
-    start: u64,
-    len: u64,
-    rows: u64,
-}
-
-/// The backup's rows, read once into a private temporary file.
-struct Spooled {
-    file: File,
-    blocks: BTreeMap<String, Block>,
-    sequences: Vec<SequenceValue>,
-}
 
 /// The whole-schema stream for a rows-only backup (`rows`, of schema `source_schema`), completed
 /// from the live schema `live`; `None` when `live` does not exist or holds what the native format
@@ -55,7 +44,7 @@ pub async fn whole_schema(
     mark: &str,
 ) -> Result<Option<Box<dyn BufRead + Send>>> {
     let expected = source_schema.to_string();
-    let spooled = tokio::task::spawn_blocking(move || spool(rows, &expected))
+    let backup = tokio::task::spawn_blocking(move || Backup::open(rows, &expected))
         .await
         .context("the reading task panicked")??;
     let client = session.connect().await?;
@@ -65,18 +54,31 @@ pub async fn whole_schema(
         return Ok(None);
     }
     let server_version: String = client.query_one("SHOW server_version", &[]).await?.get(0);
-    let skip: BTreeSet<String> = spooled.blocks.keys().cloned().collect();
     let (tx, rx) = mpsc::channel(8);
-    let schema = live.to_string();
+    let (schema, another) = (live.to_string(), source_schema != live);
+    let held: BTreeSet<String> = backup.specs.keys().cloned().collect();
+    let kept = BTreeSet::from([MIGRATIONS.to_string()]);
     tokio::spawn(async move {
+        // Another tenant's backup: no live row is kept beside its rows, but the record of the
+        // migrations that made the structure it gets.
+        let skip = match another {
+            true => Skip::AllBut(&kept),
+            false => Skip::Tables(&held),
+        };
         // A failure reaches the reading side through the channel, in the dumper's own words.
-        let _ = crate::jsonl::dump_skipping_rows(&client, &schema, &server_version, now, &skip, tx).await;
+        let _ = crate::jsonl::dump_skipping_rows(&client, &schema, &server_version, now, skip, tx).await;
     });
     let live_name = live.to_string();
-    tokio::task::spawn_blocking(move || Merge::start(BufReader::new(JsonLinesReader::new(rx)), spooled, &live_name))
-        .await
-        .context("the reading task panicked")?
+    tokio::task::spawn_blocking(move || {
+        Merge::start(BufReader::new(JsonLinesReader::new(rx)), backup, &live_name, another)
+    })
+    .await
+    .context("the reading task panicked")?
 }
+
+/// Django's record of the migrations applied to a schema: it describes the structure, which is the
+/// live schema's, so it keeps its rows whoever's rows come in.
+const MIGRATIONS: &str = "django_migrations";
 
 /// One line of at most [`MAX_LINE`] bytes; 0 at the end.
 fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<usize> {
@@ -92,129 +94,174 @@ fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<usize> 
 }
 
 fn marker(line: &[u8]) -> Result<(String, serde_json::Value)> {
-    serde_json::from_slice(line).context("a damaged line")
+    serde_json::from_slice(line).map_err(|_| anyhow::anyhow!("a damaged line"))
 }
 
-/// Reads the backup into a private temporary file: its header checked (the format, the schema it
-/// was taken of), each table's rows in one piece, its sequences, its end marker's row count.
-fn spool(mut input: Box<dyn BufRead + Send>, source_schema: &str) -> Result<Spooled> {
-    let damaged = |what: &str| anyhow::anyhow!("{what}: the backup is damaged");
-    let mut line = Vec::new();
-    read_line(&mut input, &mut line).context("reading the backup (corrupt or truncated object)")?;
-    let header: Header = serde_json::from_slice(&line).context("the backup has no tenant-backup json header")?;
-    if header.format != FORMAT {
-        anyhow::bail!("unsupported dump format {:?}", header.format);
-    }
-    if header.schema != source_schema {
-        anyhow::bail!(
-            "this json backup is of schema {}, not {source_schema}: it is not this tenant's backup, whatever its name or manifest says",
-            header.schema
-        );
-    }
-    let mut file = tempfile::tempfile().context("making a private temporary file")?;
-    let mut out = BufWriter::new(&mut file);
-    let mut blocks: BTreeMap<String, Block> = BTreeMap::new();
-    let mut current: Option<Block> = None;
-    let (mut offset, mut total) = (0u64, 0u64);
-    let mut sequences = Vec::new();
-    let mut ended = None;
-    let finish = |block: Option<Block>, offset: u64, blocks: &mut BTreeMap<String, Block>| -> Result<()> {
-        if let Some(mut b) = block {
-            b.len = offset - b.start;
-            if blocks.insert(b.spec.name.clone(), b).is_some() {
-                return Err(damaged("a table twice"));
+fn damaged(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: the backup is damaged")
+}
+
+/// PostgreSQL's limits on what a header may name: identifiers of 63 bytes, 1,600 columns.
+const NAME_BYTES: usize = 63;
+const COLUMNS: usize = 1600;
+
+/// The backup's side of the stream: its header checked once, then each line as it passes.
+struct Backup {
+    input: Box<dyn BufRead + Send>,
+    /// The tables its header names, by name.
+    specs: BTreeMap<String, TableSpec>,
+    seen: BTreeSet<String>,
+    in_table: bool,
+    rows: u64,
+    sequences: Vec<SequenceValue>,
+    line: Vec<u8>,
+}
+
+impl Backup {
+    /// Reads and checks the header: the format and its version, the schema it was taken of, and
+    /// names PostgreSQL could hold, each once.
+    fn open(mut input: Box<dyn BufRead + Send>, source_schema: &str) -> Result<Backup> {
+        let mut line = Vec::new();
+        read_line(&mut input, &mut line).context("reading the backup (corrupt or truncated object)")?;
+        let header: Header = serde_json::from_slice(&line)
+            .map_err(|_| anyhow::anyhow!("the backup has no tenant-backup json header"))?;
+        if header.format != FORMAT || !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.format_version) {
+            anyhow::bail!(
+                "unsupported dump format {:?}, version {}",
+                header.format,
+                header.format_version
+            );
+        }
+        if header.schema != source_schema {
+            anyhow::bail!(
+                "this json backup is of schema {:?}, not {source_schema}: it is not this tenant's backup, whatever its name or manifest says",
+                header.schema
+            );
+        }
+        let mut specs = BTreeMap::new();
+        for spec in header.tables {
+            let mut columns = BTreeSet::new();
+            let names_ok = spec.name.len() <= NAME_BYTES
+                && spec.columns.len() <= COLUMNS
+                && spec
+                    .columns
+                    .iter()
+                    .all(|c| c.name.len() <= NAME_BYTES && columns.insert(c.name.as_str()));
+            if !names_ok {
+                return Err(damaged(&format!(
+                    "its header names a table or column PostgreSQL cannot hold (table {:?})",
+                    shown(&spec.name)
+                )));
+            }
+            if let Some(spec) = specs.insert(spec.name.clone(), spec) {
+                return Err(damaged(&format!(
+                    "its header names table {:?} twice",
+                    shown(&spec.name)
+                )));
             }
         }
-        Ok(())
-    };
-    loop {
-        let n = read_line(&mut input, &mut line).context("reading the backup (corrupt or truncated object)")?;
-        if n == 0 {
-            break;
-        }
-        if ended.is_some() {
-            return Err(damaged("lines after its end"));
-        }
-        if line.first() == Some(&b'{') {
-            let block = current.as_mut().ok_or_else(|| damaged("a row before any table"))?;
-            if line.last() != Some(&b'\n') {
-                line.push(b'\n');
-            }
-            out.write_all(&line)?;
-            offset += line.len() as u64;
-            block.rows += 1;
-            total += 1;
-            continue;
-        }
-        let (kind, value) = marker(&line)?;
-        match kind.as_str() {
-            "table" => {
-                let spec: TableSpec = serde_json::from_value(value)?;
-                if !header.tables.contains(&spec) {
-                    return Err(damaged(&format!("table {} does not match its header", spec.name)));
-                }
-                finish(current.take(), offset, &mut blocks)?;
-                current = Some(Block {
-                    spec,
-                    start: offset,
-                    len: 0,
-                    rows: 0,
-                });
-            }
-            // A newer backup whose structure does not carry every object: its rows are used.
-            "structure" => {}
-            "sequences" => sequences = serde_json::from_value(value)?,
-            "end" => {
-                ended = Some(
-                    value["rows"]
-                        .as_u64()
-                        .ok_or_else(|| damaged("an end without a row count"))?,
-                )
-            }
-            other => return Err(damaged(&format!("an unknown marker {other:?}"))),
-        }
-        if kind != "table" {
-            finish(current.take(), offset, &mut blocks)?;
-        }
-    }
-    finish(current.take(), offset, &mut blocks)?;
-    match ended {
-        Some(rows) if rows == total => {}
-        Some(rows) => anyhow::bail!("the backup says it holds {rows} rows but {total} were read: it is damaged"),
-        None => anyhow::bail!("the backup ends before its end marker: it is truncated"),
-    }
-    out.flush()?;
-    drop(out);
-    // Every table the header names is held, with no rows when it has no block.
-    for spec in &header.tables {
-        blocks.entry(spec.name.clone()).or_insert_with(|| Block {
-            spec: spec.clone(),
-            start: 0,
-            len: 0,
+        Ok(Backup {
+            input,
+            specs,
+            seen: BTreeSet::new(),
+            in_table: false,
             rows: 0,
-        });
+            sequences: Vec::new(),
+            line,
+        })
     }
-    Ok(Spooled {
-        file,
-        blocks,
-        sequences,
-    })
+
+    /// Puts the next table marker or row in `out`; false once the end marker is read, its row
+    /// count checked, and nothing follows it.
+    fn next(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+        loop {
+            let n = read_line(&mut self.input, &mut self.line)
+                .context("reading the backup (corrupt or truncated object)")?;
+            if n == 0 {
+                anyhow::bail!("the backup ends before its end marker: it is truncated");
+            }
+            if self.line.first() == Some(&b'{') {
+                if !self.in_table {
+                    return Err(damaged("a row before any table"));
+                }
+                out.extend_from_slice(&self.line);
+                if self.line.last() != Some(&b'\n') {
+                    out.push(b'\n');
+                }
+                self.rows += 1;
+                return Ok(true);
+            }
+            let (kind, value) = marker(&self.line)?;
+            match kind.as_str() {
+                "table" => {
+                    let spec: TableSpec =
+                        serde_json::from_value(value).map_err(|_| damaged("a damaged table marker"))?;
+                    if self.specs.get(&spec.name) != Some(&spec) {
+                        return Err(damaged(&format!(
+                            "table {:?} does not match its header",
+                            shown(&spec.name)
+                        )));
+                    }
+                    if !self.seen.insert(spec.name.clone()) {
+                        return Err(damaged(&format!(
+                            "table {:?} comes twice (its rows are not together)",
+                            shown(&spec.name)
+                        )));
+                    }
+                    self.in_table = true;
+                    out.extend_from_slice(&line_of(&("table", &spec)));
+                    return Ok(true);
+                }
+                // A newer backup whose structure does not carry every object: its rows are used.
+                "structure" => {}
+                "sequences" => {
+                    self.sequences = serde_json::from_value(value).map_err(|_| damaged("damaged sequences"))?;
+                    self.in_table = false;
+                }
+                "end" => {
+                    let rows = value["rows"]
+                        .as_u64()
+                        .ok_or_else(|| damaged("an end without a row count"))?;
+                    if rows != self.rows {
+                        anyhow::bail!(
+                            "the backup says it holds {rows} rows but {} were read: it is damaged",
+                            self.rows
+                        );
+                    }
+                    if read_line(&mut self.input, &mut self.line)? != 0 {
+                        return Err(damaged("lines after its end"));
+                    }
+                    return Ok(false);
+                }
+                other => return Err(damaged(&format!("an unknown marker {:?}", shown(other)))),
+            }
+        }
+    }
 }
 
-/// The whole-schema stream, line by line: the live dump, with the backup's rows in place of the
-/// live ones for the tables it holds.
+/// A name from the backup, as shown in a message: at most 63 characters.
+fn shown(name: &str) -> String {
+    name.chars().take(NAME_BYTES).collect()
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Backup,
+    Live,
+    Done,
+}
+
+/// The whole-schema stream, line by line: the head, the backup's tables, then the live ones.
 struct Merge {
     live: BufReader<JsonLinesReader>,
-    spooled: Spooled,
+    backup: Backup,
+    phase: Phase,
     /// Bytes ready to hand on.
     out: Vec<u8>,
     pos: usize,
-    /// The backup's rows still to copy from the spool, for the current table.
-    from_spool: u64,
-    /// The live rows of the current table are dropped (the backup holds it).
+    /// The live table now read is one the backup holds: its marker and rows are dropped.
     skipping: bool,
-    rows: u64,
-    done: bool,
+    live_rows: u64,
     line: Vec<u8>,
 }
 
@@ -223,48 +270,43 @@ impl Merge {
     /// schema. The header's tables the backup holds get the backup's columns; a table or column
     /// the live schema does not have is refused (the application's migrations come first).
     fn start(
-        live: BufReader<JsonLinesReader>,
-        spooled: Spooled,
+        mut live: BufReader<JsonLinesReader>,
+        backup: Backup,
         name: &str,
+        another: bool,
     ) -> Result<Option<Box<dyn BufRead + Send>>> {
-        let mut merge = Merge {
-            live,
-            spooled,
-            out: Vec::new(),
-            pos: 0,
-            from_spool: 0,
-            skipping: false,
-            rows: 0,
-            done: false,
-            line: Vec::new(),
-        };
         let mut line = Vec::new();
-        read_line(&mut merge.live, &mut line).with_context(|| format!("reading {name}'s structure"))?;
+        read_line(&mut live, &mut line).with_context(|| format!("reading {name}'s structure"))?;
         let mut header: Header = serde_json::from_slice(&line).context("the live schema's header")?;
-        read_line(&mut merge.live, &mut line).with_context(|| format!("reading {name}'s structure"))?;
+        read_line(&mut live, &mut line).with_context(|| format!("reading {name}'s structure"))?;
         let (kind, value) = marker(&line)?;
         anyhow::ensure!(kind == "structure", "the live schema's dump has no structure");
         let structure: Structure = serde_json::from_value(value)?;
         if !structure.not_carried.is_empty() {
             return Ok(None);
         }
-        let mut problems = Vec::new();
-        for block in merge.spooled.blocks.values() {
-            let Some(live) = header.tables.iter_mut().find(|t| t.name == block.spec.name) else {
-                problems.push(format!("{name} has no table {}", block.spec.name));
+        let live_specs: BTreeMap<String, usize> = header
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let (mut problems, mut more) = (Vec::new(), 0usize);
+        let mut problem = |p: String| match problems.len() < 10 {
+            true => problems.push(p),
+            false => more += 1,
+        };
+        for spec in backup.specs.values() {
+            let Some(&i) = live_specs.get(&spec.name) else {
+                problem(format!("{name} has no table {:?}", spec.name));
                 continue;
             };
-            for c in &block.spec.columns {
-                if !live.columns.iter().any(|l| l.name == c.name) {
-                    problems.push(format!("{name}.{} has no column {}", live.name, c.name));
-                }
+            let live_columns: BTreeSet<&str> = header.tables[i].columns.iter().map(|c| c.name.as_str()).collect();
+            for c in spec.columns.iter().filter(|c| !live_columns.contains(c.name.as_str())) {
+                problem(format!("{name}.{} has no column {:?}", spec.name, c.name));
             }
-            *live = block.spec.clone();
         }
         if !problems.is_empty() {
-            // Named, a few: a hostile header may name a million tables.
-            let more = problems.len().saturating_sub(10);
-            problems.truncate(10);
             if more > 0 {
                 problems.push(format!("and {more} more"));
             }
@@ -273,41 +315,67 @@ impl Merge {
                 problems.join("; ")
             );
         }
-        merge.out = serde_json::to_vec(&header)?;
-        merge.out.push(b'\n');
-        merge.out.extend_from_slice(&line);
-        Ok(Some(Box::new(BufReader::with_capacity(crate::jsonl::BATCH, merge))))
+        for spec in backup.specs.values() {
+            header.tables[live_specs[&spec.name]] = spec.clone();
+        }
+        if another {
+            tracing::info!(
+                "the backup is of another tenant (--from-tenant): the tables it does not hold are restored empty (but {MIGRATIONS}), with {name}'s structure"
+            );
+        }
+        let mut out = serde_json::to_vec(&header)?;
+        out.push(b'\n');
+        out.extend_from_slice(&line);
+        Ok(Some(Box::new(BufReader::with_capacity(
+            crate::jsonl::BATCH,
+            Merge {
+                live,
+                backup,
+                phase: Phase::Backup,
+                out,
+                pos: 0,
+                skipping: false,
+                live_rows: 0,
+                line: Vec::new(),
+            },
+        ))))
     }
 
     /// Fills `out` with what comes next; false at the end.
     fn next(&mut self) -> io::Result<bool> {
         self.out.clear();
         self.pos = 0;
-        if self.from_spool > 0 {
-            let want = self.from_spool.min(crate::jsonl::BATCH as u64);
-            self.out.resize(want as usize, 0);
-            self.spooled.file.read_exact(&mut self.out)?;
-            self.from_spool -= want;
-            return Ok(true);
+        loop {
+            match self.phase {
+                Phase::Done => return Ok(false),
+                Phase::Backup => match self.backup.next(&mut self.out) {
+                    Ok(true) => return Ok(true),
+                    Ok(false) => self.phase = Phase::Live,
+                    Err(e) => return Err(io::Error::other(format!("{e:#}"))),
+                },
+                Phase::Live => {
+                    let mut line = std::mem::take(&mut self.line);
+                    let result = self.live_line(&mut line);
+                    self.line = line;
+                    if result? {
+                        return Ok(true);
+                    }
+                }
+            }
         }
-        if self.done {
-            return Ok(false);
-        }
-        let mut line = std::mem::take(&mut self.line);
-        let result = self.next_line(&mut line);
-        self.line = line;
-        result
     }
 
-    fn next_line(&mut self, line: &mut Vec<u8>) -> io::Result<bool> {
+    /// One line of the live dump handed on (true), or dropped (false).
+    fn live_line(&mut self, line: &mut Vec<u8>) -> io::Result<bool> {
         if read_line(&mut self.live, line)? == 0 {
             return Err(io::Error::other("the live schema's dump ended early"));
         }
         if line.first() == Some(&b'{') {
-            if !self.skipping {
-                self.rows += 1;
-                self.out.extend_from_slice(line);
+            if self.skipping {
+                return Ok(false);
             }
+            self.live_rows += 1;
+            self.out.extend_from_slice(line);
             return Ok(true);
         }
         let (kind, value) = marker(line).map_err(io::Error::other)?;
@@ -315,30 +383,27 @@ impl Merge {
         match kind.as_str() {
             "table" => {
                 let spec: TableSpec = serde_json::from_value(value).map_err(io::Error::other)?;
-                match self.spooled.blocks.get(&spec.name) {
-                    Some(block) => {
-                        self.skipping = true;
-                        self.out = line_of(&("table", &block.spec));
-                        self.spooled.file.seek(SeekFrom::Start(block.start))?;
-                        self.from_spool = block.len;
-                        self.rows += block.rows;
-                    }
-                    None => self.out.extend_from_slice(line),
+                if self.backup.specs.contains_key(&spec.name) {
+                    self.skipping = true;
+                    return Ok(false);
                 }
+                self.out.extend_from_slice(line);
             }
             "sequences" => {
                 let mut live: Vec<SequenceValue> = serde_json::from_value(value).map_err(io::Error::other)?;
+                let theirs: BTreeMap<&str, &SequenceValue> =
+                    self.backup.sequences.iter().map(|s| (s.name.as_str(), s)).collect();
                 for s in &mut live {
-                    if let Some(b) = self.spooled.sequences.iter().find(|b| b.name == s.name) {
-                        *s = b.clone();
+                    if let Some(b) = theirs.get(s.name.as_str()) {
+                        *s = (*b).clone();
                     }
                 }
                 self.out = line_of(&("sequences", &live));
             }
             "end" => {
-                let tables = value["tables"].clone();
-                self.out = line_of(&("end", serde_json::json!({"tables": tables, "rows": self.rows})));
-                self.done = true;
+                let rows = self.backup.rows + self.live_rows;
+                self.out = line_of(&("end", serde_json::json!({"tables": value["tables"], "rows": rows})));
+                self.phase = Phase::Done;
             }
             _ => self.out.extend_from_slice(line),
         }
@@ -373,14 +438,18 @@ mod tests {
     const HEADER: &str = r#"{"format":"tenant-backup-jsonl","format_version":2,"tool_version":"0","schema":"bienestar","server_version":"15","created_at":"2026-01-01T00:00:00Z","tables":[{"name":"t","columns":[{"name":"id","type":"integer"}]},{"name":"u","columns":[{"name":"id","type":"integer"}]}]}"#;
     const TABLE: &str = r#"["table",{"name":"t","columns":[{"name":"id","type":"integer"}]}]"#;
 
-    fn spooled(lines: &[&str]) -> Result<Spooled> {
+    /// The backup's lines as they would be handed on, or the first error.
+    fn through(lines: &[&str]) -> Result<String> {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        spool(Box::new(io::Cursor::new(text.into_bytes())), "bienestar")
+        let mut backup = Backup::open(Box::new(io::Cursor::new(text.into_bytes())), "bienestar")?;
+        let mut out = Vec::new();
+        while backup.next(&mut out)? {}
+        Ok(String::from_utf8(out).unwrap())
     }
 
     #[test]
-    fn a_whole_backup_is_spooled_with_every_table_it_names() {
-        let mut s = spooled(&[
+    fn a_whole_backup_passes_its_tables_and_rows() {
+        let out = through(&[
             HEADER,
             TABLE,
             r#"{"id":"1"}"#,
@@ -389,17 +458,21 @@ mod tests {
             r#"["end",{"tables":2,"rows":2}]"#,
         ])
         .unwrap();
-        assert_eq!(s.blocks["t"].rows, 2);
-        assert_eq!(s.blocks["u"].rows, 0, "named by the header, held with no rows");
-        let mut rows = String::new();
-        s.file.seek(SeekFrom::Start(s.blocks["t"].start)).unwrap();
-        (&mut s.file).take(s.blocks["t"].len).read_to_string(&mut rows).unwrap();
-        assert_eq!(rows, "{\"id\":\"1\"}\n{\"id\":\"2\"}\n");
+        assert_eq!(out, format!("{TABLE}\n{{\"id\":\"1\"}}\n{{\"id\":\"2\"}}\n"));
     }
 
     #[test]
     fn a_damaged_or_foreign_backup_is_refused() {
         let end = r#"["end",{"tables":2,"rows":1}]"#;
+        let long = format!(
+            r#"{{"format":"tenant-backup-jsonl","format_version":2,"tool_version":"0","schema":"bienestar","server_version":"15","created_at":"2026-01-01T00:00:00Z","tables":[{{"name":"{}","columns":[]}}]}}"#,
+            "x".repeat(64)
+        );
+        let twice = HEADER.replace(r#"{"name":"u""#, r#"{"name":"t""#);
+        let same_column = HEADER.replace(
+            r#"[{"name":"id","type":"integer"}]}]"#,
+            r#"[{"name":"id","type":"integer"},{"name":"id","type":"text"}]}]"#,
+        );
         for (lines, why) in [
             (vec![HEADER, TABLE, r#"{"id":"1"}"#], "truncated"),
             (
@@ -407,7 +480,7 @@ mod tests {
                 "holds 5 rows",
             ),
             (vec![HEADER, r#"{"id":"1"}"#, end], "a row before any table"),
-            (vec![HEADER, TABLE, r#"{"id":"1"}"#, TABLE, end], "a table twice"),
+            (vec![HEADER, TABLE, r#"{"id":"1"}"#, TABLE, end], "comes twice"),
             (
                 vec![HEADER, TABLE, r#"{"id":"1"}"#, end, r#"{"id":"2"}"#],
                 "after its end",
@@ -418,10 +491,17 @@ mod tests {
             ),
             (vec![HEADER, TABLE, r#"["copy",{}]"#, end], "unknown marker"),
             (vec![&HEADER.replace("bienestar", "mindcare"), end], "not bienestar"),
+            (
+                vec![&HEADER.replace(r#""format_version":2"#, r#""format_version":1"#), end],
+                "version 1",
+            ),
+            (vec![&long, end], "cannot hold"),
+            (vec![&twice, end], "twice"),
+            (vec![&same_column, end], "cannot hold"),
         ] {
             let err = format!(
                 "{:#}",
-                spooled(&lines).err().unwrap_or_else(|| panic!("{why}: accepted"))
+                through(&lines).err().unwrap_or_else(|| panic!("{why}: accepted"))
             );
             assert!(err.contains(why), "{why}: {err}");
         }

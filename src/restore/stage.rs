@@ -130,6 +130,13 @@ pub async fn swap(client: &Client, plan: &Plan, session: &DbTarget, unwritten: O
             }
         }
         if let Some(writes) = unwritten {
+            if let Some(previous) = &plan.kept_as {
+                if !writes.is(client, previous).await? {
+                    anyhow::bail!(
+                        "the tenant's schema was made again while the restore ran, so what the application wrote to it cannot be counted (--maintenance): restore again"
+                    );
+                }
+            }
             let n = writes.since(client).await?;
             if n > 0 {
                 anyhow::bail!(

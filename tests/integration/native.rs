@@ -622,8 +622,8 @@ fn a_version_2_dump_naming_what_the_schema_lacks_is_refused_and_nothing_is_touch
     let out = db.run(&["restore", "--tenant", "bienestar", "--file", &key, "--yes"]);
     assert_fails(&out, 1, "the schema does not match the backup");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("has no table not_there"), "{stderr}");
-    assert!(stderr.contains("appointments_tag has no column colour"), "{stderr}");
+    assert!(stderr.contains("has no table \"not_there\""), "{stderr}");
+    assert!(stderr.contains("appointments_tag has no column \"colour\""), "{stderr}");
     assert_eq!(db.fingerprint("bienestar"), live);
     assert_eq!(
         db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bienestar\\_\\_%'"),

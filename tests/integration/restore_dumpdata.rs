@@ -287,6 +287,10 @@ fn a_dumpdata_restore_loads_beside_the_application_and_swaps_in() {
         "SELECT file_path FROM {TENANT}.backups_backuprecord WHERE id = {id}"
     ));
     let history = db.sql("SELECT count(*) FROM mindcare.backups_backuprecord");
+    let migrations = db.sql("SELECT count(*) FROM mindcare.django_migrations");
+    // A row of mindcare's in a table the dump does not hold: it must not stay beside another
+    // clinic's rows.
+    db.sql("INSERT INTO mindcare.auth_group (name) VALUES ('mindcare staff')");
     let out = db.run(&[
         "restore",
         "--tenant",
@@ -298,6 +302,9 @@ fn a_dumpdata_restore_loads_beside_the_application_and_swaps_in() {
         "--yes",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("restored empty: "), "{}", text(&out.stderr));
+    assert_eq!(db.sql("SELECT count(*) FROM mindcare.auth_group"), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM mindcare.django_migrations"), migrations);
     assert_eq!(
         db.sql("SELECT string_agg(first_name, ',' ORDER BY id) FROM mindcare.appointments_patient"),
         db.sql(&format!(
