@@ -47,6 +47,11 @@ pub struct RestoreArgs {
     /// Drop the previous schema once the restore is committed, unless the application wrote to it meanwhile
     #[arg(long)]
     pub drop_previous: bool,
+    /// The application is stopped for this restore: refuse to swap the restored schema in (nothing
+    /// changed) if it wrote anything to the tenant while the restore ran, rather than keep those
+    /// writes in the previous schema and report them
+    #[arg(long, conflicts_with = "into")]
+    pub maintenance: bool,
     /// Connections that build the restored schema's keys, indexes and foreign keys at once, once
     /// its rows are loaded (as pg_restore -j)
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -80,7 +80,8 @@ async fn restore(
     let preview = engine.preview(&opened, &target).await?;
     describe(&tenant, &target_name, &opened.source, &target, &preview.facts);
     if let Some(h) = &opened.header {
-        describe_json(h, &target, &preview.facts, &preview.live_tables);
+        let another = opened.source.source_schema != tenant;
+        describe_json(h, &target, &preview.facts, &preview.live_tables, another);
     }
     if let Some(d) = &opened.dumpdata {
         d.describe();
@@ -93,7 +94,9 @@ async fn restore(
     if !args.yes {
         confirm(&target_name)?;
     }
-    let done = engine.restore(opened, &target, usize::from(args.jobs)).await?;
+    let done = engine
+        .restore(opened, &target, usize::from(args.jobs), args.maintenance)
+        .await?;
     report(
         ctx,
         &tenant,
@@ -147,31 +150,33 @@ fn describe(tenant: &str, target: &str, source: &Source, plan: &Target, facts: &
 
 /// What a json backup holds, against the tables the target has now: a table the backup does not
 /// hold is never emptied silently.
-fn describe_json(header: &crate::jsonl::Header, plan: &Target, facts: &Facts, live: &[crate::jsonl::TableSpec]) {
+fn describe_json(
+    header: &crate::jsonl::Header,
+    plan: &Target,
+    facts: &Facts,
+    live: &[crate::jsonl::TableSpec],
+    another: bool,
+) {
     let missing: Vec<&str> = live
         .iter()
         .filter(|l| !header.tables.iter().any(|t| t.name == l.name))
         .map(|l| l.name.as_str())
         .collect();
     if header.format_version == 2 {
-        let kept = match plan {
-            Target::Replace {
-                drop_previous: false, ..
-            } => format!(
-                "their previous rows are copied to {} first",
-                facts.previous.as_deref().unwrap_or("?")
-            ),
-            _ => "their previous rows are not kept (--drop-previous)".into(),
+        let others = match another {
+            true => "every other table is EMPTY (the backup is another tenant's; django_migrations keeps its rows)",
+            false => "every other table keeps the rows it has",
         };
         eprintln!(
-            "  json     format version 2 (rows only): the {} tables it holds are emptied and loaded in the existing schema; {kept}",
+            "  json     format version 2 (rows only): the {} tables it holds get its rows, {others}; the schema's structure is the live one's (loaded beside it, then swapped in)",
             header.tables.len()
         );
         if !missing.is_empty() {
-            eprintln!(
-                "  untouched tables the backup does not hold, left as they are: {}",
-                missing.join(", ")
-            );
+            let how = match another {
+                true => "restored empty",
+                false => "their rows kept",
+            };
+            eprintln!("  tables the backup does not hold, {how}: {}", missing.join(", "));
         }
         return;
     }

@@ -53,7 +53,59 @@ pub async fn dump(
     prefetched: Option<Prefetched>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
-    let result = dump_inner(client, schema, server_version, created_at, guard, prefetched, &tx).await;
+    let result = dump_inner(
+        client,
+        schema,
+        server_version,
+        created_at,
+        guard,
+        prefetched,
+        Skip::Nothing,
+        &tx,
+    )
+    .await;
+    finish(client, result, &tx).await
+}
+
+/// Whose rows a dump leaves out (their tables' markers are written, with no rows).
+#[derive(Clone, Copy)]
+pub enum Skip<'a> {
+    Nothing,
+    Tables(&'a std::collections::BTreeSet<String>),
+    /// Every table's but these.
+    AllBut(&'a std::collections::BTreeSet<String>),
+}
+
+impl Skip<'_> {
+    fn skips(&self, table: &str) -> bool {
+        match self {
+            Skip::Nothing => false,
+            Skip::Tables(t) => t.contains(table),
+            Skip::AllBut(t) => !t.contains(table),
+        }
+    }
+}
+
+/// [`dump`] without the rows `skip_rows` names: the live schema a rows-only restore completes
+/// (`restore::rows`).
+pub async fn dump_skipping_rows(
+    client: &Client,
+    schema: &str,
+    server_version: &str,
+    created_at: chrono::DateTime<Utc>,
+    skip_rows: Skip<'_>,
+    tx: mpsc::Sender<io::Result<Piece>>,
+) -> Result<BTreeMap<String, u64>> {
+    let result = dump_inner(client, schema, server_version, created_at, None, None, skip_rows, &tx).await;
+    finish(client, result, &tx).await
+}
+
+/// The snapshot ended, and a failure handed to the reading side in the dumper's own words.
+async fn finish(
+    client: &Client,
+    result: Result<BTreeMap<String, u64>>,
+    tx: &mpsc::Sender<io::Result<Piece>>,
+) -> Result<BTreeMap<String, u64>> {
     let _ = client.batch_execute("COMMIT").await;
     if let Err(e) = &result {
         let _ = tx.send(Err(io::Error::other(ProducerError(format!("{e:#}"))))).await;
@@ -61,6 +113,7 @@ pub async fn dump(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn dump_inner(
     client: &Client,
     schema: &str,
@@ -68,6 +121,7 @@ async fn dump_inner(
     created_at: chrono::DateTime<Utc>,
     guard: Option<&crate::restore::guard::Scope>,
     prefetched: Option<Prefetched>,
+    skip_rows: Skip<'_>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
     client
@@ -130,6 +184,10 @@ async fn dump_inner(
     let mut total = 0u64;
     for t in &specs {
         send(Piece::Table(t.clone())).await?;
+        if skip_rows.skips(&t.name) {
+            counts.insert(t.name.clone(), 0);
+            continue;
+        }
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let sql = format!(
             "COPY (SELECT {} FROM {}) TO STDOUT",

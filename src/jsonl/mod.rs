@@ -34,8 +34,8 @@ mod tables;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
-pub use load::{loads_in_place, peek_header, restore, restore_on, JsonRestore, Loaded};
+pub use dump::{dump, dump_skipping_rows, JsonLinesReader, Piece, ProducerError, Skip};
+pub use load::{loads_in_place, peek_header, restore, restore_on, JsonRestore, Loaded, MAX_LINE};
 pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;

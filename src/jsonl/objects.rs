@@ -462,9 +462,13 @@ impl SchemaObjects {
         client
             .batch_execute(&format!("SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}"))
             .await?;
-        let result = Self::read_inner(client, schema, scope).await;
+        let result = Self::read_inner(client, schema, scope)
+            .await
+            .with_context(|| format!("reading the catalog of schema {schema}"))?;
+        // (Only after a read that went through: a failed one aborted the transaction, and its
+        // own error is the one to tell.)
         client.batch_execute(INDEXES_ONLY_END).await?;
-        result.with_context(|| format!("reading the catalog of schema {schema}"))
+        Ok(result)
     }
 
     async fn read_inner(client: &Client, schema: &str, scope: Scope) -> Result<Option<SchemaObjects>> {

@@ -155,6 +155,8 @@ async fn load_rows(
         })
         .collect();
     let names: Vec<&str> = header.tables.iter().map(|t| t.name.as_str()).collect();
+    // Each table marker found by name, not against the whole header (a hostile header may be long).
+    let place: std::collections::HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     // One piece waiting per connection: the reader stays just ahead of the load.
     let (pieces, waiting) = mpsc::channel::<Piece>(loaders.len().max(1));
     let waiting = Mutex::new(waiting);
@@ -183,10 +185,10 @@ async fn load_rows(
                     total += rows;
                 }
                 Event::Table(t) => {
-                    let at = header
-                        .tables
-                        .iter()
-                        .position(|h| h.name == t.name && h.columns == t.columns);
+                    let at = place
+                        .get(t.name.as_str())
+                        .copied()
+                        .filter(|&at| header.tables[at].columns == t.columns);
                     let Some(at) = at else {
                         anyhow::bail!("table {} does not match the dump's header: the dump is damaged", t.name);
                     };

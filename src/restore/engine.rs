@@ -225,22 +225,26 @@ impl<'a> Engine<'a> {
         let file = fetch_verified(self.parts.storage, &source, &shown).await?;
         // The application's dumpdata backups are json too: recognised by their content.
         let dumpdata = crate::dumpdata::recognise(&self.client, &source, file.path(), &shown, &model_table).await?;
-        let header = match (&dumpdata, source.format) {
-            (Some(d), _) => Some(d.header.clone()),
-            (None, DumpFormat::Json) => Some(crate::jsonl::peek_header(open_decompressed(
-                file.path(),
-                &source,
-                &shown,
-            )?)?),
-            _ => None,
+        // A json backup's first lines (up to two of 32 MiB, decrypted and decompressed) are read
+        // off the runtime's thread.
+        let (header, in_place) = match (&dumpdata, source.format) {
+            (Some(d), _) => (Some(d.header.clone()), true),
+            (None, DumpFormat::Json) => {
+                let (path, source, shown) = (file.path().to_path_buf(), source.clone(), shown.clone());
+                tokio::task::spawn_blocking(move || -> Result<_> {
+                    let header = crate::jsonl::peek_header(open_decompressed(&path, &source, &shown)?)?;
+                    let in_place = crate::jsonl::loads_in_place(read_plain(
+                        std::fs::File::open(&path)?,
+                        source.compression,
+                        source.decrypt.as_ref(),
+                    )?)?;
+                    Ok((Some(header), in_place))
+                })
+                .await
+                .context("the reading task panicked")??
+            }
+            _ => (None, false),
         };
-        let in_place = dumpdata.is_some()
-            || source.format == DumpFormat::Json
-                && crate::jsonl::loads_in_place(read_plain(
-                    std::fs::File::open(file.path())?,
-                    source.compression,
-                    source.decrypt.as_ref(),
-                )?)?;
         Ok(Opened {
             tenant,
             source,
@@ -269,8 +273,9 @@ impl<'a> Engine<'a> {
         read_facts(&self.client, p.catalog, p.storage, source, target, p.clock.now()).await
     }
 
-    /// Restores `opened` into `target`, building its last part on `jobs` connections.
-    pub async fn restore(&self, opened: Opened, target: &Target, jobs: usize) -> Result<Restored> {
+    /// Restores `opened` into `target`, building its last part on `jobs` connections;
+    /// `maintenance`: refuse the swap if the application wrote to the tenant meanwhile.
+    pub async fn restore(&self, opened: Opened, target: &Target, jobs: usize, maintenance: bool) -> Result<Restored> {
         let (session, source) = (&self.client, &opened.source);
         // Hold the tenants' locks for the whole restore: no backup, cleanup or other restore of
         // them can run meanwhile.
@@ -294,9 +299,18 @@ impl<'a> Engine<'a> {
             } => facts.previous.as_deref(),
             _ => None,
         };
-        let scope = self.scope(source, &sql).await?;
+        let target_name = target.schema().unwrap_or(&opened.tenant.schema_name);
+        let restoring = || format!("restoring {target_name} from {}; nothing was changed", source.key);
+        // Rows only (they cannot create the schema): completed from the live schema's structure and
+        // the rows of the tables they do not hold, they load like the rest.
+        let whole = match opened.in_place {
+            true => self.completed(&opened).await.with_context(restoring)?,
+            false => None,
+        };
+        let dumped = self.dumped(&opened, whole.is_some());
+        let scope = self.scope_of(dumped, &sql).await?;
         let opts = JsonRestore {
-            source_schema: &source.source_schema,
+            source_schema: dumped,
             target,
             catalog: self.parts.catalog,
             plan: &sql,
@@ -307,12 +321,9 @@ impl<'a> Engine<'a> {
             reconnect: Some(self.parts.session),
             defer_post_data: true,
         };
-        let target_name = target.schema().unwrap_or(&opened.tenant.schema_name);
-        let restoring = || format!("restoring {target_name} from {}; nothing was changed", source.key);
-
-        // Rows only load into the live tables, which the load holds locked, as the tool: nobody
-        // writes meanwhile, and there is nothing to swap.
-        if opened.in_place {
+        if opened.in_place && whole.is_none() {
+            // Into the live tables, which the load holds locked, as the tool: nobody writes
+            // meanwhile, and there is nothing to swap.
             crate::jsonl::restore(session, opened.rows()?, &opts)
                 .await
                 .with_context(restoring)?;
@@ -322,13 +333,13 @@ impl<'a> Engine<'a> {
             });
         }
 
-        // Everything else loads into a staging schema of its own, committed while the
-        // application cannot see it, as the loader role: a login that can create and write only
-        // there (the second wall behind the guard). The live schema is not touched until the swap.
+        // Everything loads into a staging schema of its own, committed while the application
+        // cannot see it, as the loader role: a login that can create and write only there (the
+        // second wall behind the guard). The live schema is not touched until the swap.
         let live = target.schema().filter(|_| facts.target_exists);
-        let references_from: Vec<&str> = live.into_iter().chain([source.source_schema.as_str()]).collect();
+        let references_from: Vec<&str> = live.into_iter().chain([dumped]).collect();
         let load = self
-            .load(&opened, &sql, &opts, &references_from, Some(jobs.max(1)))
+            .load(&opened, whole, &sql, &opts, &references_from, Some(jobs.max(1)))
             .await
             .with_context(restoring)?;
         let Load {
@@ -357,7 +368,8 @@ impl<'a> Engine<'a> {
         let owner = owner_for(session, target_name).await?;
         loading.hand_over(&owner).await.with_context(restoring)?;
         failpoint("handed-over");
-        swap(session, &sql, self.parts.session).await?;
+        let unwritten = opened.writes.as_ref().filter(|_| maintenance);
+        swap(session, &sql, self.parts.session, unwritten).await?;
         staged.swapped();
         failpoint("swapped");
         if let Err(e) = loading.close().await {
@@ -392,9 +404,15 @@ impl<'a> Engine<'a> {
             self.lock_timeout,
             &self.mark,
         );
-        let scope = self.scope(source, &sql).await?;
+        let loading_what = || format!("loading {} inside a rolled-back transaction", source.key);
+        let whole = match opened.in_place {
+            true => self.completed(&opened).await.with_context(loading_what)?,
+            false => None,
+        };
+        let dumped = self.dumped(&opened, whole.is_some());
+        let scope = self.scope_of(dumped, &sql).await?;
         let opts = JsonRestore {
-            source_schema: &source.source_schema,
+            source_schema: dumped,
             target: &Target::Scratch,
             catalog: self.parts.catalog,
             plan: &sql,
@@ -405,38 +423,67 @@ impl<'a> Engine<'a> {
             reconnect: None,
             defer_post_data: false,
         };
-        let loading_what = || format!("loading {} inside a rolled-back transaction", source.key);
-        if opened.in_place {
+        if opened.in_place && whole.is_none() {
+            // Into temporary copies of the live tables, rolled back.
             return Ok(crate::jsonl::restore(session, opened.rows()?, &opts)
                 .await
                 .with_context(loading_what)?
                 .0);
         }
-        let load = self
-            .load(&opened, &sql, &opts, &[&source.source_schema], None)
+        let mut load = self
+            .load(&opened, whole, &sql, &opts, &[dumped], None)
             .await
             .with_context(loading_what)?;
+        // A rows-only backup is checked on what it holds (the rest is the live schema's).
+        if let (true, Some(header)) = (opened.in_place, &opened.header) {
+            load.counts.retain(|t, _| header.tables.iter().any(|h| h.name == *t));
+        }
         load.loading.close().await?;
         load.staged.discard().await?;
         Ok(load.counts)
     }
 
-    /// The guard's scope for a dump of `source`, aimed at the plan's staging schema.
-    async fn scope(&self, source: &Source, sql: &Plan) -> Result<Scope> {
-        Ok(
-            Scope::load(&self.client, &source.source_schema, lock::timeout_ms(self.lock_timeout))
-                .await?
-                .staged(&sql.staging),
+    /// A rows-only backup completed from the tenant's live schema into one whole-schema stream
+    /// ([`super::rows`]), so that it loads like the rest; `None` when the live schema is gone or
+    /// holds what the native format cannot create (it then loads into the live tables).
+    async fn completed(&self, opened: &Opened) -> Result<Option<Box<dyn std::io::BufRead + Send>>> {
+        super::rows::whole_schema(
+            self.parts.session,
+            &opened.tenant.schema_name,
+            &opened.source.source_schema,
+            opened.rows()?,
+            self.lock_timeout,
+            self.parts.clock.now(),
+            &self.mark,
         )
+        .await
+    }
+
+    /// The schema the loaded stream was taken of: the backup's, or for a rows-only backup
+    /// completed from the live schema, the tenant's.
+    fn dumped<'o>(&self, opened: &'o Opened, completed: bool) -> &'o str {
+        match completed {
+            true => &opened.tenant.schema_name,
+            false => &opened.source.source_schema,
+        }
+    }
+
+    /// The guard's scope for a dump of schema `dumped`, aimed at the plan's staging schema.
+    async fn scope_of(&self, dumped: &str, sql: &Plan) -> Result<Scope> {
+        Ok(Scope::load(&self.client, dumped, lock::timeout_ms(self.lock_timeout))
+            .await?
+            .staged(&sql.staging))
     }
 
     /// The load into the plan's staging schema, as the loader role, through psql (plain and
-    /// custom) or the driver (json), every format by the same steps. A restore (`jobs`) opens its
+    /// custom) or the driver (json: the fetched object, or `input` when given), every format by
+    /// the same steps. A restore (`jobs`) opens its
     /// builders' connections while the loader's login window is open, commits, and gets the last
     /// part back to build on them; a verify loads in one transaction that is rolled back.
     async fn load(
         &self,
         opened: &Opened,
+        input: Option<Box<dyn std::io::BufRead + Send>>,
         sql: &Plan,
         opts: &JsonRestore<'_>,
         references_from: &[&str],
@@ -460,7 +507,10 @@ impl<'a> Engine<'a> {
             None => {
                 // Through the driver, on a connection of its own: the tool's session, which holds
                 // the tenant's lock, is left for the swap whatever becomes of the load's.
-                let input = open_decompressed(opened.file.path(), source, &opened.shown)?;
+                let input = match input {
+                    Some(input) => input,
+                    None => open_decompressed(opened.file.path(), source, &opened.shown)?,
+                };
                 let client = loading.connect().await?;
                 prepare_session(&client, &self.mark, lock_timeout).await?;
                 // Every connection of the load is open: no other can log in as the loader.
@@ -582,6 +632,9 @@ async fn drop_unless_written(client: &Client, previous: &str, writes: &Writes, l
         ))
         .await?;
     let result = async {
+        if !writes.is(client, previous).await? {
+            anyhow::bail!("the tenant's schema was made again while the restore ran, so what the application wrote to it cannot be counted");
+        }
         writes.lock_tables(client).await?;
         let n = writes.since(client).await?;
         if n == 0 {

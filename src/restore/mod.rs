@@ -29,6 +29,7 @@ pub mod loader;
 pub mod local;
 pub mod post;
 pub mod psql;
+pub mod rows;
 pub mod run;
 pub mod script;
 pub mod source;

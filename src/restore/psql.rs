@@ -284,7 +284,7 @@ pub fn run_psql(job: &PsqlJob) -> Result<PsqlRun> {
     let epilogue_sent = fed?;
     if checked.skipped > 0 {
         tracing::info!(
-            "{} ownership and privilege statements of the dump were left out: the restored objects belong to the restoring role",
+            "{} ownership and privilege statements of the dump were left out: the restored objects belong to the owner of the tenant's schema",
             checked.skipped
         );
     }

@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result};
 use tokio_postgres::Client;
 
 use super::script::Plan;
+use super::writes::Writes;
 use crate::pg::connect::describe_pg_error;
 use crate::pg::sql::quote_ident;
 use crate::pg::target::DbTarget;
@@ -104,7 +105,11 @@ async fn drop_schema(target: &DbTarget, name: &str, lock_timeout: Duration) -> R
 
 /// Runs the plan's swap in one transaction on `client`: the COMMIT and the caller's report are one
 /// step for a stop, and a COMMIT whose answer was lost is settled by asking the server.
-pub async fn swap(client: &Client, plan: &Plan, session: &DbTarget) -> Result<()> {
+///
+/// `unwritten`: the swap is refused (rolled back) when the application wrote to the live schema
+/// since the restore started (`--maintenance`); counted once the live schema is renamed aside, in
+/// the swap's own transaction, which the application's statements do not wait for.
+pub async fn swap(client: &Client, plan: &Plan, session: &DbTarget, unwritten: Option<&Writes>) -> Result<()> {
     let body = plan.swap.strip_suffix("COMMIT;\n").unwrap_or(&plan.swap);
     let fail = |e: tokio_postgres::Error| anyhow::anyhow!("{}", describe_pg_error(&e));
     let prepared = async {
@@ -121,6 +126,21 @@ pub async fn swap(client: &Client, plan: &Plan, session: &DbTarget) -> Result<()
             if now != (*count, *max_id) {
                 anyhow::bail!(
                     "the tenant's history changed while the restore ran (another program recorded a backup?), so the restored one would miss it; run the restore again"
+                );
+            }
+        }
+        if let Some(writes) = unwritten {
+            if let Some(previous) = &plan.kept_as {
+                if !writes.is(client, previous).await? {
+                    anyhow::bail!(
+                        "the tenant's schema was made again while the restore ran, so what the application wrote to it cannot be counted (--maintenance): restore again"
+                    );
+                }
+            }
+            let n = writes.since(client).await?;
+            if n > 0 {
+                anyhow::bail!(
+                    "the application wrote {n} row(s) to the tenant while the restore ran, and --maintenance says it is stopped: stop its writes and restore again, or restore without --maintenance (what it writes is then kept in the previous schema and reported)"
                 );
             }
         }

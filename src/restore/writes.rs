@@ -52,6 +52,19 @@ impl Writes {
         })
     }
 
+    /// Whether `schema` (by name, now) is the schema noted at the start: a tenant's schema dropped
+    /// and made again meanwhile is another, whose writes this cannot count.
+    pub async fn is(&self, client: &Client, schema: &str) -> Result<bool> {
+        let now: Option<u32> = client
+            .query_one(
+                "SELECT (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                &[&schema],
+            )
+            .await?
+            .get(0);
+        Ok(now.is_some() && now == self.schema_oid)
+    }
+
     /// Locks every table of the schema (now set aside) against writes, inside the caller's
     /// transaction: after it the count cannot change.
     pub async fn lock_tables(&self, client: &Client) -> Result<()> {

@@ -569,27 +569,94 @@ fn a_dropped_schema_restores_from_the_default_format_with_the_structure_pg_dump_
     assert_eq!(db.data("mindcare"), rows);
 }
 
-#[test]
-fn a_version_2_dump_still_loads_into_the_existing_tables() {
-    let db = TestDb::new();
-    let before = db.data("bienestar");
-    let b = json_backup(&db, "bienestar", &["--compress", "none"]);
+/// A json backup of bienestar rewritten as format version 2 (version 3 without the structure
+/// line), with `edit` applied to its header, without a manifest; its key.
+fn version_2_backup(db: &TestDb, edit: impl Fn(&mut Value)) -> String {
+    let b = json_backup(db, "bienestar", &["--compress", "none"]);
     let key = b["key"].as_str().unwrap().to_string();
-    // Version 2 is version 3 without the structure line.
     let v3 = std::fs::read_to_string(db.storage().join(&key)).unwrap();
     let mut lines = v3.lines();
     let mut header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     header["format_version"] = 2.into();
+    edit(&mut header);
     assert!(lines.next().unwrap().starts_with("[\"structure\","));
+    // Each table's marker says what the header says of it.
+    let marker = |l: &str| -> String {
+        let Ok(Value::Array(m)) = serde_json::from_str::<Value>(l) else {
+            return l.to_string();
+        };
+        match header["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| m[0] == "table" && t["name"] == m[1]["name"])
+        {
+            Some(spec) => serde_json::json!(["table", spec]).to_string(),
+            None => l.to_string(),
+        }
+    };
     let v2: String = std::iter::once(header.to_string())
-        .chain(lines.map(str::to_string))
+        .chain(lines.map(marker))
         .map(|l| l + "\n")
         .collect();
     std::fs::write(db.storage().join(&key), v2).unwrap();
     std::fs::remove_file(db.storage().join(format!("{key}.manifest.json"))).unwrap();
+    key
+}
+
+#[test]
+fn a_version_2_dump_naming_what_the_schema_lacks_is_refused_and_nothing_is_touched() {
+    let db = TestDb::new();
+    // A table the schema does not have (its rows follow the header's spec: a damaged or foreign
+    // object) and a column it does not have.
+    let key = version_2_backup(&db, |h| {
+        let tables = h["tables"].as_array_mut().unwrap();
+        let tag = tables.iter_mut().find(|t| t["name"] == "appointments_tag").unwrap();
+        tag["columns"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "colour", "type": "text"}));
+        tables.push(serde_json::json!({"name": "not_there", "columns": []}));
+    });
+    let live = db.fingerprint("bienestar");
+    let out = db.run(&["restore", "--tenant", "bienestar", "--file", &key, "--yes"]);
+    assert_fails(&out, 1, "the schema does not match the backup");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("has no table \"not_there\""), "{stderr}");
+    assert!(stderr.contains("appointments_tag has no column \"colour\""), "{stderr}");
+    assert_eq!(db.fingerprint("bienestar"), live);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bienestar\\_\\_%'"),
+        "0"
+    );
+}
+
+#[test]
+fn a_version_2_dump_still_loads_into_the_existing_tables() {
+    let db = TestDb::new();
+    let before = db.data("bienestar");
+    let key = version_2_backup(&db, |_| {});
 
     db.sql("DELETE FROM bienestar.appointments_appointment WHERE id % 3 = 0; UPDATE bienestar.appointments_patient SET notes = 'x'");
-    restore_file(&db, "bienestar", &key);
+    // Loaded beside the application (into a staging schema, then swapped in): its open
+    // transaction on a table the backup holds is not waited for.
+    let app = AppSession::start(
+        &db,
+        "clinic",
+        "BEGIN; INSERT INTO bienestar.appointments_tag (name) VALUES ('open'); SELECT pg_sleep(600)",
+    );
+    let out = db.run(&[
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--file",
+        &key,
+        "--yes",
+        "--lock-timeout",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(app);
     assert_eq!(db.data("bienestar"), before);
 
     // It cannot create a dropped schema: it says what to do instead.

@@ -244,3 +244,97 @@ fn damaged_foreign_or_unplaceable_dumpdata_is_refused_and_nothing_is_touched() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(without_history(db.fingerprint(TENANT)), live, "the same data, restored");
 }
+
+#[test]
+fn a_dumpdata_restore_loads_beside_the_application_and_swaps_in() {
+    // Rows only, like every format: loaded into a staging schema (the live structure, the rows of
+    // the tables it does not hold) as the loader role, then swapped in. The application, mid-way
+    // through a transaction on a table the backup holds, is never waited for: a load into the
+    // live tables would need them emptied first, and wait for it past --lock-timeout.
+    let db = TestDb::new();
+    as_dumpdata_holds(&db);
+    let before = db.data(TENANT);
+    let id = application_backup(&db, "json", &genuine("clinica_demo.json"));
+    vandalize(&db);
+    let app = AppSession::start(
+        &db,
+        "clinic",
+        &format!("BEGIN; INSERT INTO {TENANT}.appointments_tag (name) VALUES ('open'); SELECT pg_sleep(600)"),
+    );
+    let out = restore(&db, id, &["--lock-timeout", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(app);
+    assert_eq!(db.data(TENANT), before);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = '{TENANT}' AND c.relowner <> n.nspowner"
+        )),
+        "0",
+        "loaded by the loader, handed to the tenant's owner"
+    );
+    // Into another schema too, now that it creates one (the tenant left as it is).
+    let live = db.fingerprint(TENANT);
+    let out = restore(&db, id, &["--into", "clinica_copy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(db.fingerprint(TENANT), live);
+    assert_eq!(
+        without(&db.data("clinica_copy"), "backups_backuprecord"),
+        without(&before, "backups_backuprecord")
+    );
+    // And into another tenant, said in so many words (its own history kept).
+    let key = db.sql(&format!(
+        "SELECT file_path FROM {TENANT}.backups_backuprecord WHERE id = {id}"
+    ));
+    let history = db.sql("SELECT count(*) FROM mindcare.backups_backuprecord");
+    let migrations = db.sql("SELECT count(*) FROM mindcare.django_migrations");
+    // A row of mindcare's in a table the dump does not hold: it must not stay beside another
+    // clinic's rows.
+    db.sql("INSERT INTO mindcare.auth_group (name) VALUES ('mindcare staff')");
+    let out = db.run(&[
+        "restore",
+        "--tenant",
+        "mindcare",
+        "--file",
+        &key,
+        "--from-tenant",
+        TENANT,
+        "--yes",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("restored empty: "), "{}", text(&out.stderr));
+    assert_eq!(db.sql("SELECT count(*) FROM mindcare.auth_group"), "0");
+    assert_eq!(db.sql("SELECT count(*) FROM mindcare.django_migrations"), migrations);
+    assert_eq!(
+        db.sql("SELECT string_agg(first_name, ',' ORDER BY id) FROM mindcare.appointments_patient"),
+        db.sql(&format!(
+            "SELECT string_agg(first_name, ',' ORDER BY id) FROM {TENANT}.appointments_patient"
+        ))
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM mindcare.backups_backuprecord"), history);
+}
+
+#[test]
+fn a_dumpdata_restore_blocked_by_the_application_names_it_and_changes_nothing() {
+    // The live schema's rows are read for the tables the dump does not hold; a migration holding
+    // one of them is waited for no longer than --lock-timeout, and named.
+    let db = TestDb::new();
+    let id = application_backup(&db, "json", &genuine("clinica_demo.json"));
+    let live = db.fingerprint(TENANT);
+    let app = AppSession::start(
+        &db,
+        "migrating",
+        &format!("BEGIN; LOCK TABLE {TENANT}.django_migrations IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)"),
+    );
+    let out = restore(&db, id, &["--lock-timeout", "2"]);
+    drop(app);
+    assert_fails(&out, 1, "--lock-timeout");
+    assert!(text(&out.stderr).contains("migrating"), "{}", text(&out.stderr));
+    assert_eq!(db.fingerprint(TENANT), live);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '{TENANT}\\_\\_%'"
+        )),
+        "0"
+    );
+}

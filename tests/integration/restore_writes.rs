@@ -101,3 +101,58 @@ fn writes_made_during_a_restore_are_reported_and_never_dropped_silently() {
         before
     );
 }
+
+#[test]
+fn maintenance_refuses_the_swap_when_the_application_wrote_and_changes_nothing() {
+    // --maintenance: the operator says the application is stopped; a write during the restore
+    // means it is not, and the restore changes nothing rather than leave that write behind.
+    let db = TestDb::new();
+    let id = db.backup(&["--tenant", "bienestar"])["id"].to_string();
+    // The application holds the schema's catalog row, so the swap waits: a write then comes in.
+    let app = AppSession::start(
+        &db,
+        "holder",
+        "BEGIN; GRANT USAGE ON SCHEMA bienestar TO PUBLIC; SELECT pg_sleep(600)",
+    );
+    let restore = db.spawn(&[
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--id",
+        &id,
+        "--yes",
+        "--maintenance",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'") == "0" {
+        assert!(Instant::now() < deadline, "the restore never waited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    db.sql("INSERT INTO bienestar.appointments_tag (name) VALUES ('written during the restore')");
+    let live = db.fingerprint("bienestar");
+    drop(app);
+    let out = restore.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("wrote 1 row(s)"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--maintenance"), "{}", text(&out.stderr));
+    assert_eq!(db.fingerprint("bienestar"), live, "nothing changed");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bienestar\\_\\_%'"),
+        "0",
+        "no staging schema, no previous schema"
+    );
+    // With nobody writing it restores.
+    db.ok(&[
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--id",
+        &id,
+        "--yes",
+        "--maintenance",
+    ]);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM bienestar.appointments_tag WHERE name = 'written during the restore'"),
+        "0"
+    );
+}
