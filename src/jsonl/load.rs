@@ -199,7 +199,7 @@ pub fn loads_in_place(mut input: Box<dyn BufRead + Send>) -> Result<bool> {
     }
     line.clear();
     read_line(&mut input, &mut line).context("reading the dump (corrupt or truncated object)")?;
-    let marker: (String, serde_json::Value) = serde_json::from_slice(&line).context("a damaged line")?;
+    let marker: (String, serde_json::Value) = serde_json::from_slice(&line).map_err(|_| anyhow::anyhow!("a damaged line"))?;
     if marker.0 != "structure" {
         anyhow::bail!("the dump has no structure section after its header: it is damaged");
     }
@@ -330,7 +330,7 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
                 rows += 1;
                 return Ok(None);
             }
-            let marker: (String, serde_json::Value) = serde_json::from_slice(&line).context("a damaged line")?;
+            let marker: (String, serde_json::Value) = serde_json::from_slice(&line).map_err(|_| anyhow::anyhow!("a damaged line"))?;
             Ok(Some(match marker.0.as_str() {
                 "table" => {
                     let spec: TableSpec = serde_json::from_value(marker.1)?;
@@ -578,6 +578,8 @@ async fn load_rows(
     let failed = |name: &str, e: tokio_postgres::Error| {
         anyhow::anyhow!("{}", describe_pg_error_without_data(&e)).context(format!("loading {name}"))
     };
+    // Each marker is found by name: a header may name many tables.
+    let specs: BTreeMap<&str, &TableSpec> = header.tables.iter().map(|t| (t.name.as_str(), t)).collect();
     while let Some(event) = rx.recv().await {
         let event = event?;
         if let Event::Rows { copy, rows } = event {
@@ -594,9 +596,9 @@ async fn load_rows(
             Event::Table(t) => {
                 let Some(to) = dest
                     .get(&t.name)
-                    .filter(|_| header.tables.iter().any(|h| h.name == t.name && h.columns == t.columns))
+                    .filter(|_| specs.get(t.name.as_str()).is_some_and(|h| h.columns == t.columns))
                 else {
-                    anyhow::bail!("table {} does not match the dump's header: the dump is damaged", t.name);
+                    anyhow::bail!("table {:?} does not match the dump's header: the dump is damaged", t.name);
                 };
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
                 let copy = client
