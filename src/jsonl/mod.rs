@@ -1,6 +1,7 @@
 //! The native `json` format: no pg_dump at all, only the driver. One consistent snapshot
 //! (`REPEATABLE READ READ ONLY`) of the schema's structure and of every table, each streamed with
-//! `COPY (SELECT …) TO STDOUT` and written as JSON Lines:
+//! `COPY table (columns) TO STDOUT` (a partitioned table through `COPY (SELECT …)`) and written as
+//! JSON Lines:
 //!
 //! ```text
 //! {"format":"tenant-backup-jsonl","format_version":3,…,"tables":[{"name":…,"columns":[…]}…]}   header
