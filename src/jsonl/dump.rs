@@ -49,7 +49,7 @@ pub async fn dump(
     schema: &str,
     server_version: &str,
     created_at: chrono::DateTime<Utc>,
-    guard: Option<&crate::restore::guard::Scope>,
+    guard: Option<super::SelfCheck<'_>>,
     prefetched: Option<Prefetched>,
     tx: mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
@@ -66,7 +66,7 @@ async fn dump_inner(
     schema: &str,
     server_version: &str,
     created_at: chrono::DateTime<Utc>,
-    guard: Option<&crate::restore::guard::Scope>,
+    guard: Option<super::SelfCheck<'_>>,
     prefetched: Option<Prefetched>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
@@ -99,8 +99,8 @@ async fn dump_inner(
         anyhow::bail!("schema {schema:?} has no tables");
     }
     let structure = Structure::from_objects(schema, &objects);
-    if let Some(scope) = guard {
-        structure.check(scope).map_err(|why| {
+    if let Some(guard) = guard {
+        guard.passed.check(&structure, guard.scope).map_err(|why| {
             anyhow::anyhow!("{why}; the backup failed: a backup that a restore would refuse is not a backup")
         })?;
     }

@@ -28,6 +28,7 @@ mod dump;
 mod load;
 mod objects;
 mod rebuild;
+mod selfcheck;
 mod structure;
 mod tables;
 
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use dump::{dump, JsonLinesReader, Piece, ProducerError};
 pub use load::{loads_in_place, peek_header, restore, JsonRestore, Loaded};
 pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
+pub use selfcheck::{PassedShapes, SelfCheck};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
 
