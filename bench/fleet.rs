@@ -524,6 +524,22 @@ impl Bench<'_> {
             }
         }
         let base = median(costs[0].clone());
+        // Each round's ratio to the whole dump of the same round: the spread of the medians below.
+        let spread: Vec<String> = costs
+            .iter()
+            .map(|c| {
+                let range = |f: &dyn Fn(&Cost) -> Duration| {
+                    let r: Vec<f64> = c
+                        .iter()
+                        .zip(&costs[0])
+                        .map(|(x, b)| f(x).as_secs_f64() / f(b).as_secs_f64().max(1e-3))
+                        .collect();
+                    let (lo, hi) = r.iter().fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                    format!("{lo:.2}-{hi:.2}x")
+                };
+                format!("wall {}, server CPU {}", range(&|c| c.wall), range(&|c| c.server))
+            })
+            .collect();
         println!(
             "{:<52} {:>10} {:>8} {:>12} {:>8} {:>12} {:>10}",
             "every tenant", "wall", "ratio", "server CPU", "ratio", "tool CPU", "peak RSS"
@@ -549,6 +565,10 @@ impl Bench<'_> {
                 }
             );
             out.push((name, m));
+        }
+        println!("  each round's ratios to that round's whole dump:");
+        for (name, spread) in names.iter().zip(&spread).skip(1) {
+            println!("  {name:<50} {spread}");
         }
     }
 

@@ -183,10 +183,7 @@ async fn dump_inner(
 /// partitioned table cannot be copied from directly, nor a table with no column to list: their
 /// rows are read through a query.
 fn copy_out_sql(objects: &SchemaObjects, schema: &str, table: &str, cols: &[String]) -> String {
-    let partitioned = objects
-        .relations
-        .iter()
-        .any(|r| r.name == table && r.kind == "p");
+    let partitioned = objects.relations.iter().any(|r| r.name == table && r.kind == "p");
     if partitioned || cols.is_empty() {
         format!(
             "COPY (SELECT {} FROM {}) TO STDOUT",

@@ -151,9 +151,8 @@ fn without_schema(sql: &str, schema: &str) -> Vec<u8> {
     while i < text.len() {
         let here = &text[i..];
         let starts_word = i == 0 || !word(text[i - 1]);
-        let quoted = here.first() == Some(&b'"')
-            && here[1..].starts_with(name)
-            && here[1 + name.len()..].starts_with(b"\".");
+        let quoted =
+            here.first() == Some(&b'"') && here[1..].starts_with(name) && here[1 + name.len()..].starts_with(b"\".");
         if starts_word && quoted {
             out.extend_from_slice(b"\"\0\"");
             i += name.len() + 2;
@@ -175,7 +174,10 @@ mod tests {
     #[test]
     fn only_the_schema_as_a_qualifier_is_taken_out() {
         assert_eq!(
-            without_schema("CREATE TABLE c1.t (x int DEFAULT nextval('c1.s'::regclass)) -- xc1.t c10.t c1", "c1"),
+            without_schema(
+                "CREATE TABLE c1.t (x int DEFAULT nextval('c1.s'::regclass)) -- xc1.t c10.t c1",
+                "c1"
+            ),
             b"CREATE TABLE \0.t (x int DEFAULT nextval('\0.s'::regclass)) -- xc1.t c10.t c1".to_vec()
         );
         assert_eq!(

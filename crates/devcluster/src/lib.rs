@@ -376,7 +376,10 @@ mod tests {
             .sql("postgres", "ALTER SYSTEM SET max_locks_per_transaction = 128")
             .unwrap();
         cluster.restart().unwrap();
-        assert_eq!(cluster.sql("postgres", "SHOW max_locks_per_transaction").unwrap(), "128");
+        assert_eq!(
+            cluster.sql("postgres", "SHOW max_locks_per_transaction").unwrap(),
+            "128"
+        );
         assert_eq!(cluster.sql("postgres", "SHOW autovacuum").unwrap(), "off");
         assert_eq!(cluster.sql("postgres", "SELECT count(*) FROM kept").unwrap(), "0");
         cluster.stop();
