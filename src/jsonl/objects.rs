@@ -282,10 +282,21 @@ const STATISTICS: &str =
 /// JIT is off for them: the planner's estimates for `= ANY(oids)` over 100 tenants pass
 /// `jit_optimize_above_cost`, and compiling the expressions of the batched fingerprint alone cost
 /// 1.5 s of server CPU per 100 tenants (EXPLAIN ANALYZE at 1,000 tenants: 1.8 s in all, 0.3 s
-/// without the compilation), for a statement that reads a few thousand index entries.
-const INDEXES_ONLY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off";
-const INDEXES_ONLY_END: &str = "SET LOCAL enable_seqscan TO DEFAULT; SET LOCAL enable_bitmapscan TO DEFAULT; \
-     SET LOCAL jit TO DEFAULT; SET LOCAL search_path TO DEFAULT";
+/// without the compilation), for a statement that reads a few thousand index entries. (`jit` is
+/// set only where the server has it, from PostgreSQL 11: `current_setting(…, true)` is NULL
+/// before.)
+const INDEXES_ONLY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+     SELECT pg_catalog.set_config('jit', 'off', true) WHERE pg_catalog.current_setting('jit', true) IS NOT NULL";
+/// Puts back what [`INDEXES_ONLY`] set but `jit` ([`JIT_BACK`]).
+const INDEXES_ONLY_END: &str =
+    "SET LOCAL enable_seqscan TO DEFAULT; SET LOCAL enable_bitmapscan TO DEFAULT; SET LOCAL search_path TO DEFAULT";
+/// `SET LOCAL jit TO DEFAULT` where the server has `jit`.
+const JIT_BACK: &str =
+    "SELECT pg_catalog.set_config(s.name, s.reset_val, true) FROM pg_catalog.pg_settings s WHERE s.name = 'jit'";
+/// The fingerprint's generic plan for the rest of the dump's transaction (which runs no other
+/// prepared statement), where the server has `plan_cache_mode` (PostgreSQL 12).
+const GENERIC_PLAN: &str = "SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true) \
+     WHERE pg_catalog.current_setting('plan_cache_mode', true) IS NOT NULL";
 
 /// How much of the schema to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,7 +387,8 @@ pub async fn prepare_fingerprint(client: &Client) -> Result<()> {
 
 /// The schema's fingerprint and its sequences' values now, through the prepared statement (see
 /// [`prepare_fingerprint`]), after `opening` (the dump's `BEGIN`), all in one round trip; the
-/// catalog settings it needs are put back after it. None when the schema is gone.
+/// catalog settings it needs are put back after it, but for `jit` and the generic plan, left for
+/// the rest of the dump's transaction (its `COPY`s plan no query). None when the schema is gone.
 async fn fingerprint_now(
     client: &Client,
     opening: &str,
@@ -384,12 +396,13 @@ async fn fingerprint_now(
 ) -> Result<Option<(String, HashMap<u32, Option<i64>>)>> {
     use tokio_postgres::SimpleQueryMessage;
     let sql = format!(
-        "{opening}; SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}; SET LOCAL plan_cache_mode = force_generic_plan; \
-         EXECUTE {FINGERPRINT_NAME}(ARRAY[{}]::text[], true); {INDEXES_ONLY_END}; SET LOCAL plan_cache_mode TO DEFAULT",
+        "{opening}; SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}; {GENERIC_PLAN}; \
+         EXECUTE {FINGERPRINT_NAME}(ARRAY[{}]::text[], true); {INDEXES_ONLY_END}",
         crate::pg::sql::literal(schema)
     );
+    // The fingerprint's row, not the settings' (one column each).
     let Some(row) = client.simple_query(&sql).await?.into_iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => Some(r),
+        SimpleQueryMessage::Row(r) if r.len() == 4 => Some(r),
         _ => None,
     }) else {
         return Ok(None);
@@ -489,7 +502,7 @@ impl SchemaObjects {
             .batch_execute(&format!("SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}"))
             .await?;
         let result = Self::read_inner(client, schema, scope).await;
-        client.batch_execute(INDEXES_ONLY_END).await?;
+        client.batch_execute(&format!("{INDEXES_ONLY_END}; {JIT_BACK}")).await?;
         result.with_context(|| format!("reading the catalog of schema {schema}"))
     }
 
