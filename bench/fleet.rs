@@ -13,7 +13,12 @@
 //!    every tenant's history, `psql` running one `UNION ALL` over all their tables (BENCH_REPEAT
 //!    runs).
 //!
-//! BENCH_BIN runs another build of the tool (an earlier commit's) on the same fleet.
+//! Before them at the big size, one whole-database pg_dump at the server's default
+//! `max_locks_per_transaction`: when it fails ("out of shared memory"), its error is printed and
+//! the setting raised to 2048 for the comparison only (tenant-backup runs at the default).
+//!
+//! BENCH_BIN runs another build of the tool (an earlier commit's) on the same fleet, BENCH_BEFORE
+//! one beside this one.
 //!
 //! Then the growth: each figure at the big size over the same at 10 tenants. BENCH_SQL_ALL=1 adds
 //! `backup --all --format sql` to the fleet runs (pg_dump per tenant: slow at 1,000 tenants).
@@ -47,7 +52,7 @@ struct Cost {
 }
 
 struct Bench<'a> {
-    cluster: &'a DevCluster,
+    cluster: DevCluster,
     bin: &'a str,
     url: String,
     work: &'a Path,
@@ -68,29 +73,23 @@ fn main() {
     if big <= SMALL {
         die(&format!("BENCH_TENANTS must be above {SMALL}"));
     }
-    // A whole-database pg_dump locks every table (15 per tenant, and their sequences); autovacuum,
-    // busy with the new tables, would add its own work to the measurements.
-    let cluster = DevCluster::start_with(&[("max_locks_per_transaction", "2048"), ("autovacuum", "off")])
-        .unwrap_or_else(|e| die(&e.to_string()));
+    // Autovacuum, busy with the new tables, would add its own work to the measurements. The server
+    // starts at the default max_locks_per_transaction: see `Bench::locks`.
+    let cluster = DevCluster::start_with(&[("autovacuum", "off")]).unwrap_or_else(|e| die(&e.to_string()));
     cluster
         .create_database(DB, None)
         .unwrap_or_else(|e| die(&e.to_string()));
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/django_tenants.sql");
     cluster.load_file(DB, &fixture).unwrap_or_else(|e| die(&e.to_string()));
     let work = tempfile::tempdir().unwrap();
-    let data_dir = cluster
-        .sql(DB, "SELECT current_setting('data_directory')")
-        .unwrap_or_else(|e| die(&e.to_string()));
-    let postmaster = std::fs::read_to_string(Path::new(&data_dir).join("postmaster.pid"))
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-        .unwrap_or_else(|| die("cannot read the server's pid"));
+    let postmaster = postmaster_pid(&cluster);
     // BENCH_BIN: another build of the tool (an earlier commit's), to compare on the same fleet.
     let bin = std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenant-backup").to_string());
+    let url = cluster.url(DB);
     let bench = Bench {
-        cluster: &cluster,
+        cluster,
         bin: &bin,
-        url: cluster.url(DB),
+        url,
         work: work.path(),
         postmaster,
         bucket: work.path().join("none"),
@@ -116,6 +115,9 @@ fn main() {
             built.as_secs_f64()
         );
         let mut r = Vec::new();
+        if n == big {
+            bench.locks();
+        }
         bench.single(repeat, &mut r);
         bench.fleet(fleet_repeat, sql_all, &mut r);
         bench.listings(repeat, &mut r);
@@ -147,7 +149,18 @@ fn main() {
             b.server.as_secs_f64() / s.server.as_secs_f64().max(1e-6),
         );
     }
-    cluster.stop();
+    bench.cluster.stop();
+}
+
+/// The postmaster's pid, from its pid file.
+fn postmaster_pid(cluster: &DevCluster) -> i32 {
+    let data_dir = cluster
+        .sql(DB, "SELECT current_setting('data_directory')")
+        .unwrap_or_else(|e| die(&e.to_string()));
+    std::fs::read_to_string(Path::new(&data_dir).join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or_else(|| die("cannot read the server's pid"))
 }
 
 fn secs(d: Duration) -> String {
@@ -389,31 +402,71 @@ impl Bench<'_> {
         let _ = std::fs::remove_dir_all(&store);
     }
 
+    /// A whole-database pg_dump takes a lock on every table in one transaction: at the server's
+    /// default `max_locks_per_transaction` a big fleet is more than its lock table holds. Tried
+    /// once at the default; when it fails, its error is printed and the setting raised to 2048
+    /// (`ALTER SYSTEM`, a restart) for the comparison only. tenant-backup needs no such setting:
+    /// it holds one tenant's locks at a time.
+    fn locks(&mut self) {
+        let default = self.sql("SHOW max_locks_per_transaction");
+        match self.try_whole_dump() {
+            Ok(c) => println!(
+                "whole-database pg_dump at the default max_locks_per_transaction ({default}): succeeded in {}",
+                secs(c.wall)
+            ),
+            Err(why) => {
+                println!("whole-database pg_dump at the default max_locks_per_transaction ({default}): FAILED");
+                for line in why.lines().filter(|l| !l.trim().is_empty()).take(4) {
+                    println!("  {line}");
+                }
+                println!("  raising max_locks_per_transaction to 2048 (ALTER SYSTEM, restart) for the comparison only; tenant-backup runs with the default");
+                self.sql("ALTER SYSTEM SET max_locks_per_transaction = 2048");
+                self.cluster.restart().unwrap_or_else(|e| die(&e.to_string()));
+                self.postmaster = postmaster_pid(&self.cluster);
+            }
+        }
+    }
+
     /// One whole-database `pg_dump | zstd -3` into a file: the floor for backing everyone up.
     fn whole_dump(&mut self) -> Cost {
+        self.try_whole_dump()
+            .unwrap_or_else(|why| die(&format!("the whole-database pg_dump failed: {why}")))
+    }
+
+    /// [`Bench::whole_dump`], or pg_dump's error.
+    fn try_whole_dump(&mut self) -> Result<Cost, String> {
         let file = self.work.join("whole.sql.zst");
         let before = self.server_cpu();
         let start = Instant::now();
         let mut c = Command::new(self.cluster.bin("pg_dump"));
         c.args(["--no-owner", "--no-privileges"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         self.libpq(&mut c);
         let mut child = c.spawn().unwrap_or_else(|e| die(&e.to_string()));
         let mut stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
         let dest = std::fs::File::create(&file).unwrap();
         zstd::stream::copy_encode(&mut stdout, dest, 3).unwrap_or_else(|e| die(&e.to_string()));
-        if !child.wait().unwrap().success() {
-            die("the whole-database pg_dump failed");
-        }
+        let ok = child.wait().unwrap().success();
         let wall = start.elapsed();
         let _ = std::fs::remove_file(&file);
-        Cost {
+        let errors = errors.join().unwrap_or_default();
+        if !ok {
+            return Err(errors);
+        }
+        eprint!("{errors}");
+        Ok(Cost {
             wall,
             server: self.server_cpu().saturating_sub(before),
             rss_kb: 0,
             own: Duration::ZERO,
-        }
+        })
     }
 
     fn fleet(&mut self, repeat: usize, sql_all: bool, out: &mut Vec<(&'static str, Cost)>) {
@@ -471,6 +524,22 @@ impl Bench<'_> {
             }
         }
         let base = median(costs[0].clone());
+        // Each round's ratio to the whole dump of the same round: the spread of the medians below.
+        let spread: Vec<String> = costs
+            .iter()
+            .map(|c| {
+                let range = |f: &dyn Fn(&Cost) -> Duration| {
+                    let r: Vec<f64> = c
+                        .iter()
+                        .zip(&costs[0])
+                        .map(|(x, b)| f(x).as_secs_f64() / f(b).as_secs_f64().max(1e-3))
+                        .collect();
+                    let (lo, hi) = r.iter().fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                    format!("{lo:.2}-{hi:.2}x")
+                };
+                format!("wall {}, server CPU {}", range(&|c| c.wall), range(&|c| c.server))
+            })
+            .collect();
         println!(
             "{:<52} {:>10} {:>8} {:>12} {:>8} {:>12} {:>10}",
             "every tenant", "wall", "ratio", "server CPU", "ratio", "tool CPU", "peak RSS"
@@ -496,6 +565,10 @@ impl Bench<'_> {
                 }
             );
             out.push((name, m));
+        }
+        println!("  each round's ratios to that round's whole dump:");
+        for (name, spread) in names.iter().zip(&spread).skip(1) {
+            println!("  {name:<50} {spread}");
         }
     }
 

@@ -146,6 +146,7 @@ impl Context {
             }),
             signing_key: self.keys.signing_key.clone(),
             guard_names: Default::default(),
+            passed_shapes: Default::default(),
             prefetch: Default::default(),
         })
     }

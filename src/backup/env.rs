@@ -107,6 +107,9 @@ pub struct BackupEnv {
     /// The database's names the restore guard checks every dump against, read once a run (see
     /// [`BackupEnv::guard_scope`]).
     pub guard_names: tokio::sync::OnceCell<std::sync::Arc<crate::restore::guard::Names>>,
+    /// The native structures' shapes that passed the guard in this run, against `guard_names`
+    /// (see [`crate::jsonl::PassedShapes`]).
+    pub passed_shapes: crate::jsonl::PassedShapes,
     /// The structure of a run's tenants, read many at a time (native format only; see
     /// [`super::prefetch`]).
     pub prefetch: super::prefetch::Prefetch,

@@ -274,7 +274,10 @@ async fn produce(
             &req.tenant.schema_name,
             &env.server_version,
             env.clock.now(),
-            scope.as_ref(),
+            scope.as_ref().map(|scope| crate::jsonl::SelfCheck {
+                scope,
+                passed: &env.passed_shapes,
+            }),
             prefetched,
             tx,
         )

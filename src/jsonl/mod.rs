@@ -1,6 +1,7 @@
 //! The native `json` format: no pg_dump at all, only the driver. One consistent snapshot
 //! (`REPEATABLE READ READ ONLY`) of the schema's structure and of every table, each streamed with
-//! `COPY (SELECT …) TO STDOUT` and written as JSON Lines:
+//! `COPY table (columns) TO STDOUT` (a partitioned table through `COPY (SELECT …)`) and written as
+//! JSON Lines:
 //!
 //! ```text
 //! {"format":"tenant-backup-jsonl","format_version":3,…,"tables":[{"name":…,"columns":[…]}…]}   header
@@ -28,6 +29,7 @@ mod load;
 mod objects;
 mod parallel;
 mod rebuild;
+mod selfcheck;
 mod structure;
 mod tables;
 
@@ -37,6 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use dump::{dump, dump_skipping_rows, JsonLinesReader, Piece, ProducerError, Skip};
 pub use load::{loads_in_place, peek_header, restore, restore_on, JsonRestore, Loaded, MAX_LINE};
 pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
+pub use selfcheck::{PassedShapes, SelfCheck};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
 

@@ -157,11 +157,17 @@ impl DevCluster {
 
         let port = free_port()?;
         let log = base.join("postgres.log");
+        // The server runs again when it stops with a `restart` file beside it (DevCluster::restart).
         let script = format!(
-            r#"{postgres} -D {data} -p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off \
--c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB{extra} >{log} 2>&1 &
+            r#"while :; do
+{postgres} -D {data} -p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off \
+-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB{extra} >>{log} 2>&1 &
 pg=$!
 while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.3; done
+kill -0 $pg 2>/dev/null || wait $pg
+if [ -d /proc/{parent} ] && [ -f {base}/restart ]; then rm -f {base}/restart; continue; fi
+break
+done
 kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
             postgres = sh_quote(&bin_dir.join("postgres")),
             data = sh_quote(&data),
@@ -303,6 +309,32 @@ kill -INT $pg 2>/dev/null; wait $pg; rm -rf {base}"#,
         Err(last.expect("at least one attempt"))
     }
 
+    /// Stops the server (fast shutdown) and starts it again on the same data, with what
+    /// `ALTER SYSTEM` set since (settings given to [`DevCluster::start_with`] still win), e.g. a
+    /// bench that shows a failure at a default setting, then raises it.
+    pub fn restart(&mut self) -> Result<(), DevClusterError> {
+        let pid_file = self.base.join("data/postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            .ok_or_else(|| failed("restarting postgres", "no postmaster.pid"))?;
+        let flag = self.base.join("restart");
+        std::fs::write(&flag, b"").map_err(|e| failed("restarting postgres", e))?;
+        chown(&flag, server_user()?)?;
+        // SAFETY: sending a signal to a pid we read from the server's own pid file.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The old server is gone when its pid no longer answers; then the new one gets ready.
+        // SAFETY: signal 0 only asks whether the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            if Instant::now() > deadline {
+                return Err(failed("restarting postgres", "the server did not stop"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_ready(&self.base.join("postgres.log"))
+    }
+
     /// Stops the server (fast shutdown) and removes its files.
     pub fn stop(mut self) {
         self.shutdown();
@@ -329,4 +361,27 @@ impl Drop for DevCluster {
 
 fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_keeps_the_data_and_takes_what_alter_system_set() {
+        let mut cluster = DevCluster::start_with(&[("autovacuum", "off")]).unwrap();
+        cluster.sql("postgres", "CREATE TABLE kept (x int)").unwrap();
+        assert_eq!(cluster.sql("postgres", "SHOW max_locks_per_transaction").unwrap(), "64");
+        cluster
+            .sql("postgres", "ALTER SYSTEM SET max_locks_per_transaction = 128")
+            .unwrap();
+        cluster.restart().unwrap();
+        assert_eq!(
+            cluster.sql("postgres", "SHOW max_locks_per_transaction").unwrap(),
+            "128"
+        );
+        assert_eq!(cluster.sql("postgres", "SHOW autovacuum").unwrap(), "off");
+        assert_eq!(cluster.sql("postgres", "SELECT count(*) FROM kept").unwrap(), "0");
+        cluster.stop();
+    }
 }

@@ -112,7 +112,7 @@ impl Catalog {
     pub async fn insert_record(&self, client: &Client, schema: &str, rec: &NewRecord<'_>) -> Result<i64, InsertError> {
         let sql = format!(
             "INSERT INTO {} (file_name, file_path, file_size, backup_type, created_at, created_by_id) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, pg_catalog.txid_current()",
             self.records_in(schema)
         );
         let kind = rec.kind.as_db();
@@ -124,11 +124,7 @@ impl Catalog {
             ))
         };
         client.batch_execute("BEGIN").await.map_err(failed)?;
-        let xid: i64 = client
-            .query_typed("SELECT pg_catalog.txid_current()", &[])
-            .await
-            .map_err(failed)?[0]
-            .get(0);
+        // The row's transaction id comes back with its id: asked for after a lost COMMIT.
         let result = client
             .query_typed(
                 &sql,
@@ -142,8 +138,8 @@ impl Catalog {
                 ],
             )
             .await;
-        let id = match result {
-            Ok(rows) => rows[0].get::<_, i64>(0),
+        let (id, xid) = match result {
+            Ok(rows) => (rows[0].get::<_, i64>(0), rows[0].get::<_, i64>(1)),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(InsertError::Failed(anyhow::anyhow!(
