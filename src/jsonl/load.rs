@@ -199,7 +199,8 @@ pub fn loads_in_place(mut input: Box<dyn BufRead + Send>) -> Result<bool> {
     }
     line.clear();
     read_line(&mut input, &mut line).context("reading the dump (corrupt or truncated object)")?;
-    let marker: (String, serde_json::Value) = serde_json::from_slice(&line).map_err(|_| anyhow::anyhow!("a damaged line"))?;
+    let marker: (String, serde_json::Value) =
+        serde_json::from_slice(&line).map_err(|_| anyhow::anyhow!("a damaged line"))?;
     if marker.0 != "structure" {
         anyhow::bail!("the dump has no structure section after its header: it is damaged");
     }
@@ -330,7 +331,8 @@ fn read_events(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<Result<Event
                 rows += 1;
                 return Ok(None);
             }
-            let marker: (String, serde_json::Value) = serde_json::from_slice(&line).map_err(|_| anyhow::anyhow!("a damaged line"))?;
+            let marker: (String, serde_json::Value) =
+                serde_json::from_slice(&line).map_err(|_| anyhow::anyhow!("a damaged line"))?;
             Ok(Some(match marker.0.as_str() {
                 "table" => {
                     let spec: TableSpec = serde_json::from_value(marker.1)?;
@@ -598,7 +600,10 @@ async fn load_rows(
                     .get(&t.name)
                     .filter(|_| specs.get(t.name.as_str()).is_some_and(|h| h.columns == t.columns))
                 else {
-                    anyhow::bail!("table {:?} does not match the dump's header: the dump is damaged", t.name);
+                    anyhow::bail!(
+                        "table {:?} does not match the dump's header: the dump is damaged",
+                        t.name
+                    );
                 };
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
                 let copy = client
