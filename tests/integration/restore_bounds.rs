@@ -165,12 +165,7 @@ fn killed_while_waiting(db: &TestDb, sql: &str, drop_previous: bool) {
         args.push("--drop-previous");
     }
     let mut tool = db.spawn(&args);
-    let ours = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.sql(ours) == "0" {
-        assert!(Instant::now() < deadline, "the restore never reached the lock");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    db.until_the_tool_waits_for_a_lock();
     tool.kill().unwrap();
     tool.wait().unwrap();
     let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%'";

@@ -74,20 +74,16 @@ fn a_copy_failing_on_one_loader_connection_rolls_the_whole_load_back() {
     lines[end - 10] = serde_json::to_string(&row).unwrap();
     tamper(&db, &key, (lines.join("\n") + "\n").as_bytes());
     let live = db.fingerprint("bienestar");
-    let out = db
-        .cmd()
-        .args([
-            "restore",
-            "--tenant",
-            "bienestar",
-            "--file",
-            &key,
-            "--yes",
-            "--jobs",
-            "2",
-        ])
-        .output()
-        .unwrap();
+    let out = db.run(&[
+        "restore",
+        "--tenant",
+        "bienestar",
+        "--file",
+        &key,
+        "--yes",
+        "--jobs",
+        "2",
+    ]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("appointments_tag"), "{stderr}");

@@ -3,21 +3,7 @@
 //! the live schema is untouched; a restore killed before it leaves the tenant as it was, and its
 //! leftover is found and dropped by `cleanup --orphans`. Verify never touches the live schema.
 
-use std::time::{Duration, Instant};
-
 use crate::support::*;
-
-/// Waits until one of the tool's sessions waits for a lock.
-fn until_waiting(db: &TestDb) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while db.sql(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'",
-    ) == "0"
-    {
-        assert!(Instant::now() < deadline, "the restore never waited for the swap");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 const STAGING: &str =
     "SELECT coalesce(string_agg(nspname, ','), '') FROM pg_namespace WHERE nspname LIKE 'bienestar\\_\\_restore\\_%'";
@@ -47,7 +33,7 @@ fn the_live_schema_is_untouched_until_the_swap_and_a_killed_restore_leaves_it_as
             "--lock-timeout",
             "120",
         ]);
-        until_waiting(&db);
+        db.until_the_tool_waits_for_a_lock();
         // Loaded and committed, out of the application's sight; the live schema as it was.
         let staging = db.sql(STAGING);
         assert!(!staging.is_empty() && !staging.contains(','), "{format}: {staging:?}");
@@ -104,7 +90,7 @@ fn a_staging_schema_of_a_running_restore_is_never_dropped_by_cleanup() {
         "--lock-timeout",
         "120",
     ]);
-    until_waiting(&db);
+    db.until_the_tool_waits_for_a_lock();
     let staging = db.sql(STAGING);
     let out = db.cmd().args(["cleanup", "--orphans", "--fix"]).output().unwrap();
     assert!(

@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -44,11 +43,7 @@ fn writes_made_during_a_restore_are_reported_and_never_dropped_silently() {
             "--yes",
             "--drop-previous",
         ]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'") == "0" {
-            assert!(Instant::now() < deadline, "the restore never waited");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        db.until_the_tool_waits_for_a_lock();
         db.sql(&format!(
             "INSERT INTO bienestar.appointments_tag (name) VALUES ('written during the restore {format}')"
         ));
@@ -123,11 +118,7 @@ fn maintenance_refuses_the_swap_when_the_application_wrote_and_changes_nothing()
         "--yes",
         "--maintenance",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'") == "0" {
-        assert!(Instant::now() < deadline, "the restore never waited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    db.until_the_tool_waits_for_a_lock();
     db.sql("INSERT INTO bienestar.appointments_tag (name) VALUES ('written during the restore')");
     let live = db.fingerprint("bienestar");
     drop(app);

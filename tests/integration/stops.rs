@@ -87,10 +87,6 @@ fn tool_sessions(db: &TestDb) -> i64 {
         .unwrap()
 }
 
-fn waiting_for_a_lock(db: &TestDb) -> bool {
-    db.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'") != "0"
-}
-
 fn alive(pid: i32) -> bool {
     // Reaped or not, a process that has exited no longer counts: look at its state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -248,7 +244,7 @@ fn run_scheduled_stopped_by_a_signal_leaves_the_tenant_due() {
         );
         let child = spawn(&db, tmp.path(), &["run-scheduled", "--format", "json"]);
         wait_until("the dump to wait for the lock", Duration::from_secs(20), || {
-            waiting_for_a_lock(&db)
+            db.tool_waits_for_a_lock()
         });
         assert!(spooling(&db, tmp.path()), "{:?}", db.all_files());
         unsafe { libc::kill(child.id() as i32, signal.0) };
@@ -297,7 +293,7 @@ fn restore_stopped_by_a_signal_rolls_back_and_leaves_the_tenant_unchanged() {
             ],
         );
         wait_until("psql to wait for the lock", Duration::from_secs(20), || {
-            waiting_for_a_lock(&db)
+            db.tool_waits_for_a_lock()
         });
         unsafe { libc::kill(child.id() as i32, signal.0) };
         let out = finish(child, Duration::from_secs(15));

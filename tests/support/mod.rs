@@ -97,6 +97,23 @@ impl TestDb {
         text(&out.stdout)
     }
 
+    /// Whether one of the tool's sessions waits for a lock now.
+    pub fn tool_waits_for_a_lock(&self) -> bool {
+        self.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name LIKE 'tenant-backup%' AND wait_event_type = 'Lock'",
+        ) != "0"
+    }
+
+    /// Waits, up to a minute, until one of the tool's sessions waits for a lock.
+    pub fn until_the_tool_waits_for_a_lock(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.tool_waits_for_a_lock() {
+            assert!(std::time::Instant::now() < deadline, "the tool never waited for a lock");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The binary started in the background, with the same environment as [`TestDb::cmd`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         tool()
