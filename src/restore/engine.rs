@@ -390,7 +390,8 @@ impl<'a> Engine<'a> {
     }
 
     /// Loads `opened` as a restore would, into a staging schema that is then dropped (or, rows
-    /// only, into temporary copies of the live tables, rolled back): every table's row count.
+    /// only where the live schema cannot complete them, into temporary copies of the live tables,
+    /// rolled back): every table's row count.
     /// The live schema is never touched.
     pub async fn verify(&self, opened: Opened) -> Result<Counts> {
         let (session, source) = (&self.client, &opened.source);
@@ -528,7 +529,7 @@ impl<'a> Engine<'a> {
                     builders.len(),
                     tools,
                     self.parts.session,
-                    &self.client,
+                    opts.scope.clone(),
                     opened.file.path(),
                     source,
                     sql,

@@ -166,45 +166,6 @@ async fn watch(client: tokio_postgres::Client, app: String, seen: Arc<Mutex<Vec<
     }
 }
 
-/// A restore (`commits`) or verify of the fetched `dump` through psql and the installation of
-/// `tools`, on `session` (`client` is a connection there, for the dump's [`Scope`]).
-#[allow(clippy::too_many_arguments)]
-pub async fn through_psql(
-    tools: &crate::pg::tools::PgDump,
-    session: &DbTarget,
-    load_as: &DbTarget,
-    client: &tokio_postgres::Client,
-    dump: &std::path::Path,
-    source: &super::Source,
-    plan: &super::Plan,
-    commits: bool,
-    watch: &Watch,
-    progress: &crate::progress::Shown,
-) -> Result<Ran> {
-    let scope = super::guard::Scope::load(
-        client,
-        &source.source_schema,
-        crate::pg::lock::timeout_ms(watch.lock_timeout),
-    )
-    .await?
-    .staged(&plan.staging);
-    let plan = plan.clone();
-    let job = PsqlJob {
-        psql: tools.sibling("psql"),
-        pg_restore: tools.sibling("pg_restore"),
-        restrict: crate::pg::tools::knows_restrict(&tools.version),
-        target: load_as.clone(),
-        application_name: application_name(&plan.mark),
-        dump: dump.to_path_buf(),
-        source: source.clone(),
-        plan,
-        scope,
-        progress: progress.clone(),
-        defer_post_data: commits,
-    };
-    execute(job, session, commits, watch).await
-}
-
 /// The application_name of a restore's sessions.
 pub fn application_name(mark: &str) -> String {
     format!("tenant-backup restore {mark}")
@@ -231,7 +192,9 @@ pub fn new_mark() -> String {
     format!("tb-{}", super::psql::random_key(12))
 }
 
-/// [`through_psql`] logged in as the loader: psql connects on its own, so the loader's login
+/// A restore (`commits`) or verify of the fetched `dump` through psql and the installation of
+/// `tools`, logged in as the loader (`scope`: what the dump may name, aimed at the staging
+/// schema); the tool's own session is `session`. psql connects on its own, so the loader's login
 /// window is sealed once it (and the `others` connections already open) are connected.
 #[allow(clippy::too_many_arguments)]
 pub async fn through_psql_as_loader(
@@ -239,7 +202,7 @@ pub async fn through_psql_as_loader(
     others: usize,
     tools: &crate::pg::tools::PgDump,
     session: &DbTarget,
-    client: &tokio_postgres::Client,
+    scope: super::guard::Scope,
     dump: &std::path::Path,
     source: &super::Source,
     plan: &super::Plan,
@@ -247,13 +210,22 @@ pub async fn through_psql_as_loader(
     watch: &Watch,
     progress: &crate::progress::Shown,
 ) -> Result<Ran> {
-    let load_as = loading.target()?.clone();
+    let job = PsqlJob {
+        psql: tools.sibling("psql"),
+        pg_restore: tools.sibling("pg_restore"),
+        restrict: crate::pg::tools::knows_restrict(&tools.version),
+        target: loading.target()?.clone(),
+        application_name: application_name(&plan.mark),
+        dump: dump.to_path_buf(),
+        source: source.clone(),
+        plan: plan.clone(),
+        scope,
+        progress: progress.clone(),
+        defer_post_data: commits,
+    };
     let done = std::sync::atomic::AtomicBool::new(false);
     let load = async {
-        let ran = through_psql(
-            tools, session, &load_as, client, dump, source, plan, commits, watch, progress,
-        )
-        .await;
+        let ran = execute(job, session, commits, watch).await;
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         ran
     };
