@@ -126,9 +126,29 @@ async fn dump_inner(
 ) -> Result<BTreeMap<String, u64>> {
     let begin = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {VALUE_SETTINGS}");
     let current = match prefetched {
-        Some(p) => {
-            // The snapshot begins in the same round trip as the fingerprint read in it.
-            let current = SchemaObjects::still_current(client, &begin, schema, p).await?;
+        Some(mut p) => {
+            // In the snapshot the structure was read in, while its reader still holds it: no
+            // fingerprint to check.
+            let imported = match p.snapshot.take() {
+                Some(lease) => {
+                    let read = SchemaObjects::imported(client, VALUE_SETTINGS, &lease.id, &p).await;
+                    drop(lease);
+                    match read {
+                        Ok(objects) => Some(objects),
+                        Err(e) => {
+                            tracing::debug!("{schema}: importing the batched read's snapshot: {e:#}; checking its fingerprint instead");
+                            client.batch_execute("ROLLBACK").await?;
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            // Else the snapshot begins in the same round trip as the fingerprint read in it.
+            let current = match imported {
+                Some(objects) => Some(objects),
+                None => SchemaObjects::still_current(client, &begin, schema, p).await?,
+            };
             if current.is_none() {
                 tracing::info!(
                     "{schema}: its catalog changed since this run read it with other tenants' (a migration?); reading its structure again in the backup's own snapshot"
@@ -211,6 +231,7 @@ async fn dump_inner(
         total += rows;
         counts.insert(t.name.clone(), rows);
     }
+    not_rewritten(client, schema, &objects, &specs, skip_rows).await?;
     // Read with the rest of the catalog, in the same snapshot.
     let mut seqs: Vec<SequenceValue> = objects
         .sequences
@@ -231,6 +252,52 @@ async fn dump_inner(
     ))))
     .await?;
     Ok(counts)
+}
+
+/// Fails when a table whose rows were read was rewritten between the snapshot and its `COPY`:
+/// `TRUNCATE`, a rewriting `ALTER TABLE`, `VACUUM FULL` or `CLUSTER` gives it a new file, in which
+/// an older snapshot sees no rows at all (PostgreSQL's documented MVCC caveat), so the backup
+/// would hold an empty table and say OK. Each `COPY` holds its table's lock to the end of the
+/// transaction, so the file the server names now (`pg_relation_filenode`, read from the current
+/// catalog) is the one the `COPY` read; the snapshot's own `pg_class` row names the file it knew.
+async fn not_rewritten(
+    client: &Client,
+    schema: &str,
+    objects: &SchemaObjects,
+    specs: &[TableSpec],
+    skip_rows: Skip<'_>,
+) -> Result<()> {
+    let read: Vec<String> = specs
+        .iter()
+        .filter(|t| !skip_rows.skips(&t.name))
+        .filter_map(|t| objects.relations.iter().find(|r| r.name == t.name && r.kind == "r"))
+        .map(|r| r.oid.to_string())
+        .collect();
+    if read.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT c.relname::text FROM pg_catalog.pg_class c WHERE c.oid = ANY('{{{}}}'::pg_catalog.oid[]) \
+         AND pg_catalog.pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode ORDER BY 1",
+        read.join(",")
+    );
+    let rewritten: Vec<String> = client
+        .simple_query(&sql)
+        .await
+        .context("checking that no table was rewritten during the backup")?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    if !rewritten.is_empty() {
+        anyhow::bail!(
+            "{schema}: {} rewritten (TRUNCATE, ALTER TABLE, VACUUM FULL or CLUSTER) after the backup's snapshot was taken and before its rows were read, so the snapshot saw it empty; nothing was stored: run the backup again",
+            rewritten.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// How a table's rows are read. A plain table through `COPY table (columns)`, which the server

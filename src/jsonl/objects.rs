@@ -491,6 +491,32 @@ fn functions_sql(version: i32) -> String {
 pub struct Prefetched {
     pub objects: SchemaObjects,
     fingerprint: String,
+    /// The snapshot the read was made in, exported for the dump to import, while its reader
+    /// still holds it open ([`SchemaObjects::read_many_exported`]).
+    pub snapshot: Option<std::sync::Arc<SnapshotLease>>,
+}
+
+/// A share in a snapshot another connection exported and holds open: the dump that imports it
+/// reads its rows in the very snapshot its structure was read in. Dropped once imported (or not
+/// to be), so the holder knows when nobody needs the snapshot any more.
+pub struct SnapshotLease {
+    pub id: String,
+    /// Told when the lease is dropped.
+    pub on_drop: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SnapshotLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotLease").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for SnapshotLease {
+    fn drop(&mut self) {
+        if let Some(release) = &self.on_drop {
+            release();
+        }
+    }
 }
 
 impl SchemaObjects {
@@ -589,6 +615,82 @@ impl SchemaObjects {
         Ok(out)
     }
 
+    /// [`SchemaObjects::read_many`] in a snapshot exported first (`pg_export_snapshot`), whose
+    /// transaction is left open on `client`: the caller holds it while dumps import the snapshot
+    /// ([`SchemaObjects::imported`]), then ends it. Returns the snapshot's id with the objects (no
+    /// lease set: the caller hands those out). On failure the transaction is rolled back.
+    pub async fn read_many_exported(
+        client: &Client,
+        schemas: &[String],
+    ) -> Result<(String, BTreeMap<String, Prefetched>)> {
+        let read = async {
+            client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
+                    super::VALUE_SETTINGS
+                ))
+                .await?;
+            let row = client.query_one("SELECT pg_catalog.pg_export_snapshot()", &[]).await?;
+            let id: String = row.get(0);
+            client
+                .batch_execute(&format!("SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}"))
+                .await?;
+            let out = Self::read_many_inner(client, schemas).await?;
+            client.batch_execute(INDEXES_ONLY_END).await?;
+            anyhow::Ok((id, out))
+        };
+        match read.await {
+            Ok(read) => Ok(read),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(e.context("reading the catalog of many schemas at once in an exported snapshot"))
+            }
+        }
+    }
+
+    /// Begins the dump's transaction on `client` in the snapshot `prefetched` was read in
+    /// (`SET TRANSACTION SNAPSHOT`), with `settings`, and reads the sequences' values (which are
+    /// not transactional: read after the snapshot, as pg_dump reads them), all in one round trip.
+    /// No fingerprint is needed: the structure and the rows come from one snapshot. An error
+    /// (the holder let the snapshot go) leaves the transaction aborted: the caller rolls back.
+    pub async fn imported(
+        client: &Client,
+        settings: &str,
+        snapshot: &str,
+        prefetched: &Prefetched,
+    ) -> Result<SchemaObjects> {
+        use tokio_postgres::SimpleQueryMessage;
+        let mut objects = prefetched.objects.clone();
+        let seqs: Vec<String> = objects.sequences.iter().map(|s| s.oid.to_string()).collect();
+        let mut sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; {settings}",
+            crate::pg::sql::literal(snapshot)
+        );
+        if !seqs.is_empty() {
+            sql.push_str(&format!(
+                "; SELECT s.oid, CASE WHEN pg_catalog.has_sequence_privilege(s.oid, 'SELECT,USAGE') \
+                 THEN pg_catalog.pg_sequence_last_value(s.oid) END \
+                 FROM pg_catalog.unnest('{{{}}}'::pg_catalog.oid[]) AS s(oid)",
+                seqs.join(",")
+            ));
+        }
+        let mut values = HashMap::new();
+        for m in client.simple_query(&sql).await? {
+            if let SimpleQueryMessage::Row(r) = m {
+                let oid: u32 = r.get(0).unwrap_or_default().parse().context("a sequence's oid")?;
+                let value = match r.get(1) {
+                    None => None,
+                    Some(v) => Some(v.parse::<i64>().context("a sequence's value")?),
+                };
+                values.insert(oid, value);
+            }
+        }
+        for s in &mut objects.sequences {
+            s.last_value = values.get(&s.oid).copied().flatten();
+        }
+        Ok(objects)
+    }
+
     async fn read_many_inner(client: &Client, schemas: &[String]) -> Result<BTreeMap<String, Prefetched>> {
         let names = schemas.to_vec();
         let tops = client.query_typed(OBJECTS, &[(&names, Type::TEXT_ARRAY)]).await?;
@@ -681,6 +783,7 @@ impl SchemaObjects {
                 Prefetched {
                     objects: assemble(top, rows),
                     fingerprint: fingerprint.clone(),
+                    snapshot: None,
                 },
             );
         }

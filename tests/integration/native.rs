@@ -708,3 +708,61 @@ fn a_schema_holding_what_the_native_format_cannot_create_is_refused_once_dropped
         "0"
     );
 }
+
+/// A table rewritten after a json backup's snapshot was taken and before its rows were read
+/// (TRUNCATE, an ALTER TABLE that rewrites it): the snapshot sees the new, empty file, so the
+/// backup would hold the table empty and say OK. It must fail instead, storing nothing.
+#[test]
+fn a_table_rewritten_between_the_snapshot_and_its_copy_fails_the_backup_instead_of_storing_it_empty() {
+    use std::io::Write as _;
+    for rewrite in [
+        "TRUNCATE mindcare.appointments_appointment",
+        "ALTER TABLE mindcare.appointments_appointment ADD COLUMN drawn integer DEFAULT (random() * 10)::integer",
+    ] {
+        let db = TestDb::new();
+        std::fs::create_dir_all(db.storage()).unwrap();
+        let records = db.record_count("mindcare");
+        // The application's migration, holding its lock until told to commit.
+        let mut app = cluster()
+            .psql_command(&db.name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut to_app = app.stdin.take().unwrap();
+        writeln!(to_app, "BEGIN; {rewrite};").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while db.sql(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'mindcare.appointments_appointment'::regclass \
+             AND mode = 'AccessExclusiveLock' AND granted",
+        ) != "1"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{rewrite}: the migration never took its lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let backup = db.spawn(&[
+            "--json",
+            "--no-progress",
+            "backup",
+            "--tenant",
+            "mindcare",
+            "--format",
+            "json",
+        ]);
+        // The backup's snapshot is taken; its COPY of the table waits for the migration.
+        db.until_the_tool_waits_for_a_lock();
+        writeln!(to_app, "COMMIT;").unwrap();
+        drop(to_app);
+        assert!(app.wait().unwrap().success());
+        let out = backup.wait_with_output().unwrap();
+        assert_fails(&out, 1, "appointments_appointment rewritten");
+        assert_eq!(db.record_count("mindcare"), records, "{rewrite}: no history row");
+        assert!(db.objects().is_empty(), "{rewrite}: nothing stored: {:?}", db.objects());
+        // Run again, it backs up the table as it now is.
+        db.ok(&["--no-progress", "backup", "--tenant", "mindcare", "--format", "json"]);
+    }
+}
