@@ -80,15 +80,17 @@ pub async fn run_backups(
 ) -> Vec<TenantResult> {
     let prefetching = env.pg_dump.is_none() && jobs.len() > 1;
     if prefetching {
-        env.prefetch
-            .plan(jobs.iter().map(|j| j.tenant.schema_name.clone()).collect());
+        env.prefetch.plan(
+            jobs.iter().map(|j| j.tenant.schema_name.clone()).collect(),
+            Some(session.clone()),
+        );
     }
     let idle = Connections {
         prepare_fingerprint: prefetching,
         ..Default::default()
     };
     let idle = &idle;
-    stream::iter(jobs)
+    let results = stream::iter(jobs)
         .map(|job| async move {
             let tenant = job.tenant.schema_name.clone();
             let status = match idle.take(session).await {
@@ -116,8 +118,10 @@ pub async fn run_backups(
         })
         // In the order asked (tenant order), however many run at once.
         .buffered(concurrency.max(1))
-        .collect()
-        .await
+        .collect::<Vec<_>>()
+        .await;
+    env.prefetch.finish();
+    results
 }
 
 /// The run's session connections between tenants.

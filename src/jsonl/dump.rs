@@ -106,7 +106,10 @@ async fn finish(
     result: Result<BTreeMap<String, u64>>,
     tx: &mpsc::Sender<io::Result<Piece>>,
 ) -> Result<BTreeMap<String, u64>> {
-    let _ = client.batch_execute("COMMIT").await;
+    // (A dump that went through ended its snapshot with its last read: `not_rewritten`.)
+    if result.is_err() {
+        let _ = client.batch_execute("COMMIT").await;
+    }
     if let Err(e) = &result {
         let _ = tx.send(Err(io::Error::other(ProducerError(format!("{e:#}"))))).await;
     }
@@ -260,6 +263,7 @@ async fn dump_inner(
 /// would hold an empty table and say OK. Each `COPY` holds its table's lock to the end of the
 /// transaction, so the file the server names now (`pg_relation_filenode`, read from the current
 /// catalog) is the one the `COPY` read; the snapshot's own `pg_class` row names the file it knew.
+/// The snapshot's read-only transaction ends in the same round trip.
 async fn not_rewritten(
     client: &Client,
     schema: &str,
@@ -273,12 +277,9 @@ async fn not_rewritten(
         .filter_map(|t| objects.relations.iter().find(|r| r.name == t.name && r.kind == "r"))
         .map(|r| r.oid.to_string())
         .collect();
-    if read.is_empty() {
-        return Ok(());
-    }
     let sql = format!(
         "SELECT c.relname::text FROM pg_catalog.pg_class c WHERE c.oid = ANY('{{{}}}'::pg_catalog.oid[]) \
-         AND pg_catalog.pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode ORDER BY 1",
+         AND pg_catalog.pg_relation_filenode(c.oid) IS DISTINCT FROM c.relfilenode ORDER BY 1; COMMIT",
         read.join(",")
     );
     let rewritten: Vec<String> = client

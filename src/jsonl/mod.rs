@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dump::{dump, dump_skipping_rows, JsonLinesReader, Piece, ProducerError, Skip};
 pub use load::{loads_in_place, peek_header, restore, restore_on, JsonRestore, Loaded, MAX_LINE};
-pub use objects::{prepare_fingerprint, Prefetched, PREFETCH_CHUNK};
+pub use objects::{prepare_fingerprint, Prefetched, SnapshotLease, PREFETCH_CHUNK};
 pub use selfcheck::{PassedShapes, SelfCheck};
 pub use structure::{Ddl, Structure};
 pub use tables::tables;
@@ -51,6 +51,16 @@ pub async fn prefetch(
     schemas: &[String],
 ) -> anyhow::Result<std::collections::BTreeMap<String, Prefetched>> {
     objects::SchemaObjects::read_many(client, schemas).await
+}
+
+/// [`prefetch`] in a snapshot exported first, whose transaction is left open on `client` for the
+/// caller to end once the dumps have imported it (see
+/// [`objects::SchemaObjects::read_many_exported`]): the snapshot's id, and the structures.
+pub async fn prefetch_exported(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+) -> anyhow::Result<(String, std::collections::BTreeMap<String, Prefetched>)> {
+    objects::SchemaObjects::read_many_exported(client, schemas).await
 }
 
 pub const FORMAT: &str = "tenant-backup-jsonl";

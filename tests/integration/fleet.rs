@@ -192,10 +192,12 @@ fn backup_all_keeps_one_connection_per_worker_and_a_failing_tenant_fails_alone()
     // costs its lock, its backupable check, one round trip that begins its snapshot and checks
     // the catalog's fingerprint in it, its 15 tables' COPY, the COMMIT, and its row (BEGIN, the
     // INSERT that also returns its transaction id, COMMIT), then the unlock: 23, 371 here.
+    eprintln!("{count} statements for 16 tenants");
     assert!(count <= 24 * 16, "{count} statements for 16 tenants");
-    // The catalog connection, two workers, and one more after the failed tenant's was dropped.
+    // The catalog connection, two workers, one more after the failed tenant's was dropped, and
+    // the one holding the batched read's snapshot for the tenants to import.
     assert!(
-        processes.len() <= 4,
+        processes.len() <= 5,
         "{} server processes for 16 tenants: {processes:#?}",
         processes.len()
     );
@@ -328,5 +330,57 @@ fn the_structure_read_for_many_tenants_at_once_is_used_only_while_the_tenants_ow
         }
         drop(client);
         let _ = task.await;
+    });
+}
+
+#[test]
+fn a_dump_in_the_batched_reads_exported_snapshot_is_the_dump_of_that_moment_and_falls_back_once_it_is_let_go() {
+    use tenant_backup::jsonl::{prefetch_exported, SnapshotLease};
+    let db = TestDb::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        };
+        let (client, holder, later) = (connect().await, connect().await, connect().await);
+        tenant_backup::jsonl::prepare_fingerprint(&client).await.unwrap();
+        let schemas: Vec<String> = vec!["mindcare".into(), "bienestar".into()];
+        let leased = |read: &std::collections::BTreeMap<String, tenant_backup::jsonl::Prefetched>, id: &str| {
+            let mut part = read["mindcare"].clone();
+            part.snapshot = Some(std::sync::Arc::new(SnapshotLease {
+                id: id.to_string(),
+                on_drop: None,
+            }));
+            part
+        };
+
+        // Nothing changed: the same dump a tenant's own read gives.
+        let before = json_dump(&client, "mindcare", None).await;
+        let (id, read) = prefetch_exported(&holder, &schemas).await.unwrap();
+        assert_eq!(json_dump(&client, "mindcare", Some(leased(&read, &id))).await, before);
+
+        // Whatever commits after the snapshot, structure or rows, is not in the dump: it is the
+        // dump of the moment the structure was read, both from one snapshot.
+        let (later_id, later_read) = prefetch_exported(&later, &schemas).await.unwrap();
+        db.sql(
+            "COMMENT ON COLUMN mindcare.appointments_tag.name IS 'commented by a migration'; \
+             ALTER TABLE mindcare.appointments_tag ADD COLUMN color text NOT NULL DEFAULT 'red'; \
+             UPDATE mindcare.appointments_patient SET notes = 'changed after the snapshot'",
+        );
+        let dumped = json_dump(&client, "mindcare", Some(leased(&later_read, &later_id))).await;
+        assert_eq!(dumped, before);
+
+        // Once the holder let its snapshot go, the dump checks the fingerprint in its own
+        // snapshot instead, sees the migration, and reads the structure again.
+        holder.batch_execute("COMMIT").await.unwrap();
+        let after = json_dump(&client, "mindcare", Some(leased(&read, &id))).await;
+        assert!(after.contains("commented by a migration") && after.contains("changed after the snapshot"));
+        assert_eq!(after, json_dump(&client, "mindcare", None).await);
+        later.batch_execute("COMMIT").await.unwrap();
     });
 }
