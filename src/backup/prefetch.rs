@@ -23,8 +23,8 @@ use tokio_postgres::Client;
 use crate::jsonl::{Prefetched, SnapshotLease, PREFETCH_CHUNK};
 use crate::pg::target::DbTarget;
 
-/// The longest a chunk's snapshot is held open for its tenants. A hundred small tenants take a
-/// second or two; a tenant that starts later than [`HOLD`] less a second uses its own snapshot.
+/// The longest a chunk's snapshot is held open for its tenants. A chunk of small tenants takes
+/// well under a second; a tenant that starts later than [`HOLD`] less a second uses its own snapshot.
 const HOLD: Duration = Duration::from_secs(5);
 /// Connections holding a chunk's snapshot at once, beside the workers' own.
 const HOLDERS: usize = 2;

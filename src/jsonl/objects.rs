@@ -429,7 +429,10 @@ async fn fingerprint_now(
 }
 
 /// Schemas whose structure one run reads in one go (one statement per catalog for all of them).
-pub const PREFETCH_CHUNK: usize = 100;
+/// The chunk's rows and objects are the run's largest allocation: at 100 a run's peak RSS was
+/// 44 MB at 1,000 tenants against 26 MB at 10, at 25 it is 30 MB; the server plans each batched
+/// statement once a chunk (about 9 ms a chunk in all), 3.6 s more at 10,000 tenants than at 100.
+pub const PREFETCH_CHUNK: usize = 25;
 
 async fn query(client: &Client, sql: &str, oids: &Vec<u32>) -> Result<Vec<Row>> {
     Ok(client
