@@ -58,6 +58,9 @@ struct Plan {
 struct Holders {
     idle: Mutex<Vec<Client>>,
     busy: AtomicUsize,
+    /// A read in an exported snapshot failed (a server or pooler that cannot export one): the
+    /// run's other chunks are read the other way.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Prefetch {
@@ -144,6 +147,9 @@ impl Prefetch {
     ) -> Option<BTreeMap<String, Prefetched>> {
         let session = session?;
         let holders = &self.holders;
+        if holders.failed.load(Ordering::SeqCst) {
+            return None;
+        }
         if holders.busy.fetch_add(1, Ordering::SeqCst) >= HOLDERS {
             holders.busy.fetch_sub(1, Ordering::SeqCst);
             return None;
@@ -167,6 +173,7 @@ impl Prefetch {
                     names.len(),
                     names[0]
                 );
+                holders.failed.store(true, Ordering::SeqCst);
                 holders.busy.fetch_sub(1, Ordering::SeqCst);
                 return None;
             }

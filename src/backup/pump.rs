@@ -57,7 +57,9 @@ enum Piece {
     End,
 }
 
-/// Reads `input` to its end through compressor, encryption and checksum into the spool file.
+/// Reads `input` to its end through compressor, encryption and checksum into the spool file. A
+/// dump that ends within its first piece (a small tenant's, most of a fleet) is compressed on this
+/// thread: a second thread and its hand-offs cost more than compressing a few kilobytes.
 pub fn pump(
     input: &mut dyn Read,
     file: &std::fs::File,
@@ -66,77 +68,110 @@ pub fn pump(
     opts: &SpoolOptions<'_>,
 ) -> Result<Pumped, PumpError> {
     let out = file.try_clone().map_err(PumpError::Output)?;
+    let written = SpoolWriter {
+        file: out,
+        grower,
+        len: 0,
+        synced_to: 0,
+        durable,
+    };
+    let mut reader = ReadSide::new(opts);
+    let first = reader.piece(input, Vec::new(), opts).map_err(PumpError::Input)?;
+    if reader.ended {
+        let (whole, pieces) = mpsc::sync_channel::<Piece>(2);
+        let _ = whole.send(Piece::Data(first.0, first.1));
+        let _ = whole.send(Piece::End);
+        drop(whole);
+        let compressed = compress(pieces, mpsc::channel().0, written, opts);
+        return finish(Ok(reader.finish()), compressed);
+    }
     let (to_compressor, pieces) = mpsc::sync_channel::<Piece>(QUEUE);
     let (recycle, spare) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
-        let compressor = scope.spawn(move || {
-            let written = SpoolWriter {
-                file: out,
-                grower,
-                len: 0,
-                synced_to: 0,
-                durable,
-            };
-            compress(pieces, recycle, written, opts)
-        });
-        let read = read_all(input, &to_compressor, &spare, opts);
+        let compressor = scope.spawn(move || compress(pieces, recycle, written, opts));
+        let read = if to_compressor.send(Piece::Data(first.0, first.1)).is_err() {
+            Err(io::Error::other("the compressor stopped"))
+        } else {
+            read_rest(input, reader, &to_compressor, &spare, opts)
+        };
         // Closing the queue: after `End` the compressor finishes, otherwise it gives up.
         drop(to_compressor);
         let compressed = compressor
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the compressor thread panicked")));
-        match (read, compressed) {
-            (Ok(read), Ok((written, size, sha256))) => Ok(Pumped {
-                raw: read.raw,
-                head: read.head,
-                scanner: read.scanner,
-                checked: read.checked,
-                size,
-                sha256,
-                grower: written.grower,
-            }),
-            (Err(e), Err(c)) if c.kind() == io::ErrorKind::UnexpectedEof => Err(PumpError::Input(e)),
-            // The compressor stopped first (too large, disk full): its error is the cause.
-            (_, Err(e)) => Err(PumpError::Output(e)),
-            (Err(e), Ok(_)) => Err(PumpError::Input(e)),
-        }
+        finish(read, compressed)
     })
 }
 
-struct ReadSide {
+fn finish(read: io::Result<ReadEnd>, compressed: io::Result<(SpoolWriter, u64, String)>) -> Result<Pumped, PumpError> {
+    match (read, compressed) {
+        (Ok(read), Ok((written, size, sha256))) => Ok(Pumped {
+            raw: read.raw,
+            head: read.head,
+            scanner: read.scanner,
+            checked: read.checked,
+            size,
+            sha256,
+            grower: written.grower,
+        }),
+        (Err(e), Err(c)) if c.kind() == io::ErrorKind::UnexpectedEof => Err(PumpError::Input(e)),
+        // The compressor stopped first (too large, disk full): its error is the cause.
+        (_, Err(e)) => Err(PumpError::Output(e)),
+        (Err(e), Ok(_)) => Err(PumpError::Input(e)),
+    }
+}
+
+/// What the reader saw, once the input ended.
+struct ReadEnd {
     raw: u64,
     head: Vec<u8>,
     scanner: Option<PlainDumpScanner>,
     checked: Option<Result<(), crate::restore::guard::CheckError>>,
 }
 
-fn read_all(
-    input: &mut dyn Read,
-    to_compressor: &mpsc::SyncSender<Piece>,
-    spare: &mpsc::Receiver<Vec<u8>>,
-    opts: &SpoolOptions<'_>,
-) -> io::Result<ReadSide> {
-    let mut scanner = (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default);
-    let guard = match (&opts.check, opts.format) {
-        (Some(scope), DumpFormat::Plain) => Some(crate::restore::guard::Beside::start(scope.clone())),
-        _ => None,
-    };
-    let mut head: Vec<u8> = Vec::with_capacity(5);
-    let mut raw: u64 = 0;
-    let mut ended = false;
-    while !ended {
-        // A new buffer grows with what is read: a small tenant's dump never pays for zeroing a
-        // whole piece (8 MiB, once per tenant: about half the tool's own time at 10,000 tenants).
-        let mut buf = spare.try_recv().unwrap_or_default();
+/// The reading side: the first bytes, the plain-dump scanner and guard, progress.
+struct ReadSide {
+    raw: u64,
+    head: Vec<u8>,
+    scanner: Option<PlainDumpScanner>,
+    guard: Option<crate::restore::guard::Beside>,
+    ended: bool,
+}
+
+impl ReadSide {
+    fn new(opts: &SpoolOptions<'_>) -> Self {
+        ReadSide {
+            raw: 0,
+            head: Vec::with_capacity(5),
+            scanner: (opts.format == DumpFormat::Plain).then(PlainDumpScanner::default),
+            guard: match (&opts.check, opts.format) {
+                (Some(scope), DumpFormat::Plain) => Some(crate::restore::guard::Beside::start(scope.clone())),
+                _ => None,
+            },
+            ended: false,
+        }
+    }
+
+    /// Fills `buf` (a spare one, or new) up to a piece, or to the input's end (`ended`): the
+    /// buffer and how many of its bytes are the dump's.
+    fn piece(
+        &mut self,
+        input: &mut dyn Read,
+        mut buf: Vec<u8>,
+        opts: &SpoolOptions<'_>,
+    ) -> io::Result<(Vec<u8>, usize)> {
         let mut filled = 0;
         while filled < PIECE {
+            // A new buffer grows with what is read: a small tenant's dump never pays for zeroing
+            // a whole piece (8 MiB, once per tenant: about half the tool's own time at 10,000
+            // tenants).
             if filled == buf.len() {
                 buf.resize((buf.len() * 2).clamp(FIRST_READ, PIECE), 0);
             }
             let end = (filled + READ_CHUNK).min(buf.len());
             let n = match input.read(&mut buf[filled..end]) {
                 Ok(0) => {
-                    ended = true;
+                    self.ended = true;
                     break;
                 }
                 Ok(n) => n,
@@ -144,34 +179,51 @@ fn read_all(
                 Err(e) => return Err(e),
             };
             let chunk = &buf[filled..filled + n];
-            if head.len() < 5 {
-                head.extend(chunk.iter().take(5 - head.len()));
+            if self.head.len() < 5 {
+                self.head.extend(chunk.iter().take(5 - self.head.len()));
             }
-            if let Some(s) = scanner.as_mut() {
+            if let Some(s) = self.scanner.as_mut() {
                 s.feed(chunk);
             }
-            if let Some(g) = &guard {
+            if let Some(g) = &self.guard {
                 g.feed(chunk);
             }
             filled += n;
-            raw += n as u64;
+            self.raw += n as u64;
             if let Some(p) = &opts.progress {
-                p.store(raw, Ordering::Relaxed);
+                p.store(self.raw, Ordering::Relaxed);
             }
         }
+        Ok((buf, filled))
+    }
+
+    fn finish(self) -> ReadEnd {
+        ReadEnd {
+            raw: self.raw,
+            head: self.head,
+            scanner: self.scanner,
+            checked: self.guard.map(crate::restore::guard::Beside::finish),
+        }
+    }
+}
+
+/// The pieces after the first, handed to the compressor thread, then the end.
+fn read_rest(
+    input: &mut dyn Read,
+    mut reader: ReadSide,
+    to_compressor: &mpsc::SyncSender<Piece>,
+    spare: &mpsc::Receiver<Vec<u8>>,
+    opts: &SpoolOptions<'_>,
+) -> io::Result<ReadEnd> {
+    while !reader.ended {
+        let (buf, filled) = reader.piece(input, spare.try_recv().unwrap_or_default(), opts)?;
         if filled > 0 && to_compressor.send(Piece::Data(buf, filled)).is_err() {
             // The compressor failed; its error says why.
             return Err(io::Error::other("the compressor stopped"));
         }
     }
     let _ = to_compressor.send(Piece::End);
-    let checked = guard.map(crate::restore::guard::Beside::finish);
-    Ok(ReadSide {
-        raw,
-        head,
-        scanner,
-        checked,
-    })
+    Ok(reader.finish())
 }
 
 /// The compressor thread: the pieces through compression, encryption and checksum into the spool.

@@ -37,6 +37,41 @@ pub enum Piece {
     Table(TableSpec),
     /// COPY text rows of the current table, cut anywhere.
     Rows(Vec<u8>),
+    /// Pieces handed over at once (see [`Batcher`]).
+    Many(Vec<Piece>),
+}
+
+/// Hands pieces to the encoding side [`BATCH`] bytes at a time: a small tenant's thirty-odd
+/// pieces (its header, structure, every table's marker and rows) go over in one hand-off, not one
+/// wake-up of the other thread each.
+struct Batcher<'a> {
+    tx: &'a mpsc::Sender<io::Result<Piece>>,
+    pending: Vec<Piece>,
+    bytes: usize,
+}
+
+impl Batcher<'_> {
+    async fn push(&mut self, piece: Piece, bytes: usize) -> Result<()> {
+        self.pending.push(piece);
+        self.bytes += bytes;
+        if self.bytes >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.bytes = 0;
+        let piece = match self.pending.len() {
+            0 => return Ok(()),
+            1 => self.pending.pop().expect("one piece"),
+            _ => Piece::Many(std::mem::take(&mut self.pending)),
+        };
+        self.tx
+            .send(Ok(piece))
+            .await
+            .map_err(|_| anyhow::anyhow!("the spool stopped"))
+    }
 }
 
 /// Streams the schema into `tx` and returns each table's row count. Runs its own snapshot
@@ -196,17 +231,22 @@ async fn dump_inner(
         created_at,
         tables: specs.clone(),
     };
-    let send = |piece: Piece| async move {
-        tx.send(Ok(piece))
-            .await
-            .map_err(|_| anyhow::anyhow!("the spool stopped"))
+    let mut out = Batcher {
+        tx,
+        pending: Vec::new(),
+        bytes: 0,
     };
-    send(Piece::Line(line(&header))).await?;
-    send(Piece::Line(line(&("structure", &structure)))).await?;
+    let header = line(&header);
+    let n = header.len();
+    out.push(Piece::Line(header), n).await?;
+    let structure = line(&("structure", &structure));
+    let n = structure.len();
+    out.push(Piece::Line(structure), n).await?;
     let mut counts = BTreeMap::new();
     let mut total = 0u64;
     for t in &specs {
-        send(Piece::Table(t.clone())).await?;
+        // (A marker line's size, about.)
+        out.push(Piece::Table(t.clone()), 64 * t.columns.len()).await?;
         if skip_rows.skips(&t.name) {
             counts.insert(t.name.clone(), 0);
             continue;
@@ -219,17 +259,20 @@ async fn dump_inner(
             .with_context(|| format!("reading {}", t.name))?;
         futures::pin_mut!(stream);
         let mut rows = 0u64;
-        let mut batch = Vec::with_capacity(BATCH);
+        // Grown as rows come: a small table's few rows never pay for a whole batch.
+        let mut batch = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.with_context(|| format!("reading {}", t.name))?;
             rows += memchr::memchr_iter(b'\n', &chunk).count() as u64;
             batch.extend_from_slice(&chunk);
             if batch.len() >= BATCH {
-                send(Piece::Rows(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).await?;
+                let n = batch.len();
+                out.push(Piece::Rows(std::mem::take(&mut batch)), n).await?;
             }
         }
         if !batch.is_empty() {
-            send(Piece::Rows(batch)).await?;
+            let n = batch.len();
+            out.push(Piece::Rows(batch), n).await?;
         }
         total += rows;
         counts.insert(t.name.clone(), rows);
@@ -248,12 +291,13 @@ async fn dump_inner(
         })
         .collect();
     seqs.sort_by(|a, b| a.name.cmp(&b.name));
-    send(Piece::Line(line(&("sequences", &seqs)))).await?;
-    send(Piece::Line(line(&(
-        "end",
-        serde_json::json!({"tables": specs.len(), "rows": total}),
-    ))))
-    .await?;
+    let sequences = line(&("sequences", &seqs));
+    let n = sequences.len();
+    out.push(Piece::Line(sequences), n).await?;
+    let end = line(&("end", serde_json::json!({"tables": specs.len(), "rows": total})));
+    let n = end.len();
+    out.push(Piece::Line(end), n).await?;
+    out.flush().await?;
     Ok(counts)
 }
 
@@ -331,6 +375,8 @@ fn line<T: Serialize>(v: &T) -> Vec<u8> {
 /// on the spool's thread, beside the compression, while the server is busy with the next ones.
 pub struct JsonLinesReader {
     rx: mpsc::Receiver<io::Result<Piece>>,
+    /// The rest of a [`Piece::Many`].
+    queue: std::collections::VecDeque<Piece>,
     encoder: Option<RowEncoder>,
     current: Vec<u8>,
     pos: usize,
@@ -340,6 +386,7 @@ impl JsonLinesReader {
     pub fn new(rx: mpsc::Receiver<io::Result<Piece>>) -> Self {
         JsonLinesReader {
             rx,
+            queue: Default::default(),
             encoder: None,
             current: Vec::new(),
             pos: 0,
@@ -351,7 +398,12 @@ impl JsonLinesReader {
         self.current.clear();
         self.pos = 0;
         let finish = |encoder: &Option<RowEncoder>| encoder.as_ref().map_or(Ok(()), RowEncoder::finish);
-        match self.rx.blocking_recv() {
+        let mut next = self.queue.pop_front().map(Ok).or_else(|| self.rx.blocking_recv());
+        while let Some(Ok(Piece::Many(pieces))) = next {
+            self.queue.extend(pieces);
+            next = self.queue.pop_front().map(Ok).or_else(|| self.rx.blocking_recv());
+        }
+        match next {
             None => {
                 finish(&self.encoder).map_err(io::Error::other)?;
                 Ok(false)
@@ -368,6 +420,7 @@ impl JsonLinesReader {
                 self.current = line(&("table", &spec));
                 Ok(true)
             }
+            Some(Ok(Piece::Many(_))) => unreachable!("unpacked above"),
             Some(Ok(Piece::Rows(bytes))) => {
                 let encoder = self
                     .encoder

@@ -493,7 +493,10 @@ fn functions_sql(version: i32) -> String {
 #[derive(Clone, Debug)]
 pub struct Prefetched {
     pub objects: SchemaObjects,
-    fingerprint: String,
+    /// None when read in an exported snapshot: a dump that cannot import it reads its structure
+    /// again in its own snapshot (a late tenant, rare; the batched fingerprint cost the server
+    /// more than those reads).
+    fingerprint: Option<String>,
     /// The snapshot the read was made in, exported for the dump to import, while its reader
     /// still holds it open ([`SchemaObjects::read_many_exported`]).
     pub snapshot: Option<std::sync::Arc<SnapshotLease>>,
@@ -611,7 +614,7 @@ impl SchemaObjects {
                 super::VALUE_SETTINGS
             ))
             .await?;
-        let result = Self::read_many_inner(client, schemas).await;
+        let result = Self::read_many_inner(client, schemas, true).await;
         let end = client.batch_execute("COMMIT").await;
         let out = result.context("reading the catalog of many schemas at once")?;
         end?;
@@ -638,7 +641,7 @@ impl SchemaObjects {
             client
                 .batch_execute(&format!("SET LOCAL search_path = pg_catalog; {INDEXES_ONLY}"))
                 .await?;
-            let out = Self::read_many_inner(client, schemas).await?;
+            let out = Self::read_many_inner(client, schemas, false).await?;
             client.batch_execute(INDEXES_ONLY_END).await?;
             anyhow::Ok((id, out))
         };
@@ -694,7 +697,11 @@ impl SchemaObjects {
         Ok(objects)
     }
 
-    async fn read_many_inner(client: &Client, schemas: &[String]) -> Result<BTreeMap<String, Prefetched>> {
+    async fn read_many_inner(
+        client: &Client,
+        schemas: &[String],
+        fingerprints: bool,
+    ) -> Result<BTreeMap<String, Prefetched>> {
         let names = schemas.to_vec();
         let tops = client.query_typed(OBJECTS, &[(&names, Type::TEXT_ARRAY)]).await?;
         let Some(first) = tops.first() else {
@@ -741,6 +748,9 @@ impl SchemaObjects {
             query(client, POLICIES, &oids.tables),
             query(client, STATISTICS, &stats),
             async {
+                if !fingerprints {
+                    return Ok(Vec::new());
+                }
                 Ok(client
                     .query_typed(FINGERPRINT, &[(&names, Type::TEXT_ARRAY), (&with_values, Type::BOOL)])
                     .await?)
@@ -780,12 +790,16 @@ impl SchemaObjects {
         let mut out = BTreeMap::new();
         for (top, rows) in tops.iter().zip(per) {
             let name: String = top.get(9);
-            let Some(fingerprint) = prints.get(&name) else { continue };
+            let fingerprint = match prints.get(&name) {
+                Some(f) => Some(f.clone()),
+                None if fingerprints => continue,
+                None => None,
+            };
             out.insert(
                 name,
                 Prefetched {
                     objects: assemble(top, rows),
-                    fingerprint: fingerprint.clone(),
+                    fingerprint,
                     snapshot: None,
                 },
             );
@@ -796,20 +810,25 @@ impl SchemaObjects {
     /// In the transaction `opening` starts (a dump's snapshot, begun in the same round trip):
     /// `prefetched`'s objects when the schema's catalog rows are still the ones they were read
     /// from, with the sequences' values read now; None when anything changed since (a migration
-    /// ran in between), and the caller reads the schema again in its own snapshot. The connection
-    /// has the fingerprint prepared ([`prepare_fingerprint`]), as a run's connections do.
+    /// ran in between) or when `prefetched` has no fingerprint to compare (it was read in an
+    /// exported snapshot), and the caller reads the schema again in its own snapshot. The
+    /// connection has the fingerprint prepared ([`prepare_fingerprint`]), as a run's connections do.
     pub async fn still_current(
         client: &Client,
         opening: &str,
         schema: &str,
         prefetched: Prefetched,
     ) -> Result<Option<SchemaObjects>> {
+        let Some(expected) = prefetched.fingerprint else {
+            client.batch_execute(opening).await?;
+            return Ok(None);
+        };
         let read = fingerprint_now(client, opening, schema).await;
         let Some((fingerprint, values)) = read.with_context(|| format!("reading the catalog of schema {schema}"))?
         else {
             return Ok(None);
         };
-        if fingerprint != prefetched.fingerprint {
+        if fingerprint != expected {
             return Ok(None);
         }
         let mut objects = prefetched.objects;
