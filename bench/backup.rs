@@ -5,7 +5,8 @@
 //! and prints wall time, ratios against raw pg_dump, and peak RSS, then the stored sizes against
 //! zstd -3's and the two targets of issue #17 (backup ≤ 1.05× pg_dump, stored ≤ 1.05× zstd -3).
 //! Runs are interleaved (BENCH_ROUNDS rounds, default 5) and the median of each is printed, so a
-//! noisy moment hurts all alike.
+//! noisy moment hurts all alike, with each round's ratio to that round's `pg_dump` and
+//! `pg_dump | zstd -3` (the spread) and the load average the rounds ran under.
 // A report for the terminal that runs it, not results for a pipe (clippy.toml).
 #![allow(clippy::disallowed_macros)]
 
@@ -139,26 +140,47 @@ fn main() {
                 }),
             ),
         ];
+        let load_before = load_average();
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); methods.len()];
         for _ in 0..rounds {
             for (i, (name, make)) in methods.iter().enumerate() {
                 runs[i].push(measure(make(), name));
             }
         }
+        // Each round's ratio to that round's pg_dump runs: the spread a single figure hides.
+        let spread = |i: usize, base: usize| -> (f64, f64) {
+            let ratios = runs[i]
+                .iter()
+                .zip(&runs[base])
+                .map(|(r, b)| r.wall.as_secs_f64() / b.wall.as_secs_f64().max(1e-9));
+            ratios.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)))
+        };
+        let spreads: Vec<String> = (0..methods.len())
+            .map(|i| {
+                let ((lo, hi), (zlo, zhi)) = (spread(i, 0), spread(i, 1));
+                format!("{lo:.2}-{hi:.2}x raw, {zlo:.2}-{zhi:.2}x | zstd -3")
+            })
+            .collect();
         let best: Vec<Run> = runs.into_iter().map(median_run).collect();
         let base = best[0].wall.as_secs_f64();
         for (i, (name, _)) in methods.iter().enumerate() {
             let r = &best[i];
             println!(
-                "{:<9} {:<34} {:>8.2}s {:>6.2}x {:>9.1} MB {:>10.1} MB",
+                "{:<9} {:<34} {:>8.2}s {:>6.2}x {:>9.1} MB {:>10.1} MB   rounds: {}",
                 format!("{actual_mb:.0} MB"),
                 name,
                 r.wall.as_secs_f64(),
                 r.wall.as_secs_f64() / base,
                 r.own_rss_kb as f64 / 1024.0,
-                r.tree_rss_kb as f64 / 1024.0
+                r.tree_rss_kb as f64 / 1024.0,
+                spreads[i]
             );
         }
+        println!(
+            "{:<9} load average (1 min) {load_before} before these rounds, {} after: on a shared machine, quote the spread with the load",
+            "",
+            load_average()
+        );
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
         let stored = |dir: &Path| object_size(dir) as f64 / 1048576.0;
         let zstd3 = size(&zst);
@@ -172,9 +194,10 @@ fn main() {
             stored(&store_json)
         );
         println!(
-            "{:<9} targets: backup / pg_dump {:.3} (≤ 1.05), stored / zstd -3 {:.3} (≤ 1.05)",
+            "{:<9} targets: backup / pg_dump {:.3} (≤ 1.05), backup / pg_dump | zstd -3 {:.3}, stored / zstd -3 {:.3} (≤ 1.05)",
             "",
             best[3].wall.as_secs_f64() / base,
+            best[3].wall.as_secs_f64() / best[1].wall.as_secs_f64().max(1e-9),
             stored(&store) / zstd3
         );
         own_rss.push(best[3].own_rss_kb);
@@ -186,6 +209,14 @@ fn main() {
         own_rss[1] as f64 / own_rss[0].max(1) as f64
     );
     cluster.stop();
+}
+
+/// The one-minute load average, as /proc/loadavg says it ("?" elsewhere).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// An empty storage directory for the next run: the tool never creates its storage root (a missing
