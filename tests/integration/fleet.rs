@@ -189,9 +189,10 @@ fn backup_all_keeps_one_connection_per_worker_and_a_failing_tenant_fails_alone()
     }
     // The structure of the tenants is read for all of them at once (a dozen catalog statements
     // per tenant before, 37 statements a tenant in all: 592 here; 428 once batched): a tenant now
-    // costs its lock, its backupable check, one round trip that begins its snapshot and checks
-    // the catalog's fingerprint in it, its 15 tables' COPY, the COMMIT, and its row (BEGIN, the
-    // INSERT that also returns its transaction id, COMMIT), then the unlock: 23, 371 here.
+    // costs its lock, its backupable check, one round trip that begins its snapshot (importing
+    // the batched read's) and reads its sequences, its 15 tables' COPY, the rewrite check with the
+    // COMMIT, and its row (BEGIN, the INSERT that also returns its transaction id, COMMIT), then
+    // the unlock: 23, and the batched read's own: 374 here (round 1: 428).
     eprintln!("{count} statements for 16 tenants");
     assert!(count <= 24 * 16, "{count} statements for 16 tenants");
     // The catalog connection, two workers, one more after the failed tenant's was dropped, and
