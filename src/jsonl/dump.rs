@@ -183,11 +183,12 @@ async fn dump_inner(
                 None => None,
             };
             // Else the snapshot begins in the same round trip as the fingerprint read in it.
+            let compared = p.has_fingerprint();
             let current = match imported {
                 Some(objects) => Some(objects),
                 None => SchemaObjects::still_current(client, &begin, schema, p).await?,
             };
-            if current.is_none() {
+            if current.is_none() && compared {
                 tracing::info!(
                     "{schema}: its catalog changed since this run read it with other tenants' (a migration?); reading its structure again in the backup's own snapshot"
                 );

@@ -502,6 +502,14 @@ pub struct Prefetched {
     pub snapshot: Option<std::sync::Arc<SnapshotLease>>,
 }
 
+impl Prefetched {
+    /// Whether a dump in its own snapshot can tell the catalog is unchanged (else it reads the
+    /// structure again there).
+    pub fn has_fingerprint(&self) -> bool {
+        self.fingerprint.is_some()
+    }
+}
+
 /// A share in a snapshot another connection exported and holds open: the dump that imports it
 /// reads its rows in the very snapshot its structure was read in. Dropped once imported (or not
 /// to be), so the holder knows when nobody needs the snapshot any more.
