@@ -7,10 +7,11 @@
 //! which holds it open while the chunk's tenants import it for their dumps: each tenant's rows are
 //! then read in the very snapshot its structure was read in, and nothing needs checking. The
 //! holder lets the snapshot go once every part is imported (or dropped), and after [`HOLD`] at
-//! most, so a slow chunk never holds back vacuum for long; a tenant that comes later, or a chunk
-//! read with no holder free (at most [`HOLDERS`] at once), uses its own snapshot, and the dump
-//! uses the chunk's structure only if that snapshot shows the same catalog rows (`jsonl::dump`): a
-//! migration that lands in between is seen there, and that tenant's structure is read again.
+//! most, so a slow chunk never holds back vacuum for long; a tenant that comes later reads its
+//! structure again in its own snapshot. A chunk read with no holder free (at most [`HOLDERS`] at
+//! once) is read with a fingerprint of its catalog rows, and each tenant's dump uses its part only
+//! if its own snapshot shows the same rows (`jsonl::dump`): a migration that lands in between is
+//! seen there, and that tenant's structure is read again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,7 +128,7 @@ impl Prefetch {
             })
             .await;
         let mut part = read.parts.lock().unwrap_or_else(|e| e.into_inner()).remove(schema)?;
-        // Too late to import before the holder lets the snapshot go: the fingerprint instead.
+        // Too late to import before the holder lets the snapshot go: the dump reads its own.
         if read
             .exported
             .is_some_and(|at| at.elapsed() + Duration::from_secs(1) > HOLD)

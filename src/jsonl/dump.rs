@@ -169,24 +169,25 @@ async fn dump_inner(
             // fingerprint to check.
             let imported = match p.snapshot.take() {
                 Some(lease) => {
-                    let read = SchemaObjects::imported(client, VALUE_SETTINGS, &lease.id, &p).await;
+                    let read = SchemaObjects::imported(client, &lease.id, &mut p.objects).await;
                     drop(lease);
                     match read {
-                        Ok(objects) => Some(objects),
+                        Ok(()) => true,
                         Err(e) => {
-                            tracing::debug!("{schema}: importing the batched read's snapshot: {e:#}; checking its fingerprint instead");
+                            tracing::debug!("{schema}: importing the batched read's snapshot: {e:#}; reading its structure in its own snapshot instead");
                             client.batch_execute("ROLLBACK").await?;
-                            None
+                            false
                         }
                     }
                 }
-                None => None,
+                None => false,
             };
             // Else the snapshot begins in the same round trip as the fingerprint read in it.
             let compared = p.has_fingerprint();
-            let current = match imported {
-                Some(objects) => Some(objects),
-                None => SchemaObjects::still_current(client, &begin, schema, p).await?,
+            let current = if imported {
+                Some(p.objects)
+            } else {
+                SchemaObjects::still_current(client, &begin, schema, p).await?
             };
             if current.is_none() && compared {
                 tracing::info!(

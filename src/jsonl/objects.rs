@@ -662,23 +662,19 @@ impl SchemaObjects {
         }
     }
 
-    /// Begins the dump's transaction on `client` in the snapshot `prefetched` was read in
-    /// (`SET TRANSACTION SNAPSHOT`), with `settings`, and reads the sequences' values (which are
-    /// not transactional: read after the snapshot, as pg_dump reads them), all in one round trip.
-    /// No fingerprint is needed: the structure and the rows come from one snapshot. An error
-    /// (the holder let the snapshot go) leaves the transaction aborted: the caller rolls back.
-    pub async fn imported(
-        client: &Client,
-        settings: &str,
-        snapshot: &str,
-        prefetched: &Prefetched,
-    ) -> Result<SchemaObjects> {
+    /// Begins the dump's transaction on `client` in the snapshot `objects` were read in
+    /// (`SET TRANSACTION SNAPSHOT`), with the dump's value settings, and reads the sequences'
+    /// values into `objects` (they are not transactional: read after the snapshot, as pg_dump reads
+    /// them), all in one round trip. No fingerprint is needed: the structure and the rows come from
+    /// one snapshot. An error (the holder let the snapshot go) leaves `objects` as they were and
+    /// the transaction aborted: the caller rolls back.
+    pub async fn imported(client: &Client, snapshot: &str, objects: &mut SchemaObjects) -> Result<()> {
         use tokio_postgres::SimpleQueryMessage;
-        let mut objects = prefetched.objects.clone();
         let seqs: Vec<String> = objects.sequences.iter().map(|s| s.oid.to_string()).collect();
         let mut sql = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; {settings}",
-            crate::pg::sql::literal(snapshot)
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; {}",
+            crate::pg::sql::literal(snapshot),
+            super::VALUE_SETTINGS
         );
         if !seqs.is_empty() {
             sql.push_str(&format!(
@@ -702,7 +698,7 @@ impl SchemaObjects {
         for s in &mut objects.sequences {
             s.last_value = values.get(&s.oid).copied().flatten();
         }
-        Ok(objects)
+        Ok(())
     }
 
     async fn read_many_inner(
